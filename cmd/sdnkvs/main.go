@@ -1,0 +1,58 @@
+// Command sdnkvs is the SDN-KVS middlebox, key-value store, testbed, demo and
+// benchmarks in one binary.
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/alecthomas/kong"
+)
+
+// Globals are flags shared by every subcommand.
+type Globals struct {
+	LogLevel slog.Level `name:"log-level" default:"info" help:"Log level: debug, info, warn, error."`
+}
+
+// CLI is the whole command-line grammar. Each subcommand lives in its own
+// file as a type with a Run(*Globals) error method.
+type CLI struct {
+	Globals
+
+	Middlebox MiddleboxCmd `cmd:"" help:"Run the edge middlebox: forks critical connections to every DC, anycasts the rest, fails over."`
+	Kvs       KvsCmd       `cmd:"" help:"Run a key-value store node (or a local cluster of nodes)."`
+	Testbed   TestbedCmd   `cmd:"" help:"Build and drive the namespace testbed (client, gateway, DCs, emulated WAN)."`
+	Bench     BenchCmd     `cmd:"" help:"Run experiments and benchmarks; print tables, write CSV and PNG."`
+	Demo      DemoCmd      `cmd:"" help:"The disaster demo: write and read through the middlebox, cut the near DC, report RPO and RTO."`
+}
+
+// BenchCmd groups the experiments.
+type BenchCmd struct {
+	Forward BenchForwardCmd `cmd:"" help:"Single-stream TCP throughput through the anycast path vs kernel forwarding."`
+	Kvs     BenchKvsCmd     `cmd:"" help:"KVS throughput and latency: sdnkvs cluster vs redis-server vs etcd."`
+}
+
+func parser(cli *CLI, opts ...kong.Option) (*kong.Kong, error) {
+	opts = append([]kong.Option{
+		kong.Name("sdnkvs"),
+		kong.Description("SDN-KVS: a disaster-tolerant key-value store behind a transparent TCP middlebox."),
+		kong.UsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+	}, opts...)
+	return kong.New(cli, opts...)
+}
+
+func main() {
+	var cli CLI
+	p, err := parser(&cli)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, err := p.Parse(os.Args[1:])
+	p.FatalIfErrorf(err)
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cli.LogLevel})))
+	err = ctx.Run(&cli.Globals)
+	ctx.FatalIfErrorf(err)
+}
