@@ -1,0 +1,244 @@
+package failover
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Mode selects which signals may declare a node down.
+type Mode uint8
+
+const (
+	// Fast uses every signal: the paper's duplicate count, server silence
+	// with unacknowledged client data, branch ack lag, and active probes.
+	Fast Mode = iota
+	// Paper uses the paper's Algorithm 1 alone (duplicate client segments).
+	// Probe results are still used to readmit a node that was declared
+	// down, never to declare one down.
+	Paper
+)
+
+// String returns "fast" or "paper".
+func (m Mode) String() string {
+	switch m {
+	case Fast:
+		return "fast"
+	case Paper:
+		return "paper"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode parses "fast" or "paper".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "fast":
+		return Fast, nil
+	case "paper":
+		return Paper, nil
+	}
+	return 0, fmt.Errorf("failover: unknown detector mode %q (want fast or paper)", s)
+}
+
+// Config tunes the detector. The zero value of a field means "use the
+// default" (see DefaultConfig); Validate rejects values that make no sense.
+//
+// Time thresholds that depend on the network scale with each node's RTT
+// estimate (from probe RTTs): with rto = srtt + max(4*rttvar, MinRTO), the
+// silence rule waits max(SilenceTimeout, srtt + 4*rto) and the ack-lag rule
+// max(AckLagTimeout, srtt + 2*rto). So a single lost segment (answered
+// after one RTO) never trips them, nor, for silence, two losses in a row.
+type Config struct {
+	// Mode selects the signals (Fast or Paper). Default Fast.
+	Mode Mode
+
+	// Threshold is the paper's count of duplicate client segments, with no
+	// packet from the server in between, that declares the server down.
+	// Paper: 5.
+	Threshold int
+
+	// SilenceTimeout is the floor of the silence rule: a node that has sent
+	// nothing (and answered no probe) for this long while a client has
+	// unacknowledged data to it is down. Fast mode only.
+	SilenceTimeout time.Duration
+
+	// AckLagTimeout is the floor of the ack-lag rule: a node whose branch of
+	// a forked flow has lagged the others' acknowledgement for this long,
+	// and that has not been heard from since the lag began, is down. Fast
+	// mode only.
+	AckLagTimeout time.Duration
+
+	// ProbeMisses is the number of consecutive failed (or not-ready) probes
+	// that declares a single node down. Fast mode only.
+	ProbeMisses int
+
+	// DCProbeMisses is the correlated rule: when every live node of a DC
+	// with at least two live nodes has missed this many consecutive probes,
+	// all of them are declared down at once. Independent loss almost never
+	// hits every node together; a cut DC always does. Fast mode only.
+	// Must not exceed ProbeMisses.
+	DCProbeMisses int
+
+	// ReadmitAfter is the hysteresis: a down node comes back only after
+	// every probe for this long has succeeded and reported ready.
+	ReadmitAfter time.Duration
+
+	// MinRTO is the minimum retransmission timeout assumed of TCP stacks
+	// (Linux: 200 ms). It scales the silence and ack-lag rules.
+	MinRTO time.Duration
+
+	// InitialRTT is the RTT assumed of a node before its first probe RTT.
+	InitialRTT time.Duration
+
+	// MaxFlows bounds the number of flows tracked; segments of further new
+	// flows are ignored and counted in Stats.FlowsUntracked.
+	MaxFlows int
+
+	// FlowIdle forgets a flow with no segment for this long (a flow whose
+	// end the caller never reported).
+	FlowIdle time.Duration
+
+	// History is the number of transitions kept for Transitions.
+	History int
+
+	// StartDown makes every node start down; it is admitted like any
+	// recovered node, after ReadmitAfter of ready probes. By default every
+	// node starts up.
+	StartDown bool
+}
+
+// DefaultConfig returns the defaults: fast mode, threshold 5, silence
+// floor 500 ms, ack-lag floor 500 ms, 4 probe misses for one node, 2 for a
+// whole DC, readmission after 2 s ready, MinRTO 200 ms, InitialRTT 100 ms,
+// 65536 flows, flows forgotten after 5 min idle, 64 transitions kept.
+func DefaultConfig() Config {
+	return Config{
+		Mode:           Fast,
+		Threshold:      5,
+		SilenceTimeout: 500 * time.Millisecond,
+		AckLagTimeout:  500 * time.Millisecond,
+		ProbeMisses:    4,
+		DCProbeMisses:  2,
+		ReadmitAfter:   2 * time.Second,
+		MinRTO:         200 * time.Millisecond,
+		InitialRTT:     100 * time.Millisecond,
+		MaxFlows:       65536,
+		FlowIdle:       5 * time.Minute,
+		History:        64,
+	}
+}
+
+// withDefaults fills zero fields from DefaultConfig.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Threshold == 0 {
+		c.Threshold = d.Threshold
+	}
+	if c.SilenceTimeout == 0 {
+		c.SilenceTimeout = d.SilenceTimeout
+	}
+	if c.AckLagTimeout == 0 {
+		c.AckLagTimeout = d.AckLagTimeout
+	}
+	if c.ProbeMisses == 0 {
+		c.ProbeMisses = d.ProbeMisses
+	}
+	if c.DCProbeMisses == 0 {
+		c.DCProbeMisses = min(d.DCProbeMisses, c.ProbeMisses)
+	}
+	if c.ReadmitAfter == 0 {
+		c.ReadmitAfter = d.ReadmitAfter
+	}
+	if c.MinRTO == 0 {
+		c.MinRTO = d.MinRTO
+	}
+	if c.InitialRTT == 0 {
+		c.InitialRTT = d.InitialRTT
+	}
+	if c.MaxFlows == 0 {
+		c.MaxFlows = d.MaxFlows
+	}
+	if c.FlowIdle == 0 {
+		c.FlowIdle = d.FlowIdle
+	}
+	if c.History == 0 {
+		c.History = d.History
+	}
+	return c
+}
+
+// Validate reports the first field that makes no sense, by name. Zero
+// fields are valid (they take defaults).
+func (c Config) Validate() error {
+	switch {
+	case c.Mode != Fast && c.Mode != Paper:
+		return fmt.Errorf("failover: Config.Mode: unknown mode %d", c.Mode)
+	case c.Threshold < 0:
+		return fmt.Errorf("failover: Config.Threshold %d is negative", c.Threshold)
+	case c.SilenceTimeout < 0:
+		return fmt.Errorf("failover: Config.SilenceTimeout %v is negative", c.SilenceTimeout)
+	case c.AckLagTimeout < 0:
+		return fmt.Errorf("failover: Config.AckLagTimeout %v is negative", c.AckLagTimeout)
+	case c.ProbeMisses < 0:
+		return fmt.Errorf("failover: Config.ProbeMisses %d is negative", c.ProbeMisses)
+	case c.DCProbeMisses < 0:
+		return fmt.Errorf("failover: Config.DCProbeMisses %d is negative", c.DCProbeMisses)
+	case c.ReadmitAfter < 0:
+		return fmt.Errorf("failover: Config.ReadmitAfter %v is negative", c.ReadmitAfter)
+	case c.MinRTO < 0:
+		return fmt.Errorf("failover: Config.MinRTO %v is negative", c.MinRTO)
+	case c.InitialRTT < 0:
+		return fmt.Errorf("failover: Config.InitialRTT %v is negative", c.InitialRTT)
+	case c.MaxFlows < 0:
+		return fmt.Errorf("failover: Config.MaxFlows %d is negative", c.MaxFlows)
+	case c.FlowIdle < 0:
+		return fmt.Errorf("failover: Config.FlowIdle %v is negative", c.FlowIdle)
+	case c.History < 0:
+		return fmt.Errorf("failover: Config.History %d is negative", c.History)
+	}
+	f := c.withDefaults()
+	if f.DCProbeMisses > f.ProbeMisses {
+		return fmt.Errorf("failover: Config.DCProbeMisses %d exceeds ProbeMisses %d", f.DCProbeMisses, f.ProbeMisses)
+	}
+	return nil
+}
+
+// DC is one datacentre: a name and its nodes' service addresses. The
+// topology passed to New lists DCs in preference order (most preferred
+// first).
+type DC struct {
+	Name  string
+	Nodes []netip.AddrPort
+}
+
+func validateTopology(topo []DC) error {
+	if len(topo) == 0 {
+		return errors.New("failover: topology has no DC")
+	}
+	names := make(map[string]bool, len(topo))
+	addrs := make(map[netip.AddrPort]string)
+	for i, dc := range topo {
+		if dc.Name == "" {
+			return fmt.Errorf("failover: DC %d has no name", i)
+		}
+		if names[dc.Name] {
+			return fmt.Errorf("failover: DC name %q appears twice", dc.Name)
+		}
+		names[dc.Name] = true
+		if len(dc.Nodes) == 0 {
+			return fmt.Errorf("failover: DC %q has no node", dc.Name)
+		}
+		for _, a := range dc.Nodes {
+			if !a.IsValid() {
+				return fmt.Errorf("failover: DC %q has an invalid node address", dc.Name)
+			}
+			if other, dup := addrs[a]; dup {
+				return fmt.Errorf("failover: node %v is in DC %q and DC %q", a, other, dc.Name)
+			}
+			addrs[a] = dc.Name
+		}
+	}
+	return nil
+}

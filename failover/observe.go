@@ -1,0 +1,411 @@
+package failover
+
+import (
+	"fmt"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
+)
+
+// Segment describes one TCP segment as the middlebox saw it. For client
+// segments Seq is in the client's sequence space; for server segments Ack
+// acknowledges client bytes, so it is in the client's sequence space too
+// (the middlebox never translates client sequence numbers). Len is the
+// payload length; SYN and FIN each occupy one sequence number.
+type Segment struct {
+	Seq   seqnum.Value
+	Ack   seqnum.Value
+	Len   int
+	Flags header.TCPFlags
+}
+
+// ProbeResult is the outcome of one active probe of a node.
+type ProbeResult struct {
+	// OK: the node answered (TCP connect accepted, or an HTTP reply of any
+	// status).
+	OK bool
+	// Ready: the node says it can serve (HTTP 200 from /ready; a successful
+	// TCP connect counts as ready).
+	Ready bool
+	// RTT of the probe; zero if unknown. Feeds the node's RTT estimate.
+	RTT time.Duration
+}
+
+// flowState is what the detector keeps per flow (per branch, for forked
+// flows): enough to tell a retransmission and unacknowledged data.
+type flowState struct {
+	node NodeID
+	// sndNxt is the end of the highest client sequence seen; srvAck the
+	// highest acknowledgement from the server (initially the start of the
+	// first client segment seen: earlier bytes count as acknowledged).
+	sndNxt, srvAck seqnum.Value
+	// srvSince: the server has sent on this flow since the client last
+	// sent new data. A retransmission counts for Algorithm 1 only when
+	// false.
+	srvSince    bool
+	outstanding bool
+	lagSince    time.Time
+	last        time.Time
+}
+
+// maxRTT bounds an RTT sample, so bad input cannot overflow the estimate.
+const maxRTT = time.Minute
+
+// ClientSegment observes a segment from the client on flow to node. It
+// counts duplicates for the paper's Algorithm 1 and tracks unacknowledged
+// client data. The returned decisions are valid until the next call.
+func (d *Detector[K]) ClientSegment(now time.Time, flow K, node NodeID, seg Segment) []Decision {
+	d.advance(now)
+	d.stats.ClientSegments++
+	if !d.validNode(node) || seg.Len < 0 {
+		d.stats.BadInput++
+		return d.out
+	}
+	if seg.Flags&header.TCPFlagRst != 0 {
+		return d.out // a client reset carries no sequence space
+	}
+	f, ok := d.flows[flow]
+	if ok && f.node != node {
+		d.dropFlow(flow, &f) // the caller moved the flow to another node
+		ok = false
+	}
+	if !ok {
+		if len(d.flows) >= d.cfg.MaxFlows {
+			d.stats.FlowsUntracked++
+			return d.out
+		}
+		f = flowState{node: node, sndNxt: seg.Seq, srvAck: seg.Seq}
+	}
+	f.last = d.now
+	ns := &d.nodes[node]
+	ns.lastClient = d.now
+	l := seg.Len
+	if seg.Flags&header.TCPFlagSyn != 0 {
+		l++
+	}
+	if seg.Flags&header.TCPFlagFin != 0 {
+		l++
+	}
+	if l > 0 {
+		end := seg.Seq.Add(seqnum.Size(l))
+		if ok && seg.Seq.LessThan(f.sndNxt) && !f.srvSince && ns.up {
+			// Algorithm 1: a duplicate client segment, and the server has
+			// sent nothing on this flow since.
+			ns.dups++
+			d.stats.Duplicates++
+			if ns.dups >= d.cfg.Threshold {
+				d.markDown(node, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments", ns.dups))
+			}
+		}
+		if f.sndNxt.LessThan(end) {
+			f.sndNxt = end
+			f.srvSince = false
+		}
+	}
+	d.setOutstanding(&f, f.srvAck.LessThan(f.sndNxt))
+	d.flows[flow] = f
+	if d.cfg.Mode == Fast {
+		d.checkSilence(node)
+	}
+	return d.out
+}
+
+// ServerSegment observes a segment from node on flow. Any packet from the
+// server resets its Algorithm 1 count; any packet but a RST is evidence
+// that the node is alive.
+func (d *Detector[K]) ServerSegment(now time.Time, flow K, node NodeID, seg Segment) []Decision {
+	d.advance(now)
+	d.stats.ServerSegments++
+	if !d.validNode(node) || seg.Len < 0 {
+		d.stats.BadInput++
+		return d.out
+	}
+	ns := &d.nodes[node]
+	ns.dups = 0
+	if seg.Flags&header.TCPFlagRst == 0 {
+		ns.heard = d.now
+	}
+	f, ok := d.flows[flow]
+	if !ok || f.node != node {
+		return d.out
+	}
+	f.last = d.now
+	f.srvSince = true
+	if seg.Flags&header.TCPFlagAck != 0 {
+		if f.srvAck.LessThan(seg.Ack) {
+			f.srvAck = seg.Ack
+		}
+		if f.sndNxt.LessThan(f.srvAck) {
+			f.sndNxt = f.srvAck // we missed client segments
+		}
+	}
+	d.setOutstanding(&f, f.srvAck.LessThan(f.sndNxt))
+	d.flows[flow] = f
+	return d.out
+}
+
+// FlowEnded forgets flow (closed, reset, or moved away by the caller).
+func (d *Detector[K]) FlowEnded(flow K) {
+	if f, ok := d.flows[flow]; ok {
+		d.dropFlow(flow, &f)
+	}
+}
+
+// BranchLag reports that node's branch of a forked flow has lagged the
+// other branches' acknowledgement since since, while client data is
+// outstanding; a zero since clears the lag. flow must be the key the
+// branch's client segments were reported with.
+func (d *Detector[K]) BranchLag(now time.Time, flow K, node NodeID, since time.Time) []Decision {
+	d.advance(now)
+	if !d.validNode(node) {
+		d.stats.BadInput++
+		return d.out
+	}
+	f, ok := d.flows[flow]
+	if !ok || f.node != node {
+		return d.out // untracked flow: nothing to attach the lag to
+	}
+	if since.After(d.now) {
+		since = d.now
+	}
+	was, is := !f.lagSince.IsZero(), !since.IsZero()
+	ns := &d.nodes[node]
+	switch {
+	case is && !was:
+		ns.lagging++
+		d.lagTotal++
+	case was && !is:
+		ns.lagging--
+		d.lagTotal--
+	}
+	f.lagSince = since
+	d.flows[flow] = f
+	if is && d.cfg.Mode == Fast {
+		d.checkLag(node, since)
+	}
+	return d.out
+}
+
+// Probe observes the result of an active probe of node. In both modes it
+// drives readmission of a down node; in Fast mode failed or not-ready
+// probes also declare nodes down.
+func (d *Detector[K]) Probe(now time.Time, node NodeID, r ProbeResult) []Decision {
+	d.advance(now)
+	d.stats.Probes++
+	if !d.validNode(node) || r.RTT < 0 {
+		d.stats.BadInput++
+		return d.out
+	}
+	ns := &d.nodes[node]
+	if r.OK {
+		ns.heard = d.now
+		if d.cfg.Mode == Fast {
+			ns.dups = 0 // a probe reply is a packet from the service
+		}
+		if r.RTT > 0 {
+			ns.sampleRTT(r.RTT)
+		}
+	}
+	good := r.OK && r.Ready
+	if good {
+		ns.misses = 0
+		if ns.readySince.IsZero() {
+			ns.readySince = d.now
+		}
+	} else {
+		ns.misses++
+		ns.readySince = time.Time{}
+	}
+	if !ns.up {
+		d.checkReadmit(node)
+		return d.out
+	}
+	if d.cfg.Mode != Fast || good {
+		return d.out
+	}
+	if ns.misses >= d.cfg.ProbeMisses {
+		cause := fmt.Sprintf("%d probes missed", ns.misses)
+		if r.OK {
+			cause = fmt.Sprintf("%d probes missed (last: reachable but not ready)", ns.misses)
+		}
+		d.markDown(node, SignalProbes, cause)
+		return d.out
+	}
+	if ns.misses >= d.cfg.DCProbeMisses {
+		d.checkDCProbes(ns.info.DC)
+	}
+	return d.out
+}
+
+// Tick advances time: it applies the time-based rules (silence, ack lag,
+// readmission) and forgets idle flows. Call it at a short interval (for
+// example every 10-50 ms) and after a batch of observations.
+func (d *Detector[K]) Tick(now time.Time) []Decision {
+	d.advance(now)
+	for i := range d.nodes {
+		n := NodeID(i)
+		if !d.nodes[i].up {
+			d.checkReadmit(n)
+			continue
+		}
+		if d.cfg.Mode == Fast {
+			d.checkSilence(n)
+		}
+	}
+	if d.cfg.Mode == Fast && d.lagTotal > 0 {
+		for _, f := range d.flows {
+			if !f.lagSince.IsZero() && d.nodes[f.node].up {
+				d.checkLag(f.node, f.lagSince)
+			}
+		}
+	}
+	if d.now.Sub(d.lastGC) >= time.Second {
+		d.lastGC = d.now
+		for k, f := range d.flows {
+			if d.now.Sub(f.last) >= d.cfg.FlowIdle {
+				d.dropFlow(k, &f)
+				d.stats.FlowsExpired++
+			}
+		}
+	}
+	return d.out
+}
+
+// rto is the retransmission timeout a TCP stack would use towards ns.
+func (d *Detector[K]) rto(ns *nodeState) time.Duration {
+	return ns.srtt + max(4*ns.rttvar, d.cfg.MinRTO)
+}
+
+// SilenceThreshold returns how long node n must stay silent with
+// unacknowledged client data before the silence rule declares it down:
+// max(SilenceTimeout, srtt+4*rto).
+func (d *Detector[K]) SilenceThreshold(n NodeID) time.Duration {
+	if !d.validNode(n) {
+		return 0
+	}
+	ns := &d.nodes[n]
+	return max(d.cfg.SilenceTimeout, ns.srtt+4*d.rto(ns))
+}
+
+// AckLagThreshold returns how long node n's branch may lag the others
+// before the ack-lag rule declares it down: max(AckLagTimeout, srtt+2*rto).
+func (d *Detector[K]) AckLagThreshold(n NodeID) time.Duration {
+	if !d.validNode(n) {
+		return 0
+	}
+	ns := &d.nodes[n]
+	return max(d.cfg.AckLagTimeout, ns.srtt+2*d.rto(ns))
+}
+
+// checkSilence applies the silence rule to node n: unacknowledged client
+// data, nothing heard from the node for the threshold, and the client
+// still sending (retransmitting) within it.
+func (d *Detector[K]) checkSilence(n NodeID) {
+	ns := &d.nodes[n]
+	if !ns.up || ns.outstanding == 0 {
+		return
+	}
+	start := ns.outSince
+	if ns.heard.After(start) {
+		start = ns.heard
+	}
+	thr := d.SilenceThreshold(n)
+	silent := d.now.Sub(start)
+	if silent < thr || d.now.Sub(ns.lastClient) > thr {
+		return
+	}
+	d.markDown(n, SignalSilence, fmt.Sprintf("silence %v with unacknowledged client data", silent.Round(time.Millisecond)))
+}
+
+// checkLag applies the ack-lag rule to node n for a branch lagging since
+// since: the lag and the node's silence since it began exceed the
+// threshold.
+func (d *Detector[K]) checkLag(n NodeID, since time.Time) {
+	ns := &d.nodes[n]
+	if !ns.up {
+		return
+	}
+	start := since
+	if ns.heard.After(start) {
+		start = ns.heard
+	}
+	lag := d.now.Sub(start)
+	if lag < d.AckLagThreshold(n) {
+		return
+	}
+	d.markDown(n, SignalAckLag, fmt.Sprintf("ack lag %v behind the other branches, nothing heard since", d.now.Sub(since).Round(time.Millisecond)))
+}
+
+// checkDCProbes applies the correlated probe rule to dc.
+func (d *Detector[K]) checkDCProbes(dc DCID) {
+	ds := &d.dcs[dc]
+	if ds.live < 2 {
+		return
+	}
+	for _, n := range ds.nodes {
+		if d.nodes[n].up && d.nodes[n].misses < d.cfg.DCProbeMisses {
+			return
+		}
+	}
+	cause := fmt.Sprintf("all %d live nodes of DC %s missed %d+ probes", ds.live, ds.name, d.cfg.DCProbeMisses)
+	for _, n := range ds.nodes {
+		if d.nodes[n].up {
+			d.markDown(n, SignalDCProbes, cause)
+		}
+	}
+}
+
+// checkReadmit brings down node n back once it has been ready for
+// ReadmitAfter.
+func (d *Detector[K]) checkReadmit(n NodeID) {
+	ns := &d.nodes[n]
+	if ns.up || ns.readySince.IsZero() {
+		return
+	}
+	if ready := d.now.Sub(ns.readySince); ready >= d.cfg.ReadmitAfter {
+		d.markUp(n, fmt.Sprintf("ready for %v", ready.Round(time.Millisecond)))
+	}
+}
+
+func (d *Detector[K]) setOutstanding(f *flowState, v bool) {
+	if f.outstanding == v {
+		return
+	}
+	ns := &d.nodes[f.node]
+	if v {
+		if ns.outstanding == 0 {
+			ns.outSince = d.now
+		}
+		ns.outstanding++
+	} else {
+		ns.outstanding--
+	}
+	f.outstanding = v
+}
+
+func (d *Detector[K]) dropFlow(k K, f *flowState) {
+	d.setOutstanding(f, false)
+	if !f.lagSince.IsZero() {
+		d.nodes[f.node].lagging--
+		d.lagTotal--
+	}
+	delete(d.flows, k)
+}
+
+// sampleRTT folds an RTT sample into the node's estimate (RFC 6298).
+func (ns *nodeState) sampleRTT(rtt time.Duration) {
+	rtt = min(rtt, maxRTT)
+	if !ns.haveRTT {
+		ns.haveRTT = true
+		ns.srtt = rtt
+		ns.rttvar = rtt / 2
+		return
+	}
+	delta := ns.srtt - rtt
+	if delta < 0 {
+		delta = -delta
+	}
+	ns.rttvar = (3*ns.rttvar + delta) / 4
+	ns.srtt = (7*ns.srtt + rtt) / 8
+}
