@@ -1,0 +1,541 @@
+package kvs
+
+// RESP front: one goroutine per client connection.
+//
+//	read -> parse every complete command in the buffer -> batch
+//	batch -> groups of commands on distinct keys: start all their quorum ops,
+//	         then wait for them in order and append the replies
+//	replies -> one write per batch
+//
+// Pipelined commands on distinct keys therefore run concurrently, while a
+// command on a key already used earlier in its group waits for that group, so
+// every connection keeps Redis's in-order semantics.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/redcon"
+)
+
+type cmdKind uint8
+
+const (
+	cmdImmediate cmdKind = iota // answered without quorum ops
+	cmdGet
+	cmdSet
+	cmdDel
+	cmdExists
+	cmdMGet
+	cmdMSet
+	cmdTooBig
+	cmdQuit
+)
+
+// batchCmd is one parsed command of a batch; its args alias the read buffer.
+type batchCmd struct {
+	kind     cmdKind
+	argStart int // into clientConn.argv
+	argEnd   int
+	opStart  int // into clientConn.ops
+	opEnd    int
+	distinct int // DEL: distinct keys
+	err      string
+}
+
+// clientConn is the state of one client connection. Not safe for
+// concurrent use: only its goroutine touches it.
+type clientConn struct {
+	n      *Node
+	c      net.Conn
+	p      *respParser
+	buf    []byte
+	out    []byte
+	argv   [][]byte
+	cmds   []batchCmd
+	ops    []*op
+	hashes []uint64
+	dl     deadline
+	seed   maphash.Seed
+	quit   bool
+}
+
+const maxBatch = 1024
+
+func (n *Node) serveClient(c net.Conn) {
+	n.stats.Clients.Add(1)
+	defer n.stats.Clients.Add(-1)
+	cc := &clientConn{
+		n:    n,
+		c:    c,
+		p:    newRESPParser(max(n.cfg.MaxValue, n.cfg.MaxKey)),
+		buf:  make([]byte, 16<<10),
+		seed: maphash.MakeSeed(),
+	}
+	defer cc.dl.stop()
+	maxBuf := 2*n.cfg.MaxValue + 1<<20
+	start, end := 0, 0
+	for {
+		if start == end {
+			start, end = 0, 0
+		}
+		if end == len(cc.buf) {
+			if start > 0 {
+				end = copy(cc.buf, cc.buf[start:end])
+				start = 0
+			} else if len(cc.buf) < maxBuf {
+				nb := make([]byte, min(2*len(cc.buf), maxBuf))
+				copy(nb, cc.buf[:end])
+				cc.buf = nb
+			} else {
+				n.stats.BadRequests.Add(1)
+				c.Write(appendErr(nil, "ERR Protocol error: request too large"))
+				return
+			}
+		}
+		nr, err := c.Read(cc.buf[end:])
+		if nr == 0 && err != nil {
+			return
+		}
+		end += nr
+		proto := false
+		for {
+			used, res := cc.p.next(cc.buf[start:end])
+			start += used
+			switch res {
+			case resCommand:
+				cc.add(cc.p.args)
+			case resTooBig:
+				n.stats.BadRequests.Add(1)
+				cc.cmds = append(cc.cmds, batchCmd{kind: cmdTooBig,
+					err: fmt.Sprintf("ERR argument too large (max %d bytes)", cc.p.maxArg)})
+			case resProto:
+				proto = true
+			}
+			if res == resNeedMore || res == resProto || len(cc.cmds) >= maxBatch {
+				if len(cc.cmds) > 0 {
+					cc.run()
+				}
+				if res != resNeedMore && res != resProto {
+					continue
+				}
+				break
+			}
+		}
+		if proto {
+			n.stats.BadRequests.Add(1)
+			cc.out = appendErr(cc.out, "ERR Protocol error: "+cc.p.err)
+		}
+		if len(cc.out) > 0 {
+			if _, err := c.Write(cc.out); err != nil {
+				return
+			}
+			if cap(cc.out) > 1<<20 {
+				cc.out = nil
+			} else {
+				cc.out = cc.out[:0]
+			}
+		}
+		if proto || cc.quit {
+			return
+		}
+		if cap(cc.buf) > 1<<20 && start == end {
+			cc.buf = make([]byte, 16<<10)
+			start, end = 0, 0
+		}
+	}
+}
+
+func eq(a []byte, s string) bool {
+	if len(a) != len(s) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		c := a[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// add classifies one command and appends it to the batch.
+func (cc *clientConn) add(args [][]byte) {
+	bc := batchCmd{argStart: len(cc.argv)}
+	cc.argv = append(cc.argv, args...)
+	bc.argEnd = len(cc.argv)
+	name := args[0]
+	nargs := len(args)
+	arity := func(ok bool) bool {
+		if !ok {
+			bc.kind = cmdImmediate
+			bc.err = "ERR wrong number of arguments for '" + strings.ToLower(string(appendSafe(nil, name))) + "' command"
+		}
+		return ok
+	}
+	switch {
+	case eq(name, "get"):
+		if arity(nargs == 2) {
+			bc.kind = cmdGet
+		}
+	case eq(name, "set"):
+		if arity(nargs >= 3) {
+			bc.kind = cmdSet
+			if nargs > 3 {
+				bc.kind, bc.err = cmdImmediate, "ERR syntax error (SET options are not supported)"
+			}
+		}
+	case eq(name, "del"), eq(name, "unlink"):
+		if arity(nargs >= 2) {
+			bc.kind = cmdDel
+		}
+	case eq(name, "exists"):
+		if arity(nargs >= 2) {
+			bc.kind = cmdExists
+		}
+	case eq(name, "mget"):
+		if arity(nargs >= 2) {
+			bc.kind = cmdMGet
+		}
+	case eq(name, "mset"):
+		if arity(nargs >= 3 && nargs%2 == 1) {
+			bc.kind = cmdMSet
+		}
+	case eq(name, "quit"):
+		bc.kind = cmdQuit
+	default:
+		bc.kind = cmdImmediate
+	}
+	if bc.err == "" && bc.kind != cmdImmediate && bc.kind != cmdQuit {
+		for _, k := range cc.keys(bc) {
+			if len(k) > cc.n.cfg.MaxKey {
+				bc.kind = cmdImmediate
+				bc.err = fmt.Sprintf("ERR key too large (max %d bytes)", cc.n.cfg.MaxKey)
+				break
+			}
+		}
+	}
+	if bc.err != "" {
+		cc.n.stats.BadRequests.Add(1)
+	}
+	cc.cmds = append(cc.cmds, bc)
+}
+
+// keys returns the keys a data command touches (MSET: every other arg).
+func (cc *clientConn) keys(bc batchCmd) [][]byte {
+	a := cc.argv[bc.argStart+1 : bc.argEnd]
+	if bc.kind == cmdSet {
+		return a[:1]
+	}
+	return a
+}
+
+// run executes the batch and appends every reply to out.
+func (cc *clientConn) run() {
+	i := 0
+	for i < len(cc.cmds) {
+		// Start a group: commands whose keys are distinct from the group's.
+		cc.hashes = cc.hashes[:0]
+		cc.ops = cc.ops[:0]
+		cc.dl.reset(cc.n.cfg.Timeout)
+		j := i
+		for ; j < len(cc.cmds); j++ {
+			if j > i && len(cc.ops) >= 256 {
+				break
+			}
+			if !cc.startCmd(&cc.cmds[j], j > i) {
+				break
+			}
+		}
+		for k := i; k < j; k++ {
+			cc.finishCmd(&cc.cmds[k])
+		}
+		for _, o := range cc.ops {
+			if o != nil {
+				cc.n.coord.release(o)
+			}
+		}
+		i = j
+	}
+	cc.cmds = cc.cmds[:0]
+	cc.argv = cc.argv[:0]
+	cc.ops = cc.ops[:0]
+}
+
+func (cc *clientConn) collides(keys [][]byte, step int) bool {
+	for i := 0; i < len(keys); i += step {
+		h := maphash.Bytes(cc.seed, keys[i])
+		for _, g := range cc.hashes {
+			if g == h {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// startCmd starts bc's quorum ops; it returns false (starting nothing) when
+// bc must wait for the current group because it touches one of its keys.
+func (cc *clientConn) startCmd(bc *batchCmd, inGroup bool) bool {
+	bc.opStart = len(cc.ops)
+	bc.opEnd = bc.opStart
+	if bc.kind == cmdImmediate || bc.kind == cmdTooBig || bc.kind == cmdQuit {
+		return true
+	}
+	keys := cc.keys(*bc)
+	step := 1
+	if bc.kind == cmdMSet {
+		step = 2
+	}
+	if inGroup && cc.collides(keys, step) {
+		return false
+	}
+	writes := bc.kind == cmdSet || bc.kind == cmdDel || bc.kind == cmdMSet
+	for i := 0; i < len(keys); i += step {
+		k := keys[i]
+		if writes {
+			// Within one command a repeated key is written once: the last
+			// occurrence wins (as in Redis).
+			dup := false
+			for j := i + step; j < len(keys); j += step {
+				if bytes.Equal(keys[j], k) {
+					dup = true
+					break
+				}
+			}
+			if dup {
+				cc.ops = append(cc.ops, nil)
+				continue
+			}
+		}
+		cc.hashes = append(cc.hashes, maphash.Bytes(cc.seed, k))
+		o, err := cc.n.coord.acquireOp(&cc.dl)
+		if err != nil {
+			cc.ops = append(cc.ops, nil)
+			bc.err = "ERR " + err.Error()
+			continue
+		}
+		cc.ops = append(cc.ops, o)
+		switch bc.kind {
+		case cmdGet, cmdExists, cmdMGet:
+			cc.n.coord.start(o, opGet, k, nil)
+		case cmdSet:
+			cc.n.coord.start(o, opSet, k, cc.argv[bc.argStart+2])
+		case cmdMSet:
+			cc.n.coord.start(o, opSet, k, keys[i+1])
+		case cmdDel:
+			bc.distinct++
+			cc.n.coord.start(o, opDel, k, nil)
+		}
+	}
+	bc.opEnd = len(cc.ops)
+	return true
+}
+
+// finishCmd waits for bc's ops and appends its reply.
+func (cc *clientConn) finishCmd(bc *batchCmd) {
+	n := cc.n
+	n.stats.Commands.Add(1)
+	var err error
+	for _, o := range cc.ops[bc.opStart:bc.opEnd] {
+		if o == nil {
+			continue
+		}
+		if e := n.coord.wait(o, &cc.dl); e != nil && err == nil {
+			err = e
+		}
+	}
+	if bc.err != "" {
+		n.stats.Errors.Add(1)
+		cc.out = appendErr(cc.out, bc.err)
+		return
+	}
+	if err != nil {
+		n.stats.Errors.Add(1)
+		if errors.Is(err, ErrNoQuorum) || errors.Is(err, ErrTimeout) {
+			n.stats.QuorumErrors.Add(1)
+		}
+		cc.out = appendErr(cc.out, "ERR "+err.Error())
+		return
+	}
+	ops := cc.ops[bc.opStart:bc.opEnd]
+	switch bc.kind {
+	case cmdImmediate:
+		cc.immediate(cc.argv[bc.argStart:bc.argEnd])
+	case cmdQuit:
+		cc.out = redcon.AppendOK(cc.out)
+		cc.quit = true
+	case cmdGet:
+		if ops[0].found() {
+			cc.out = redcon.AppendBulk(cc.out, ops[0].bestVal)
+		} else {
+			cc.out = redcon.AppendNull(cc.out)
+		}
+	case cmdSet, cmdMSet:
+		cc.out = redcon.AppendOK(cc.out)
+	case cmdDel:
+		// DEL answers the number of distinct keys named, whatever they held:
+		// the reply must be identical on every node and in every DC (the
+		// middlebox compares DCs' replies byte for byte), and after it every
+		// one of those keys is absent.
+		cc.out = redcon.AppendInt(cc.out, int64(bc.distinct))
+	case cmdExists:
+		c := 0
+		for _, o := range ops {
+			if o.found() {
+				c++
+			}
+		}
+		cc.out = redcon.AppendInt(cc.out, int64(c))
+	case cmdMGet:
+		cc.out = redcon.AppendArray(cc.out, len(ops))
+		for _, o := range ops {
+			if o.found() {
+				cc.out = redcon.AppendBulk(cc.out, o.bestVal)
+			} else {
+				cc.out = redcon.AppendNull(cc.out)
+			}
+		}
+	}
+}
+
+// immediate answers commands that need no quorum.
+func (cc *clientConn) immediate(args [][]byte) {
+	n := cc.n
+	name := args[0]
+	out := cc.out
+	switch {
+	case eq(name, "ping"):
+		switch len(args) {
+		case 1:
+			out = redcon.AppendString(out, "PONG")
+		case 2:
+			out = redcon.AppendBulk(out, args[1])
+		default:
+			out = cc.arityErr(out, name)
+		}
+	case eq(name, "echo"):
+		if len(args) != 2 {
+			out = cc.arityErr(out, name)
+		} else {
+			out = redcon.AppendBulk(out, args[1])
+		}
+	case eq(name, "info"):
+		out = redcon.AppendBulkString(out, n.info())
+	case eq(name, "config"):
+		if len(args) >= 3 && eq(args[1], "get") {
+			// What redis-benchmark asks for on connect; everything else is
+			// an empty answer, as for an unknown parameter.
+			var kv []string
+			for _, p := range args[2:] {
+				switch {
+				case eq(p, "save"):
+					kv = append(kv, "save", "")
+				case eq(p, "appendonly"):
+					kv = append(kv, "appendonly", "no")
+				}
+			}
+			out = redcon.AppendArray(out, len(kv))
+			for _, s := range kv {
+				out = redcon.AppendBulkString(out, s)
+			}
+		} else if len(args) < 2 {
+			out = cc.arityErr(out, name)
+		} else {
+			out = appendErr(out, "ERR unsupported CONFIG subcommand")
+		}
+	case eq(name, "hello"):
+		if len(args) >= 2 && !eq(args[1], "2") {
+			if _, err := strconv.Atoi(string(args[1])); err != nil {
+				out = appendErr(out, "ERR Protocol version is not an integer or out of range")
+			} else {
+				out = appendErr(out, "NOPROTO sorry, this protocol version is not supported")
+			}
+			break
+		}
+		out = redcon.AppendArray(out, 14)
+		for _, s := range []string{"server", "redis", "version", "7.0.0"} {
+			out = redcon.AppendBulkString(out, s)
+		}
+		out = redcon.AppendBulkString(out, "proto")
+		out = redcon.AppendInt(out, 2)
+		out = redcon.AppendBulkString(out, "id")
+		out = redcon.AppendInt(out, int64(n.cfg.ID))
+		for _, s := range []string{"mode", "standalone", "role", "master"} {
+			out = redcon.AppendBulkString(out, s)
+		}
+		out = redcon.AppendBulkString(out, "modules")
+		out = redcon.AppendArray(out, 0)
+	case eq(name, "client"):
+		switch {
+		case len(args) < 2:
+			out = cc.arityErr(out, name)
+		case eq(args[1], "setinfo"), eq(args[1], "setname"):
+			out = redcon.AppendOK(out)
+		case eq(args[1], "getname"):
+			out = redcon.AppendNull(out)
+		case eq(args[1], "id"):
+			out = redcon.AppendInt(out, int64(n.cfg.ID))
+		default:
+			out = appendErr(out, "ERR unsupported CLIENT subcommand")
+		}
+	case eq(name, "select"):
+		if len(args) != 2 {
+			out = cc.arityErr(out, name)
+		} else if string(args[1]) == "0" {
+			out = redcon.AppendOK(out)
+		} else {
+			out = appendErr(out, "ERR DB index is out of range")
+		}
+	case eq(name, "command"):
+		out = redcon.AppendArray(out, 0)
+	default:
+		n.stats.BadRequests.Add(1)
+		n.stats.Errors.Add(1)
+		b := append([]byte("ERR unknown command '"), appendSafe(nil, name)...)
+		b = append(b, "', with args beginning with: "...)
+		for _, a := range args[1:min(len(args), 4)] {
+			b = append(b, '\'')
+			b = appendSafe(b, a)
+			b = append(b, "' "...)
+		}
+		out = appendErr(out, string(b))
+	}
+	cc.out = out
+}
+
+func (cc *clientConn) arityErr(out, name []byte) []byte {
+	cc.n.stats.BadRequests.Add(1)
+	return appendErr(out, "ERR wrong number of arguments for '"+strings.ToLower(string(appendSafe(nil, name)))+"' command")
+}
+
+// info renders the INFO reply.
+func (n *Node) info() string {
+	s := &n.stats
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Server\r\nredis_version:7.0.0\r\nsdnkvs_node_id:%d\r\nredis_mode:standalone\r\ntcp_port:%s\r\n", n.cfg.ID, portOf(n.Addr()))
+	fmt.Fprintf(&b, "\r\n# Clients\r\nconnected_clients:%d\r\n", s.Clients.Load())
+	fmt.Fprintf(&b, "\r\n# Persistence\r\nsdnkvs_sync_writes:%t\r\nsdnkvs_badger_commits:%d\r\nsdnkvs_replica_writes:%d\r\n",
+		n.cfg.Sync, n.store.Commits.Load(), n.store.Writes.Load())
+	fmt.Fprintf(&b, "\r\n# Stats\r\ntotal_commands_processed:%d\r\nsdnkvs_errors:%d\r\nsdnkvs_bad_requests:%d\r\nsdnkvs_quorum_errors:%d\r\nsdnkvs_peer_bad_frames:%d\r\n",
+		s.Commands.Load(), s.Errors.Load(), s.BadRequests.Load(), s.QuorumErrors.Load(), s.PeerBad.Load())
+	fmt.Fprintf(&b, "\r\n# Replication\r\nrole:master\r\nsdnkvs_cluster_size:%d\r\nsdnkvs_quorum:%d\r\nsdnkvs_reachable:%d\r\n",
+		n.size, n.quorum, n.reachable())
+	return b.String()
+}
+
+func portOf(addr string) string {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return p
+}

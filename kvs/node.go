@@ -1,0 +1,462 @@
+package kvs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config configures one store node.
+type Config struct {
+	ID         int      // unique in the cluster, 1..65535
+	Listen     string   // RESP address, e.g. 10.210.1.13:6379
+	PeerListen string   // peer protocol address, e.g. 10.210.1.13:7379
+	HTTPListen string   // readiness/health HTTP address; "" disables it
+	Peers      []string // peer addresses of the cluster (own PeerListen is skipped)
+	Quorum     int      // 0: majority of the cluster
+	Dir        string   // Badger directory
+	Sync       bool     // fsync every commit before acknowledging
+	InMemory   bool     // tests: no files
+
+	Timeout  time.Duration // per client command; default 2s
+	MaxKey   int           // default 4 KiB
+	MaxValue int           // default 1 MiB
+	Logger   *slog.Logger
+}
+
+// Node is one replica and coordinator: it stores key -> (tag, value), serves
+// its peers' quorum requests and coordinates client commands received over
+// RESP. Node is safe for concurrent use.
+type Node struct {
+	cfg    Config
+	size   int // replicas including this one
+	quorum int
+	log    *slog.Logger
+
+	store *Store
+	coord *coordinator
+	peers []*peerClient
+
+	respLn, peerLn net.Listener
+	httpSrv        *http.Server
+	httpLn         net.Listener
+
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	closing chan struct{}
+	wg      sync.WaitGroup
+	closed  bool
+
+	stats Stats
+}
+
+// Stats are a node's counters, safe for concurrent use.
+type Stats struct {
+	Commands     atomic.Uint64 // RESP commands executed
+	Errors       atomic.Uint64 // commands answered with an error
+	BadRequests  atomic.Uint64 // unknown commands, wrong arity, oversized, protocol errors
+	QuorumErrors atomic.Uint64 // no quorum or timeout
+	PeerBad      atomic.Uint64 // malformed peer frames (connection dropped)
+	Clients      atomic.Int64  // open client connections
+}
+
+// Start opens storage, listens on the configured addresses and starts
+// serving. Peers are connected in the background (with retries).
+func Start(cfg Config) (*Node, error) {
+	if cfg.ID < 1 || cfg.ID > 65535 {
+		return nil, fmt.Errorf("kvs: node id %d out of range 1..65535", cfg.ID)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	if cfg.MaxKey <= 0 {
+		cfg.MaxKey = 4 << 10
+	}
+	if cfg.MaxKey > 60000 {
+		return nil, errors.New("kvs: max key size above 60000 bytes")
+	}
+	if cfg.MaxValue <= 0 {
+		cfg.MaxValue = 1 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var others []string
+	for _, p := range cfg.Peers {
+		if p != "" && p != cfg.PeerListen {
+			others = append(others, p)
+		}
+	}
+	n := &Node{cfg: cfg, size: len(others) + 1, log: cfg.Logger.With("node", cfg.ID),
+		conns: map[net.Conn]struct{}{}, closing: make(chan struct{})}
+	n.quorum = cfg.Quorum
+	if n.quorum == 0 {
+		n.quorum = n.size/2 + 1
+	}
+	if 2*n.quorum <= n.size || n.quorum > n.size {
+		return nil, fmt.Errorf("kvs: quorum %d invalid for %d nodes: need %d/2 < quorum <= %d", n.quorum, n.size, n.size, n.size)
+	}
+	if !cfg.InMemory && cfg.Dir == "" {
+		return nil, errors.New("kvs: a data directory is required")
+	}
+	st, err := OpenStore(StoreOptions{Dir: cfg.Dir, Sync: cfg.Sync, InMemory: cfg.InMemory})
+	if err != nil {
+		return nil, err
+	}
+	n.store = st
+	n.coord = newCoordinator(n)
+	fail := func(err error) (*Node, error) {
+		n.Close()
+		return nil, err
+	}
+	if n.peerLn, err = net.Listen("tcp", cfg.PeerListen); err != nil {
+		return fail(fmt.Errorf("kvs: peer listen: %w", err))
+	}
+	if n.respLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fail(fmt.Errorf("kvs: listen: %w", err))
+	}
+	if cfg.HTTPListen != "" {
+		if n.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+			return fail(fmt.Errorf("kvs: http listen: %w", err))
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintln(w, "ok")
+		})
+		mux.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
+			up, q := n.reachable(), n.quorum
+			if up < q {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintf(w, "not ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
+				return
+			}
+			fmt.Fprintf(w, "ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
+		})
+		n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go n.httpSrv.Serve(n.httpLn)
+	}
+	for i, a := range others {
+		p := &peerClient{n: n, idx: i, addr: a}
+		n.peers = append(n.peers, p)
+	}
+	for _, p := range n.peers {
+		n.wg.Add(1)
+		go p.run()
+	}
+	n.wg.Add(2)
+	go n.acceptLoop(n.peerLn, n.servePeer)
+	go n.acceptLoop(n.respLn, n.serveClient)
+	return n, nil
+}
+
+// Addr is the RESP listen address.
+func (n *Node) Addr() string { return n.respLn.Addr().String() }
+
+// PeerAddr is the peer listen address.
+func (n *Node) PeerAddr() string { return n.peerLn.Addr().String() }
+
+// HTTPAddr is the readiness listen address ("" if disabled).
+func (n *Node) HTTPAddr() string {
+	if n.httpLn == nil {
+		return ""
+	}
+	return n.httpLn.Addr().String()
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() *Stats { return &n.stats }
+
+// reachable counts replicas this node can send to, itself included.
+func (n *Node) reachable() int {
+	up := 1
+	for _, p := range n.peers {
+		if p.w.Load() != nil {
+			up++
+		}
+	}
+	return up
+}
+
+// Ready reports whether the node can currently reach a quorum (itself
+// included), i.e. whether it can serve reads and writes.
+func (n *Node) Ready() bool { return n.reachable() >= n.quorum }
+
+// LocalGet returns this replica's own record for key (no quorum): for tests
+// and diagnostics.
+func (n *Node) LocalGet(key []byte) (t Tag, deleted bool, val []byte, err error) {
+	t, f, v, err := n.store.Get(key, true, nil)
+	return t, f&flagTombstone != 0, v, err
+}
+
+func (n *Node) track(c net.Conn, add bool) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if add {
+		if n.closed {
+			return false
+		}
+		n.conns[c] = struct{}{}
+	} else {
+		delete(n.conns, c)
+	}
+	return true
+}
+
+func (n *Node) acceptLoop(ln net.Listener, serve func(net.Conn)) {
+	defer n.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-n.closing:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			n.log.Warn("accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if !n.track(c, true) {
+			c.Close()
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			defer n.track(c, false)
+			defer c.Close()
+			serve(c)
+		}()
+	}
+}
+
+// Close stops the node abruptly (like a crash of the process, except that
+// storage is closed cleanly): listeners and all connections are closed at
+// once, in-flight client commands fail, then Badger is closed.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	close(n.closing)
+	for c := range n.conns {
+		c.Close()
+	}
+	n.mu.Unlock()
+	if n.respLn != nil {
+		n.respLn.Close()
+	}
+	if n.peerLn != nil {
+		n.peerLn.Close()
+	}
+	if n.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		n.httpSrv.Shutdown(ctx)
+		cancel()
+	}
+	for _, p := range n.peers {
+		p.stop()
+	}
+	n.wg.Wait()
+	var err error
+	if n.store != nil {
+		err = n.store.Close()
+	}
+	return err
+}
+
+// ---- peer server ----
+
+// serverConn answers one peer's requests. Reads are served inline by the
+// connection's reader goroutine; writes go to the store's committer, which
+// answers through writeDone. Safe for concurrent use.
+type serverConn struct {
+	w *batchWriter
+}
+
+func (s *serverConn) writeDone(id uint64, ok bool, held Tag) {
+	st := statusOK
+	if !ok {
+		st = statusErr
+	}
+	b, live := s.w.lock()
+	if !live {
+		return
+	}
+	s.w.unlock(appendResp(b, kindWrite, id, st, held, 0, nil))
+}
+
+func (n *Node) maxFrame() int { return n.cfg.MaxKey + n.cfg.MaxValue + 64 }
+
+func (n *Node) servePeer(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	sc := &serverConn{w: newBatchWriter(c, 256<<20)}
+	defer sc.w.close()
+	fr := newFrameReader(c, n.maxFrame())
+	var req request
+	var vbuf []byte
+	for {
+		body, err := fr.next()
+		if err != nil {
+			if errors.Is(err, errFrameTooBig) {
+				n.stats.PeerBad.Add(1)
+			}
+			return
+		}
+		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey || len(req.val) > n.cfg.MaxValue {
+			n.stats.PeerBad.Add(1)
+			n.log.Warn("malformed peer request; dropping connection", "peer", c.RemoteAddr())
+			return
+		}
+		switch req.kind {
+		case kindRead, kindReadTag:
+			t, f, v, err := n.store.Get(req.key, req.kind == kindRead, vbuf[:0])
+			vbuf = v
+			st := statusOK
+			if err != nil {
+				st = statusErr
+			}
+			b, live := sc.w.lock()
+			if !live {
+				return
+			}
+			sc.w.unlock(appendResp(b, req.kind, req.id, st, t, f, v))
+			if cap(vbuf) > 64<<10 {
+				vbuf = nil
+			}
+		case kindWrite:
+			n.store.Put(req.key, req.tag, req.flags, req.val, req.id, sc)
+		}
+	}
+}
+
+// ---- peer client ----
+
+// peerClient is this node's persistent, pipelined connection to one peer:
+// requests from every coordinator goroutine are batched onto it, answers are
+// dispatched to ops by id. Safe for concurrent use.
+type peerClient struct {
+	n    *Node
+	idx  int
+	addr string
+	w    atomic.Pointer[batchWriter]
+
+	mu   sync.Mutex
+	conn net.Conn
+	quit bool
+}
+
+func (p *peerClient) sendRead(kind byte, id uint64, key []byte) bool {
+	w := p.w.Load()
+	if w == nil {
+		return false
+	}
+	b, ok := w.lock()
+	if !ok {
+		return false
+	}
+	w.unlock(appendReadReq(b, kind, id, key))
+	return true
+}
+
+func (p *peerClient) sendWrite(id uint64, key []byte, t Tag, flags byte, val []byte) bool {
+	w := p.w.Load()
+	if w == nil {
+		return false
+	}
+	b, ok := w.lock()
+	if !ok {
+		return false
+	}
+	w.unlock(appendWriteReq(b, id, key, t, flags, val))
+	return true
+}
+
+func (p *peerClient) stop() {
+	p.mu.Lock()
+	p.quit = true
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	p.mu.Unlock()
+}
+
+func (p *peerClient) run() {
+	defer p.n.wg.Done()
+	backoff := 10 * time.Millisecond
+	for {
+		select {
+		case <-p.n.closing:
+			return
+		default:
+		}
+		d := net.Dialer{Timeout: time.Second}
+		c, err := d.Dial("tcp", p.addr)
+		if err != nil {
+			select {
+			case <-p.n.closing:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 500*time.Millisecond)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		p.mu.Lock()
+		if p.quit {
+			p.mu.Unlock()
+			c.Close()
+			return
+		}
+		p.conn = c
+		p.mu.Unlock()
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+		}
+		w := newBatchWriter(c, 256<<20)
+		p.w.Store(w)
+		p.n.log.Debug("peer connected", "peer", p.addr)
+		p.readLoop(c)
+		p.w.Store(nil)
+		w.close()
+		p.mu.Lock()
+		p.conn = nil
+		p.mu.Unlock()
+	}
+}
+
+func (p *peerClient) readLoop(c net.Conn) {
+	fr := newFrameReader(c, p.n.maxFrame())
+	var r response
+	for {
+		body, err := fr.next()
+		if err != nil {
+			return
+		}
+		if err := decodeResp(body, &r); err != nil {
+			p.n.stats.PeerBad.Add(1)
+			return
+		}
+		ok := r.status == statusOK
+		switch r.kind {
+		case kindRead, kindReadTag:
+			p.n.coord.deliverRead(r.id, ok, r.tag, r.flags, r.val)
+		case kindWrite:
+			p.n.coord.deliverAck(r.id, ok)
+		}
+	}
+}

@@ -1,0 +1,213 @@
+package kvs
+
+import "bytes"
+
+// respParser parses client commands (RESP arrays of bulk strings, or inline
+// commands) from a byte buffer without allocating: the arguments it returns
+// alias the buffer. An argument longer than maxArg rejects its command: the
+// parser reports resTooBig once, then skips the rest of that command as its
+// bytes arrive, so the connection stays usable. Garbage that is not RESP is a
+// protocol error (the connection should answer it and close, as Redis does).
+//
+// Not safe for concurrent use.
+type respParser struct {
+	maxArg    int
+	maxArgs   int
+	maxInline int
+	skipBytes int // bytes of a rejected bulk still to drop
+	skipArgs  int // bulks of a rejected command still to drop
+	args      [][]byte
+	err       string // protocol error text after resProto
+}
+
+type parseResult uint8
+
+const (
+	resNeedMore parseResult = iota // incomplete: read more, call again with the same bytes
+	resCommand                     // args holds one command
+	resSkip                        // bytes consumed, nothing to answer
+	resTooBig                      // a command was rejected for an oversized argument
+	resProto                       // protocol error; err says why
+)
+
+func newRESPParser(maxArg int) *respParser {
+	return &respParser{maxArg: maxArg, maxArgs: 1 << 20, maxInline: 64 << 10}
+}
+
+// parseLen parses a non-negative decimal; ok=false on anything else.
+func parseLen(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// header parses "<prefix><len>\r\n" at the start of b. n=0 means incomplete.
+func (p *respParser) header(b []byte, prefix byte) (size, n int, res parseResult) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		if len(b) > 24 {
+			p.err = "invalid length line"
+			return 0, 0, resProto
+		}
+		return 0, 0, resNeedMore
+	}
+	if b[0] != prefix {
+		p.err = "expected '" + string(prefix) + "'"
+		return 0, 0, resProto
+	}
+	if i < 2 || b[i-1] != '\r' {
+		p.err = "invalid length line"
+		return 0, 0, resProto
+	}
+	line := b[1 : i-1]
+	if prefix == '*' && len(line) > 0 && line[0] == '-' {
+		return -1, i + 1, resCommand // *-1: null array, ignored
+	}
+	size, ok := parseLen(line)
+	if !ok {
+		if prefix == '*' {
+			p.err = "invalid multibulk length"
+		} else {
+			p.err = "invalid bulk length"
+		}
+		return 0, 0, resProto
+	}
+	return size, i + 1, resCommand
+}
+
+// next parses from b. It returns how many bytes of b were consumed and what
+// they held. On resCommand, p.args holds the command until the next call.
+func (p *respParser) next(b []byte) (int, parseResult) {
+	if p.skipBytes > 0 {
+		if len(b) == 0 {
+			return 0, resNeedMore
+		}
+		n := min(p.skipBytes, len(b))
+		p.skipBytes -= n
+		return n, resSkip
+	}
+	if p.skipArgs > 0 {
+		size, n, res := p.header(b, '$')
+		if res != resCommand {
+			return 0, res
+		}
+		p.skipArgs--
+		p.skipBytes = size + 2
+		return n, resSkip
+	}
+	if len(b) == 0 {
+		return 0, resNeedMore
+	}
+	if b[0] != '*' {
+		return p.inline(b)
+	}
+	count, pos, res := p.header(b, '*')
+	if res != resCommand {
+		return 0, res
+	}
+	if count <= 0 {
+		return pos, resSkip
+	}
+	if count > p.maxArgs {
+		p.err = "invalid multibulk length"
+		return 0, resProto
+	}
+	p.args = p.args[:0]
+	for i := 0; i < count; i++ {
+		size, m, res := p.header(b[pos:], '$')
+		if res != resCommand {
+			return 0, res
+		}
+		if size > p.maxArg {
+			p.skipBytes = size + 2
+			p.skipArgs = count - i - 1
+			return pos + m, resTooBig
+		}
+		end := pos + m + size
+		if end+2 > len(b) {
+			return 0, resNeedMore
+		}
+		if b[end] != '\r' || b[end+1] != '\n' {
+			p.err = "invalid bulk length"
+			return 0, resProto
+		}
+		p.args = append(p.args, b[pos+m:end])
+		pos = end + 2
+	}
+	return pos, resCommand
+}
+
+func (p *respParser) inline(b []byte) (int, parseResult) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		if len(b) > p.maxInline {
+			p.err = "too big inline request"
+			return 0, resProto
+		}
+		return 0, resNeedMore
+	}
+	line := b[:i]
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		line = line[:len(line)-1]
+	}
+	p.args = p.args[:0]
+	for len(line) > 0 {
+		j := 0
+		for j < len(line) && (line[j] == ' ' || line[j] == '\t') {
+			j++
+		}
+		line = line[j:]
+		k := 0
+		for k < len(line) && line[k] != ' ' && line[k] != '\t' {
+			k++
+		}
+		if k > 0 {
+			if k > p.maxArg {
+				return i + 1, resTooBig
+			}
+			p.args = append(p.args, line[:k])
+		}
+		line = line[k:]
+	}
+	if len(p.args) == 0 {
+		return i + 1, resSkip
+	}
+	return i + 1, resCommand
+}
+
+// appendErr appends a RESP error "-<msg>\r\n", replacing bytes that would
+// break the line.
+func appendErr(b []byte, msg string) []byte {
+	b = append(b, '-')
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c < ' ' || c > '~' {
+			c = '?'
+		}
+		b = append(b, c)
+	}
+	return append(b, '\r', '\n')
+}
+
+// appendSafe appends up to 64 bytes of arg with unprintable bytes replaced,
+// for echoing client input inside error messages.
+func appendSafe(b, arg []byte) []byte {
+	if len(arg) > 64 {
+		arg = arg[:64]
+	}
+	for _, c := range arg {
+		if c < ' ' || c > '~' {
+			c = '?'
+		}
+		b = append(b, c)
+	}
+	return b
+}

@@ -1,0 +1,320 @@
+package kvs
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// Store is one replica's durable map key -> (tag, flags, value) over Badger.
+//
+// Writes go through a single committer goroutine that applies every write
+// queued since its last commit in one Badger transaction (group commit):
+// a write is stored only if its tag is higher than the stored one, so a
+// replica never goes back to a lower tag, and it is acknowledged only after
+// the transaction commits. With Sync the commit fsyncs the value log (an
+// acknowledged write survives power loss); without it the write is in the
+// OS page cache when acknowledged (it survives a crash of the process, not of
+// the machine).
+//
+// Store is safe for concurrent use.
+type Store struct {
+	db   *badger.DB
+	dir  string
+	sync bool
+
+	mu    sync.Mutex
+	cur   *commitBatch
+	spare *commitBatch
+	kick  chan struct{}
+	done  chan struct{}
+	quit  chan struct{}
+
+	writerMu   sync.Mutex
+	writerNext uint64 // next unique writer sequence
+	writerEnd  uint64 // end of the block reserved on disk
+
+	Commits atomic.Uint64 // transactions committed
+	Writes  atomic.Uint64 // write requests applied (stored or superseded)
+}
+
+// completion is told the outcome of a queued write: the tag the replica holds
+// for the key afterwards (>= the requested tag) or ok=false on a storage error.
+type completion interface {
+	writeDone(id uint64, ok bool, held Tag)
+}
+
+type commitEntry struct {
+	keyOff, keyEnd int // prefixed key in arena
+	recEnd         int // record follows the key: [keyEnd, recEnd)
+	tag            Tag
+	id             uint64
+	to             completion
+}
+
+type commitBatch struct {
+	entries []commitEntry
+	arena   []byte
+}
+
+// StoreOptions configure OpenStore.
+type StoreOptions struct {
+	Dir      string
+	Sync     bool // fsync every commit
+	InMemory bool // no files (tests only)
+}
+
+const writerBlock = 1 << 20
+
+// OpenStore opens (or creates) a replica store with Badger tuned small so
+// that many nodes share one machine (8 MiB memtables, 2 of them, 8 MiB block
+// and index caches, 2 compactors).
+func OpenStore(o StoreOptions) (*Store, error) {
+	opts := badger.DefaultOptions(o.Dir).
+		WithInMemory(o.InMemory).
+		WithSyncWrites(o.Sync).
+		WithMemTableSize(8 << 20).
+		WithNumMemtables(2).
+		WithBlockCacheSize(8 << 20).
+		WithIndexCacheSize(8 << 20).
+		WithNumCompactors(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithValueThreshold(64 << 10).
+		WithValueLogFileSize(64 << 20).
+		WithDetectConflicts(false).
+		WithNumVersionsToKeep(1).
+		WithLogger(nil)
+	if o.InMemory {
+		opts.Dir, opts.ValueDir = "", ""
+	}
+	db, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("kvs: open badger in %q: %w", o.Dir, err)
+	}
+	s := &Store{
+		db: db, dir: o.Dir, sync: o.Sync,
+		cur: &commitBatch{}, spare: &commitBatch{},
+		kick: make(chan struct{}, 1), done: make(chan struct{}), quit: make(chan struct{}),
+	}
+	if err := s.reserveWriters(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// Close stops the committer (pending writes are committed first) and closes
+// Badger.
+func (s *Store) Close() error {
+	close(s.quit)
+	<-s.done
+	return s.db.Close()
+}
+
+// NextWriter returns a writer sequence (48 bits) never returned before by
+// this replica, across restarts: blocks of sequences are reserved in a file
+// (fsynced) before use.
+func (s *Store) NextWriter() (uint64, error) {
+	s.writerMu.Lock()
+	defer s.writerMu.Unlock()
+	if s.writerNext >= s.writerEnd {
+		if err := s.reserveWritersLocked(); err != nil {
+			return 0, err
+		}
+	}
+	w := s.writerNext
+	s.writerNext++
+	return w, nil
+}
+
+func (s *Store) reserveWriters() error {
+	s.writerMu.Lock()
+	defer s.writerMu.Unlock()
+	return s.reserveWritersLocked()
+}
+
+func (s *Store) reserveWritersLocked() error {
+	if s.dir == "" {
+		s.writerNext, s.writerEnd = s.writerEnd, s.writerEnd+writerBlock
+		return nil
+	}
+	path := filepath.Join(s.dir, "writer-seq")
+	var start uint64
+	if b, err := os.ReadFile(path); err == nil && len(b) == 8 {
+		start = binary.BigEndian.Uint64(b)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("kvs: read %s: %w", path, err)
+	}
+	if start < s.writerEnd {
+		start = s.writerEnd
+	}
+	end := start + writerBlock
+	if end >= 1<<48 {
+		return errors.New("kvs: writer sequence space exhausted")
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err == nil {
+		_, err = f.Write(binary.BigEndian.AppendUint64(nil, end))
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return fmt.Errorf("kvs: reserve writer ids: %w", err)
+	}
+	s.writerNext, s.writerEnd = start, end
+	return nil
+}
+
+// userKey is the Badger key of a client key (a prefix keeps the empty key
+// legal and leaves room for internal keys).
+func appendUserKey(b, key []byte) []byte {
+	b = append(b, 'k')
+	return append(b, key...)
+}
+
+// Get returns the replica's record for key: appends the value to dst when
+// withValue. A key never written has the zero tag.
+func (s *Store) Get(key []byte, withValue bool, dst []byte) (t Tag, flags byte, val []byte, err error) {
+	var kb [256]byte
+	k := appendUserKey(kb[:0], key)
+	val = dst
+	err = s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(k)
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			if len(v) < recordHeader {
+				return errors.New("kvs: corrupt record")
+			}
+			t = DecodeTag(v)
+			flags = v[TagSize]
+			if withValue {
+				val = append(val, v[recordHeader:]...)
+			}
+			return nil
+		})
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		err = nil
+	}
+	return t, flags, val, err
+}
+
+// Put queues a write of (t, flags, val) for key; to.writeDone(id, ...) is
+// called from the committer goroutine once it is durable (or failed). key and
+// val are copied.
+func (s *Store) Put(key []byte, t Tag, flags byte, val []byte, id uint64, to completion) {
+	s.mu.Lock()
+	b := s.cur
+	e := commitEntry{tag: t, id: id, to: to}
+	e.keyOff = len(b.arena)
+	b.arena = appendUserKey(b.arena, key)
+	e.keyEnd = len(b.arena)
+	b.arena = AppendTag(b.arena, t)
+	b.arena = append(b.arena, flags)
+	b.arena = append(b.arena, val...)
+	e.recEnd = len(b.arena)
+	b.entries = append(b.entries, e)
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Store) commitLoop() {
+	defer close(s.done)
+	for {
+		select {
+		case <-s.kick:
+		case <-s.quit:
+			s.mu.Lock()
+			n := len(s.cur.entries)
+			s.mu.Unlock()
+			if n == 0 {
+				return
+			}
+		}
+		s.mu.Lock()
+		b := s.cur
+		s.cur, s.spare = s.spare, b
+		s.mu.Unlock()
+		if len(b.entries) > 0 {
+			s.apply(b)
+		}
+		b.entries = b.entries[:0]
+		b.arena = b.arena[:0]
+	}
+}
+
+// held[i] is the tag the replica holds for entry i after the batch.
+func (s *Store) apply(b *commitBatch) {
+	txn := s.db.NewTransaction(true)
+	var err error
+	for i := range b.entries {
+		e := &b.entries[i]
+		k := b.arena[e.keyOff:e.keyEnd:e.keyEnd]
+		rec := b.arena[e.keyEnd:e.recEnd:e.recEnd]
+		var cur Tag
+		item, gerr := txn.Get(k)
+		if gerr == nil {
+			gerr = item.Value(func(v []byte) error {
+				if len(v) >= TagSize {
+					cur = DecodeTag(v)
+				}
+				return nil
+			})
+		}
+		if gerr != nil && !errors.Is(gerr, badger.ErrKeyNotFound) {
+			err = gerr
+			break
+		}
+		if e.tag.Compare(cur) <= 0 {
+			e.tag = cur // already holds an equal or newer version
+			continue
+		}
+		serr := txn.Set(k, rec)
+		if errors.Is(serr, badger.ErrTxnTooBig) {
+			if err = txn.Commit(); err != nil {
+				break
+			}
+			s.Commits.Add(1)
+			txn = s.db.NewTransaction(true)
+			serr = txn.Set(k, rec)
+		}
+		if serr != nil {
+			err = serr
+			break
+		}
+	}
+	if err == nil {
+		err = txn.Commit()
+		s.Commits.Add(1)
+	} else {
+		txn.Discard()
+	}
+	ok := err == nil
+	s.Writes.Add(uint64(len(b.entries)))
+	for i := range b.entries {
+		e := &b.entries[i]
+		e.to.writeDone(e.id, ok, e.tag)
+		e.to = nil
+	}
+}
