@@ -1,0 +1,258 @@
+package middlebox
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Stats is a snapshot of the middlebox's counters.
+type Stats struct {
+	PacketsIn, PacketsOut uint64
+	BytesIn, BytesOut     uint64
+	Local                 uint64 // packets handed to the Stack
+	RSTSent               uint64 // RSTs the middlebox made (table full, no live node)
+	FlowsActive           int
+	FlowsCreated          uint64
+	FlowsExpired          uint64 // removed by idle timeout or after the FIN linger
+	Drops                 map[string]uint64
+}
+
+// Drop returns the drop counter for reason r.
+func (m *Middlebox) Drop(r Reason) uint64 { return m.c.drops[r].Load() }
+
+// Stats returns a snapshot of the counters.
+func (m *Middlebox) Stats() Stats {
+	s := Stats{
+		PacketsIn:    m.c.pktsIn.Load(),
+		PacketsOut:   m.c.pktsOut.Load(),
+		BytesIn:      m.c.bytesIn.Load(),
+		BytesOut:     m.c.bytesOut.Load(),
+		Local:        m.c.local.Load(),
+		RSTSent:      m.c.rstSent.Load(),
+		FlowsCreated: m.c.flowsCreated.Load(),
+		FlowsExpired: m.c.flowsExpired.Load(),
+		Drops:        map[string]uint64{},
+	}
+	for r := range numReasons {
+		s.Drops[r.String()] = m.c.drops[r].Load()
+	}
+	m.mu.Lock()
+	s.FlowsActive = m.tab.count
+	m.mu.Unlock()
+	return s
+}
+
+// FlowInfo describes one flow for /flows.
+type FlowInfo struct {
+	Client   string   `json:"client"`
+	VIPPort  uint16   `json:"vip_port"`
+	Kind     string   `json:"kind"`
+	DC       string   `json:"dc"`
+	Nodes    []string `json:"nodes"`
+	AgeSec   float64  `json:"age_seconds"`
+	IdleSec  float64  `json:"idle_seconds"`
+	BytesIn  uint64   `json:"bytes_in"`
+	BytesOut uint64   `json:"bytes_out"`
+	PktsIn   uint64   `json:"packets_in"`
+	PktsOut  uint64   `json:"packets_out"`
+	State    string   `json:"state"`
+}
+
+// Flows returns the flow table (for /flows), at most limit entries
+// (limit <= 0: all).
+func (m *Middlebox) Flows(limit int) []FlowInfo {
+	now := m.cfg.Now().UnixNano()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]FlowInfo, 0, min(m.tab.count, 1024))
+	for i := range m.tab.slab {
+		f := &m.tab.slab[i]
+		if !f.used {
+			continue
+		}
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+		fi := FlowInfo{
+			Client:   netip.AddrPortFrom(netip.AddrFrom4(f.key.cli), f.key.cport).String(),
+			VIPPort:  f.key.vport,
+			Kind:     "anycast",
+			AgeSec:   float64(now-f.created) / 1e9,
+			IdleSec:  float64(now-f.last) / 1e9,
+			BytesIn:  f.bytesIn,
+			BytesOut: f.bytesOut,
+			PktsIn:   f.pktsIn,
+			PktsOut:  f.pktsOut,
+		}
+		if f.kind == kindForked {
+			fi.Kind = "forked"
+		}
+		switch {
+		case f.state == stClosing:
+			fi.State = "closing"
+		case f.finCli || f.finSrv:
+			fi.State = "half-closed"
+		case f.state == stEstablished:
+			fi.State = "established"
+		default:
+			fi.State = "syn-sent"
+		}
+		for j := 0; j < int(f.nbranch); j++ {
+			n := m.nodes[f.nodes[j]]
+			fi.Nodes = append(fi.Nodes, n.ap.String())
+			if j == 0 {
+				fi.DC = m.dcs[n.dc].Name
+			}
+		}
+		out = append(out, fi)
+	}
+	return out
+}
+
+// NodeInfo and DCInfo describe the DCs for /dcs.
+type NodeInfo struct {
+	Addr        string `json:"addr"`
+	Live        bool   `json:"live"`
+	ActiveFlows int64  `json:"active_flows"`
+	TotalFlows  uint64 `json:"total_flows"`
+}
+
+type DCInfo struct {
+	Name       string     `json:"name"`
+	Preference int        `json:"preference"` // 0 is the most preferred
+	Live       bool       `json:"live"`       // at least one live node
+	Nodes      []NodeInfo `json:"nodes"`
+}
+
+// DCs returns the DCs in preference order with their nodes' state.
+func (m *Middlebox) DCs() []DCInfo {
+	out := make([]DCInfo, 0, len(m.dcs))
+	for d, dc := range m.dcs {
+		di := DCInfo{Name: dc.Name, Preference: d}
+		for _, ni := range m.dcNode[d] {
+			n := m.nodes[ni]
+			live := n.live.Load()
+			di.Live = di.Live || live
+			di.Nodes = append(di.Nodes, NodeInfo{Addr: n.ap.String(), Live: live, ActiveFlows: n.flows.Load(), TotalFlows: n.total.Load()})
+		}
+		out = append(out, di)
+	}
+	return out
+}
+
+// collector exports the counters to Prometheus at scrape time.
+type collector struct {
+	m                                              *Middlebox
+	pktsIn, pktsOut, bytesIn, bytesOut, local, rst *prometheus.Desc
+	drops, active, created, expired                *prometheus.Desc
+	nodeFlows, nodeTotal, nodeLive                 *prometheus.Desc
+}
+
+func newCollector(m *Middlebox) *collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("sdnkvs_middlebox_"+name, help, labels, nil)
+	}
+	return &collector{
+		m:         m,
+		pktsIn:    d("packets_in_total", "Packets read from the device."),
+		pktsOut:   d("packets_out_total", "Packets written to the device."),
+		bytesIn:   d("bytes_in_total", "IP bytes read from the device."),
+		bytesOut:  d("bytes_out_total", "IP bytes written to the device."),
+		local:     d("local_packets_total", "Packets delivered to the middlebox's own stack (ICMP, non-service ports)."),
+		rst:       d("rst_sent_total", "RSTs sent to clients (flow table full, no live node)."),
+		drops:     d("drops_total", "Packets dropped, by reason.", "reason"),
+		active:    d("flows_active", "Flows in the flow table."),
+		created:   d("flows_created_total", "Flows created."),
+		expired:   d("flows_expired_total", "Flows removed by idle timeout or after their FIN linger."),
+		nodeFlows: d("node_flows_active", "Active flows per node.", "dc", "node"),
+		nodeTotal: d("node_flows_total", "Flows ever assigned per node.", "dc", "node"),
+		nodeLive:  d("node_live", "1 if the node is considered live.", "dc", "node"),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.nodeFlows, c.nodeTotal, c.nodeLive} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	s := m.Stats()
+	cnt := func(d *prometheus.Desc, v uint64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), l...)
+	}
+	cnt(c.pktsIn, s.PacketsIn)
+	cnt(c.pktsOut, s.PacketsOut)
+	cnt(c.bytesIn, s.BytesIn)
+	cnt(c.bytesOut, s.BytesOut)
+	cnt(c.local, s.Local)
+	cnt(c.rst, s.RSTSent)
+	for r := range numReasons {
+		cnt(c.drops, m.c.drops[r].Load(), r.String())
+	}
+	ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(s.FlowsActive))
+	cnt(c.created, s.FlowsCreated)
+	cnt(c.expired, s.FlowsExpired)
+	for _, n := range m.nodes {
+		dc, addr := m.dcs[n.dc].Name, n.ap.String()
+		ch <- prometheus.MustNewConstMetric(c.nodeFlows, prometheus.GaugeValue, float64(n.flows.Load()), dc, addr)
+		cnt(c.nodeTotal, n.total.Load(), dc, addr)
+		live := 0.0
+		if n.live.Load() {
+			live = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.nodeLive, prometheus.GaugeValue, live, dc, addr)
+	}
+}
+
+// Handler serves the control API:
+//
+//	/metrics   Prometheus text (counters, drops by reason, flows, per-node flows)
+//	/flows     JSON list of flows (?limit=N, default 10000)
+//	/dcs       JSON list of DCs in preference order with node liveness
+//	/healthz   "ok"
+//
+// Safe for concurrent use.
+func (m *Middlebox) Handler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newCollector(m), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /flows", func(w http.ResponseWriter, r *http.Request) {
+		limit := 10000
+		if s := r.URL.Query().Get("limit"); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil {
+				http.Error(w, "bad limit", http.StatusBadRequest)
+				return
+			}
+			limit = v
+		}
+		writeJSON(w, m.Flows(limit))
+	})
+	mux.HandleFunc("GET /dcs", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, m.DCs()) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-m.closed:
+			http.Error(w, "closed", http.StatusServiceUnavailable)
+		default:
+			w.Write([]byte("ok\n"))
+		}
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+

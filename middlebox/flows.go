@@ -1,0 +1,122 @@
+package middlebox
+
+import (
+	"net/netip"
+)
+
+// Flow kinds.
+const (
+	kindAnycast uint8 = iota + 1
+	kindForked
+)
+
+// Flow states.
+const (
+	stSynSent uint8 = iota + 1 // client SYN seen, node has not answered
+	stEstablished
+	stClosing // both FINs seen: lingering
+)
+
+// fwdKey identifies a flow as the client sends it: client address and port,
+// VIP port. Packed, comparable and pointer-free.
+type fwdKey struct {
+	cli   [4]byte
+	cport uint16
+	vport uint16
+}
+
+// revKey identifies a flow as a node answers it.
+type revKey struct {
+	node  [4]byte
+	cli   [4]byte
+	nport uint16
+	cport uint16
+}
+
+// nodeKey identifies a node (address and service port).
+type nodeKey struct {
+	addr [4]byte
+	port uint16
+}
+
+// flow is one entry of the flow table. Flows live in a slab and are
+// referred to by index.
+type flow struct {
+	used    bool
+	kind    uint8
+	state   uint8
+	finCli  bool
+	finSrv  bool
+	nbranch uint8
+	key     fwdKey
+	nodes   [MaxBranches]uint16 // global node indexes, one per branch
+	created int64               // unix nanoseconds
+	last    int64
+	linger  int64 // when stClosing: remove at this time
+	pktsIn  uint64
+	pktsOut uint64
+	bytesIn uint64 // client -> nodes, IP bytes
+	bytesOut uint64
+	fork    ForkedFlow
+}
+
+// flowTable is the bounded flow table. It is owned by whoever holds the
+// Middlebox's mutex.
+type flowTable struct {
+	max   int
+	slab  []flow
+	free  []int32
+	fwd   map[fwdKey]int32
+	rev   map[revKey]int32
+	count int
+}
+
+func newFlowTable(max int) *flowTable {
+	hint := min(max, 4096)
+	return &flowTable{
+		max:  max,
+		slab: make([]flow, 0, hint),
+		free: make([]int32, 0, hint),
+		fwd:  make(map[fwdKey]int32, hint),
+		rev:  make(map[revKey]int32, hint),
+	}
+}
+
+// alloc returns the index of a free slot, or -1 when the table is full.
+func (t *flowTable) alloc() int32 {
+	if t.count >= t.max {
+		return -1
+	}
+	var i int32
+	if n := len(t.free); n > 0 {
+		i = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		t.slab = append(t.slab, flow{})
+		i = int32(len(t.slab) - 1)
+	}
+	t.count++
+	return i
+}
+
+// release frees slot i (its keys must already be removed).
+func (t *flowTable) release(i int32) {
+	t.slab[i] = flow{}
+	t.free = append(t.free, i)
+	t.count--
+}
+
+func addr4(a netip.Addr) [4]byte { return a.Unmap().As4() }
+
+// flowHash mixes a flow key into a well-spread 32-bit value (for choosing
+// a node).
+func flowHash(k fwdKey) uint32 {
+	h := uint64(k.cli[0])<<24 | uint64(k.cli[1])<<16 | uint64(k.cli[2])<<8 | uint64(k.cli[3])
+	h = h<<32 | uint64(k.cport)<<16 | uint64(k.vport)
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return uint32(h)
+}

@@ -1,0 +1,735 @@
+// Package middlebox is the edge middlebox's data path: it reads packets
+// from a netstackio Device in batches, classifies them, rewrites them in
+// place and writes them back.
+//
+//	Device.Read ─► parse + validate ─► classify ─┬─ anycast: flow table, DNAT to a node ─┐
+//	                                              ├─ reply from a node: reverse lookup, SNAT ┤
+//	                                              ├─ multicast: ForkHandler (ackmerge) ──────┤
+//	                                              ├─ other traffic to the VIP ─► Stack ──────┤ (ping, RST)
+//	                                              └─ anything else: drop, count by reason    │
+//	Device.Write ◄──────────────────────────────────────────────────────────────────────────┘
+//
+// One goroutine (Run) owns the data path. The flow table is guarded by a
+// mutex taken once per batch, so the control API (/flows, /dcs, /metrics),
+// the idle sweeper and SetNodeLive may be used concurrently with it.
+package middlebox
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+)
+
+// Drop reasons, the `reason` label of sdnkvs_middlebox_drops_total.
+type Reason int
+
+const (
+	ReasonTruncated        Reason = iota // shorter than its headers say
+	ReasonNotIP                          // IP version neither 4 nor 6
+	ReasonIPv6                           // IPv6 (not supported)
+	ReasonBadIPHeader                    // IPv4 header length/total length wrong
+	ReasonBadIPChecksum                  // IPv4 header checksum wrong
+	ReasonFragment                       // IPv4 fragment
+	ReasonBadTCPHeader                   // TCP header (data offset) wrong
+	ReasonBadTCPChecksum                 // TCP checksum wrong
+	ReasonNotForVIP                      // neither to the VIP nor from a node's service port
+	ReasonUnknownFlow                    // non-SYN for a flow not in the table
+	ReasonTableFull                      // SYN while the table is full (a RST is sent back)
+	ReasonNoLiveNode                     // SYN while no DC has a live node (a RST is sent back)
+	ReasonMulticastUnavailable           // packet to a multicast port without a ForkHandler
+	ReasonReverseCollision               // SYN whose reply key is taken by another flow
+	ReasonForkRefused                    // ForkHandler refused or dropped the packet
+	ReasonStackRefused                   // the local Stack refused the packet
+	ReasonWriteFailed                    // the Device did not accept the packet
+	ReasonNoBuffer                       // no free buffer for an extra packet
+	numReasons
+)
+
+var reasonNames = [numReasons]string{
+	"truncated", "not_ip", "ipv6", "bad_ip_header", "bad_ip_checksum", "fragment",
+	"bad_tcp_header", "bad_tcp_checksum", "not_for_vip", "unknown_flow", "table_full",
+	"no_live_node", "multicast_unavailable", "reverse_collision", "fork_refused",
+	"stack_refused", "write_failed", "no_buffer",
+}
+
+func (r Reason) String() string {
+	if r >= 0 && r < numReasons {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason(%d)", int(r))
+}
+
+// Port kinds.
+const (
+	portNone uint8 = iota
+	portAnycast
+	portMulticast
+)
+
+// node is one configured node.
+type node struct {
+	key   nodeKey
+	ap    netip.AddrPort
+	dc    int
+	live  atomic.Bool
+	flows atomic.Int64 // active flows using this node
+	total atomic.Uint64
+}
+
+// counters are the middlebox's cumulative statistics.
+type counters struct {
+	pktsIn, pktsOut, bytesIn, bytesOut atomic.Uint64
+	local, rstSent                     atomic.Uint64
+	flowsCreated, flowsExpired         atomic.Uint64
+	drops                              [numReasons]atomic.Uint64
+}
+
+// Middlebox is the data-path driver. Create it with New, run Run in a
+// goroutine, stop it with Close. All exported methods are safe for
+// concurrent use.
+type Middlebox struct {
+	cfg    Config
+	dev    netstackio.Device
+	stack  *netstackio.Stack
+	vip    [4]byte
+	ports  *[65536]uint8
+	dcs    []DC
+	nodes  []*node
+	byNode map[nodeKey]uint16
+	dcNode [][]uint16 // per DC: global node indexes
+	offset int
+
+	mu sync.Mutex // guards tab and everything a flow holds
+	tab *flowTable
+
+	writeMu  sync.Mutex
+	stackOut [1][]byte
+
+	c counters
+
+	// Data-path state, used only by Run.
+	bufs    [][]byte
+	sizes   []int
+	outs    [][]byte
+	pool    [][]byte // free extra buffers (clones)
+	inUse   [][]byte // extra buffers used by the current batch
+	pkt     packet.TCP
+	clone   packet.TCP
+	branch  [MaxBranches]netip.AddrPort
+	nowUnix int64
+	nowTime time.Time
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	sweepDone chan struct{}
+	log       *slog.Logger
+}
+
+// bufferSlack is room beyond MaxPacket for headroom and header moves.
+const poolSize = 64
+
+// New makes a Middlebox that reads and writes dev. It creates the
+// middlebox's own Stack for traffic to the VIP (ping, RSTs for other
+// ports). cfg is validated (see Config.Validate). The Middlebox owns dev
+// and closes it on Close.
+func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	mtu := dev.MTU()
+	if mtu < 576 {
+		mtu = 576
+	}
+	st, err := netstackio.NewStack(cfg.VIP, mtu)
+	if err != nil {
+		return nil, err
+	}
+	m := &Middlebox{
+		cfg:       cfg,
+		dev:       dev,
+		stack:     st,
+		vip:       addr4(cfg.VIP),
+		ports:     new([65536]uint8),
+		dcs:       cfg.DCs,
+		byNode:    map[nodeKey]uint16{},
+		offset:    cfg.Headroom + netstackio.VnetHdrLen,
+		tab:       newFlowTable(cfg.MaxFlows),
+		closed:    make(chan struct{}),
+		sweepDone: make(chan struct{}),
+		log:       slog.Default().With("component", "middlebox"),
+	}
+	for _, p := range cfg.AnycastPorts {
+		m.ports[p] = portAnycast
+	}
+	for _, p := range cfg.MulticastPorts {
+		m.ports[p] = portMulticast
+	}
+	for d, dc := range cfg.DCs {
+		var idx []uint16
+		for _, ap := range dc.Nodes {
+			n := &node{key: nodeKey{addr4(ap.Addr()), ap.Port()}, ap: ap, dc: d}
+			n.live.Store(true)
+			i := uint16(len(m.nodes))
+			m.nodes = append(m.nodes, n)
+			m.byNode[n.key] = i
+			idx = append(idx, i)
+		}
+		m.dcNode = append(m.dcNode, idx)
+	}
+	batch := dev.BatchSize()
+	if cfg.BatchSize > 0 && cfg.BatchSize < batch {
+		batch = cfg.BatchSize
+	}
+	if batch < 1 {
+		batch = 1
+	}
+	bufLen := m.offset + netstackio.MaxPacket
+	backing := make([]byte, (batch+poolSize)*bufLen)
+	for i := range batch + poolSize {
+		b := backing[i*bufLen : (i+1)*bufLen : (i+1)*bufLen]
+		if i < batch {
+			m.bufs = append(m.bufs, b)
+		} else {
+			m.pool = append(m.pool, b)
+		}
+	}
+	m.sizes = make([]int, batch)
+	m.outs = make([][]byte, 0, batch+poolSize)
+	m.inUse = make([][]byte, 0, poolSize)
+	st.SetOutput(m.stackOutput)
+	go m.sweeper()
+	return m, nil
+}
+
+// Stack returns the middlebox's own network stack (owner of the VIP).
+func (m *Middlebox) Stack() *netstackio.Stack { return m.stack }
+
+// Config returns the validated configuration.
+func (m *Middlebox) Config() Config { return m.cfg }
+
+// SetNodeLive marks a node live or dead. New flows avoid dead nodes (and
+// DCs with no live node) at once; existing flows are not touched. It is
+// the hook the failover detector drives. It reports an error for a node
+// that is not configured.
+func (m *Middlebox) SetNodeLive(n netip.AddrPort, live bool) error {
+	if !n.Addr().Unmap().Is4() {
+		return fmt.Errorf("middlebox: unknown node %s", n)
+	}
+	i, ok := m.byNode[nodeKey{addr4(n.Addr()), n.Port()}]
+	if !ok {
+		return fmt.Errorf("middlebox: unknown node %s", n)
+	}
+	if m.nodes[i].live.Swap(live) != live {
+		m.log.Info("node liveness", "node", n, "dc", m.dcs[m.nodes[i].dc].Name, "live", live)
+	}
+	return nil
+}
+
+// NodeLive reports whether a node is currently considered live.
+func (m *Middlebox) NodeLive(n netip.AddrPort) bool {
+	i, ok := m.byNode[nodeKey{addr4(n.Addr()), n.Port()}]
+	return ok && m.nodes[i].live.Load()
+}
+
+// Close stops the data path, the sweeper and the Stack, and closes the
+// Device. Run returns after Close. Idempotent.
+func (m *Middlebox) Close() error {
+	var err error
+	m.closeOnce.Do(func() {
+		close(m.closed)
+		err = m.dev.Close()
+		<-m.sweepDone
+		m.stack.Close()
+	})
+	return err
+}
+
+// Run is the data path: it reads, processes and writes batches until the
+// Device is closed (returning nil after Close) or fails.
+func (m *Middlebox) Run() error {
+	for {
+		n, err := m.dev.Read(m.bufs, m.sizes, m.offset)
+		if err != nil {
+			select {
+			case <-m.closed:
+				return nil
+			default:
+			}
+			if errors.Is(err, netstackio.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("middlebox: read %s: %w", m.dev.Name(), err)
+		}
+		m.processBatch(n)
+	}
+}
+
+// processBatch handles m.bufs[:n] and writes what is to be forwarded.
+// It does not allocate.
+func (m *Middlebox) processBatch(n int) {
+	m.nowTime = m.cfg.Now()
+	m.nowUnix = m.nowTime.UnixNano()
+	m.outs = m.outs[:0]
+	m.mu.Lock()
+	for i := 0; i < n; i++ {
+		buf := m.bufs[i]
+		size := m.sizes[i]
+		m.c.pktsIn.Add(1)
+		m.c.bytesIn.Add(uint64(size))
+		shift, v := m.process(buf, size)
+		switch v {
+		case verdictForward:
+			m.outs = append(m.outs, buf[shift:shift+m.offset+len(m.pkt.Buf)])
+		case verdictLocal:
+			pkt := buf[m.offset : m.offset+size]
+			if m.stack.DeliverVnet(netstackio.Hdr(buf, m.offset), pkt) != nil {
+				m.drop(ReasonStackRefused)
+			} else {
+				m.c.local.Add(1)
+			}
+		}
+	}
+	m.mu.Unlock()
+	if len(m.outs) > 0 {
+		m.write(m.outs)
+	}
+	// Return clone buffers to the pool.
+	m.pool = append(m.pool, m.inUse...)
+	m.inUse = m.inUse[:0]
+}
+
+func (m *Middlebox) write(bufs [][]byte) {
+	m.writeMu.Lock()
+	w, err := m.dev.Write(bufs, m.offset)
+	m.writeMu.Unlock()
+	if err != nil && w == 0 {
+		w = 0
+	}
+	for _, b := range bufs[:w] {
+		m.c.pktsOut.Add(1)
+		m.c.bytesOut.Add(uint64(len(b) - m.offset))
+	}
+	if w < len(bufs) {
+		m.c.drops[ReasonWriteFailed].Add(uint64(len(bufs) - w))
+	}
+}
+
+// stackOutput writes a packet the Stack emits (ICMP echo reply, RST).
+func (m *Middlebox) stackOutput(buf []byte, offset int) {
+	m.writeMu.Lock()
+	defer m.writeMu.Unlock()
+	// The Stack's buffer has exactly VnetHdrLen in front; Device.Write takes
+	// one offset for the batch, so write it with the Stack's offset.
+	m.stackOut[0] = buf
+	w, _ := m.dev.Write(m.stackOut[:], offset)
+	m.stackOut[0] = nil
+	if w == 1 {
+		m.c.pktsOut.Add(1)
+		m.c.bytesOut.Add(uint64(len(buf) - offset))
+	} else {
+		m.c.drops[ReasonWriteFailed].Add(1)
+	}
+}
+
+func (m *Middlebox) drop(r Reason) { m.c.drops[r].Add(1) }
+
+type verdict uint8
+
+const (
+	verdictDrop verdict = iota
+	verdictForward
+	verdictLocal
+)
+
+// process classifies and rewrites the packet in buf[m.offset:m.offset+size].
+// On verdictForward m.pkt views the packet to write and shift says how far
+// its start moved (payload trims).
+func (m *Middlebox) process(buf []byte, size int) (shift int, v verdict) {
+	off := m.offset
+	b := buf[off : off+size]
+	vnet := netstackio.Hdr(buf, off)
+	if len(b) < 1 {
+		m.drop(ReasonTruncated)
+		return 0, verdictDrop
+	}
+	switch b[0] >> 4 {
+	case 4:
+	case 6:
+		m.drop(ReasonIPv6)
+		return 0, verdictDrop
+	default:
+		m.drop(ReasonNotIP)
+		return 0, verdictDrop
+	}
+	if len(b) < 20 {
+		m.drop(ReasonTruncated)
+		return 0, verdictDrop
+	}
+	ihl := int(b[0]&0xf) * 4
+	tot := int(binary.BigEndian.Uint16(b[2:]))
+	if ihl < 20 || tot < ihl {
+		m.drop(ReasonBadIPHeader)
+		return 0, verdictDrop
+	}
+	if ihl > len(b) || tot > len(b) {
+		m.drop(ReasonTruncated)
+		return 0, verdictDrop
+	}
+	if checksum.Checksum(b[:ihl], 0) != 0xffff {
+		m.drop(ReasonBadIPChecksum)
+		return 0, verdictDrop
+	}
+	if binary.BigEndian.Uint16(b[6:])&0x3fff != 0 {
+		m.drop(ReasonFragment)
+		return 0, verdictDrop
+	}
+	b = b[:tot]
+	dst := [4]byte(b[16:20])
+	toVIP := dst == m.vip
+	if b[9] != packet.ProtoTCP {
+		if toVIP {
+			return 0, verdictLocal
+		}
+		m.drop(ReasonNotForVIP)
+		return 0, verdictDrop
+	}
+	p := &m.pkt
+	if err := p.Parse(b, vnet); err != nil {
+		switch err {
+		case packet.ErrTruncated:
+			m.drop(ReasonTruncated)
+		default:
+			m.drop(ReasonBadTCPHeader)
+		}
+		return 0, verdictDrop
+	}
+	if vnet.Flags()&(netstackio.VnetFlagNeedsCsum|netstackio.VnetFlagDataValid) == 0 && !p.ChecksumsValid() {
+		m.drop(ReasonBadTCPChecksum)
+		return 0, verdictDrop
+	}
+	if toVIP {
+		switch m.ports[p.DstPort()] {
+		case portAnycast:
+			return m.fromClient(p)
+		case portMulticast:
+			if m.cfg.Fork == nil {
+				m.drop(ReasonMulticastUnavailable)
+				return 0, verdictDrop
+			}
+			return m.fromClient(p)
+		}
+		return 0, verdictLocal
+	}
+	ni, ok := m.byNode[nodeKey{p.SrcAddr4(), p.SrcPort()}]
+	if !ok {
+		m.drop(ReasonNotForVIP)
+		return 0, verdictDrop
+	}
+	return m.fromNode(p, ni)
+}
+
+// fromClient handles a packet from a client to a service port of the VIP.
+func (m *Middlebox) fromClient(p *packet.TCP) (int, verdict) {
+	k := fwdKey{cli: p.SrcAddr4(), cport: p.SrcPort(), vport: p.DstPort()}
+	fl := p.Flags()
+	syn := fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN
+	i, ok := m.tab.fwd[k]
+	if ok && syn {
+		f := &m.tab.slab[i]
+		if f.state == stClosing || f.finCli || f.finSrv {
+			// Port reuse after a close: start afresh.
+			m.removeFlow(i)
+			ok = false
+		}
+	}
+	if !ok {
+		if !syn || fl&(packet.FlagRST|packet.FlagFIN) != 0 {
+			m.drop(ReasonUnknownFlow)
+			return 0, verdictDrop
+		}
+		var r Reason
+		i, r = m.newFlow(k)
+		if i < 0 {
+			m.drop(r)
+			if r == ReasonTableFull || r == ReasonNoLiveNode {
+				return m.rstToClient(p)
+			}
+			return 0, verdictDrop
+		}
+	}
+	f := &m.tab.slab[i]
+	f.last = m.nowUnix
+	f.pktsIn++
+	f.bytesIn += uint64(len(p.Buf))
+	if fl&packet.FlagFIN != 0 {
+		m.noteFIN(f, true)
+	}
+	if f.kind == kindForked {
+		fwd, shift := f.fork.FromClient(p, m.nowTime, m)
+		m.afterFork(i, f)
+		if !fwd {
+			return 0, verdictDrop
+		}
+		return shift, verdictForward
+	}
+	n := m.nodes[f.nodes[0]]
+	p.SetDstAddr(n.ap.Addr())
+	p.SetDstPort(n.key.port)
+	if fl&packet.FlagRST != 0 {
+		m.removeFlow(i)
+	}
+	return 0, verdictForward
+}
+
+// fromNode handles a packet from node ni's service port.
+func (m *Middlebox) fromNode(p *packet.TCP, ni uint16) (int, verdict) {
+	n := m.nodes[ni]
+	rk := revKey{node: n.key.addr, cli: p.DstAddr4(), nport: n.key.port, cport: p.DstPort()}
+	i, ok := m.tab.rev[rk]
+	if !ok {
+		m.drop(ReasonUnknownFlow)
+		return 0, verdictDrop
+	}
+	f := &m.tab.slab[i]
+	f.last = m.nowUnix
+	f.pktsOut++
+	f.bytesOut += uint64(len(p.Buf))
+	fl := p.Flags()
+	if fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && f.state == stSynSent {
+		f.state = stEstablished
+	}
+	if fl&packet.FlagFIN != 0 {
+		m.noteFIN(f, false)
+	}
+	if f.kind == kindForked {
+		k := 0
+		for j := 0; j < int(f.nbranch); j++ {
+			if f.nodes[j] == ni {
+				k = j
+			}
+		}
+		fwd, shift := f.fork.FromBranch(k, p, m.nowTime, m)
+		m.afterFork(i, f)
+		if !fwd {
+			return 0, verdictDrop
+		}
+		return shift, verdictForward
+	}
+	p.SetSrcAddr(m.cfg.VIP)
+	p.SetSrcPort(f.key.vport)
+	if fl&packet.FlagRST != 0 {
+		m.removeFlow(i)
+	}
+	return 0, verdictForward
+}
+
+func (m *Middlebox) afterFork(i int32, f *flow) {
+	if f.fork.Done() && f.state != stClosing {
+		f.state = stClosing
+		f.linger = m.nowUnix + int64(m.cfg.FinLinger)
+	}
+}
+
+func (m *Middlebox) noteFIN(f *flow, client bool) {
+	if client {
+		f.finCli = true
+	} else {
+		f.finSrv = true
+	}
+	if f.finCli && f.finSrv && f.state != stClosing {
+		f.state = stClosing
+		f.linger = m.nowUnix + int64(m.cfg.FinLinger)
+	}
+}
+
+// newFlow creates a flow for a client SYN; it returns -1 and a reason when
+// it cannot.
+func (m *Middlebox) newFlow(k fwdKey) (int32, Reason) {
+	t := m.tab
+	forked := m.ports[k.vport] == portMulticast
+	var nodes [MaxBranches]uint16
+	nb := 0
+	h := flowHash(k)
+	for d := range m.dcNode {
+		if ni, ok := m.pickNode(d, h); ok {
+			nodes[nb] = ni
+			nb++
+			if !forked || nb == MaxBranches {
+				break
+			}
+		}
+	}
+	if nb == 0 {
+		return -1, ReasonNoLiveNode
+	}
+	for j := range nb {
+		n := m.nodes[nodes[j]]
+		if _, taken := t.rev[revKey{node: n.key.addr, cli: k.cli, nport: n.key.port, cport: k.cport}]; taken {
+			return -1, ReasonReverseCollision
+		}
+	}
+	i := t.alloc()
+	if i < 0 {
+		return -1, ReasonTableFull
+	}
+	f := &t.slab[i]
+	*f = flow{used: true, kind: kindAnycast, state: stSynSent, key: k, nodes: nodes, nbranch: uint8(nb), created: m.nowUnix, last: m.nowUnix}
+	if forked {
+		f.kind = kindForked
+		for j := range nb {
+			m.branch[j] = m.nodes[nodes[j]].ap
+		}
+		client := netip.AddrPortFrom(netip.AddrFrom4(k.cli), k.cport)
+		ff, err := m.cfg.Fork.NewFlow(client, k.vport, m.branch[:nb], m.nowTime)
+		if err != nil || ff == nil {
+			t.release(i)
+			return -1, ReasonForkRefused
+		}
+		f.fork = ff
+	}
+	t.fwd[k] = i
+	for j := range nb {
+		n := m.nodes[nodes[j]]
+		t.rev[revKey{node: n.key.addr, cli: k.cli, nport: n.key.port, cport: k.cport}] = i
+		n.flows.Add(1)
+		n.total.Add(1)
+	}
+	m.c.flowsCreated.Add(1)
+	return i, 0
+}
+
+// pickNode chooses a live node of DC d by hash h.
+func (m *Middlebox) pickNode(d int, h uint32) (uint16, bool) {
+	idx := m.dcNode[d]
+	live := 0
+	for _, ni := range idx {
+		if m.nodes[ni].live.Load() {
+			live++
+		}
+	}
+	if live == 0 {
+		return 0, false
+	}
+	want := int(h % uint32(live))
+	for _, ni := range idx {
+		if m.nodes[ni].live.Load() {
+			if want == 0 {
+				return ni, true
+			}
+			want--
+		}
+	}
+	return 0, false
+}
+
+// removeFlow deletes flow i and its keys.
+func (m *Middlebox) removeFlow(i int32) {
+	t := m.tab
+	f := &t.slab[i]
+	delete(t.fwd, f.key)
+	for j := 0; j < int(f.nbranch); j++ {
+		n := m.nodes[f.nodes[j]]
+		delete(t.rev, revKey{node: n.key.addr, cli: f.key.cli, nport: n.key.port, cport: f.key.cport})
+		n.flows.Add(-1)
+	}
+	t.release(i)
+}
+
+// rstToClient turns the client's SYN in m.pkt into a RST+ACK from the VIP
+// back to the client, in place (RFC 793: seq 0, ack = SYN's seq + len).
+func (m *Middlebox) rstToClient(p *packet.TCP) (int, verdict) {
+	cli, cport, vport := p.SrcAddr4(), p.SrcPort(), p.DstPort()
+	ack := p.Seq() + uint32(p.SeqLen())
+	b := p.Buf[:40]
+	clear(b)
+	b[0] = 0x45
+	binary.BigEndian.PutUint16(b[2:], 40)
+	b[8] = 64
+	b[9] = packet.ProtoTCP
+	copy(b[12:16], m.vip[:])
+	copy(b[16:20], cli[:])
+	t := b[20:]
+	binary.BigEndian.PutUint16(t[0:], vport)
+	binary.BigEndian.PutUint16(t[2:], cport)
+	binary.BigEndian.PutUint32(t[8:], ack)
+	t[12] = 5 << 4
+	t[13] = packet.FlagRST | packet.FlagACK
+	vnet := p.Vnet
+	vnet.Clear()
+	if err := p.Parse(b, vnet); err != nil {
+		return 0, verdictDrop
+	}
+	p.ComputeIPChecksum()
+	p.ComputeTCPChecksum()
+	m.c.rstSent.Add(1)
+	return 0, verdictForward
+}
+
+// Clone implements Emitter for ForkedFlows.
+func (m *Middlebox) Clone(p *packet.TCP) *packet.TCP {
+	n := len(m.pool)
+	if n == 0 {
+		m.drop(ReasonNoBuffer)
+		return nil
+	}
+	b := m.pool[n-1]
+	m.pool = m.pool[:n-1]
+	m.inUse = append(m.inUse, b)
+	off := m.offset
+	copy(b[off-netstackio.VnetHdrLen:off], p.Vnet)
+	copy(b[off:], p.Buf)
+	c := &m.clone
+	if err := c.Parse(b[off:off+len(p.Buf)], netstackio.Hdr(b, off)); err != nil {
+		return nil
+	}
+	m.outs = append(m.outs, b[:off+len(p.Buf)])
+	return c
+}
+
+// Expire removes flows idle for longer than the idle timeout and closed
+// flows whose linger has passed, as of now. It returns how many it
+// removed. The sweeper calls it periodically; tests call it directly.
+func (m *Middlebox) Expire(now time.Time) int {
+	nu := now.UnixNano()
+	idle := int64(m.cfg.IdleTimeout)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	removed := 0
+	for i := range m.tab.slab {
+		f := &m.tab.slab[i]
+		if !f.used {
+			continue
+		}
+		if (f.state == stClosing && nu >= f.linger) || nu-f.last >= idle {
+			m.removeFlow(int32(i))
+			removed++
+		}
+	}
+	m.c.flowsExpired.Add(uint64(removed))
+	return removed
+}
+
+func (m *Middlebox) sweeper() {
+	defer close(m.sweepDone)
+	iv := min(time.Second, m.cfg.FinLinger/2, m.cfg.IdleTimeout/4)
+	iv = max(iv, 10*time.Millisecond)
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.closed:
+			return
+		case <-t.C:
+			m.Expire(m.cfg.Now())
+		}
+	}
+}
