@@ -1,8 +1,110 @@
 package main
 
-import "errors"
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
 
-// KvsCmd is being written; this placeholder keeps the binary building.
-type KvsCmd struct{}
+	"github.com/sdnkvs/sdnkvs/kvs"
+)
 
-func (c *KvsCmd) Run(g *Globals) error { return errors.New("not implemented yet") }
+// KvsCmd runs one store node, or (with the cluster subcommand) a whole local
+// DC of nodes in this process.
+type KvsCmd struct {
+	Node    KvsNodeCmd    `cmd:"" default:"withargs" help:"Run one node (the default)."`
+	Cluster KvsClusterCmd `cmd:"" help:"Run a whole DC of nodes in this process (development, benchmarks, testbed)."`
+}
+
+// KvsNodeCmd runs one node.
+type KvsNodeCmd struct {
+	ID         int           `name:"id" required:"" help:"Node id, unique in the cluster (1..65535)."`
+	Listen     string        `name:"listen" default:"127.0.0.1:6379" help:"RESP (Redis protocol) listen address."`
+	PeerListen string        `name:"peer-listen" default:"127.0.0.1:7379" help:"Peer protocol listen address."`
+	HTTP       string        `name:"http" default:"" help:"Readiness HTTP address (/ready, /healthz); default: the --listen IP on port 8379."`
+	Peers      []string      `name:"peers" sep:"," required:"" help:"Peer addresses of every node of the cluster (this node's own is skipped)."`
+	Data       string        `name:"data" required:"" type:"path" help:"Badger data directory."`
+	Quorum     int           `name:"quorum" default:"0" help:"Quorum size; 0 = majority of the cluster (9 nodes: 5)."`
+	Sync       bool          `name:"sync" help:"fsync every commit before acknowledging (survives power loss; much slower). Without it an acknowledged write survives a crash of the process but not of the machine."`
+	Timeout    time.Duration `name:"timeout" default:"2s" help:"Deadline of one client command; a missed deadline is an error reply, never a wrong answer."`
+}
+
+// Run starts the node and serves until SIGINT/SIGTERM.
+func (c *KvsNodeCmd) Run(g *Globals) error {
+	httpAddr := c.HTTP
+	if httpAddr == "" {
+		host := c.Listen[:max(0, strings.LastIndex(c.Listen, ":"))]
+		httpAddr = host + ":8379"
+	}
+	n, err := kvs.Start(kvs.Config{
+		ID: c.ID, Listen: c.Listen, PeerListen: c.PeerListen, HTTPListen: httpAddr,
+		Peers: c.Peers, Quorum: c.Quorum, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout,
+		Logger: slog.Default(),
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("node %d: resp %s peer %s http %s\n", c.ID, n.Addr(), n.PeerAddr(), n.HTTPAddr())
+	waitSignal()
+	return n.Close()
+}
+
+// KvsClusterCmd runs a DC of nodes in one process.
+type KvsClusterCmd struct {
+	Nodes        int           `name:"nodes" default:"9" help:"Number of nodes (port mode)."`
+	BasePort     int           `name:"base-port" default:"16379" help:"Port mode: RESP port of node 1 (nodes on 127.0.0.1, consecutive ports)."`
+	PeerBasePort int           `name:"peer-base-port" default:"0" help:"Port mode: peer port of node 1 (default base-port+100)."`
+	HTTPBasePort int           `name:"http-base-port" default:"0" help:"Port mode: readiness port of node 1 (default base-port+200)."`
+	IPs          []string      `name:"ips" sep:"," help:"IP mode: one node per address (overrides --nodes and the base ports)."`
+	Port         int           `name:"port" default:"6379" help:"IP mode: RESP port on every IP."`
+	PeerPort     int           `name:"peer-port" default:"7379" help:"IP mode: peer port on every IP."`
+	HTTPPort     int           `name:"http-port" default:"8379" help:"IP mode: readiness port on every IP."`
+	Data         string        `name:"data" required:"" type:"path" help:"Data directory; node i uses DIR/node<i>."`
+	Quorum       int           `name:"quorum" default:"0" help:"Quorum size; 0 = majority."`
+	Sync         bool          `name:"sync" help:"fsync every commit before acknowledging (see 'kvs node --help')."`
+	Timeout      time.Duration `name:"timeout" default:"2s" help:"Deadline of one client command."`
+}
+
+// Config converts the flags.
+func (c *KvsClusterCmd) Config() kvs.ClusterConfig {
+	return kvs.ClusterConfig{
+		Nodes: c.Nodes, Quorum: c.Quorum, BasePort: c.BasePort, PeerBasePort: c.PeerBasePort,
+		HTTPBasePort: c.HTTPBasePort, IPs: c.IPs, Port: c.Port, PeerPort: c.PeerPort,
+		HTTPPort: c.HTTPPort, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout, Logger: slog.Default(),
+	}
+}
+
+// Run starts the cluster, prints one line per node and "cluster ready" once
+// every node reaches all its peers, and serves until SIGINT/SIGTERM.
+func (c *KvsClusterCmd) Run(g *Globals) error {
+	cl, err := kvs.StartCluster(c.Config())
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !cl.AllReady() {
+		if time.Now().After(deadline) {
+			cl.Close()
+			return fmt.Errorf("cluster not connected after 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < cl.Len(); i++ {
+		n := cl.Node(i)
+		fmt.Printf("node %d ready: resp %s peer %s http %s\n", i+1, n.Addr(), n.PeerAddr(), n.HTTPAddr())
+	}
+	fmt.Printf("cluster ready: %d nodes\n", cl.Len())
+	waitSignal()
+	fmt.Println("stopping")
+	return cl.Close()
+}
+
+func waitSignal() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	<-ch
+	signal.Stop(ch)
+}
