@@ -10,8 +10,8 @@
 //
 // Signals (DESIGN.md section 5):
 //   - the paper's Algorithm 1 (both modes): a duplicate client segment on a
-//     flow whose server has sent nothing since the client last sent new
-//     data counts one against the server; any packet from the server resets
+//     flow whose server has sent nothing since the client's previous
+//     segment counts one against the server; any packet from the server resets
 //     the count; Config.Threshold (paper: 5) declares the server down;
 //   - silence (Fast): the node has sent nothing and answered no probe for
 //     max(SilenceTimeout, srtt+4*rto) while a client has unacknowledged
@@ -175,8 +175,9 @@ type nodeState struct {
 	outSince    time.Time
 	// lagging counts tracked flows whose branch to this node lags.
 	lagging int
-	// lastClient is the last client segment sent to this node.
-	lastClient time.Time
+	// suspect: Tick's cheap node-level silence check passed; the flows
+	// of this node are checked one by one.
+	suspect bool
 
 	srtt, rttvar time.Duration
 	haveRTT      bool

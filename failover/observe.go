@@ -40,13 +40,15 @@ type flowState struct {
 	// highest acknowledgement from the server (initially the start of the
 	// first client segment seen: earlier bytes count as acknowledged).
 	sndNxt, srvAck seqnum.Value
-	// srvSince: the server has sent on this flow since the client last
-	// sent new data. A retransmission counts for Algorithm 1 only when
-	// false.
+	// srvSince: the server has sent on this flow since the client's
+	// previous segment with sequence space. A retransmission counts for
+	// Algorithm 1 only when false.
 	srvSince    bool
 	outstanding bool
+	outSince    time.Time // when outstanding last became true
 	lagSince    time.Time
-	last        time.Time
+	last        time.Time // last segment either way
+	lastClient  time.Time // last client segment
 }
 
 // maxRTT bounds an RTT sample, so bad input cannot overflow the estimate.
@@ -78,8 +80,8 @@ func (d *Detector[K]) ClientSegment(now time.Time, flow K, node NodeID, seg Segm
 		f = flowState{node: node, sndNxt: seg.Seq, srvAck: seg.Seq}
 	}
 	f.last = d.now
+	f.lastClient = d.now
 	ns := &d.nodes[node]
-	ns.lastClient = d.now
 	l := seg.Len
 	if seg.Flags&header.TCPFlagSyn != 0 {
 		l++
@@ -98,15 +100,15 @@ func (d *Detector[K]) ClientSegment(now time.Time, flow K, node NodeID, seg Segm
 				d.markDown(node, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments", ns.dups))
 			}
 		}
+		f.srvSince = false
 		if f.sndNxt.LessThan(end) {
 			f.sndNxt = end
-			f.srvSince = false
 		}
 	}
 	d.setOutstanding(&f, f.srvAck.LessThan(f.sndNxt))
 	d.flows[flow] = f
 	if d.cfg.Mode == Fast {
-		d.checkSilence(node)
+		d.checkSilence(&f)
 	}
 	return d.out
 }
@@ -243,19 +245,31 @@ func (d *Detector[K]) Probe(now time.Time, node NodeID, r ProbeResult) []Decisio
 // example every 10-50 ms) and after a batch of observations.
 func (d *Detector[K]) Tick(now time.Time) []Decision {
 	d.advance(now)
+	suspects := 0
 	for i := range d.nodes {
-		n := NodeID(i)
-		if !d.nodes[i].up {
-			d.checkReadmit(n)
+		ns := &d.nodes[i]
+		ns.suspect = false
+		if !ns.up {
+			d.checkReadmit(NodeID(i))
 			continue
 		}
-		if d.cfg.Mode == Fast {
-			d.checkSilence(n)
+		// Every flow's silence starts no earlier than the node's, so
+		// only a node that is silent as a whole needs its flows checked.
+		if d.cfg.Mode == Fast && ns.outstanding > 0 &&
+			d.now.Sub(later(ns.outSince, ns.heard)) >= d.SilenceThreshold(NodeID(i)) {
+			ns.suspect = true
+			suspects++
 		}
 	}
-	if d.cfg.Mode == Fast && d.lagTotal > 0 {
+	if d.cfg.Mode == Fast && (suspects > 0 || d.lagTotal > 0) {
 		for _, f := range d.flows {
-			if !f.lagSince.IsZero() && d.nodes[f.node].up {
+			if !d.nodes[f.node].up {
+				continue
+			}
+			if d.nodes[f.node].suspect {
+				d.checkSilence(&f)
+			}
+			if !f.lagSince.IsZero() {
 				d.checkLag(f.node, f.lagSince)
 			}
 		}
@@ -298,24 +312,29 @@ func (d *Detector[K]) AckLagThreshold(n NodeID) time.Duration {
 	return max(d.cfg.AckLagTimeout, ns.srtt+2*d.rto(ns))
 }
 
-// checkSilence applies the silence rule to node n: unacknowledged client
-// data, nothing heard from the node for the threshold, and the client
-// still sending (retransmitting) within it.
-func (d *Detector[K]) checkSilence(n NodeID) {
-	ns := &d.nodes[n]
-	if !ns.up || ns.outstanding == 0 {
+// checkSilence applies the silence rule to flow f: its client data is
+// unacknowledged, nothing has been heard from the node since it was sent
+// for the threshold, and the client is still (re)transmitting: it sent
+// within the last half threshold (TCP's backoff retransmits at 3*rto, well
+// within; a flow whose client went away is not evidence).
+func (d *Detector[K]) checkSilence(f *flowState) {
+	ns := &d.nodes[f.node]
+	if !ns.up || !f.outstanding {
 		return
 	}
-	start := ns.outSince
-	if ns.heard.After(start) {
-		start = ns.heard
-	}
-	thr := d.SilenceThreshold(n)
-	silent := d.now.Sub(start)
-	if silent < thr || d.now.Sub(ns.lastClient) > thr {
+	thr := d.SilenceThreshold(f.node)
+	silent := d.now.Sub(later(f.outSince, ns.heard))
+	if silent < thr || d.now.Sub(f.lastClient) > thr/2 {
 		return
 	}
-	d.markDown(n, SignalSilence, fmt.Sprintf("silence %v with unacknowledged client data", silent.Round(time.Millisecond)))
+	d.markDown(f.node, SignalSilence, fmt.Sprintf("silence %v with unacknowledged client data", silent.Round(time.Millisecond)))
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // checkLag applies the ack-lag rule to node n for a branch lagging since
@@ -326,11 +345,7 @@ func (d *Detector[K]) checkLag(n NodeID, since time.Time) {
 	if !ns.up {
 		return
 	}
-	start := since
-	if ns.heard.After(start) {
-		start = ns.heard
-	}
-	lag := d.now.Sub(start)
+	lag := d.now.Sub(later(since, ns.heard))
 	if lag < d.AckLagThreshold(n) {
 		return
 	}
@@ -378,6 +393,7 @@ func (d *Detector[K]) setOutstanding(f *flowState, v bool) {
 			ns.outSince = d.now
 		}
 		ns.outstanding++
+		f.outSince = d.now
 	} else {
 		ns.outstanding--
 	}
