@@ -1,0 +1,241 @@
+package kvs
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/redis/go-redis/v9"
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
+)
+
+type kvInput struct {
+	op    byte // 'g', 's', 'd'
+	key   string
+	value string
+}
+
+type kvOutput struct {
+	value string // "" = absent
+}
+
+// kvModel is a map of registers partitioned by key; values are unique and
+// non-empty, so "" means absent.
+var kvModel = porcupine.Model{
+	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
+		by := map[string][]porcupine.Operation{}
+		var keys []string
+		for _, o := range history {
+			k := o.Input.(kvInput).key
+			if _, ok := by[k]; !ok {
+				keys = append(keys, k)
+			}
+			by[k] = append(by[k], o)
+		}
+		sort.Strings(keys)
+		var out [][]porcupine.Operation
+		for _, k := range keys {
+			out = append(out, by[k])
+		}
+		return out
+	},
+	Init: func() any { return "" },
+	Step: func(state, input, output any) (bool, any) {
+		in, st := input.(kvInput), state.(string)
+		switch in.op {
+		case 'g':
+			return output.(kvOutput).value == st, st
+		case 's':
+			return true, in.value
+		default:
+			return true, ""
+		}
+	},
+	DescribeOperation: func(input, output any) string {
+		in := input.(kvInput)
+		switch in.op {
+		case 'g':
+			return fmt.Sprintf("get(%s) -> %q", in.key, output.(kvOutput).value)
+		case 's':
+			return fmt.Sprintf("set(%s, %s)", in.key, in.value)
+		}
+		return fmt.Sprintf("del(%s)", in.key)
+	},
+}
+
+type history struct {
+	mu    sync.Mutex
+	ops   []porcupine.Operation
+	start time.Time
+	ok    atomic.Int64
+	fail  atomic.Int64
+	wg    *sync.WaitGroup
+}
+
+func waitOps(t *testing.T, h *history, n int64) {
+	t.Helper()
+	testenv.WaitFor(t, 60*time.Second, fmt.Sprintf("%d successful operations", n), func() bool { return h.ok.Load() >= n })
+}
+
+// waitDone waits for the clients (already told to stop) to return.
+func waitDone(t *testing.T, h *history) *history {
+	h.wg.Wait()
+	return h
+}
+
+func (h *history) now() int64 { return time.Since(h.start).Nanoseconds() }
+
+// runClients runs nClients clients, each sending random GET/SET/DEL on keys
+// over the cluster's nodes until stop is closed. A client that gets an error
+// moves to the next node. Failed reads are dropped; failed writes are kept
+// with an unknown outcome (they may have taken effect at any later time).
+func runClients(t *testing.T, c *Cluster, nClients, nKeys int, stop <-chan struct{}) *history {
+	h := &history{start: time.Now()}
+	var wg sync.WaitGroup
+	for ci := 0; ci < nClients; ci++ {
+		clients := make([]*redis.Client, c.Len())
+		for i := range clients {
+			clients[i] = client(t, c, i)
+		}
+		wg.Add(1)
+		go func(ci int) {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(ci), 7))
+			node := ci % c.Len()
+			for seq := 0; ; seq++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				rc := clients[node]
+				in := kvInput{key: fmt.Sprintf("k%d", r.IntN(nKeys))}
+				switch p := r.IntN(10); {
+				case p < 5:
+					in.op = 'g'
+				case p < 9:
+					in.op, in.value = 's', fmt.Sprintf("c%d-%d", ci, seq)
+				default:
+					in.op = 'd'
+				}
+				call := h.now()
+				var out kvOutput
+				var err error
+				switch in.op {
+				case 'g':
+					out.value, err = rc.Get(bg, in.key).Result()
+					if errors.Is(err, redis.Nil) {
+						err, out.value = nil, ""
+					}
+				case 's':
+					err = rc.Set(bg, in.key, in.value, 0).Err()
+				case 'd':
+					var n int64
+					n, err = rc.Del(bg, in.key).Result()
+					if err == nil && n != 1 {
+						t.Errorf("DEL of one key answered %d", n)
+					}
+				}
+				ret := h.now()
+				if err != nil {
+					h.fail.Add(1)
+					if !strings.Contains(err.Error(), "no quorum") && !strings.Contains(err.Error(), "timeout") &&
+						!strings.Contains(err.Error(), "connection") && !strings.Contains(err.Error(), "EOF") &&
+						!strings.Contains(err.Error(), "broken pipe") && !strings.Contains(err.Error(), "reset") {
+						t.Errorf("unexpected error kind: %v", err)
+					}
+					node = (node + 1) % c.Len()
+					if in.op == 'g' {
+						continue
+					}
+					ret = math.MaxInt64 // outcome unknown
+				} else {
+					h.ok.Add(1)
+				}
+				h.mu.Lock()
+				h.ops = append(h.ops, porcupine.Operation{ClientId: ci, Input: in, Call: call, Output: out, Return: ret})
+				h.mu.Unlock()
+			}
+		}(ci)
+	}
+	h.wg = &wg
+	t.Cleanup(wg.Wait)
+	return h
+}
+
+func checkLinearizable(t *testing.T, h *history) {
+	t.Helper()
+	h.mu.Lock()
+	ops := append([]porcupine.Operation(nil), h.ops...)
+	h.mu.Unlock()
+	res, info := porcupine.CheckOperationsVerbose(kvModel, ops, 60*time.Second)
+	t.Logf("%d operations (%d ok, %d failed), linearizability: %v", len(ops), h.ok.Load(), h.fail.Load(), res)
+	if res != porcupine.Ok {
+		path := filepath.Join(t.TempDir(), "history.html")
+		if f, err := os.Create(path); err == nil {
+			porcupine.Visualize(kvModel, info, f)
+			f.Close()
+		}
+		t.Fatalf("history is not linearizable (%v); visualization in %s", res, path)
+	}
+}
+
+func TestLinearizable(t *testing.T) {
+	c := testCluster(t, 9, 5, time.Second)
+	stop := make(chan struct{})
+	h := runClients(t, c, 10, 3, stop)
+	waitOps(t, h, 3000)
+	close(stop)
+	checkLinearizable(t, waitDone(t, h))
+}
+
+func TestLinearizableWithFailures(t *testing.T) {
+	c := testCluster(t, 9, 5, 500*time.Millisecond)
+	stop := make(chan struct{})
+	h := runClients(t, c, 10, 3, stop)
+	r := rand.New(rand.NewPCG(42, 1))
+	down := map[int]bool{}
+	kills, restarts := 0, 0
+	for round := 0; round < 24; round++ {
+		target := h.ok.Load() + 120
+		waitOps(t, h, target)
+		if len(down) < 4 && (len(down) == 0 || r.IntN(2) == 0) {
+			i := r.IntN(c.Len())
+			if !down[i] {
+				down[i] = true
+				if err := c.Stop(i); err != nil {
+					t.Fatal(err)
+				}
+				kills++
+			}
+		} else {
+			for i := range down {
+				delete(down, i)
+				if err := c.Restart(i); err != nil {
+					t.Fatal(err)
+				}
+				restarts++
+				break
+			}
+		}
+	}
+	for i := range down {
+		if err := c.Restart(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitOps(t, h, h.ok.Load()+300)
+	close(stop)
+	t.Logf("%d kills, %d restarts", kills, restarts)
+	checkLinearizable(t, waitDone(t, h))
+}
