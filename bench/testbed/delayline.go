@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -70,8 +71,8 @@ type slot struct {
 // DelayLine carries packets one way from src to dst with a delay, a rate
 // cap, random loss and a bounded queue. src must return one packet per Read
 // (a TUN fd does) and dst take one per Write. Reading and writing run on
-// two goroutines owned by the line; packet buffers are slots of a ring
-// allocated once, so the steady state allocates nothing. Its methods are
+// two goroutines owned by the line; packet buffers are recycled through a
+// free list, so the steady state allocates nothing. Its methods are
 // safe for concurrent use.
 type DelayLine struct {
 	src io.Reader
@@ -87,8 +88,9 @@ type DelayLine struct {
 	slots  []slot
 	head   int
 	n      int
-	held   int // bytes held in slots
-	maxHld int // bound on held bytes
+	held   int      // bytes held in slots
+	maxHld int      // bound on held bytes
+	free   [][]byte // packet buffers not in use (reused: no steady-state allocation)
 
 	notify chan struct{}
 	done   chan struct{}
@@ -127,6 +129,7 @@ func NewDelayLine(src io.Reader, dst io.Writer, cfg LineConfig, cut *atomic.Bool
 		base:   time.Now(),
 		sh:     shaper{rate: cfg.Rate, delay: int64(cfg.Delay), limit: cfg.QueueBytes},
 		slots:  make([]slot, nslots),
+		free:   make([][]byte, 0, nslots),
 		maxHld: maxHeld,
 		notify: make(chan struct{}, 1),
 		done:   make(chan struct{}),
@@ -168,26 +171,38 @@ func (l *DelayLine) closed() bool {
 
 func (l *DelayLine) reader() {
 	defer l.wg.Done()
+	if _, ok := l.src.(*tunFD); ok {
+		// Raw fd reads on a dedicated real-time thread: packets are
+		// stamped on arrival even when the machine is busy. The thread is
+		// never unlocked, so it exits with the goroutine rather than
+		// carrying its priority back into the Go scheduler.
+		runtime.LockOSThread()
+		realtimeThread()
+	}
 	scratch := make([]byte, slotSize)
+	var spare []byte // buffer for the next packet; kept when it is dropped
 	for {
 		l.mu.Lock()
 		full := l.n == len(l.slots)
 		idx := (l.head + l.n) % len(l.slots)
+		if !full && spare == nil && len(l.free) > 0 {
+			spare = l.free[len(l.free)-1]
+			l.free = l.free[:len(l.free)-1]
+		}
 		l.mu.Unlock()
 		buf := scratch
 		if !full {
-			// Only the reader touches the slot past the tail.
-			if l.slots[idx].buf == nil {
-				l.slots[idx].buf = make([]byte, slotSize)
+			if spare == nil {
+				spare = make([]byte, slotSize) // only while the peak grows
 			}
-			buf = l.slots[idx].buf
+			buf = spare
 		}
 		nr, err := l.src.Read(buf)
 		if err != nil {
 			if l.closed() || errors.Is(err, os.ErrClosed) || errors.Is(err, io.EOF) {
 				return
 			}
-			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+			if errors.Is(err, errPollTimeout) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 				continue
 			}
 			return
@@ -220,8 +235,9 @@ func (l *DelayLine) reader() {
 			l.ctr.dropQueue.Add(1)
 			continue
 		}
-		l.slots[idx].n = nr
-		l.slots[idx].release = rel
+		// The slot past the tail is never touched by the writer.
+		l.slots[idx] = slot{buf: spare, n: nr, release: rel}
+		spare = nil
 		l.n++
 		l.held += nr
 		l.mu.Unlock()
@@ -233,15 +249,15 @@ func (l *DelayLine) reader() {
 }
 
 // writer releases packets at their release time. It sleeps with
-// nanosleep on a locked thread with 1 ns timer slack: Go timers round
-// sleeps up to whole milliseconds when the runtime blocks in epoll, which
-// would add up to 1 ms per direction.
+// nanosleep on a locked real-time thread with 1 ns timer slack: Go timers
+// round sleeps up to whole milliseconds when the runtime blocks in epoll,
+// which would add up to 1 ms per direction, and a busy machine would add
+// more. The thread is never unlocked (it exits with the goroutine).
 func (l *DelayLine) writer() {
 	defer l.wg.Done()
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	realtimeThread()
 	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
-	defer func() { _ = unix.Prctl(unix.PR_SET_TIMERSLACK, 50000, 0, 0, 0) }()
 	for {
 		l.mu.Lock()
 		for l.n == 0 {
@@ -281,8 +297,59 @@ func (l *DelayLine) writer() {
 		}
 		l.mu.Lock()
 		l.held -= s.n
+		l.free = append(l.free, s.buf)
+		s.buf = nil
 		l.head = (l.head + 1) % len(l.slots)
 		l.n--
 		l.mu.Unlock()
 	}
 }
+
+// realtimeThread moves the calling OS thread to SCHED_FIFO priority 10
+// when allowed (root); otherwise it leaves it alone.
+func realtimeThread() {
+	attr := unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}
+	_ = unix.SchedSetAttr(0, &attr, 0)
+}
+
+// errPollTimeout is returned by tunFD.Read when no packet came within the
+// poll interval, so the reader can check whether it should stop.
+var errPollTimeout = errors.New("poll timeout")
+
+// tunFD is a TUN device's non-blocking fd, read and written with raw
+// syscalls (one packet per call). Read waits at most 50 ms.
+type tunFD struct {
+	fd   int
+	name string
+}
+
+func (t *tunFD) Read(b []byte) (int, error) {
+	for {
+		n, err := unix.Read(t.fd, b)
+		if err != unix.EAGAIN {
+			if err != nil {
+				return 0, fmt.Errorf("read %s: %w", t.name, err)
+			}
+			return n, nil
+		}
+		fds := []unix.PollFd{{Fd: int32(t.fd), Events: unix.POLLIN}}
+		k, err := unix.Poll(fds, 50)
+		if err != nil && err != unix.EINTR {
+			return 0, fmt.Errorf("poll %s: %w", t.name, err)
+		}
+		if k == 0 {
+			return 0, errPollTimeout
+		}
+	}
+}
+
+func (t *tunFD) Write(b []byte) (int, error) {
+	n, err := unix.Write(t.fd, b)
+	if err != nil {
+		return 0, fmt.Errorf("write %s: %w", t.name, err)
+	}
+	return n, nil
+}
+
+// Close closes the fd, which deletes the TUN device.
+func (t *tunFD) Close() error { return unix.Close(t.fd) }

@@ -98,10 +98,10 @@ func netnsExists(name string) bool {
 }
 
 // openTUN creates TUN device ifname (IFF_TUN|IFF_NO_PI, no offloads) inside
-// namespace ns and returns its non-blocking fd as a file. The device lives
-// as long as the file is open.
-func openTUN(ns, ifname string) (*os.File, error) {
-	var f *os.File
+// namespace ns and returns its non-blocking fd. The device lives as long as
+// the fd is open.
+func openTUN(ns, ifname string) (*tunFD, error) {
+	var f *tunFD
 	err := InNetns(NetnsPath(ns), func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		if err != nil {
@@ -117,7 +117,7 @@ func openTUN(ns, ifname string) (*os.File, error) {
 			unix.Close(fd)
 			return fmt.Errorf("TUNSETIFF %s: %w", ifname, err)
 		}
-		f = os.NewFile(uintptr(fd), "tun:"+ns+":"+ifname)
+		f = &tunFD{fd: fd, name: ns + ":" + ifname}
 		return nil
 	})
 	return f, err

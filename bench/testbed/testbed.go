@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"sort"
 	"sync"
@@ -33,7 +32,7 @@ type link struct {
 	gwIf   string // interface name in the gateway namespace
 	dcIf   string // interface name in the DC namespace
 	cut    atomic.Bool
-	files  []*os.File // TUN fds (emulated links)
+	files  []*tunFD   // TUN fds (emulated links)
 	up, dn *DelayLine // gw->dc, dc->gw (emulated links)
 }
 
@@ -453,13 +452,11 @@ func (tb *Testbed) Close() error {
 		if l.up != nil {
 			l.up.Close()
 			l.dn.Close()
+			l.up.Wait() // readers notice within one poll interval
+			l.dn.Wait()
 		}
 		for _, f := range l.files {
 			_ = f.Close()
-		}
-		if l.up != nil {
-			l.up.Wait()
-			l.dn.Wait()
 		}
 	}
 	var first error
