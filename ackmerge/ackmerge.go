@@ -272,6 +272,7 @@ type Flow struct {
 	sentAck  seqnum.Value // last ack sent to the client
 	sentEdge seqnum.Value // last right edge advertised to the client
 	finSent  bool
+	fins     int // branches that sent their FIN
 
 	// merged values, recomputed on every change
 	minAck, minEdge, minCov seqnum.Value
@@ -657,10 +658,11 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 			}
 			if fin && end == b.cov && !b.fin {
 				b.fin, b.finAt = true, end
+				f.fins++
 			}
 		}
 	}
-	if b.fin || fin {
+	if f.fins > 0 {
 		f.checkDivergence(now, out)
 		if b.removed || f.state != StateEstablished && f.state != StateLinger {
 			return
