@@ -113,7 +113,7 @@ func TestGoRedis(t *testing.T) {
 	c := testCluster(t, 9, 5, 2*time.Second)
 	var logs logBuf
 	redis.SetLogger(&logs)
-	t.Cleanup(func() { redis.SetLogger(&logs) })
+	t.Cleanup(func() { redis.SetLogger(quietLogger{}) })
 	rc := redis.NewClient(&redis.Options{Addr: c.Config(3).Listen})
 	defer rc.Close()
 	if err := rc.Ping(bg).Err(); err != nil {

@@ -11,7 +11,6 @@ import (
 	"time"
 )
 
-
 // readReply reads one well-formed RESP reply, or fails.
 func readReply(rd *bufio.Reader) error {
 	line, err := rd.ReadString('\n')

@@ -1,0 +1,42 @@
+package kvsbench
+
+import (
+	"encoding/csv"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestOutputs(t *testing.T) {
+	dir := t.TempDir()
+	rep := &Report{
+		Results: []Result{
+			{System: "sdnkvs", Test: "SET", Pipeline: 1, OpsPerS: 17000, P50ms: 2.3, P99ms: 5.4},
+			{System: "sdnkvs", Test: "GET", Pipeline: 1, OpsPerS: 27000, P50ms: 1.3, P99ms: 3.5},
+			{System: "etcd", Test: "SET", OpsPerS: 8000, P50ms: 5.9, P99ms: 12.6},
+		},
+		RSS: []RSS{{Name: "sdnkvs-node1", PeakMiB: 63, NowMiB: 60}},
+	}
+	if err := writeOutputs(dir, rep); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, "kvs-results.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) != 4 || rows[1][3] != "17000" || rows[3][2] != "0" {
+		t.Fatalf("csv rows %v, %v", rows, err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "kvs.png")); err != nil || st.Size() < 1000 {
+		t.Fatalf("png missing or empty: %v", err)
+	}
+	if r, ok := rep.Find("etcd", "SET", 0); !ok || r.OpsPerS != 8000 {
+		t.Fatal("Find")
+	}
+	if tab := rep.Table(); !strings.Contains(tab, "sdnkvs-node1") || !strings.Contains(tab, "17000") {
+		t.Fatalf("table:\n%s", tab)
+	}
+}
