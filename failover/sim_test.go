@@ -260,7 +260,7 @@ func defaultSim(seed uint64) simConfig {
 	return simConfig{
 		mode: Fast, perDC: 3, loss: 0.01, probes: true, probeEvery: 100 * time.Millisecond,
 		flowsPerN: 2, forked: true, duration: 5 * time.Minute,
-		dcRTT: [2]time.Duration{10 * time.Millisecond, 340 * time.Millisecond},
+		dcRTT:  [2]time.Duration{10 * time.Millisecond, 340 * time.Millisecond},
 		minRTO: 200 * time.Millisecond, probeMinTO: 250 * time.Millisecond, seed: seed,
 	}
 }
