@@ -15,7 +15,7 @@
 //     the count; Config.Threshold (paper: 5) declares the server down;
 //   - silence (Fast): the node has sent nothing and answered no probe for
 //     max(SilenceTimeout, srtt+4*rto) while a client has unacknowledged
-//     data to it;
+//     data to it and is still retransmitting it;
 //   - ack lag (Fast): a branch of a forked flow has lagged the other
 //     branches' acknowledgement for max(AckLagTimeout, srtt+2*rto) and the
 //     node has not been heard from since the lag began;
@@ -23,7 +23,11 @@
 //     DCProbeMisses on every live node of a DC at once.
 //
 // A DC with no live node is down. A down node comes back (NodeUp) only
-// after its probes have all succeeded and reported ready for ReadmitAfter.
+// after its probes have all succeeded and reported ready for ReadmitAfter,
+// in both modes: without probes a node declared down stays down.
+//
+// Passive signals need client data in flight: a client that only receives
+// (a long reply) retransmits nothing, so only probes see its server die.
 //
 // Time: every method takes now; a now earlier than one already seen is
 // treated as the latest time seen, so time never goes backwards inside.
@@ -192,12 +196,19 @@ type dcState struct {
 }
 
 // Detector is the failure detector of one middlebox. K is the caller's
-// flow key: any comparable value (a packed 5-tuple, a flow-table index,
-// for forked flows a key that includes the branch).
+// flow key: any comparable value (a packed 5-tuple, a flow-table index).
+//
+// How the middlebox drives it: report every client segment it forwards to
+// a node (ClientSegment) and every segment from a node (ServerSegment);
+// a forked flow is one detector flow per branch, with a key that includes
+// the branch, and its lagging branches are reported with BranchLag. Call
+// FlowEnded when a flow or branch goes away (close, reset, branch removed,
+// flow moved), Probe for each probe result, and Tick every 10-50 ms. Apply
+// every returned decision at once.
 //
 // A Detector is not safe for concurrent use: the middlebox calls it from
 // one goroutine. Slices of decisions it returns are owned by the Detector
-// and valid until the next call of any method.
+// and valid until its next observation or Tick.
 type Detector[K comparable] struct {
 	cfg   Config
 	nodes []nodeState
