@@ -304,7 +304,7 @@ func (n *Node) servePeer(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	sc := &serverConn{w: newBatchWriter(c, 256<<20)}
+	sc := &serverConn{w: newBatchWriter(c, 32<<20)}
 	defer sc.w.close()
 	fr := newFrameReader(c, n.maxFrame())
 	var req request
@@ -427,7 +427,7 @@ func (p *peerClient) run() {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
-		w := newBatchWriter(c, 256<<20)
+		w := newBatchWriter(c, 32<<20)
 		p.w.Store(w)
 		p.n.log.Debug("peer connected", "peer", p.addr)
 		p.readLoop(c)
