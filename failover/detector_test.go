@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -89,6 +90,28 @@ func TestModeParse(t *testing.T) {
 	}
 	if _, err := ParseMode("slow"); err == nil {
 		t.Fatal("ParseMode accepted \"slow\"")
+	}
+	var cfg struct{ Mode Mode }
+	if err := json.Unmarshal([]byte(`{"Mode":"paper"}`), &cfg); err != nil || cfg.Mode != Paper {
+		t.Fatalf("JSON mode: %v, %v", cfg.Mode, err)
+	}
+	if err := json.Unmarshal([]byte(`{"Mode":"slow"}`), &cfg); err == nil {
+		t.Fatal("JSON accepted mode \"slow\"")
+	}
+}
+
+// TestTransitionsJSON: /dcs shows kinds and signals by name.
+func TestTransitionsJSON(t *testing.T) {
+	d, _ := New[int](Config{ProbeMisses: 1}, testTopo(1))
+	d.Probe(ms(5), 0, ProbeResult{})
+	b, err := json.Marshal(d.Transitions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"Kind":"NodeDown"`, `"Signal":"probes"`, `"Kind":"DCDown"`, `"Signal":"nodes"`, `"Cause":"node 10.0.1.1:6379: 1 probes missed"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON %s lacks %s", b, want)
+		}
 	}
 }
 

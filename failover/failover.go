@@ -73,6 +73,9 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
 
+// MarshalText returns the kind's name (for JSON in /dcs).
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
 // Signal is what caused a decision, as a small label for metrics.
 type Signal uint8
 
@@ -97,6 +100,9 @@ func (s Signal) String() string {
 	}
 	return fmt.Sprintf("Signal(%d)", uint8(s))
 }
+
+// MarshalText returns the signal's label (for JSON in /dcs).
+func (s Signal) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // Decision is one state change. Node is meaningful for NodeDown and NodeUp
 // (-1 otherwise); DC is the DC concerned (the node's DC for node
