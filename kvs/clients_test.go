@@ -30,7 +30,7 @@ func redisCLI(t *testing.T, addr string, args ...string) string {
 
 func TestRedisCLI(t *testing.T) {
 	testenv.RequireCommand(t, "redis-cli")
-	c := testCluster(t, 9, 5, 2*time.Second)
+	c := testCluster(t, 9, 5, 10*time.Second)
 	a, b := c.Config(0).Listen, c.Config(7).Listen
 	for _, tc := range []struct {
 		addr string
@@ -59,7 +59,7 @@ func TestRedisCLI(t *testing.T) {
 
 func TestRedisBenchmark(t *testing.T) {
 	testenv.RequireCommand(t, "redis-benchmark")
-	c := testCluster(t, 9, 5, 2*time.Second)
+	c := testCluster(t, 9, 5, 10*time.Second)
 	host, port, _ := net.SplitHostPort(c.Config(0).Listen)
 	for _, pipe := range []string{"1", "8"} {
 		cmd := exec.Command("redis-benchmark", "-h", host, "-p", port, "-c", "10", "-n", "2000",
@@ -110,7 +110,7 @@ func (l *logBuf) Printf(_ context.Context, format string, v ...any) {
 }
 
 func TestGoRedis(t *testing.T) {
-	c := testCluster(t, 9, 5, 2*time.Second)
+	c := testCluster(t, 9, 5, 10*time.Second)
 	var logs logBuf
 	redis.SetLogger(&logs)
 	t.Cleanup(func() { redis.SetLogger(quietLogger{}) })

@@ -56,7 +56,7 @@ func waitReady(t *testing.T, c *Cluster) {
 // Every node is stopped and restarted from disk: every acknowledged write
 // is still there, on at least a quorum of replicas.
 func TestDurableAcrossRestartOfEveryNode(t *testing.T) {
-	c := testCluster(t, 9, 5, 2*time.Second)
+	c := testCluster(t, 9, 5, 10*time.Second)
 	a := client(t, c, 2)
 	const n = 200
 	for i := 0; i < n; i++ {
@@ -110,7 +110,7 @@ func TestDurableAcrossRestartOfEveryNode(t *testing.T) {
 // A read whose quorum sees different tags writes the newest value back, so
 // a node that missed a write is brought up to date.
 func TestReadRepairUpdatesStaleNode(t *testing.T) {
-	c := testCluster(t, 9, 5, 2*time.Second)
+	c := testCluster(t, 9, 5, 10*time.Second)
 	a := client(t, c, 0)
 	if err := a.Set(bg, "k", "old", 0).Err(); err != nil {
 		t.Fatal(err)

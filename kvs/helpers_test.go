@@ -64,7 +64,7 @@ func testCluster(t testing.TB, n, q int, timeout time.Duration) *Cluster {
 func client(t testing.TB, c *Cluster, i int) *redis.Client {
 	t.Helper()
 	rc := redis.NewClient(&redis.Options{Addr: c.Config(i).Listen, MaxRetries: -1,
-		DialTimeout: time.Second, ReadTimeout: 5 * time.Second, PoolSize: 4})
+		DialTimeout: time.Second, ReadTimeout: 15 * time.Second, PoolSize: 4})
 	t.Cleanup(func() { rc.Close() })
 	return rc
 }

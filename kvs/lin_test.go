@@ -193,7 +193,7 @@ func checkLinearizable(t *testing.T, h *history) {
 func TestLinearizable(t *testing.T) {
 	c := testCluster(t, 9, 5, time.Second)
 	stop := make(chan struct{})
-	h := runClients(t, c, 10, 3, stop)
+	h := runClients(t, c, 10, 5, stop)
 	waitOps(t, h, 3000)
 	close(stop)
 	checkLinearizable(t, waitDone(t, h))
@@ -202,12 +202,12 @@ func TestLinearizable(t *testing.T) {
 func TestLinearizableWithFailures(t *testing.T) {
 	c := testCluster(t, 9, 5, 500*time.Millisecond)
 	stop := make(chan struct{})
-	h := runClients(t, c, 10, 3, stop)
+	h := runClients(t, c, 10, 5, stop)
 	r := rand.New(rand.NewPCG(42, 1))
 	down := map[int]bool{}
 	kills, restarts := 0, 0
 	for round := 0; round < 24; round++ {
-		target := h.ok.Load() + 120
+		target := h.ok.Load() + 500
 		waitOps(t, h, target)
 		if len(down) < 4 && (len(down) == 0 || r.IntN(2) == 0) {
 			i := r.IntN(c.Len())

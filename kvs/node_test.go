@@ -1,12 +1,17 @@
 package kvs
 
 import (
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
 func TestClusterBasics(t *testing.T) {
-	c := testCluster(t, 9, 5, 2*time.Second)
+	c := testCluster(t, 9, 5, 10*time.Second)
 	a, b := client(t, c, 0), client(t, c, 5)
 	if err := a.Set(bg, "k", "v1", 0).Err(); err != nil {
 		t.Fatal(err)
@@ -30,4 +35,22 @@ func TestClusterBasics(t *testing.T) {
 	if n, err := b.Exists(bg, "x", "z", "y").Result(); err != nil || n != 2 {
 		t.Fatalf("exists = %d, %v; want 2", n, err)
 	}
+}
+
+func TestNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	c := testCluster(t, 3, 2, 10*time.Second)
+	rc := redis.NewClient(&redis.Options{Addr: c.Config(0).Listen})
+	for i := 0; i < 50; i++ {
+		if err := rc.Set(bg, fmt.Sprint(i), "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.Close()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "goroutines to return to the count before the cluster", func() bool {
+		return runtime.NumGoroutine() <= before+2
+	})
 }
