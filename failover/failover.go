@@ -11,8 +11,12 @@
 // Signals (DESIGN.md section 5):
 //   - the paper's Algorithm 1 (both modes): a duplicate client segment on a
 //     flow whose server has sent nothing since the client's previous
-//     segment counts one against the server; any packet from the server resets
-//     the count; Config.Threshold (paper: 5) declares the server down;
+//     segment counts one against the server; any packet from the server
+//     resets the count; Config.Threshold (paper: 5) declares the server
+//     down. Fast mode also requires that the server has sent nothing for
+//     the silence threshold, so random loss on a busy node cannot add up
+//     to 5; probe replies do not reset the count (the data path is
+//     judged by data), so Fast detects what Paper detects;
 //   - silence (Fast): the node has sent nothing and answered no probe for
 //     max(SilenceTimeout, srtt+4*rto) while a client has unacknowledged
 //     data to it and is still retransmitting it;
@@ -168,13 +172,16 @@ type Stats struct {
 }
 
 type nodeState struct {
-	info   NodeInfo
-	up     bool
-	since  time.Time
-	cause  string
-	heard  time.Time // last non-RST server packet or successful probe
-	dups   int
-	misses int
+	info  NodeInfo
+	up    bool
+	since time.Time
+	cause string
+	heard time.Time // last non-RST server packet or successful probe
+	// lastServer is the last packet of any kind from the node (zero if
+	// none yet); dups the Algorithm 1 count since then.
+	lastServer time.Time
+	dups       int
+	misses     int
 	// readySince is the start of the current run of ready probes (zero if
 	// the last probe failed or was not ready).
 	readySince time.Time

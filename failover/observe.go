@@ -96,9 +96,7 @@ func (d *Detector[K]) ClientSegment(now time.Time, flow K, node NodeID, seg Segm
 			// sent nothing on this flow since.
 			ns.dups++
 			d.stats.Duplicates++
-			if ns.dups >= d.cfg.Threshold {
-				d.markDown(node, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments", ns.dups))
-			}
+			d.checkDups(node)
 		}
 		f.srvSince = false
 		if f.sndNxt.LessThan(end) {
@@ -125,6 +123,7 @@ func (d *Detector[K]) ServerSegment(now time.Time, flow K, node NodeID, seg Segm
 	}
 	ns := &d.nodes[node]
 	ns.dups = 0
+	ns.lastServer = d.now
 	if seg.Flags&header.TCPFlagRst == 0 {
 		ns.heard = d.now
 	}
@@ -201,10 +200,11 @@ func (d *Detector[K]) Probe(now time.Time, node NodeID, r ProbeResult) []Decisio
 	}
 	ns := &d.nodes[node]
 	if r.OK {
+		// Evidence of life for the silence and ack-lag rules, but not a
+		// reset of Algorithm 1: that counts the data path only, exactly as
+		// in Paper mode, so Fast detects everything Paper does (a data path
+		// broken while probes still pass, for one).
 		ns.heard = d.now
-		if d.cfg.Mode == Fast {
-			ns.dups = 0 // a probe reply is a packet from the service
-		}
 		if r.RTT > 0 {
 			ns.sampleRTT(r.RTT)
 		}
@@ -252,6 +252,12 @@ func (d *Detector[K]) Tick(now time.Time) []Decision {
 		if !ns.up {
 			d.checkReadmit(NodeID(i))
 			continue
+		}
+		if d.cfg.Mode == Fast && ns.dups >= d.cfg.Threshold {
+			d.checkDups(NodeID(i))
+			if !ns.up {
+				continue
+			}
 		}
 		// Every flow's silence starts no earlier than the node's, so
 		// only a node that is silent as a whole needs its flows checked.
@@ -310,6 +316,34 @@ func (d *Detector[K]) AckLagThreshold(n NodeID) time.Duration {
 	}
 	ns := &d.nodes[n]
 	return max(d.cfg.AckLagTimeout, ns.srtt+2*d.rto(ns))
+}
+
+// checkDups applies Algorithm 1 to node n. Paper mode: the threshold
+// alone. Fast mode adds a guard against random loss on a busy node: the
+// server must also have sent nothing on any flow for the silence
+// threshold, twice that if its probes still pass (a live node's other
+// flows keep talking; a dead one, or one whose data path is broken while
+// its probes pass, does not).
+func (d *Detector[K]) checkDups(n NodeID) {
+	ns := &d.nodes[n]
+	if !ns.up || ns.dups < d.cfg.Threshold {
+		return
+	}
+	if d.cfg.Mode == Paper {
+		d.markDown(n, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments", ns.dups))
+		return
+	}
+	if ns.lastServer.IsZero() {
+		d.markDown(n, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments, never a packet from the server", ns.dups))
+		return
+	}
+	need := d.SilenceThreshold(n)
+	if ns.heard.After(ns.lastServer) {
+		need *= 2 // its probes pass: ask the data path for longer evidence
+	}
+	if quiet := d.now.Sub(ns.lastServer); quiet >= need {
+		d.markDown(n, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments, no packet from the server for %v", ns.dups, quiet.Round(time.Millisecond)))
+	}
 }
 
 // checkSilence applies the silence rule to flow f: its client data is

@@ -133,6 +133,56 @@ at 15 client b n1 seq=0 len=1 -> NodeDown n1 duplicates, DCDown dublin nodes
 check preferred none`,
 	},
 	{
+		name:  "fast/Algorithm 1 runs in fast mode too, even while probes pass (data path broken)",
+		perDC: 1,
+		script: `
+at 0   probe n0 ok rtt=10
+at 0   client f n0 seq=1000 len=100
+at 210 client f n0 seq=1000 len=100
+at 300 probe n0 ok rtt=10
+at 400 client g n0 seq=1 flags=S
+at 420 client f n0 seq=1000 len=100
+at 500 probe n0 ok rtt=10
+at 600 client g n0 seq=1 flags=S
+at 630 client f n0 seq=1000 len=100
+at 700 probe n0 ok rtt=10
+check up n0
+at 800 client g n0 seq=1 flags=S -> NodeDown n0 duplicates, DCDown sydney nodes`,
+	},
+	{
+		name:  "fast/Algorithm 1 in fast mode waits until the server has been quiet for the silence threshold",
+		perDC: 1,
+		script: `
+at 0   probe n0 ok rtt=10
+at 0   server x n0 ack=1
+at 0   client f n0 seq=1000 len=100
+at 10  client f n0 seq=1000 len=100
+at 20  client f n0 seq=1000 len=100
+at 30  client f n0 seq=1000 len=100
+at 40  client f n0 seq=1000 len=100
+at 50  client f n0 seq=1000 len=100
+check dups n0 5
+at 849 tick
+check up n0
+at 850 tick -> NodeDown n0 duplicates, DCDown sydney nodes
+# the same after a probe reply: the data path must stay quiet twice as long
+at 851  probe n1 ok rtt=10
+at 860  server y n1 ack=1
+at 870  probe n1 ok rtt=10
+at 871  client g n1 seq=1000 len=100
+at 872  client g n1 seq=1000 len=100
+at 873  client g n1 seq=1000 len=100
+at 874  client g n1 seq=1000 len=100
+at 875  client g n1 seq=1000 len=100
+at 876  client g n1 seq=1000 len=100
+at 1710 probe n1 ok rtt=10
+check up n1
+at 2559 tick
+check up n1
+check dups n1 5
+at 2560 tick -> NodeDown n1 duplicates, DCDown dublin nodes`,
+	},
+	{
 		name:  "fast/silence with unacknowledged data (threshold from the RTT estimate)",
 		perDC: 1,
 		script: `
