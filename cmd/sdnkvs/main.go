@@ -29,8 +29,10 @@ type CLI struct {
 
 // BenchCmd groups the experiments.
 type BenchCmd struct {
-	Forward BenchForwardCmd `cmd:"" help:"Single-stream TCP throughput through the anycast path vs kernel forwarding."`
-	Kvs     BenchKvsCmd     `cmd:"" help:"KVS throughput and latency: sdnkvs cluster vs redis-server vs etcd."`
+	Forward  BenchForwardCmd  `cmd:"" help:"Single-stream TCP throughput through the anycast path vs kernel forwarding."`
+	Kvs      BenchKvsCmd      `cmd:"" help:"KVS throughput and latency: sdnkvs cluster vs redis-server vs etcd."`
+	Goodput  BenchGoodputCmd  `cmd:"" help:"The paper's Fig. 7: goodput of one client forked to 1..N servers."`
+	Failover BenchFailoverCmd `cmd:"" help:"The paper's Fig. 6: an anycast client across a DC outage, RTO for --detector paper and fast."`
 }
 
 func parser(cli *CLI, opts ...kong.Option) (*kong.Kong, error) {
