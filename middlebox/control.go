@@ -20,6 +20,7 @@ type Stats struct {
 	FlowsActive           int
 	FlowsCreated          uint64
 	FlowsExpired          uint64 // removed by idle timeout or after the FIN linger
+	FlowsReset            uint64 // removed at once by a RST from either side
 	Drops                 map[string]uint64
 }
 
@@ -37,6 +38,7 @@ func (m *Middlebox) Stats() Stats {
 		RSTSent:      m.c.rstSent.Load(),
 		FlowsCreated: m.c.flowsCreated.Load(),
 		FlowsExpired: m.c.flowsExpired.Load(),
+		FlowsReset:   m.c.flowsReset.Load(),
 		Drops:        map[string]uint64{},
 	}
 	for r := range numReasons {
@@ -150,7 +152,7 @@ func (m *Middlebox) DCs() []DCInfo {
 type collector struct {
 	m                                              *Middlebox
 	pktsIn, pktsOut, bytesIn, bytesOut, local, rst *prometheus.Desc
-	drops, active, created, expired                *prometheus.Desc
+	drops, active, created, expired, reset         *prometheus.Desc
 	nodeFlows, nodeTotal, nodeLive                 *prometheus.Desc
 }
 
@@ -170,6 +172,7 @@ func newCollector(m *Middlebox) *collector {
 		active:    d("flows_active", "Flows in the flow table."),
 		created:   d("flows_created_total", "Flows created."),
 		expired:   d("flows_expired_total", "Flows removed by idle timeout or after their FIN linger."),
+		reset:     d("flows_reset_total", "Flows removed by a RST."),
 		nodeFlows: d("node_flows_active", "Active flows per node.", "dc", "node"),
 		nodeTotal: d("node_flows_total", "Flows ever assigned per node.", "dc", "node"),
 		nodeLive:  d("node_live", "1 if the node is considered live.", "dc", "node"),
@@ -177,7 +180,7 @@ func newCollector(m *Middlebox) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.nodeFlows, c.nodeTotal, c.nodeLive} {
+	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive} {
 		ch <- d
 	}
 }
@@ -200,6 +203,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(s.FlowsActive))
 	cnt(c.created, s.FlowsCreated)
 	cnt(c.expired, s.FlowsExpired)
+	cnt(c.reset, s.FlowsReset)
 	for _, n := range m.nodes {
 		dc, addr := m.dcs[n.dc].Name, n.ap.String()
 		ch <- prometheus.MustNewConstMetric(c.nodeFlows, prometheus.GaugeValue, float64(n.flows.Load()), dc, addr)
@@ -255,4 +259,3 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
 }
-

@@ -42,22 +42,26 @@ type nodeKey struct {
 // flow is one entry of the flow table. Flows live in a slab and are
 // referred to by index.
 type flow struct {
-	used    bool
-	kind    uint8
-	state   uint8
-	finCli  bool
-	finSrv  bool
-	nbranch uint8
-	key     fwdKey
-	nodes   [MaxBranches]uint16 // global node indexes, one per branch
-	created int64               // unix nanoseconds
-	last    int64
-	linger  int64 // when stClosing: remove at this time
-	pktsIn  uint64
-	pktsOut uint64
-	bytesIn uint64 // client -> nodes, IP bytes
-	bytesOut uint64
-	fork    ForkedFlow
+	used        bool
+	kind        uint8
+	state       uint8
+	finCli      bool // the client sent a FIN (at sequence number finCliSeq)
+	finSrv      bool // the node sent a FIN (at finSrvSeq)
+	finCliAcked bool
+	finSrvAcked bool
+	finCliSeq   uint32
+	finSrvSeq   uint32
+	nbranch     uint8
+	key         fwdKey
+	nodes       [MaxBranches]uint16 // global node indexes, one per branch
+	created     int64               // unix nanoseconds
+	last        int64
+	linger      int64 // when stClosing: remove at this time
+	pktsIn      uint64
+	pktsOut     uint64
+	bytesIn     uint64 // client -> nodes, IP bytes
+	bytesOut    uint64
+	fork        ForkedFlow
 }
 
 // flowTable is the bounded flow table. It is owned by whoever holds the

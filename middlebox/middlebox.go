@@ -33,24 +33,24 @@ import (
 type Reason int
 
 const (
-	ReasonTruncated        Reason = iota // shorter than its headers say
-	ReasonNotIP                          // IP version neither 4 nor 6
-	ReasonIPv6                           // IPv6 (not supported)
-	ReasonBadIPHeader                    // IPv4 header length/total length wrong
-	ReasonBadIPChecksum                  // IPv4 header checksum wrong
-	ReasonFragment                       // IPv4 fragment
-	ReasonBadTCPHeader                   // TCP header (data offset) wrong
-	ReasonBadTCPChecksum                 // TCP checksum wrong
-	ReasonNotForVIP                      // neither to the VIP nor from a node's service port
-	ReasonUnknownFlow                    // non-SYN for a flow not in the table
-	ReasonTableFull                      // SYN while the table is full (a RST is sent back)
-	ReasonNoLiveNode                     // SYN while no DC has a live node (a RST is sent back)
-	ReasonMulticastUnavailable           // packet to a multicast port without a ForkHandler
-	ReasonReverseCollision               // SYN whose reply key is taken by another flow
-	ReasonForkRefused                    // ForkHandler refused or dropped the packet
-	ReasonStackRefused                   // the local Stack refused the packet
-	ReasonWriteFailed                    // the Device did not accept the packet
-	ReasonNoBuffer                       // no free buffer for an extra packet
+	ReasonTruncated            Reason = iota // shorter than its headers say
+	ReasonNotIP                              // IP version neither 4 nor 6
+	ReasonIPv6                               // IPv6 (not supported)
+	ReasonBadIPHeader                        // IPv4 header length/total length wrong
+	ReasonBadIPChecksum                      // IPv4 header checksum wrong
+	ReasonFragment                           // IPv4 fragment
+	ReasonBadTCPHeader                       // TCP header (data offset) wrong
+	ReasonBadTCPChecksum                     // TCP checksum wrong
+	ReasonNotForVIP                          // neither to the VIP nor from a node's service port
+	ReasonUnknownFlow                        // non-SYN for a flow not in the table
+	ReasonTableFull                          // SYN while the table is full (a RST is sent back)
+	ReasonNoLiveNode                         // SYN while no DC has a live node (a RST is sent back)
+	ReasonMulticastUnavailable               // packet to a multicast port without a ForkHandler
+	ReasonReverseCollision                   // SYN whose reply key is taken by another flow
+	ReasonForkRefused                        // ForkHandler refused or dropped the packet
+	ReasonStackRefused                       // the local Stack refused the packet
+	ReasonWriteFailed                        // the Device did not accept the packet
+	ReasonNoBuffer                           // no free buffer for an extra packet
 	numReasons
 )
 
@@ -87,10 +87,10 @@ type node struct {
 
 // counters are the middlebox's cumulative statistics.
 type counters struct {
-	pktsIn, pktsOut, bytesIn, bytesOut atomic.Uint64
-	local, rstSent                     atomic.Uint64
-	flowsCreated, flowsExpired         atomic.Uint64
-	drops                              [numReasons]atomic.Uint64
+	pktsIn, pktsOut, bytesIn, bytesOut     atomic.Uint64
+	local, rstSent                         atomic.Uint64
+	flowsCreated, flowsExpired, flowsReset atomic.Uint64
+	drops                                  [numReasons]atomic.Uint64
 }
 
 // Middlebox is the data-path driver. Create it with New, run Run in a
@@ -108,7 +108,7 @@ type Middlebox struct {
 	dcNode [][]uint16 // per DC: global node indexes
 	offset int
 
-	mu sync.Mutex // guards tab and everything a flow holds
+	mu  sync.Mutex // guards tab and everything a flow holds
 	tab *flowTable
 
 	writeMu  sync.Mutex
@@ -470,9 +470,7 @@ func (m *Middlebox) fromClient(p *packet.TCP) (int, verdict) {
 	f.last = m.nowUnix
 	f.pktsIn++
 	f.bytesIn += uint64(len(p.Buf))
-	if fl&packet.FlagFIN != 0 {
-		m.noteFIN(f, true)
-	}
+	m.trackClose(f, p, true)
 	if f.kind == kindForked {
 		fwd, shift := f.fork.FromClient(p, m.nowTime, m)
 		m.afterFork(i, f)
@@ -486,6 +484,7 @@ func (m *Middlebox) fromClient(p *packet.TCP) (int, verdict) {
 	p.SetDstPort(n.key.port)
 	if fl&packet.FlagRST != 0 {
 		m.removeFlow(i)
+		m.c.flowsReset.Add(1)
 	}
 	return 0, verdictForward
 }
@@ -507,9 +506,7 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16) (int, verdict) {
 	if fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && f.state == stSynSent {
 		f.state = stEstablished
 	}
-	if fl&packet.FlagFIN != 0 {
-		m.noteFIN(f, false)
-	}
+	m.trackClose(f, p, false)
 	if f.kind == kindForked {
 		k := 0
 		for j := 0; j < int(f.nbranch); j++ {
@@ -528,6 +525,7 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16) (int, verdict) {
 	p.SetSrcPort(f.key.vport)
 	if fl&packet.FlagRST != 0 {
 		m.removeFlow(i)
+		m.c.flowsReset.Add(1)
 	}
 	return 0, verdictForward
 }
@@ -539,13 +537,29 @@ func (m *Middlebox) afterFork(i int32, f *flow) {
 	}
 }
 
-func (m *Middlebox) noteFIN(f *flow, client bool) {
-	if client {
-		f.finCli = true
-	} else {
-		f.finSrv = true
+// trackClose follows FINs and their acknowledgements: once both FINs are
+// acknowledged, the flow lingers for FinLinger (late retransmits) and is
+// then removed.
+func (m *Middlebox) trackClose(f *flow, p *packet.TCP, client bool) {
+	fl := p.Flags()
+	if fl&packet.FlagFIN != 0 {
+		fin := p.Seq() + uint32(p.PayloadLen())
+		if client {
+			f.finCli, f.finCliSeq = true, fin
+		} else {
+			f.finSrv, f.finSrvSeq = true, fin
+		}
 	}
-	if f.finCli && f.finSrv && f.state != stClosing {
+	if fl&packet.FlagACK != 0 {
+		ack := p.Ack()
+		if client && f.finSrv && int32(ack-(f.finSrvSeq+1)) >= 0 {
+			f.finSrvAcked = true
+		}
+		if !client && f.finCli && int32(ack-(f.finCliSeq+1)) >= 0 {
+			f.finCliAcked = true
+		}
+	}
+	if f.finCliAcked && f.finSrvAcked && f.state != stClosing {
 		f.state = stClosing
 		f.linger = m.nowUnix + int64(m.cfg.FinLinger)
 	}
