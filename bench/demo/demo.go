@@ -1,0 +1,555 @@
+// Package demo is the disaster demo (DESIGN.md section 7): it builds the
+// namespace testbed with a near and a far DC, starts a kvs cluster in each
+// and the middlebox at the edge, drives writes through the forked port and
+// reads through the anycast port, cuts the near DC in the middle of the
+// run, and then checks every acknowledged write against the far DC.
+//
+//	client ns: Writers x pipelined SET ──► VIP:6379 (forked)  ─┬─► near DC (cut at CutAt)
+//	           Readers x MGET marker,key ► VIP:6380 (anycast) ─┴─► far DC
+//	after the run: every acknowledged key ──MGET from inside the far DC ns──► far DC nodes
+//
+// It reports RPO (acknowledged writes the far DC does not hold), RTO for
+// reads and for writes (cut to the first completion of an operation sent
+// after the cut), write connections reset, and throughput before and after
+// the cut. A write counts as acknowledged only when its +OK arrived.
+//
+// Mode "direct" is the baseline without SDN-KVS: the client talks to one
+// node of the near DC directly, as to a store that replicates inside one
+// DC; the same checks then show what a disaster costs without forking.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/report"
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
+)
+
+// Config is one demo run. Zero values take the defaults shown.
+type Config struct {
+	Bin  string // sdnkvs executable (required)
+	Name string // testbed run id ("": fresh)
+
+	Near, Far           string        // DC names: "sydney", "dublin"
+	NearDelay, FarDelay time.Duration // one-way: 5ms, 170ms
+	RateMbps            float64       // link rate: 100 (negative: unlimited)
+	Nodes               int           // kvs nodes per DC: 9
+
+	Mode          string   // "sdn" (through the middlebox) or "direct" (baseline)
+	Detector      string   // middlebox --detector: "fast"; "none" passes no flag
+	MiddleboxArgs []string // more middlebox flags
+	KVSArgs       []string // more `kvs cluster` flags
+
+	Duration time.Duration // workload duration: 30s
+	CutAt    time.Duration // when the near DC is cut: 12s; negative: never
+	Writers  int           // write connections: 8
+	Window   int           // writes in flight per connection: 128
+	Rate     float64       // total writes per second: 2000 (negative: unlimited)
+	Readers  int           // read connections: 4
+	// ValueSize is the size of each value: 32 bytes.
+	ValueSize int
+	// DialTimeout bounds a connection attempt: 3s. OpTimeout bounds one
+	// operation's reply (0: none: the client relies on the middlebox's RST).
+	DialTimeout, OpTimeout time.Duration
+
+	DataDir string    // store data ("": temporary)
+	Out     string    // directory for CSV and PNG ("": none)
+	Log     io.Writer // progress and setup messages (nil: discarded)
+}
+
+// Defaults of Config.
+const (
+	DefaultNear     = "sydney"
+	DefaultFar      = "dublin"
+	DefaultDuration = 30 * time.Second
+	DefaultCutAt    = 12 * time.Second
+)
+
+// WithDefaults fills in zero fields and validates c.
+func (c Config) WithDefaults() (Config, error) {
+	if c.Bin == "" {
+		return c, errors.New("demo: no sdnkvs binary")
+	}
+	if c.Near == "" {
+		c.Near = DefaultNear
+	}
+	if c.Far == "" {
+		c.Far = DefaultFar
+	}
+	if c.Near == c.Far {
+		return c, fmt.Errorf("demo: near and far DC are both %q", c.Near)
+	}
+	if c.NearDelay == 0 {
+		c.NearDelay = 5 * time.Millisecond
+	}
+	if c.FarDelay == 0 {
+		c.FarDelay = 170 * time.Millisecond
+	}
+	if c.NearDelay < 0 || c.FarDelay < 0 {
+		return c, errors.New("demo: negative delay")
+	}
+	if c.RateMbps == 0 {
+		c.RateMbps = 100
+	}
+	if c.Nodes == 0 {
+		c.Nodes = 9
+	}
+	if c.Nodes < 1 || c.Nodes > 50 {
+		return c, fmt.Errorf("demo: nodes = %d: want 1..50", c.Nodes)
+	}
+	switch c.Mode {
+	case "":
+		c.Mode = "sdn"
+	case "sdn", "direct":
+	default:
+		return c, fmt.Errorf("demo: mode %q: want sdn or direct", c.Mode)
+	}
+	if c.Detector == "" {
+		c.Detector = "fast"
+	}
+	if c.Duration == 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Duration < time.Second || c.Duration > time.Hour {
+		return c, fmt.Errorf("demo: duration %v: want 1s..1h", c.Duration)
+	}
+	if c.CutAt == 0 {
+		c.CutAt = DefaultCutAt
+	}
+	if c.CutAt >= c.Duration {
+		return c, fmt.Errorf("demo: cut at %v is not before the end of the run (%v)", c.CutAt, c.Duration)
+	}
+	if c.Writers == 0 {
+		c.Writers = 8
+	}
+	if c.Window == 0 {
+		c.Window = 128
+	}
+	if c.Rate == 0 {
+		c.Rate = 2000
+	}
+	if c.Readers == 0 {
+		c.Readers = 4
+	}
+	if c.Writers < 0 || c.Readers < 0 || c.Window < 0 {
+		return c, errors.New("demo: negative writers, readers or window")
+	}
+	if c.Writers+c.Readers == 0 {
+		return c, errors.New("demo: no writer and no reader")
+	}
+	if c.ValueSize == 0 {
+		c.ValueSize = 32
+	}
+	if c.ValueSize < 16 || c.ValueSize > 1<<20 {
+		return c, fmt.Errorf("demo: value size %d: want 16..1048576", c.ValueSize)
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 3 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return c, nil
+}
+
+func (c Config) rateBits() uint64 {
+	if c.RateMbps < 0 {
+		return 0
+	}
+	return uint64(c.RateMbps * 1e6)
+}
+
+// DCs returns the testbed DCs: near first.
+func (c Config) DCs() []testbed.DC {
+	return []testbed.DC{
+		{Name: c.Near, Nodes: c.Nodes, Delay: c.NearDelay, Rate: c.rateBits()},
+		{Name: c.Far, Nodes: c.Nodes, Delay: c.FarDelay, Rate: c.rateBits()},
+	}
+}
+
+// Result is what a run measured. Times are seconds; an RTO of -1 means
+// the service did not resume before the end of the run.
+type Result struct {
+	Mode     string  `json:"mode"`
+	Detector string  `json:"detector"`
+	Near     string  `json:"near_dc"`
+	Far      string  `json:"far_dc"`
+	Nodes    int     `json:"nodes_per_dc"`
+	Duration float64 `json:"duration_s"`
+	CutAt    float64 `json:"cut_at_s"` // -1: no cut
+
+	AckedWrites     int      `json:"acked_writes"`
+	AckedBeforeCut  int      `json:"acked_before_cut"`
+	AckedAfterCut   int      `json:"acked_after_cut"`
+	RPOLost         int      `json:"rpo_lost"`
+	RPOMissing      int      `json:"rpo_missing"`
+	RPOWrong        int      `json:"rpo_wrong"`
+	CheckedDC       string   `json:"checked_dc"`
+	LostSamples     []string `json:"lost_samples,omitempty"`
+	RTORead         float64  `json:"rto_read_s"`
+	RTOWrite        float64  `json:"rto_write_s"`
+	WriteStallMax   float64  `json:"write_stall_max_s"` // longest time with no write acknowledged
+	WriteResets     int64    `json:"write_resets"`
+	WriteReconnects int64    `json:"write_reconnects"`
+	ReadResets      int64    `json:"read_resets"`
+	ReadReconnects  int64    `json:"read_reconnects"`
+	Errors          int64    `json:"errors"`
+	Reads           int64    `json:"reads"`
+	StaleReads      int64    `json:"stale_reads"`
+	// Reads served by each DC before and after the cut (by marker).
+	ReadsByDCBefore map[string]int64 `json:"reads_by_dc_before"`
+	ReadsByDCAfter  map[string]int64 `json:"reads_by_dc_after"`
+
+	WritesPerSBefore float64 `json:"writes_per_s_before"`
+	WritesPerSAfter  float64 `json:"writes_per_s_after"`
+	ReadsPerSBefore  float64 `json:"reads_per_s_before"`
+	ReadsPerSAfter   float64 `json:"reads_per_s_after"`
+
+	Files  []string `json:"files,omitempty"`
+	Series []Bin    `json:"-"`
+}
+
+// Run runs the demo: environment up, workload, cut, verification, report
+// files, teardown (also when ctx is cancelled or a step fails).
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	setupCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	env, err := NewEnv(setupCtx, EnvConfig{Bin: cfg.Bin, Name: cfg.Name, DCs: cfg.DCs(), DataDir: cfg.DataDir, KVSExtra: cfg.KVSArgs, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	defer env.Close()
+	if cfg.Mode == "sdn" {
+		det := cfg.Detector
+		if det == "none" {
+			det = ""
+		}
+		if err := env.StartMiddlebox(setupCtx, det, cfg.MiddleboxArgs); err != nil {
+			return nil, err
+		}
+	}
+	return RunIn(ctx, env, cfg)
+}
+
+// RunIn runs the workload, the cut and the checks in a ready environment
+// (middlebox running in mode sdn). cfg must have passed WithDefaults.
+func RunIn(ctx context.Context, env *Env, cfg Config) (*Result, error) {
+	log := cfg.Log
+	wcfg := WorkloadConfig{
+		Writers: cfg.Writers, Window: cfg.Window, Rate: max(cfg.Rate, 0), Readers: cfg.Readers,
+		ValueSize: cfg.ValueSize, KeyPrefix: "demo:" + env.TB.Name() + ":",
+		DCs: []string{cfg.Near, cfg.Far}, DialTimeout: cfg.DialTimeout, OpTimeout: cfg.OpTimeout,
+		MaxSeconds: int(cfg.Duration/time.Second) + 2,
+	}
+	switch cfg.Mode {
+	case "sdn":
+		wcfg.DialWrite = func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, WritePort) }
+		wcfg.DialRead = func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, ReadPort) }
+	case "direct":
+		node := netip.AddrPortFrom(env.TB.NodeAddrs(cfg.Near)[0], NodePort)
+		d := func(ctx context.Context) (net.Conn, error) { return env.DialClientTo(ctx, node) }
+		wcfg.DialWrite, wcfg.DialRead = d, d
+	}
+	w, err := NewWorkload(wcfg)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "workload: %d writers (window %d, %.0f writes/s) via %s, %d readers via %s; cut %s at %v of %v\n",
+		cfg.Writers, cfg.Window, cfg.Rate, writeTarget(cfg), cfg.Readers, readTarget(cfg), cfg.Near, cfg.CutAt, cfg.Duration)
+	w.Start(ctx)
+	stopped := false
+	defer func() {
+		if !stopped {
+			w.Stop()
+		}
+	}()
+
+	var cut time.Duration = -1
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	end := time.NewTimer(cfg.Duration)
+	defer end.Stop()
+	var cutC <-chan time.Time
+	if cfg.CutAt > 0 {
+		t := time.NewTimer(cfg.CutAt)
+		defer t.Stop()
+		cutC = t.C
+	}
+	sec := 0
+	note := ""
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-cutC:
+			if err := env.TB.Cut(cfg.Near); err != nil {
+				return nil, fmt.Errorf("demo: cut %s: %w", cfg.Near, err)
+			}
+			cut = w.MarkCut()
+			note = fmt.Sprintf("<< %s cut at %.1fs", cfg.Near, cut.Seconds())
+		case <-tick.C:
+			for ; sec < int(w.Now()/time.Second); sec++ {
+				fmt.Fprintln(log, w.ProgressLine(sec, note))
+				note = ""
+			}
+		case <-end.C:
+			break loop
+		}
+	}
+	w.Stop()
+	stopped = true
+	runEnd := w.Now()
+
+	res := &Result{
+		Mode: cfg.Mode, Detector: cfg.Detector, Near: cfg.Near, Far: cfg.Far, Nodes: cfg.Nodes,
+		Duration: runEnd.Seconds(), CutAt: -1, RTORead: -1, RTOWrite: -1,
+	}
+	if cfg.Mode == "direct" {
+		res.Detector = ""
+	}
+	ids, times := w.Acked()
+	res.AckedWrites = len(ids)
+	for _, t := range times {
+		if cut >= 0 && t >= int64(cut) {
+			res.AckedAfterCut++
+		} else {
+			res.AckedBeforeCut++
+		}
+	}
+	if cut >= 0 {
+		res.CutAt = cut.Seconds()
+		wr, rd := w.RecoveredAfterCut()
+		if wr > 0 {
+			res.RTOWrite = wr.Seconds()
+		}
+		if rd > 0 {
+			res.RTORead = rd.Seconds()
+		}
+	}
+	res.WriteStallMax = maxGap(times, int64(runEnd))
+	tot := w.Totals()
+	res.WriteResets, res.WriteReconnects = tot.WriteResets, tot.WriteReconnects
+	res.ReadResets, res.ReadReconnects = tot.ReadResets, tot.ReadReconnects
+	res.Errors, res.Reads, res.StaleReads = tot.Errors, tot.Reads, tot.Stale
+	res.Series = w.Bins(int(runEnd/time.Second) + 1)
+	res.ReadsByDCBefore, res.ReadsByDCAfter = map[string]int64{}, map[string]int64{}
+	names := append(slices.Clone(wcfg.DCs), "unknown")
+	for _, b := range res.Series {
+		m := res.ReadsByDCBefore
+		if cut >= 0 && b.Second >= int(cut/time.Second) {
+			m = res.ReadsByDCAfter
+		}
+		for i, v := range b.ReadsByDC {
+			if v > 0 {
+				m[names[i]] += v
+			}
+		}
+	}
+	throughput(res, times, w.ReadTimes(), cut, runEnd)
+
+	// Every acknowledged write must be in the far DC, the survivor.
+	vctx, vcancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer vcancel()
+	chk, err := env.Verify(vctx, cfg.Far, w, ids)
+	if err != nil {
+		return res, err
+	}
+	res.CheckedDC = chk.DC
+	res.RPOMissing, res.RPOWrong, res.RPOLost = chk.Missing, chk.Wrong, chk.Lost()
+	res.LostSamples = chk.Samples
+
+	if cfg.Out != "" {
+		files, err := WriteFiles(cfg.Out, "demo-"+cfg.Mode, res)
+		res.Files = files
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func writeTarget(c Config) string {
+	if c.Mode == "direct" {
+		return c.Near + " node 1 (no middlebox)"
+	}
+	return fmt.Sprintf("VIP:%d (forked)", WritePort)
+}
+
+func readTarget(c Config) string {
+	if c.Mode == "direct" {
+		return c.Near + " node 1 (no middlebox)"
+	}
+	return fmt.Sprintf("VIP:%d (anycast)", ReadPort)
+}
+
+// maxGap is the longest interval (s) without an event in sorted-or-not
+// times, counting from the first event to end.
+func maxGap(times []int64, end int64) float64 {
+	if len(times) == 0 {
+		return float64(end) / float64(time.Second)
+	}
+	ts := slices.Clone(times)
+	slices.Sort(ts)
+	var g int64
+	for i := 1; i < len(ts); i++ {
+		g = max(g, ts[i]-ts[i-1])
+	}
+	g = max(g, end-ts[len(ts)-1])
+	return float64(g) / float64(time.Second)
+}
+
+// throughput fills the before/after rates: before is [0, cut), after is
+// [cut + RTO, end) for each kind of operation (the whole run when there
+// was no cut).
+func throughput(res *Result, writes, reads []int64, cut, end time.Duration) {
+	rate := func(ts []int64, from, to time.Duration) float64 {
+		if to <= from {
+			return 0
+		}
+		n := 0
+		for _, t := range ts {
+			if t >= int64(from) && t < int64(to) {
+				n++
+			}
+		}
+		return float64(n) / (to - from).Seconds()
+	}
+	if cut < 0 {
+		res.WritesPerSBefore = rate(writes, 0, end)
+		res.ReadsPerSBefore = rate(reads, 0, end)
+		return
+	}
+	res.WritesPerSBefore = rate(writes, 0, cut)
+	res.ReadsPerSBefore = rate(reads, 0, cut)
+	if res.RTOWrite >= 0 {
+		res.WritesPerSAfter = rate(writes, cut+time.Duration(res.RTOWrite*float64(time.Second)), end)
+	}
+	if res.RTORead >= 0 {
+		res.ReadsPerSAfter = rate(reads, cut+time.Duration(res.RTORead*float64(time.Second)), end)
+	}
+}
+
+// WriteFiles writes the per-second series as CSV and a PNG plot into dir,
+// named prefix.csv and prefix.png, and returns their paths.
+func WriteFiles(dir, prefix string, r *Result) ([]string, error) {
+	dcs := []string{r.Near, r.Far, "unknown"}
+	hdr := []string{"second", "writes_acked", "reads"}
+	for _, d := range dcs {
+		hdr = append(hdr, "reads_"+d)
+	}
+	hdr = append(hdr, "errors", "write_reconnects", "read_reconnects", "write_resets", "read_resets", "stale_reads", "cut")
+	t := report.NewTable(hdr...)
+	var xs, wr, rd []float64
+	for _, b := range r.Series {
+		row := []any{b.Second + 1, b.Writes, b.Reads}
+		for _, v := range b.ReadsByDC {
+			row = append(row, v)
+		}
+		isCut := 0
+		if r.CutAt >= 0 && b.Second == int(r.CutAt) {
+			isCut = 1
+		}
+		row = append(row, b.Errors, b.WriteReconnects, b.ReadReconnects, b.WriteResets, b.ReadResets, b.Stale, isCut)
+		t.Add(row...)
+		xs = append(xs, float64(b.Second+1))
+		wr = append(wr, float64(b.Writes))
+		rd = append(rd, float64(b.Reads))
+	}
+	csvPath := filepath.Join(dir, prefix+".csv")
+	if err := t.WriteCSV(csvPath); err != nil {
+		return nil, err
+	}
+	title := fmt.Sprintf("sdnkvs demo (%s): %s cut at %.1fs, RPO %d of %d", r.Mode, r.Near, r.CutAt, r.RPOLost, r.AckedWrites)
+	if r.CutAt < 0 {
+		title = fmt.Sprintf("sdnkvs demo (%s): no cut, RPO %d of %d", r.Mode, r.RPOLost, r.AckedWrites)
+	}
+	lp := report.LinePlot{
+		Title: title, XLabel: "time (s)", YLabel: "operations per second",
+		Series: []report.Series{
+			{Name: "writes acked (forked)", X: xs, Y: wr},
+			{Name: "reads (anycast)", X: xs, Y: rd},
+		},
+	}
+	if r.CutAt >= 0 {
+		top := 1.0
+		for i := range wr {
+			top = max(top, wr[i], rd[i])
+		}
+		lp.Series = append(lp.Series, report.Series{Name: "cut", X: []float64{r.CutAt, r.CutAt}, Y: []float64{0, top}})
+	}
+	pngPath := filepath.Join(dir, prefix+".png")
+	if err := lp.Save(pngPath); err != nil {
+		return []string{csvPath}, err
+	}
+	return []string{csvPath, pngPath}, nil
+}
+
+// Print writes the human-readable summary of r.
+func (r *Result) Print(w io.Writer) {
+	fmt.Fprintf(w, "\n== sdnkvs demo (%s", r.Mode)
+	if r.Detector != "" {
+		fmt.Fprintf(w, ", detector %s", r.Detector)
+	}
+	fmt.Fprintf(w, "): %s near, %s far, %d nodes each ==\n", r.Near, r.Far, r.Nodes)
+	secs := func(v float64) string {
+		if v < 0 {
+			return "not recovered"
+		}
+		return fmt.Sprintf("%.2f s", v)
+	}
+	t := report.NewTable("measure", "value")
+	t.Add("RPO: acknowledged writes lost", fmt.Sprintf("%d of %d (checked in %s; %d missing, %d wrong)", r.RPOLost, r.AckedWrites, r.CheckedDC, r.RPOMissing, r.RPOWrong))
+	if r.CutAt >= 0 {
+		t.Add("near DC cut at", fmt.Sprintf("%.2f s", r.CutAt))
+		t.Add("RTO reads (cut -> first read sent after it answered)", secs(r.RTORead))
+		t.Add("RTO writes (cut -> first write sent after it acknowledged)", secs(r.RTOWrite))
+	}
+	t.Add("longest time with no write acknowledged", fmt.Sprintf("%.2f s", r.WriteStallMax))
+	t.Add("write connections reset", r.WriteResets)
+	t.Add("reconnects (writes / reads)", fmt.Sprintf("%d / %d", r.WriteReconnects, r.ReadReconnects))
+	t.Add("read connections reset", r.ReadResets)
+	t.Add("errors (replies and connections)", r.Errors)
+	t.Add("stale reads (acked key missing)", r.StaleReads)
+	t.Add("writes/s before -> after", fmt.Sprintf("%.0f -> %.0f", r.WritesPerSBefore, r.WritesPerSAfter))
+	t.Add("reads/s before -> after", fmt.Sprintf("%.0f -> %.0f", r.ReadsPerSBefore, r.ReadsPerSAfter))
+	t.Add("reads served before cut", fmtDCs(r.ReadsByDCBefore))
+	t.Add("reads served after cut", fmtDCs(r.ReadsByDCAfter))
+	t.Fprint(w)
+	if len(r.LostSamples) > 0 {
+		fmt.Fprintf(w, "lost keys (sample): %s\n", strings.Join(r.LostSamples, " "))
+	}
+	for _, f := range r.Files {
+		fmt.Fprintf(w, "wrote %s\n", f)
+	}
+}
+
+func fmtDCs(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
