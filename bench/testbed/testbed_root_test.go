@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,6 +74,7 @@ func median(v []float64) float64 {
 func TestUpDownLeavesNoNamespace(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
+	goroutines := runtime.NumGoroutine()
 	tb, err := Up(Config{DCs: []DC{{Name: "sydney", Nodes: 3}, {Name: "dublin", Nodes: 2, Delay: time.Millisecond}}})
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +86,25 @@ func TestUpDownLeavesNoNamespace(t *testing.T) {
 	slices.Sort(got)
 	if !slices.Equal(got, want) {
 		t.Fatalf("namespaces = %v, want %v", got, want)
+	}
+	// Gateway: forwarding on, reverse-path filtering off everywhere.
+	want0 := map[string]string{"net/ipv4/ip_forward": "1", "net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0"}
+	for _, ifn := range []string{"cli1", "dc1", "dc2"} {
+		want0["net/ipv4/conf/"+ifn+"/rp_filter"] = "0"
+	}
+	if err := InNetns(NetnsPath(tb.NS("gw")), func() error {
+		for k, v := range want0 {
+			b, err := os.ReadFile("/proc/sys/" + k)
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(string(b)) != v {
+				return fmt.Errorf("%s = %s, want %s", k, b, v)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	p, err := tb.Start("sydney", []string{"sleep", "300"})
 	if err != nil {
@@ -106,6 +127,8 @@ func TestUpDownLeavesNoNamespace(t *testing.T) {
 	if err := tb.Close(); err != nil {
 		t.Fatalf("second close: %v", err)
 	}
+	// Delay lines and process waiters are gone (no goroutine leak).
+	testenv.WaitFor(t, 5*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= goroutines })
 }
 
 func TestUpFailingHalfWayCleansUp(t *testing.T) {
@@ -129,7 +152,7 @@ func TestUpFailingHalfWayCleansUp(t *testing.T) {
 func TestPingOverVethAndTUN(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ping")
-	tb := ForTest(t, Config{DCs: []DC{
+	tb := ForTest(t, Config{Clients: 2, DCs: []DC{
 		{Name: "sydney", Nodes: 2},                              // veth
 		{Name: "dublin", Nodes: 2, Delay: 2 * time.Millisecond}, // TUN + delay line
 	}})
@@ -144,6 +167,11 @@ func TestPingOverVethAndTUN(t *testing.T) {
 		for _, a := range tb.NodeAddrs(dc) {
 			pingRTTs(t, tb, a.String(), 1)
 		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := tb.Exec(ctx, "client2", "ping", "-n", "-c", "1", "-W", "2", "10.210.2.12"); err != nil {
+		t.Fatalf("second client: %v\n%s", err, out)
 	}
 	st := tb.Links()[1]
 	if st.ToDC.Packets == 0 || st.FromDC.Packets == 0 {
