@@ -151,8 +151,9 @@ func (l *DelayLine) Stats() LineStats {
 	}
 }
 
-// Close stops both goroutines. The caller must also make a blocked
-// src.Read return (closing a TUN file does); Close then waits for them.
+// Close tells both goroutines to stop; it does not wait (see Wait). A
+// reader blocked in src.Read notices when Read returns: a TUN fd's Read
+// returns within 50 ms; other sources must be closed by the caller.
 func (l *DelayLine) Close() {
 	l.once.Do(func() { close(l.done) })
 }
