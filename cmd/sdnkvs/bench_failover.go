@@ -1,8 +1,92 @@
 package main
 
-import "errors"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
-// BenchFailoverCmd is being written; this placeholder keeps the binary building.
-type BenchFailoverCmd struct{}
+	"github.com/sdnkvs/sdnkvs/bench/failoverbench"
+)
 
-func (c *BenchFailoverCmd) Run(g *Globals) error { return errors.New("not implemented yet") }
+// BenchFailoverCmd is the paper's Fig. 6: an anycast client reading over
+// one connection across a cut of the near DC, for each failure detector in
+// the same run; optionally repeated cuts under write load for RPO.
+type BenchFailoverCmd struct {
+	Detectors []string      `name:"detector" default:"paper,fast" help:"Middlebox detectors to compare, one run each (paper, fast, none)."`
+	CutAt     time.Duration `name:"cut-at" default:"5s" help:"When the near DC is cut in each run."`
+	Duration  time.Duration `name:"duration" default:"40s" help:"Longest run per detector."`
+	Until     time.Duration `name:"until" default:"5s" help:"End a run this long after the first reply from the far DC (negative: run the whole duration)."`
+	Cuts      int           `name:"cuts" default:"0" help:"Then cut the near DC this many times at random moments under forked writes and check RPO (0: skip)."`
+	CutsRate  float64       `name:"cuts-rate" default:"1000" help:"Writes per second during --cuts."`
+	Near      string        `name:"near" default:"sydney" help:"Near DC name."`
+	Far       string        `name:"far" default:"dublin" help:"Far DC name."`
+	NearDelay time.Duration `name:"near-delay" default:"5ms" help:"One-way delay to the near DC."`
+	FarDelay  time.Duration `name:"far-delay" default:"170ms" help:"One-way delay to the far DC."`
+	RateMbps  float64       `name:"link-mbps" default:"100" help:"Rate of each DC link, Mbit/s (negative: unlimited)."`
+	Nodes     int           `name:"nodes" default:"9" help:"kvs nodes per DC."`
+	MBArgs    []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable)."`
+	Seed      uint64        `name:"seed" help:"Seed for the random cut times (0: time-based)."`
+	Bin       string        `name:"bin" type:"path" help:"sdnkvs binary (default: this executable)."`
+	Out       string        `name:"out" default:"bench-out" type:"path" help:"Directory for CSV and PNG (empty: none)."`
+}
+
+// Config converts the flags.
+func (c *BenchFailoverCmd) Config() (failoverbench.Config, error) {
+	bin := c.Bin
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return failoverbench.Config{}, fmt.Errorf("--bin: %w", err)
+		}
+		bin = exe
+	}
+	return failoverbench.Config{
+		Bin: bin, Near: c.Near, Far: c.Far, NearDelay: c.NearDelay, FarDelay: c.FarDelay, RateMbps: c.RateMbps,
+		Nodes: c.Nodes, Detectors: c.Detectors, MiddleboxArgs: c.MBArgs, CutAt: c.CutAt, Duration: c.Duration,
+		Until: c.Until, Cuts: c.Cuts, CutsRate: c.CutsRate, Seed: c.Seed, Out: c.Out, Log: os.Stdout,
+	}, nil
+}
+
+// Validate checks the flags.
+func (c *BenchFailoverCmd) Validate() error {
+	for _, d := range c.Detectors {
+		if d != "paper" && d != "fast" && d != "none" {
+			return fmt.Errorf("--detector %q: want paper, fast or none", d)
+		}
+	}
+	if c.CutAt <= 0 || c.CutAt >= c.Duration {
+		return fmt.Errorf("--cut-at %v: want within (0, --duration %v)", c.CutAt, c.Duration)
+	}
+	if c.Cuts < 0 {
+		return errors.New("--cuts: want 0 or more")
+	}
+	return nil
+}
+
+// Run runs the experiment.
+func (c *BenchFailoverCmd) Run(g *Globals) error {
+	if os.Geteuid() != 0 {
+		return errors.New("bench failover: needs root (network namespaces, TUN devices)")
+	}
+	cfg, err := c.Config()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := failoverbench.Run(ctx, cfg)
+	if res != nil {
+		res.Print(os.Stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if c.Cuts > 0 && res.RPOLost > 0 {
+		return fmt.Errorf("bench failover: %d acknowledged writes lost", res.RPOLost)
+	}
+	return nil
+}

@@ -1,0 +1,566 @@
+// Package failoverbench is the paper's Fig. 6 experiment and more: an
+// anycast client reading over one connection, request after request,
+// across a cut of the near DC; RTT and throughput over time; the recovery
+// time (RTO) measured for each failure detector of the middlebox in the
+// same run, one middlebox run per detector on the same testbed.
+//
+//	for each detector (paper, fast):
+//	  middlebox --detector D ── client: MGET marker,key on VIP:6380, one at a time
+//	  cut the near DC at CutAt, run until Duration, stop, heal
+//	RTO = cut -> first reply from the far DC
+//
+// With Cuts > 0 it also cuts the near DC Cuts times at random moments under
+// forked write load (fast detector), heals and readmits it in between, and
+// checks every acknowledged write against the far DC (RPO).
+package failoverbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/demo"
+	"github.com/sdnkvs/sdnkvs/bench/report"
+)
+
+// Config configures the experiment. Zero values take the defaults shown.
+type Config struct {
+	Bin                 string        // sdnkvs executable (required)
+	Name                string        // testbed run id ("": fresh)
+	Near, Far           string        // "sydney", "dublin"
+	NearDelay, FarDelay time.Duration // one-way: 5ms, 170ms
+	RateMbps            float64       // 100 (negative: unlimited)
+	Nodes               int           // kvs nodes per DC: 9
+
+	Detectors     []string      // middlebox --detector values, one run each: paper, fast
+	MiddleboxArgs []string      // more middlebox flags for every run
+	CutAt         time.Duration // cut time in each run: 5s
+	Duration      time.Duration // each run: 40s
+	// Until makes a run end early this long after the first reply from
+	// the far DC (0: 5s; negative: run the full Duration).
+	Until time.Duration
+
+	Cuts        int     // repeated cuts under write load for RPO (0: none)
+	CutsRate    float64 // writes per second during the cuts: 1000
+	CutsWriters int     // write connections during the cuts: 4
+
+	DataDir string    // store data ("": temporary)
+	Out     string    // CSV and PNG directory ("": none)
+	Log     io.Writer // progress (nil: discarded)
+	Seed    uint64    // random cut times (0: time-based)
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Bin == "" {
+		return c, errors.New("failoverbench: no sdnkvs binary")
+	}
+	d := demo.Config{Bin: c.Bin, Near: c.Near, Far: c.Far, NearDelay: c.NearDelay, FarDelay: c.FarDelay, RateMbps: c.RateMbps, Nodes: c.Nodes}
+	d, err := d.WithDefaults()
+	if err != nil {
+		return c, err
+	}
+	c.Near, c.Far, c.NearDelay, c.FarDelay, c.RateMbps, c.Nodes = d.Near, d.Far, d.NearDelay, d.FarDelay, d.RateMbps, d.Nodes
+	if len(c.Detectors) == 0 {
+		c.Detectors = []string{"paper", "fast"}
+	}
+	for _, det := range c.Detectors {
+		if det != "paper" && det != "fast" && det != "none" {
+			return c, fmt.Errorf("failoverbench: detector %q: want paper, fast or none", det)
+		}
+	}
+	if c.CutAt == 0 {
+		c.CutAt = 5 * time.Second
+	}
+	if c.Duration == 0 {
+		c.Duration = 40 * time.Second
+	}
+	if c.CutAt <= 0 || c.CutAt >= c.Duration {
+		return c, fmt.Errorf("failoverbench: cut at %v: want within the run (0, %v)", c.CutAt, c.Duration)
+	}
+	if c.Until == 0 {
+		c.Until = 5 * time.Second
+	}
+	if c.Cuts < 0 || c.Cuts > 1000 {
+		return c, fmt.Errorf("failoverbench: cuts = %d: want 0..1000", c.Cuts)
+	}
+	if c.CutsRate == 0 {
+		c.CutsRate = 1000
+	}
+	if c.CutsWriters == 0 {
+		c.CutsWriters = 4
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	if c.Seed == 0 {
+		c.Seed = uint64(time.Now().UnixNano())
+	}
+	return c, nil
+}
+
+// Sample is one answered request.
+type Sample struct {
+	Sent, Done time.Duration // since the run's start
+	DC         string        // which DC answered (marker)
+}
+
+// RTT is the request's round-trip time.
+func (s Sample) RTT() time.Duration { return s.Done - s.Sent }
+
+// DetectorRun is one middlebox run across one cut.
+type DetectorRun struct {
+	Detector string
+	CutAt    time.Duration
+	End      time.Duration
+	// RTO is cut -> first reply from the far DC; -1 if none came.
+	RTO time.Duration
+	// FirstReply is cut -> first reply to a request sent after the cut
+	// (any DC); -1 if none.
+	FirstReply  time.Duration
+	Resets      int // connections that ended with a RST or EOF
+	Reconnects  int
+	NearRTT     time.Duration // median before the cut
+	FarRTT      time.Duration // median after recovery
+	Samples     []Sample
+	MiddleboxRS float64 // the middlebox's RST counter at the end, -1 if unknown
+}
+
+// CutRun is one cut of the repeated-cuts RPO experiment.
+type CutRun struct {
+	N           int
+	At          time.Duration // since the workload started
+	RTOWrite    time.Duration // -1: writes did not resume
+	Readmitted  time.Duration // heal -> near DC live again in /dcs; -1: not seen
+	WriteResets int64         // write connections reset during this cut
+}
+
+// Result is the whole experiment.
+type Result struct {
+	Runs        []DetectorRun
+	Cuts        []CutRun
+	AckedWrites int
+	RPOLost     int
+	Files       []string
+}
+
+// Run builds the environment once and runs every detector, then the
+// repeated cuts; it tears everything down at the end, on error, or when
+// ctx is cancelled.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	dcfg, _ := demo.Config{Bin: cfg.Bin, Near: cfg.Near, Far: cfg.Far, NearDelay: cfg.NearDelay, FarDelay: cfg.FarDelay, RateMbps: cfg.RateMbps, Nodes: cfg.Nodes}.WithDefaults()
+	setup, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	env, err := demo.NewEnv(setup, demo.EnvConfig{Bin: cfg.Bin, Name: cfg.Name, DCs: dcfg.DCs(), DataDir: cfg.DataDir, Log: cfg.Log})
+	if err != nil {
+		return nil, err
+	}
+	defer env.Close()
+	res := &Result{}
+	for _, det := range cfg.Detectors {
+		r, err := runDetector(ctx, env, cfg, det)
+		if err != nil {
+			return res, fmt.Errorf("detector %s: %w", det, err)
+		}
+		res.Runs = append(res.Runs, r)
+	}
+	if cfg.Cuts > 0 {
+		if err := runCuts(ctx, env, cfg, res); err != nil {
+			return res, err
+		}
+	}
+	if cfg.Out != "" {
+		files, err := writeFiles(cfg.Out, res)
+		res.Files = files
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func mbDetector(det string) string {
+	if det == "none" {
+		return ""
+	}
+	return det
+}
+
+// runDetector runs one middlebox with detector det across one cut.
+func runDetector(ctx context.Context, env *demo.Env, cfg Config, det string) (DetectorRun, error) {
+	r := DetectorRun{Detector: det, RTO: -1, FirstReply: -1, MiddleboxRS: -1}
+	if err := env.StartMiddlebox(ctx, mbDetector(det), cfg.MiddleboxArgs); err != nil {
+		return r, err
+	}
+	defer func() {
+		env.StopMiddlebox()
+		env.TB.Heal(cfg.Near)
+	}()
+	fmt.Fprintf(cfg.Log, "detector %s: reading over one anycast connection, %s cut at %v\n", det, cfg.Near, cfg.CutAt)
+	start := time.Now()
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	type out struct {
+		samples           []Sample
+		resets, reconnect int
+	}
+	done := make(chan out, 1)
+	var pr progress
+	go func() {
+		var o out
+		o.samples, o.resets, o.reconnect = readLoop(rctx, env, start, &pr)
+		done <- o
+	}()
+
+	cutT := time.NewTimer(cfg.CutAt)
+	defer cutT.Stop()
+	endT := time.NewTimer(cfg.Duration)
+	defer endT.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var cut time.Duration
+	var lastNote time.Duration
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			stop()
+			<-done
+			return r, ctx.Err()
+		case <-cutT.C:
+			if err := env.TB.Cut(cfg.Near); err != nil {
+				return r, err
+			}
+			cut = time.Since(start)
+			fmt.Fprintf(cfg.Log, "  %s cut at %.2fs\n", cfg.Near, cut.Seconds())
+		case <-endT.C:
+			break wait
+		case <-tick.C:
+			if fa := pr.farAt.Load(); cut > 0 && cfg.Until > 0 && fa > int64(cut) && time.Since(start) > time.Duration(fa)+cfg.Until {
+				break wait
+			}
+			if el := time.Since(start); el-lastNote >= 5*time.Second {
+				lastNote = el
+				fmt.Fprintf(cfg.Log, "  t=%.0fs replies %d\n", el.Seconds(), pr.replies.Load())
+			}
+		}
+	}
+	if v, ok, err := env.Metric("sdnkvs_middlebox_rst_sent_total"); err == nil && ok {
+		r.MiddleboxRS = v
+	}
+	stop()
+	o := <-done
+	r.End = time.Since(start)
+	r.CutAt, r.Samples, r.Resets, r.Reconnects = cut, o.samples, o.resets, o.reconnect
+	var before, after []time.Duration
+	for _, s := range o.samples {
+		switch {
+		case s.Done < cut:
+			before = append(before, s.RTT())
+		case s.Sent >= cut:
+			if r.FirstReply < 0 {
+				r.FirstReply = s.Done - cut
+			}
+			if s.DC == cfg.Far {
+				if r.RTO < 0 {
+					r.RTO = s.Done - cut
+				}
+				after = append(after, s.RTT())
+			}
+		}
+	}
+	r.NearRTT, r.FarRTT = median(before), median(after)
+	fmt.Fprintf(cfg.Log, "  detector %s: RTO %s (first reply after the cut %s), %d resets\n", det, fmtDur(r.RTO), fmtDur(r.FirstReply), r.Resets)
+	return r, nil
+}
+
+// progress is what readLoop tells its run while it goes.
+type progress struct {
+	replies atomic.Int64
+	farAt   atomic.Int64 // first reply from the far DC, ns since start; 0: none yet
+}
+
+// readLoop reads MGET(marker, key) over one anycast connection, request
+// after request, reconnecting to the VIP when the connection fails.
+func readLoop(ctx context.Context, env *demo.Env, start time.Time, pr *progress) (samples []Sample, resets, reconnects int) {
+	far := env.Far()
+	first := true
+	for ctx.Err() == nil {
+		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		conn, err := env.DialClient(dctx, demo.ReadPort)
+		cancel()
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+			continue
+		}
+		if !first {
+			reconnects++
+		}
+		first = false
+		c := demo.NewClient(conn)
+		for {
+			sent := time.Since(start)
+			rep, err := c.Do(ctx, []byte("MGET"), []byte(demo.MarkerKey), []byte("failoverbench:key"))
+			if err != nil {
+				if ctx.Err() == nil && isReset(err) {
+					resets++
+				}
+				break
+			}
+			done := time.Since(start)
+			dc := ""
+			if rep.Kind == '*' && len(rep.Elems) == 2 {
+				dc = string(rep.Elems[0].Str)
+			}
+			samples = append(samples, Sample{Sent: sent, Done: done, DC: dc})
+			pr.replies.Add(1)
+			if dc == far {
+				pr.farAt.CompareAndSwap(0, int64(done))
+			}
+		}
+		c.Close()
+	}
+	return samples, resets, reconnects
+}
+
+func isReset(err error) bool {
+	s := err.Error()
+	return errors.Is(err, io.EOF) || strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
+}
+
+// runCuts cuts the near DC cfg.Cuts times at random moments under forked
+// write load and checks every acknowledged write against the far DC.
+func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error {
+	if err := env.StartMiddlebox(ctx, "fast", cfg.MiddleboxArgs); err != nil {
+		return err
+	}
+	defer env.StopMiddlebox()
+	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
+	w, err := demo.NewWorkload(demo.WorkloadConfig{
+		Writers: cfg.CutsWriters, Window: 64, Rate: cfg.CutsRate, ValueSize: 32,
+		KeyPrefix: "cuts:" + env.TB.Name() + ":", DCs: []string{cfg.Near, cfg.Far},
+		DialWrite:  func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, demo.WritePort) },
+		MaxSeconds: 3600,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(cfg.Log, "repeated cuts: %d cuts of %s under %.0f writes/s (detector fast), seed %d\n", cfg.Cuts, cfg.Near, cfg.CutsRate, cfg.Seed)
+	w.Start(ctx)
+	defer w.Stop()
+	sleep := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	waitFor := func(limit time.Duration, cond func() bool) bool {
+		deadline := time.Now().Add(limit)
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			if cond() {
+				return true
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return cond()
+	}
+	for i := 1; i <= cfg.Cuts; i++ {
+		// A random moment 0.5-2.5 s into a steady stream of writes.
+		if err := sleep(500*time.Millisecond + time.Duration(rng.Int64N(int64(2*time.Second)))); err != nil {
+			return err
+		}
+		resetsBefore := w.Totals().WriteResets
+		if err := env.TB.Cut(cfg.Near); err != nil {
+			return err
+		}
+		at := w.MarkCut()
+		cr := CutRun{N: i, At: at, RTOWrite: -1, Readmitted: -1}
+		if waitFor(30*time.Second, func() bool { wr, _ := w.RecoveredAfterCut(); return wr > 0 }) {
+			cr.RTOWrite, _ = w.RecoveredAfterCut()
+		}
+		if err := sleep(300 * time.Millisecond); err != nil {
+			return err
+		}
+		if err := env.TB.Heal(cfg.Near); err != nil {
+			return err
+		}
+		healed := time.Now()
+		if waitFor(30*time.Second, func() bool { live, err := env.DCLive(cfg.Near); return err == nil && live }) {
+			cr.Readmitted = time.Since(healed)
+		}
+		cr.WriteResets = w.Totals().WriteResets - resetsBefore
+		res.Cuts = append(res.Cuts, cr)
+		fmt.Fprintf(cfg.Log, "  cut %d at %.1fs: writes resumed after %s, %s readmitted after %s, %d write resets\n",
+			i, at.Seconds(), fmtDur(cr.RTOWrite), cfg.Near, fmtDur(cr.Readmitted), cr.WriteResets)
+		// New write connections are forked to both DCs again.
+		w.Reconnect()
+	}
+	if err := sleep(time.Second); err != nil {
+		return err
+	}
+	w.Stop()
+	ids, _ := w.Acked()
+	vctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	chk, err := env.Verify(vctx, cfg.Far, w, ids)
+	if err != nil {
+		return err
+	}
+	res.AckedWrites, res.RPOLost = len(ids), chk.Lost()
+	fmt.Fprintf(cfg.Log, "repeated cuts: RPO %d lost of %d acknowledged writes (checked in %s)\n", res.RPOLost, res.AckedWrites, cfg.Far)
+	return nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+	return s[len(s)/2]
+}
+
+func fmtDur(d time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+// Table is the side-by-side summary of the detector runs.
+func (r *Result) Table() *report.Table {
+	t := report.NewTable("detector", "cut_at_s", "rto_far_s", "first_reply_s", "near_rtt_ms", "far_rtt_ms", "resets", "reconnects", "middlebox_rsts")
+	for _, d := range r.Runs {
+		rto, fr := -1.0, -1.0
+		if d.RTO >= 0 {
+			rto = d.RTO.Seconds()
+		}
+		if d.FirstReply >= 0 {
+			fr = d.FirstReply.Seconds()
+		}
+		t.Add(d.Detector, fmt.Sprintf("%.2f", d.CutAt.Seconds()), fmt.Sprintf("%.2f", rto), fmt.Sprintf("%.2f", fr),
+			fmt.Sprintf("%.1f", ms(d.NearRTT)), fmt.Sprintf("%.1f", ms(d.FarRTT)), d.Resets, d.Reconnects, d.MiddleboxRS)
+	}
+	return t
+}
+
+// CutsTable summarizes the repeated cuts.
+func (r *Result) CutsTable() *report.Table {
+	t := report.NewTable("cut", "at_s", "rto_write_s", "readmitted_after_s", "write_resets")
+	for _, c := range r.Cuts {
+		t.Add(c.N, fmt.Sprintf("%.2f", c.At.Seconds()), fmt.Sprintf("%.2f", secs(c.RTOWrite)), fmt.Sprintf("%.2f", secs(c.Readmitted)), c.WriteResets)
+	}
+	return t
+}
+
+func secs(d time.Duration) float64 {
+	if d < 0 {
+		return -1
+	}
+	return d.Seconds()
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// Print writes the tables.
+func (r *Result) Print(w io.Writer) {
+	if len(r.Runs) > 0 {
+		fmt.Fprintln(w, "\n== Fig. 6: anycast reads across a cut of the near DC (RTO = cut -> first reply from the far DC; -1: none) ==")
+		r.Table().Fprint(w)
+	}
+	if len(r.Cuts) > 0 {
+		fmt.Fprintf(w, "\n== %d cuts under forked write load (detector fast) ==\n", len(r.Cuts))
+		r.CutsTable().Fprint(w)
+		fmt.Fprintf(w, "RPO: %d acknowledged writes lost of %d\n", r.RPOLost, r.AckedWrites)
+	}
+	for _, f := range r.Files {
+		fmt.Fprintf(w, "wrote %s\n", f)
+	}
+}
+
+// writeFiles writes the RTT samples, throughput per 100 ms, the summary
+// and the cuts as CSV, and the RTT and throughput plots as PNG.
+func writeFiles(dir string, r *Result) ([]string, error) {
+	var files []string
+	samples := report.NewTable("detector", "sent_s", "done_s", "rtt_ms", "dc")
+	thr := report.NewTable("detector", "t_s", "replies_per_s")
+	var rttSeries, thrSeries []report.Series
+	for _, d := range r.Runs {
+		rs := report.Series{Name: "RTT, detector " + d.Detector}
+		bins := make([]float64, int(d.End/(100*time.Millisecond))+1)
+		for _, s := range d.Samples {
+			samples.Add(d.Detector, fmt.Sprintf("%.4f", s.Sent.Seconds()), fmt.Sprintf("%.4f", s.Done.Seconds()), fmt.Sprintf("%.2f", ms(s.RTT())), s.DC)
+			rs.X = append(rs.X, s.Done.Seconds())
+			rs.Y = append(rs.Y, ms(s.RTT()))
+			if b := int(s.Done / (100 * time.Millisecond)); b < len(bins) {
+				bins[b]++
+			}
+		}
+		ts := report.Series{Name: "replies/s, detector " + d.Detector}
+		for i, n := range bins {
+			thr.Add(d.Detector, fmt.Sprintf("%.1f", float64(i)/10), n*10)
+			ts.X = append(ts.X, float64(i)/10)
+			ts.Y = append(ts.Y, n*10)
+		}
+		if len(rs.X) > 0 {
+			rttSeries = append(rttSeries, rs)
+		}
+		thrSeries = append(thrSeries, ts)
+	}
+	save := func(name string, t *report.Table) error {
+		p := filepath.Join(dir, name)
+		if err := t.WriteCSV(p); err != nil {
+			return err
+		}
+		files = append(files, p)
+		return nil
+	}
+	if len(r.Runs) > 0 {
+		if err := save("failover-rtt.csv", samples); err != nil {
+			return files, err
+		}
+		if err := save("failover-throughput.csv", thr); err != nil {
+			return files, err
+		}
+		if err := save("failover-summary.csv", r.Table()); err != nil {
+			return files, err
+		}
+		if len(rttSeries) > 0 {
+			p := filepath.Join(dir, "failover-rtt.png")
+			if err := (report.LinePlot{Title: "Anycast RTT across a cut of the near DC", XLabel: "time (s)", YLabel: "RTT (ms)", Series: rttSeries}).Save(p); err != nil {
+				return files, err
+			}
+			files = append(files, p)
+		}
+		p := filepath.Join(dir, "failover-throughput.png")
+		if err := (report.LinePlot{Title: "Anycast throughput across a cut of the near DC", XLabel: "time (s)", YLabel: "replies per second (100 ms bins)", Series: thrSeries}).Save(p); err != nil {
+			return files, err
+		}
+		files = append(files, p)
+	}
+	if len(r.Cuts) > 0 {
+		if err := save("failover-cuts.csv", r.CutsTable()); err != nil {
+			return files, err
+		}
+	}
+	return files, nil
+}
