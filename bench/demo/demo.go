@@ -481,8 +481,8 @@ func WriteFiles(dir, prefix string, r *Result) ([]string, error) {
 	lp := report.LinePlot{
 		Title: title, XLabel: "time (s)", YLabel: "operations per second",
 		Series: []report.Series{
-			{Name: "writes acked (forked)", X: xs, Y: wr},
-			{Name: "reads (anycast)", X: xs, Y: rd},
+			{Name: "writes acked" + map[bool]string{true: " (forked)"}[r.Mode == "sdn"], X: xs, Y: wr},
+			{Name: "reads" + map[bool]string{true: " (anycast)"}[r.Mode == "sdn"], X: xs, Y: rd},
 		},
 	}
 	if r.CutAt >= 0 {
