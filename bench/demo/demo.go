@@ -187,24 +187,27 @@ type Result struct {
 	Duration float64 `json:"duration_s"`
 	CutAt    float64 `json:"cut_at_s"` // -1: no cut
 
-	AckedWrites     int      `json:"acked_writes"`
-	AckedBeforeCut  int      `json:"acked_before_cut"`
-	AckedAfterCut   int      `json:"acked_after_cut"`
-	RPOLost         int      `json:"rpo_lost"`
-	RPOMissing      int      `json:"rpo_missing"`
-	RPOWrong        int      `json:"rpo_wrong"`
-	CheckedDC       string   `json:"checked_dc"`
-	LostSamples     []string `json:"lost_samples,omitempty"`
-	RTORead         float64  `json:"rto_read_s"`
-	RTOWrite        float64  `json:"rto_write_s"`
-	WriteStallMax   float64  `json:"write_stall_max_s"` // longest time with no write acknowledged
-	WriteResets     int64    `json:"write_resets"`
-	WriteReconnects int64    `json:"write_reconnects"`
-	ReadResets      int64    `json:"read_resets"`
-	ReadReconnects  int64    `json:"read_reconnects"`
-	Errors          int64    `json:"errors"`
-	Reads           int64    `json:"reads"`
-	StaleReads      int64    `json:"stale_reads"`
+	AckedWrites    int `json:"acked_writes"`
+	AckedBeforeCut int `json:"acked_before_cut"`
+	AckedAfterCut  int `json:"acked_after_cut"`
+	// AckedDuringRecovery counts the acks between the cut and the write
+	// RTO (writes in flight at the cut), a subset of AckedAfterCut.
+	AckedDuringRecovery int      `json:"acked_during_recovery"`
+	RPOLost             int      `json:"rpo_lost"`
+	RPOMissing          int      `json:"rpo_missing"`
+	RPOWrong            int      `json:"rpo_wrong"`
+	CheckedDC           string   `json:"checked_dc"`
+	LostSamples         []string `json:"lost_samples,omitempty"`
+	RTORead             float64  `json:"rto_read_s"`
+	RTOWrite            float64  `json:"rto_write_s"`
+	WriteStallMax       float64  `json:"write_stall_max_s"` // longest time with no write acknowledged
+	WriteResets         int64    `json:"write_resets"`
+	WriteReconnects     int64    `json:"write_reconnects"`
+	ReadResets          int64    `json:"read_resets"`
+	ReadReconnects      int64    `json:"read_reconnects"`
+	Errors              int64    `json:"errors"`
+	Reads               int64    `json:"reads"`
+	StaleReads          int64    `json:"stale_reads"`
 	// Reads served by each DC before and after the cut (by marker).
 	ReadsByDCBefore map[string]int64 `json:"reads_by_dc_before"`
 	ReadsByDCAfter  map[string]int64 `json:"reads_by_dc_after"`
@@ -339,6 +342,14 @@ loop:
 		}
 		if rd > 0 {
 			res.RTORead = rd.Seconds()
+		}
+	}
+	if res.RTOWrite >= 0 {
+		rec := int64(cut) + int64(res.RTOWrite*float64(time.Second))
+		for _, t := range times {
+			if t >= int64(cut) && t < rec {
+				res.AckedDuringRecovery++
+			}
 		}
 	}
 	res.WriteStallMax = maxGap(times, int64(runEnd))
@@ -515,6 +526,7 @@ func (r *Result) Print(w io.Writer) {
 	t := report.NewTable("measure", "value")
 	t.Add("RPO: acknowledged writes lost", fmt.Sprintf("%d of %d (checked in %s; %d missing, %d wrong)", r.RPOLost, r.AckedWrites, r.CheckedDC, r.RPOMissing, r.RPOWrong))
 	if r.CutAt >= 0 {
+		t.Add("acknowledged before cut / during recovery / after", fmt.Sprintf("%d / %d / %d", r.AckedBeforeCut, r.AckedDuringRecovery, r.AckedAfterCut-r.AckedDuringRecovery))
 		t.Add("near DC cut at", fmt.Sprintf("%.2f s", r.CutAt))
 		t.Add("RTO reads (cut -> first read sent after it answered)", secs(r.RTORead))
 		t.Add("RTO writes (cut -> first write sent after it acknowledged)", secs(r.RTOWrite))
