@@ -43,6 +43,9 @@ type Config struct {
 	MiddleboxArgs []string      // more middlebox flags for every run
 	CutAt         time.Duration // cut time in each run: 5s
 	Duration      time.Duration // each run: 40s
+	// ReadSize is the size of the value the reader fetches again and again
+	// (stored directly in every DC before the runs): 64 KiB.
+	ReadSize int
 	// Until makes a run end early this long after the first reply from
 	// the far DC (0: 5s; negative: run the full Duration).
 	Until time.Duration
@@ -84,6 +87,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.CutAt <= 0 || c.CutAt >= c.Duration {
 		return c, fmt.Errorf("failoverbench: cut at %v: want within the run (0, %v)", c.CutAt, c.Duration)
 	}
+	if c.ReadSize == 0 {
+		c.ReadSize = 64 << 10
+	}
+	if c.ReadSize < 1 || c.ReadSize > 1<<20 {
+		return c, fmt.Errorf("failoverbench: read size %d: want 1..1048576", c.ReadSize)
+	}
 	if c.Until == 0 {
 		c.Until = 5 * time.Second
 	}
@@ -109,6 +118,7 @@ func (c Config) withDefaults() (Config, error) {
 type Sample struct {
 	Sent, Done time.Duration // since the run's start
 	DC         string        // which DC answered (marker)
+	Bytes      int           // value bytes received
 }
 
 // RTT is the request's round-trip time.
@@ -166,6 +176,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer env.Close()
+	val := make([]byte, cfg.ReadSize)
+	for i := range val {
+		val[i] = byte('a' + i%26)
+	}
+	for _, d := range dcfg.DCs() {
+		c, err := env.DialDC(setup, d.Name, 0)
+		if err != nil {
+			return nil, err
+		}
+		rep, err := c.Do(setup, []byte("SET"), []byte(readKey), val)
+		c.Close()
+		if err != nil || !rep.IsOK() {
+			return nil, fmt.Errorf("failoverbench: store the read value in %s: %v %q", d.Name, err, rep.Str)
+		}
+	}
 	res := &Result{}
 	for _, det := range cfg.Detectors {
 		r, err := runDetector(ctx, env, cfg, det)
@@ -284,6 +309,9 @@ wait:
 	return r, nil
 }
 
+// readKey holds the value the Fig. 6 reader fetches.
+const readKey = "failoverbench:value"
+
 // progress is what readLoop tells its run while it goes.
 type progress struct {
 	replies atomic.Int64
@@ -313,7 +341,7 @@ func readLoop(ctx context.Context, env *demo.Env, start time.Time, pr *progress)
 		c := demo.NewClient(conn)
 		for {
 			sent := time.Since(start)
-			rep, err := c.Do(ctx, []byte("MGET"), []byte(demo.MarkerKey), []byte("failoverbench:key"))
+			rep, err := c.Do(ctx, []byte("MGET"), []byte(demo.MarkerKey), []byte(readKey))
 			if err != nil {
 				if ctx.Err() == nil && isReset(err) {
 					resets++
@@ -321,11 +349,11 @@ func readLoop(ctx context.Context, env *demo.Env, start time.Time, pr *progress)
 				break
 			}
 			done := time.Since(start)
-			dc := ""
+			dc, n := "", 0
 			if rep.Kind == '*' && len(rep.Elems) == 2 {
-				dc = string(rep.Elems[0].Str)
+				dc, n = string(rep.Elems[0].Str), len(rep.Elems[1].Str)
 			}
-			samples = append(samples, Sample{Sent: sent, Done: done, DC: dc})
+			samples = append(samples, Sample{Sent: sent, Done: done, DC: dc, Bytes: n})
 			pr.replies.Add(1)
 			if dc == far {
 				pr.farAt.CompareAndSwap(0, int64(done))
@@ -502,24 +530,27 @@ func (r *Result) Print(w io.Writer) {
 func writeFiles(dir string, r *Result) ([]string, error) {
 	var files []string
 	samples := report.NewTable("detector", "sent_s", "done_s", "rtt_ms", "dc")
-	thr := report.NewTable("detector", "t_s", "replies_per_s")
+	thr := report.NewTable("detector", "t_s", "replies_per_s", "mbit_per_s")
 	var rttSeries, thrSeries []report.Series
 	for _, d := range r.Runs {
 		rs := report.Series{Name: "RTT, detector " + d.Detector}
 		bins := make([]float64, int(d.End/(100*time.Millisecond))+1)
+		bytes := make([]float64, len(bins))
 		for _, s := range d.Samples {
 			samples.Add(d.Detector, fmt.Sprintf("%.4f", s.Sent.Seconds()), fmt.Sprintf("%.4f", s.Done.Seconds()), fmt.Sprintf("%.2f", ms(s.RTT())), s.DC)
 			rs.X = append(rs.X, s.Done.Seconds())
 			rs.Y = append(rs.Y, ms(s.RTT()))
 			if b := int(s.Done / (100 * time.Millisecond)); b < len(bins) {
 				bins[b]++
+				bytes[b] += float64(s.Bytes)
 			}
 		}
-		ts := report.Series{Name: "replies/s, detector " + d.Detector}
+		ts := report.Series{Name: "detector " + d.Detector}
 		for i, n := range bins {
-			thr.Add(d.Detector, fmt.Sprintf("%.1f", float64(i)/10), n*10)
+			mbps := bytes[i] * 8 * 10 / 1e6
+			thr.Add(d.Detector, fmt.Sprintf("%.1f", float64(i)/10), n*10, fmt.Sprintf("%.2f", mbps))
 			ts.X = append(ts.X, float64(i)/10)
-			ts.Y = append(ts.Y, n*10)
+			ts.Y = append(ts.Y, mbps)
 		}
 		if len(rs.X) > 0 {
 			rttSeries = append(rttSeries, rs)
@@ -552,7 +583,7 @@ func writeFiles(dir string, r *Result) ([]string, error) {
 			files = append(files, p)
 		}
 		p := filepath.Join(dir, "failover-throughput.png")
-		if err := (report.LinePlot{Title: "Anycast throughput across a cut of the near DC", XLabel: "time (s)", YLabel: "replies per second (100 ms bins)", Series: thrSeries}).Save(p); err != nil {
+		if err := (report.LinePlot{Title: "Anycast throughput across a cut of the near DC", XLabel: "time (s)", YLabel: "value goodput, Mbit/s (100 ms bins)", Series: thrSeries}).Save(p); err != nil {
 			return files, err
 		}
 		files = append(files, p)

@@ -19,6 +19,7 @@ type BenchFailoverCmd struct {
 	Detectors []string      `name:"detector" default:"paper,fast" help:"Middlebox detectors to compare, one run each (paper, fast, none)."`
 	CutAt     time.Duration `name:"cut-at" default:"5s" help:"When the near DC is cut in each run."`
 	Duration  time.Duration `name:"duration" default:"40s" help:"Longest run per detector."`
+	ReadSize  int           `name:"read-size" default:"65536" help:"Bytes of the value the reader fetches, request after request."`
 	Until     time.Duration `name:"until" default:"5s" help:"End a run this long after the first reply from the far DC (negative: run the whole duration)."`
 	Cuts      int           `name:"cuts" default:"0" help:"Then cut the near DC this many times at random moments under forked writes and check RPO (0: skip)."`
 	CutsRate  float64       `name:"cuts-rate" default:"1000" help:"Writes per second during --cuts."`
@@ -47,7 +48,7 @@ func (c *BenchFailoverCmd) Config() (failoverbench.Config, error) {
 	return failoverbench.Config{
 		Bin: bin, Near: c.Near, Far: c.Far, NearDelay: c.NearDelay, FarDelay: c.FarDelay, RateMbps: c.RateMbps,
 		Nodes: c.Nodes, Detectors: c.Detectors, MiddleboxArgs: c.MBArgs, CutAt: c.CutAt, Duration: c.Duration,
-		Until: c.Until, Cuts: c.Cuts, CutsRate: c.CutsRate, Seed: c.Seed, Out: c.Out, Log: os.Stdout,
+		Until: c.Until, ReadSize: c.ReadSize, Cuts: c.Cuts, CutsRate: c.CutsRate, Seed: c.Seed, Out: c.Out, Log: os.Stdout,
 	}, nil
 }
 
