@@ -1,8 +1,6 @@
 package middlebox
 
 import (
-	"os"
-	"runtime"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -35,13 +33,13 @@ const anyPort = 6380
 // addresses, dublin with one) each running an echo-ish server on 6379, and
 // a middlebox in between.
 type rig struct {
-	tr     *tracer
+	tr               *tracer
 	mbEnd, routerEnd netstackio.Device
-	net    *memnet.Network
-	mb     *Middlebox
-	client *memnet.Host
-	dcs    map[string]*memnet.Host
-	runErr chan error
+	net              *memnet.Network
+	mb               *Middlebox
+	client           *memnet.Host
+	dcs              map[string]*memnet.Host
+	runErr           chan error
 }
 
 func testConfig() Config {
@@ -187,9 +185,13 @@ func TestAnycastTransferThroughMemnet(t *testing.T) {
 	got, err := io.ReadAll(c)
 	if err != nil {
 		r.tr.dump(t)
-		sb := make([]byte, 1<<20)
-		sb = sb[:runtime.Stack(sb, true)]
-		os.WriteFile("/tmp/mbstack.txt", sb, 0o644)
+		t.Logf("now %s (trace above)", time.Now().Format("05.000"))
+		for _, h := range append([]*memnet.Host{r.client}, r.dcs["sydney"], r.dcs["dublin"]) {
+			st := h.Stack.Stats()
+			t.Logf("%s: tcp csum errors %d invalid %d retransmits %d timeouts %d segs sent %d recv %d; ip malformed %d", h.Name,
+				st.TCP.ChecksumErrors.Value(), st.TCP.InvalidSegmentsReceived.Value(), st.TCP.Retransmits.Value(), st.TCP.Timeouts.Value(),
+				st.TCP.SegmentsSent.Value(), st.TCP.ValidSegmentsReceived.Value(), st.IP.MalformedPacketsReceived.Value())
+		}
 		t.Logf("mb end %+v router end %+v", r.mbEnd.(netstackio.StatsReporter).Stats(), r.routerEnd.(netstackio.StatsReporter).Stats())
 		t.Fatalf("read after %d bytes: %v; middlebox %+v; router %+v", len(got), err, r.mb.Stats(), r.net.Stats())
 	}

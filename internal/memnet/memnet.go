@@ -42,6 +42,10 @@ type Options struct {
 	// Trace, if set, sees every packet the router handles (from is "host"
 	// or "mb"); pkt is valid only during the call. Called concurrently.
 	Trace func(from string, pkt []byte)
+	// Filter, if set, decides for every packet the router handles whether
+	// it is delivered (true) or dropped (false, counted in Filtered): a
+	// way to inject loss or cut a host off. Called concurrently.
+	Filter func(from string, pkt []byte) bool
 }
 
 type policyKey struct {
@@ -68,7 +72,7 @@ type Network struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	routed, noRoute, toMB, fromMB, badCsum atomic.Uint64
+	routed, noRoute, toMB, fromMB, badCsum, filtered atomic.Uint64
 }
 
 // Stats counts what the router did.
@@ -80,6 +84,7 @@ type Stats struct {
 	// BadChecksum counts packets from the middlebox whose IPv4 or TCP
 	// checksum is wrong (still delivered: the receiving host drops them).
 	BadChecksum uint64
+	Filtered    uint64 // packets Options.Filter dropped
 }
 
 // New returns an empty Network. Close releases it.
@@ -122,6 +127,15 @@ func (n *Network) AddHost(name string, addrs ...netip.Addr) (*Host, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, icmp.NewProtocol4},
 	})
+	// RACK loss detection stalls gVisor TCP after a loss when the RTT is
+	// almost zero (google/gvisor#6113: the sender then only moves on its
+	// retransmission timer); in-memory links have such RTTs, so hosts use
+	// classic recovery (SACK stays on).
+	rec := tcpip.TCPRecovery(0)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rec); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("memnet: TCP recovery option: %s", err)
+	}
 	ep := channel.New(n.opts.QueueLen, uint32(n.opts.MTU), "")
 	if err := s.CreateNIC(nicID, ep); err != nil {
 		s.Close()
@@ -176,7 +190,7 @@ func (n *Network) AttachMiddlebox(dev netstackio.Device, vip netip.Addr, policy 
 
 // Stats returns the router's counters.
 func (n *Network) Stats() Stats {
-	return Stats{Routed: n.routed.Load(), NoRoute: n.noRoute.Load(), ToMB: n.toMB.Load(), FromMB: n.fromMB.Load(), BadChecksum: n.badCsum.Load()}
+	return Stats{Routed: n.routed.Load(), NoRoute: n.noRoute.Load(), ToMB: n.toMB.Load(), FromMB: n.fromMB.Load(), BadChecksum: n.badCsum.Load(), Filtered: n.filtered.Load()}
 }
 
 // Close stops the router and every host and waits for them. Idempotent.
@@ -251,6 +265,16 @@ func (n *Network) route(pkt []byte, fromHost bool) {
 			from = "host"
 		}
 		n.opts.Trace(from, pkt)
+	}
+	if n.opts.Filter != nil {
+		from := "mb"
+		if fromHost {
+			from = "host"
+		}
+		if !n.opts.Filter(from, pkt) {
+			n.filtered.Add(1)
+			return
+		}
 	}
 	if len(pkt) < header.IPv4MinimumSize || pkt[0]>>4 != 4 {
 		n.noRoute.Add(1)

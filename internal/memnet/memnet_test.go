@@ -5,16 +5,31 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
 
 // TestDirectTransfer moves 4 MiB each way between two hosts through the
 // router (no middlebox) and compares hashes.
-func TestDirectTransfer(t *testing.T) {
-	n := New(Options{})
+func TestDirectTransfer(t *testing.T) { testTransfer(t, nil) }
+
+// TestTransferWithLoss drops one packet in 200 at random: TCP recovers.
+func TestTransferWithLoss(t *testing.T) {
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(7, 7))
+	testTransfer(t, func(string, []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return rng.IntN(200) != 0
+	})
+}
+
+func testTransfer(t *testing.T, filter func(string, []byte) bool) {
+	n := New(Options{Filter: filter})
 	defer n.Close()
 	a, err := n.AddHost("a", netip.MustParseAddr("10.0.0.1"))
 	if err != nil {
@@ -68,7 +83,7 @@ func TestDirectTransfer(t *testing.T) {
 	if len(got) != 32+size || !bytes.Equal(got[:32], want[:]) || !bytes.Equal(got[32:], data) {
 		t.Fatalf("got %d bytes, hash or data differ", len(got))
 	}
-	if s := n.Stats(); s.NoRoute != 0 || s.Routed == 0 {
+	if s := n.Stats(); s.NoRoute != 0 || s.Routed == 0 || (filter != nil) != (s.Filtered > 0) {
 		t.Errorf("router stats %+v", s)
 	}
 	_ = net.ErrClosed
