@@ -1,8 +1,199 @@
 package main
 
-import "errors"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
-// MiddleboxCmd is being written; this placeholder keeps the binary building.
-type MiddleboxCmd struct{}
+	"github.com/sdnkvs/sdnkvs/middlebox"
+	"github.com/sdnkvs/sdnkvs/netstackio"
+)
 
-func (c *MiddleboxCmd) Run(g *Globals) error { return errors.New("not implemented yet") }
+// MiddleboxCmd runs the edge middlebox on a TUN device:
+//
+//	sdnkvs middlebox --tun sdn0 --vip 10.200.100.1 \
+//	  --multicast 6379 --anycast 6380 \
+//	  --dc sydney=10.210.1.11:6379,10.210.1.12:6379 \
+//	  --dc dublin=10.210.2.11:6379 --control 127.0.0.1:9090 --routes
+//
+// With --routes it installs, and removes on exit, the gateway routes
+// documented on middlebox.RouteConfig.
+type MiddleboxCmd struct {
+	TUN         string        `name:"tun" default:"sdn0" help:"TUN interface to create."`
+	VIP         string        `name:"vip" required:"" help:"Service virtual IPv4 address (routed into the TUN)."`
+	Multicast   []uint16      `name:"multicast" sep:"," help:"Multicast (forked, critical) service ports: each connection goes to one node in every live DC. Repeat or comma-separate."`
+	Anycast     []uint16      `name:"anycast" sep:"," help:"Anycast service ports: each connection goes to one node of the most preferred live DC. Repeat or comma-separate."`
+	DC          []string      `name:"dc" sep:"none" help:"A DC as name=ip:port[,ip:port...]; repeat, most preferred first."`
+	Control     string        `name:"control" default:"127.0.0.1:9090" help:"Control HTTP listener (/metrics, /flows, /dcs, /healthz)."`
+	Routes      bool          `name:"routes" help:"Install (and remove on exit) the VIP route, node-reply policy rules and sysctls."`
+	RouteTable  int           `name:"route-table" default:"100" help:"Routing table for node replies (with --routes)."`
+	TUNMode     string        `name:"tun-mode" enum:"offload,plain" default:"offload" help:"TUN I/O: offload (virtio-net headers, TSO, batched) or plain (one packet per call)."`
+	MTU         int           `name:"mtu" default:"1500" help:"TUN MTU."`
+	MaxFlows    int           `name:"max-flows" default:"262144" help:"Flow table size; new connections beyond it get a RST."`
+	IdleTimeout time.Duration `name:"idle-timeout" default:"5m" help:"Remove flows idle this long."`
+}
+
+// config builds and checks the middlebox configuration; errors name the
+// flag at fault.
+func (c *MiddleboxCmd) config() (middlebox.Config, error) {
+	var cfg middlebox.Config
+	if c.TUN == "" || len(c.TUN) > 15 {
+		return cfg, fmt.Errorf("--tun: interface name %q must have 1..15 characters", c.TUN)
+	}
+	vip, err := netip.ParseAddr(c.VIP)
+	if err != nil || !vip.Unmap().Is4() || vip.IsUnspecified() || vip.IsMulticast() {
+		return cfg, fmt.Errorf("--vip: %q is not a unicast IPv4 address", c.VIP)
+	}
+	cfg.VIP = vip.Unmap()
+	if len(c.Anycast) == 0 && len(c.Multicast) == 0 {
+		return cfg, errors.New("--anycast/--multicast: give at least one service port")
+	}
+	seen := map[uint16]bool{}
+	for _, p := range c.Anycast {
+		if p == 0 {
+			return cfg, errors.New("--anycast: port 0")
+		}
+		seen[p] = true
+	}
+	for _, p := range c.Multicast {
+		if p == 0 {
+			return cfg, errors.New("--multicast: port 0")
+		}
+		if seen[p] {
+			return cfg, fmt.Errorf("--multicast/--anycast: port %d is both multicast and anycast", p)
+		}
+	}
+	cfg.AnycastPorts, cfg.MulticastPorts = c.Anycast, c.Multicast
+	if len(c.DC) == 0 {
+		return cfg, errors.New("--dc: give at least one DC (name=ip:port[,ip:port...])")
+	}
+	names := map[string]bool{}
+	nodes := map[netip.AddrPort]bool{}
+	for _, s := range c.DC {
+		dc, err := middlebox.ParseDC(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--dc: %w", err)
+		}
+		if names[dc.Name] {
+			return cfg, fmt.Errorf("--dc: DC %q given twice", dc.Name)
+		}
+		names[dc.Name] = true
+		for _, n := range dc.Nodes {
+			if nodes[n] {
+				return cfg, fmt.Errorf("--dc: node %s given twice", n)
+			}
+			if n.Addr() == cfg.VIP {
+				return cfg, fmt.Errorf("--dc: node %s is the VIP", n)
+			}
+			nodes[n] = true
+		}
+		cfg.DCs = append(cfg.DCs, dc)
+	}
+	if _, err := netip.ParseAddrPort(c.Control); err != nil {
+		if _, _, err2 := net.SplitHostPort(c.Control); err2 != nil {
+			return cfg, fmt.Errorf("--control: %q is not host:port", c.Control)
+		}
+	}
+	if c.RouteTable <= 0 || c.RouteTable == 253 || c.RouteTable == 254 || c.RouteTable == 255 {
+		return cfg, fmt.Errorf("--route-table: %d is not a free table number (1..2^31-1, not 253-255)", c.RouteTable)
+	}
+	if c.MTU < 576 || c.MTU > 65535 {
+		return cfg, fmt.Errorf("--mtu: %d out of range [576, 65535]", c.MTU)
+	}
+	if c.MaxFlows < 1 || c.MaxFlows > 1<<24 {
+		return cfg, fmt.Errorf("--max-flows: %d out of range [1, %d]", c.MaxFlows, 1<<24)
+	}
+	if c.IdleTimeout < time.Second {
+		return cfg, fmt.Errorf("--idle-timeout: %v is shorter than 1s", c.IdleTimeout)
+	}
+	cfg.MaxFlows, cfg.IdleTimeout = c.MaxFlows, c.IdleTimeout
+	if len(c.Multicast) > 0 {
+		cfg.Fork = forkHandler()
+		if cfg.Fork == nil {
+			return cfg, fmt.Errorf("--multicast: %w", middlebox.ErrMulticastUnavailable)
+		}
+	}
+	return cfg, nil
+}
+
+// forkHandler returns the TCP forking engine for multicast ports, or nil
+// while none is wired in.
+var forkHandler = func() middlebox.ForkHandler { return nil }
+
+// Validate is called by kong after parsing.
+func (c *MiddleboxCmd) Validate() error {
+	_, err := c.config()
+	return err
+}
+
+// Run creates the TUN, optionally installs routes, runs the data path and
+// the control listener until SIGINT/SIGTERM, then undoes everything.
+func (c *MiddleboxCmd) Run(g *Globals) error {
+	cfg, err := c.config()
+	if err != nil {
+		return err
+	}
+	log := slog.Default().With("component", "middlebox")
+	mode := netstackio.ModeOffload
+	if c.TUNMode == "plain" {
+		mode = netstackio.ModePlain
+	}
+	dev, err := netstackio.OpenTUN(c.TUN, netstackio.TUNOptions{MTU: c.MTU, Mode: mode})
+	if err != nil {
+		return fmt.Errorf("open TUN %s: %w", c.TUN, err)
+	}
+	mb, err := middlebox.New(dev, cfg)
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	defer mb.Close()
+	if c.Routes {
+		var nodes []netip.AddrPort
+		for _, dc := range cfg.DCs {
+			nodes = append(nodes, dc.Nodes...)
+		}
+		undo, err := middlebox.InstallRoutes(middlebox.RouteConfig{TUN: c.TUN, VIP: cfg.VIP, Nodes: nodes, Table: c.RouteTable})
+		if err != nil {
+			return err
+		}
+		log.Info("routes installed", "vip", cfg.VIP, "table", c.RouteTable, "rules", len(nodes))
+		defer func() {
+			if err := undo(); err != nil {
+				log.Error("removing routes", "err", err)
+			} else {
+				log.Info("routes removed")
+			}
+		}()
+	}
+	ln, err := net.Listen("tcp", c.Control)
+	if err != nil {
+		return fmt.Errorf("--control: %w", err)
+	}
+	srv := &http.Server{Handler: mb.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- mb.Run() }()
+	log.Info("middlebox running", "tun", c.TUN, "mode", mode, "vip", cfg.VIP, "anycast", c.Anycast, "multicast", c.Multicast,
+		"dcs", len(cfg.DCs), "control", ln.Addr().String())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	select {
+	case s := <-sig:
+		log.Info("stopping", "signal", s.String())
+		return nil
+	case err := <-runErr:
+		return err
+	}
+}
