@@ -241,7 +241,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if det == "none" {
 			det = ""
 		}
-		if err := env.StartMiddlebox(setupCtx, det, cfg.MiddleboxArgs); err != nil {
+		if err := env.StartMiddlebox(setupCtx, MB{Detector: det, Extra: cfg.MiddleboxArgs}); err != nil {
 			return nil, err
 		}
 	}

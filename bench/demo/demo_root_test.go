@@ -202,7 +202,7 @@ func TestHealReadmitsOnlyWhenReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { env.Close() })
-	if err := env.StartMiddlebox(ctx, "fast", nil); err != nil {
+	if err := env.StartMiddlebox(ctx, MB{Detector: "fast", AnycastOnly: true}); err != nil {
 		t.Fatal(err)
 	}
 	near, far := cfg.Near, cfg.Far

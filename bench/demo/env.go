@@ -174,16 +174,26 @@ func (e *Env) writeMarker(ctx context.Context, dc string) error {
 	return nil
 }
 
+// MB selects how the middlebox runs.
+type MB struct {
+	// Detector is the --detector value ("": the flag is not passed).
+	Detector string
+	// Extra flags, appended.
+	Extra []string
+	// AnycastOnly leaves out the forked port (experiments that only read).
+	AnycastOnly bool
+}
+
 // MiddleboxOptions returns the testbed options for the demo middlebox:
 // forked port WritePort, anycast port ReadPort, the detector (if not
 // empty) and extra flags.
-func (e *Env) MiddleboxOptions(detector string, extra []string) testbed.MiddleboxOptions {
+func (e *Env) MiddleboxOptions(mb MB) testbed.MiddleboxOptions {
 	var ex []string
-	if detector != "" {
-		ex = append(ex, "--detector", detector)
+	if mb.Detector != "" {
+		ex = append(ex, "--detector", mb.Detector)
 	}
-	ex = append(ex, extra...)
-	return testbed.MiddleboxOptions{
+	ex = append(ex, mb.Extra...)
+	o := testbed.MiddleboxOptions{
 		Binary:    e.cfg.Bin,
 		Multicast: []uint16{WritePort},
 		Anycast:   []uint16{ReadPort},
@@ -191,11 +201,15 @@ func (e *Env) MiddleboxOptions(detector string, extra []string) testbed.Middlebo
 		Control:   ControlAddr,
 		Extra:     ex,
 	}
+	if mb.AnycastOnly {
+		o.Multicast = nil
+	}
+	return o
 }
 
 // StartMiddlebox starts the middlebox in the gateway namespace and waits
 // until its control API answers.
-func (e *Env) StartMiddlebox(ctx context.Context, detector string, extra []string) error {
+func (e *Env) StartMiddlebox(ctx context.Context, mb MB) error {
 	e.mu.Lock()
 	if e.mb != nil {
 		e.mu.Unlock()
@@ -204,14 +218,14 @@ func (e *Env) StartMiddlebox(ctx context.Context, detector string, extra []strin
 	e.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	p, err := e.TB.StartMiddlebox(ctx, e.MiddleboxOptions(detector, extra))
+	p, err := e.TB.StartMiddlebox(ctx, e.MiddleboxOptions(mb))
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	e.mu.Lock()
 	e.mb = p
 	e.mu.Unlock()
-	fmt.Fprintf(e.cfg.Log, "middlebox up (detector %q)\n", detector)
+	fmt.Fprintf(e.cfg.Log, "middlebox up (detector %q)\n", mb.Detector)
 	return nil
 }
 

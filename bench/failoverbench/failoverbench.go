@@ -224,7 +224,7 @@ func mbDetector(det string) string {
 // runDetector runs one middlebox with detector det across one cut.
 func runDetector(ctx context.Context, env *demo.Env, cfg Config, det string) (DetectorRun, error) {
 	r := DetectorRun{Detector: det, RTO: -1, FirstReply: -1, MiddleboxRS: -1}
-	if err := env.StartMiddlebox(ctx, mbDetector(det), cfg.MiddleboxArgs); err != nil {
+	if err := env.StartMiddlebox(ctx, demo.MB{Detector: mbDetector(det), Extra: cfg.MiddleboxArgs, AnycastOnly: true}); err != nil {
 		return r, err
 	}
 	defer func() {
@@ -372,7 +372,7 @@ func isReset(err error) bool {
 // runCuts cuts the near DC cfg.Cuts times at random moments under forked
 // write load and checks every acknowledged write against the far DC.
 func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error {
-	if err := env.StartMiddlebox(ctx, "fast", cfg.MiddleboxArgs); err != nil {
+	if err := env.StartMiddlebox(ctx, demo.MB{Detector: "fast", Extra: cfg.MiddleboxArgs}); err != nil {
 		return err
 	}
 	defer env.StopMiddlebox()
@@ -486,7 +486,7 @@ func (r *Result) Table() *report.Table {
 			fr = d.FirstReply.Seconds()
 		}
 		t.Add(d.Detector, fmt.Sprintf("%.2f", d.CutAt.Seconds()), fmt.Sprintf("%.2f", rto), fmt.Sprintf("%.2f", fr),
-			fmt.Sprintf("%.1f", ms(d.NearRTT)), fmt.Sprintf("%.1f", ms(d.FarRTT)), d.Resets, d.Reconnects, d.MiddleboxRS)
+			fmt.Sprintf("%.1f", ms(d.NearRTT)), fmt.Sprintf("%.1f", ms(d.FarRTT)), d.Resets, d.Reconnects, fmt.Sprintf("%.0f", d.MiddleboxRS))
 	}
 	return t
 }
