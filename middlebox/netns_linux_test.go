@@ -1,0 +1,309 @@
+package middlebox
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/netstackio"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// nsRig is the testbed topology (client, gw, sydney with 2 node
+// addresses, dublin with 1) with the middlebox running in-process in the
+// gw namespace on a real TUN, routes installed by InstallRoutes.
+type nsRig struct {
+	tb *testbed.Testbed
+	mb *Middlebox
+}
+
+func newNSRig(t *testing.T, mode netstackio.TUNMode) *nsRig {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip", "ping")
+	tb := testbed.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
+	gw := tb.NS("gw")
+	var cfg Config
+	cfg.VIP = testbed.VIP
+	cfg.AnycastPorts = []uint16{anyPort}
+	var nodes []netip.AddrPort
+	for _, d := range tb.Config().DCs {
+		dc := DC{Name: d.Name}
+		for _, a := range tb.NodeAddrs(d.Name) {
+			dc.Nodes = append(dc.Nodes, netip.AddrPortFrom(a, 6379))
+		}
+		nodes = append(nodes, dc.Nodes...)
+		cfg.DCs = append(cfg.DCs, dc)
+	}
+	var dev netstackio.Device
+	if err := netstackio.InNetns(testbed.NetnsPath(gw), func() error {
+		var err error
+		dev, err = netstackio.OpenTUN("sdn0", netstackio.TUNOptions{Mode: mode})
+		return err
+	}); err != nil {
+		t.Fatalf("open TUN in %s: %v", gw, err)
+	}
+	m, err := New(dev, cfg)
+	if err != nil {
+		dev.Close()
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- m.Run() }()
+	t.Cleanup(func() {
+		m.Close()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	undo, err := InstallRoutes(RouteConfig{Netns: gw, TUN: "sdn0", VIP: cfg.VIP, Nodes: nodes, Table: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := undo(); err != nil {
+			t.Errorf("remove routes: %v", err)
+		}
+	})
+	return &nsRig{tb: tb, mb: m}
+}
+
+// listen starts a TCP listener on 0.0.0.0:port inside the namespace of
+// role and serves each connection with serve.
+func (r *nsRig) listen(t *testing.T, role string, port int, serve func(net.Conn)) {
+	t.Helper()
+	var ln net.Listener
+	if err := netstackio.InNetns(testbed.NetnsPath(r.tb.NS(role)), func() error {
+		var err error
+		ln, err = net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}()
+}
+
+func (r *nsRig) dial(t *testing.T) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := testbed.DialInNetns(ctx, r.tb.NS("client"), "tcp4", netip.AddrPortFrom(testbed.VIP, anyPort).String())
+	if err != nil {
+		t.Fatalf("dial VIP: %v (middlebox %+v)", err, r.mb.Stats())
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	return c
+}
+
+func TestNetnsKernelTCP(t *testing.T) {
+	for _, mode := range []netstackio.TUNMode{netstackio.ModeOffload, netstackio.ModePlain} {
+		t.Run(mode.String(), func(t *testing.T) { testNetnsKernelTCP(t, mode) })
+	}
+}
+
+func testNetnsKernelTCP(t *testing.T, mode netstackio.TUNMode) {
+	r := newNSRig(t, mode)
+	size := 64 << 20
+	if mode == netstackio.ModePlain {
+		size = 16 << 20 // one packet per syscall: keep the test short
+	}
+	// Sydney: hash the upload, answer with the hash and the same number of
+	// pseudo-random bytes.
+	r.listen(t, "sydney", 6379, func(c net.Conn) {
+		defer c.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil {
+			return
+		}
+		c.Write(h.Sum(nil))
+		io.Copy(c, io.LimitReader(newPRNG(9), int64(size)))
+	})
+
+	t.Run("transfer", func(t *testing.T) {
+		c := r.dial(t)
+		upHash := sha256.New()
+		go func() {
+			io.Copy(c, io.TeeReader(io.LimitReader(newPRNG(5), int64(size)), upHash))
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		got := make([]byte, 32)
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("read hash: %v (middlebox %+v)", err, r.mb.Stats())
+		}
+		if want := upHash.Sum(nil); string(got) != string(want) {
+			t.Fatal("upload hash differs")
+		}
+		down := sha256.New()
+		n, err := io.Copy(down, c)
+		if err != nil || n != int64(size) {
+			t.Fatalf("download: %d bytes, %v", n, err)
+		}
+		ref := sha256.New()
+		io.Copy(ref, io.LimitReader(newPRNG(9), int64(size)))
+		if string(down.Sum(nil)) != string(ref.Sum(nil)) {
+			t.Fatal("download hash differs")
+		}
+		s := r.mb.Stats()
+		t.Logf("%s: %d MiB each way; middlebox in %d pkts / out %d pkts", mode, size>>20, s.PacketsIn, s.PacketsOut)
+		for reason, v := range s.Drops {
+			if v != 0 {
+				t.Errorf("drops[%s] = %d during a clean transfer", reason, v)
+			}
+		}
+	})
+
+	t.Run("ping", func(t *testing.T) {
+		out, err := r.tb.Exec(context.Background(), "client", "ping", "-c", "3", "-i", "0.2", "-W", "2", testbed.VIP.String())
+		if err != nil {
+			t.Fatalf("ping VIP: %v\n%s", err, out)
+		}
+		if r.mb.Stats().Local < 3 {
+			t.Errorf("ping did not reach the middlebox's stack")
+		}
+	})
+
+	t.Run("redis", func(t *testing.T) {
+		testenv.RequireCommand(t, "redis-server", "redis-cli")
+		p, err := r.tb.Start("dublin", []string{"redis-server", "--port", "6379", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no", "--protected-mode", "no"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Stop(2 * time.Second) })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := p.WaitOutput(ctx, "Ready to accept connections"); err != nil {
+			t.Fatal(err)
+		}
+		// Sydney is dead for new flows: redis in dublin answers through the VIP.
+		for _, d := range r.mb.DCs()[0].Nodes {
+			r.mb.SetNodeLive(netip.MustParseAddrPort(d.Addr), false)
+		}
+		t.Cleanup(func() {
+			for _, d := range r.mb.DCs()[0].Nodes {
+				r.mb.SetNodeLive(netip.MustParseAddrPort(d.Addr), true)
+			}
+		})
+		cli := func(args ...string) string {
+			t.Helper()
+			out, err := r.tb.Exec(ctx, "client", append([]string{"redis-cli", "-h", testbed.VIP.String(), "-p", fmt.Sprint(anyPort)}, args...)...)
+			if err != nil {
+				t.Fatalf("redis-cli %v: %v\n%s", args, err, out)
+			}
+			return strings.TrimSpace(string(out))
+		}
+		if got := cli("SET", "sdnkvs", "through-the-vip"); got != "OK" {
+			t.Fatalf("SET: %q", got)
+		}
+		if got := cli("GET", "sdnkvs"); got != "through-the-vip" {
+			t.Fatalf("GET: %q", got)
+		}
+	})
+
+	t.Run("bad-packets", func(t *testing.T) {
+		// Hold a live flow open across the bad packets.
+		c := r.dial(t)
+		c.Write([]byte("x"))
+
+		src := netip.MustParseAddrPort("10.200.1.2:31000")
+		dst := netip.AddrPortFrom(testbed.VIP, anyPort)
+		good := mkTCP(tcpSpec{src: src, dst: dst, flags: header.TCPFlagSyn, seq: 1})
+		frag := clone(good)
+		header.IPv4(frag).SetFlagsFragmentOffset(header.IPv4FlagMoreFragments, 0)
+		fixIP(frag)
+		badCsum := clone(good)
+		badCsum[36] ^= 0x5a
+		bigDoff := clone(good)
+		bigDoff[32] = 0xf0 // 60-byte TCP header in a 40-byte packet
+		fixTCPChecksum(bigDoff)
+		smallDoff := clone(good)
+		smallDoff[32] = 0x30
+		fixTCPChecksum(smallDoff)
+		unknown := mkTCP(tcpSpec{src: src, dst: dst, flags: header.TCPFlagAck | header.TCPFlagPsh, seq: 9, ack: 9, payload: []byte("hello?")})
+		bad := []struct {
+			reason Reason
+			pkt    []byte
+		}{
+			{ReasonFragment, frag},
+			{ReasonBadTCPChecksum, badCsum},
+			{ReasonTruncated, bigDoff},
+			{ReasonBadTCPHeader, smallDoff},
+			{ReasonUnknownFlow, unknown},
+		}
+		before := map[Reason]uint64{}
+		want := map[Reason]uint64{}
+		for _, b := range bad {
+			before[b.reason] = r.mb.Drop(b.reason)
+			want[b.reason]++
+		}
+		err := netstackio.InNetns(testbed.NetnsPath(r.tb.NS("gw")), func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			for _, b := range bad {
+				if err := unix.Sendto(fd, b.pkt, 0, &unix.SockaddrInet4{Addr: testbed.VIP.As4()}); err != nil {
+					return fmt.Errorf("send %s packet: %w", b.reason, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 5*time.Second, "bad packets to be counted", func() bool {
+			for reason, n := range want {
+				if r.mb.Drop(reason)-before[reason] < n {
+					return false
+				}
+			}
+			return true
+		})
+		// The live flow still works: the sydney server hashes what it gets.
+		c.(*net.TCPConn).CloseWrite()
+		got := make([]byte, 32)
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("live flow after bad packets: %v", err)
+		}
+		if want := sha256.Sum256([]byte("x")); string(got) != string(want[:]) {
+			t.Fatal("live flow after bad packets: wrong hash")
+		}
+	})
+}
+
+// prng is a fast deterministic byte stream.
+type prng struct{ r *rand.PCG }
+
+func newPRNG(seed uint64) *prng { return &prng{rand.NewPCG(seed, seed)} }
+
+func (p *prng) Read(b []byte) (int, error) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], p.r.Uint64())
+	}
+	for i := len(b) &^ 7; i < len(b); i++ {
+		b[i] = byte(p.r.Uint64())
+	}
+	return len(b), nil
+}
+
