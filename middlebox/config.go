@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sdnkvs/sdnkvs/ackmerge"
 )
 
 // DC is one datacentre: a name and its interchangeable node addresses.
@@ -38,9 +40,11 @@ type Config struct {
 	// buffer (default 22, making the packet offset 32).
 	Headroom int
 
-	// Fork handles flows to multicast ports. Nil means multicast ports
-	// are not available: New refuses a Config with MulticastPorts.
-	Fork ForkHandler
+	// Fork is the policy of forked (multicast) flows: min replicas,
+	// handshake and branch timeouts (zero fields: ackmerge defaults).
+	Fork ackmerge.Config
+	// TickInterval is how often forked flows' timers run (default 100ms).
+	TickInterval time.Duration
 
 	// Now is the clock (default time.Now); tests pass their own.
 	Now func() time.Time
@@ -54,9 +58,8 @@ const (
 	defaultHeadroom    = 22
 )
 
-// ErrMulticastUnavailable is returned by New for multicast ports while no
-// ForkHandler is configured (TCP forking is not wired in yet).
-var ErrMulticastUnavailable = errors.New("middlebox: multicast (forked) ports are not available yet: TCP forking (ackmerge) is not wired in; use --anycast only")
+// MaxBranches is the largest number of branches (DCs) of a forked flow.
+const MaxBranches = 8
 
 // Validate checks c and fills in defaults.
 func (c *Config) Validate() error {
@@ -85,8 +88,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("middlebox: port %d is both multicast and anycast", p)
 		}
 	}
-	if len(c.MulticastPorts) > 0 && c.Fork == nil {
-		return ErrMulticastUnavailable
+	if c.Fork.MinReplicas > MaxBranches {
+		return fmt.Errorf("middlebox: min replicas %d above %d", c.Fork.MinReplicas, MaxBranches)
+	}
+	if c.TickInterval <= 0 {
+		c.TickInterval = 100 * time.Millisecond
 	}
 	if len(c.DCs) == 0 {
 		return errors.New("middlebox: no DC")

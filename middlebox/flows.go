@@ -2,6 +2,8 @@ package middlebox
 
 import (
 	"net/netip"
+
+	"github.com/sdnkvs/sdnkvs/ackmerge"
 )
 
 // Flow kinds.
@@ -61,7 +63,8 @@ type flow struct {
 	pktsOut     uint64
 	bytesIn     uint64 // client -> nodes, IP bytes
 	bytesOut    uint64
-	fork        ForkedFlow
+	fork        *ackmerge.Flow
+	gone        uint8 // bitmask of branches the fork removed
 }
 
 // flowTable is the bounded flow table. It is owned by whoever holds the

@@ -353,3 +353,63 @@ func (tr *tracer) dump(t *testing.T) {
 		t.Log(tr.ring[i%len(tr.ring)])
 	}
 }
+
+// TestForkedFlowReachesEveryDC: a connection to the multicast port is
+// forked to one node in each DC; every DC receives every client byte, and
+// the client gets the (identical) echo once.
+func TestForkedFlowReachesEveryDC(t *testing.T) {
+	cfg := testConfig()
+	cfg.MulticastPorts = []uint16{6379}
+	var mu sync.Mutex
+	got := map[string]int{}
+	r := newRig(t, cfg, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				mu.Lock()
+				got[c.LocalAddr().String()] += n
+				mu.Unlock()
+				if _, err := c.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	c := r.dial(t, 6379)
+	const size = 1 << 20
+	up := make([]byte, size)
+	rng := rand.New(rand.NewPCG(4, 4))
+	for i := range up {
+		up[i] = byte(rng.Uint32())
+	}
+	go func() {
+		c.Write(up)
+		c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	back, err := io.ReadAll(c)
+	if err != nil {
+		r.tr.dump(t)
+		t.Fatalf("read after %d bytes: %v; middlebox %+v", len(back), err, r.mb.Stats())
+	}
+	if !bytes.Equal(back, up) {
+		t.Fatalf("echo: got %d bytes, want %d identical", len(back), size)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 {
+		t.Fatalf("servers reached: %v, want one node in each of 2 DCs", got)
+	}
+	for node, n := range got {
+		if n != size {
+			t.Errorf("node %s got %d bytes, want %d", node, n, size)
+		}
+	}
+	if fl := r.mb.Flows(0); len(fl) == 1 && (fl[0].Kind != "forked" || len(fl[0].Nodes) != 2) {
+		t.Errorf("flow %+v", fl[0])
+	}
+}

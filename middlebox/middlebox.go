@@ -4,7 +4,7 @@
 //
 //	Device.Read ─► parse + validate ─► classify ─┬─ anycast: flow table, DNAT to a node ─┐
 //	                                              ├─ reply from a node: reverse lookup, SNAT ┤
-//	                                              ├─ multicast: ForkHandler (ackmerge) ──────┤
+//	                                              ├─ multicast: ackmerge.Flow (fork, merge) ─┤
 //	                                              ├─ other traffic to the VIP ─► Stack ──────┤ (ping, RST)
 //	                                              └─ anything else: drop, count by reason    │
 //	Device.Write ◄──────────────────────────────────────────────────────────────────────────┘
@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/ackmerge"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -45,9 +46,9 @@ const (
 	ReasonUnknownFlow                        // non-SYN for a flow not in the table
 	ReasonTableFull                          // SYN while the table is full (a RST is sent back)
 	ReasonNoLiveNode                         // SYN while no DC has a live node (a RST is sent back)
-	ReasonMulticastUnavailable               // packet to a multicast port without a ForkHandler
+	ReasonMulticastUnavailable               // (unused: multicast ports are always served)
 	ReasonReverseCollision                   // SYN whose reply key is taken by another flow
-	ReasonForkRefused                        // ForkHandler refused or dropped the packet
+	ReasonForkRefused                        // ackmerge refused to create the flow
 	ReasonStackRefused                       // the local Stack refused the packet
 	ReasonWriteFailed                        // the Device did not accept the packet
 	ReasonNoBuffer                           // no free buffer for an extra packet
@@ -90,6 +91,7 @@ type counters struct {
 	pktsIn, pktsOut, bytesIn, bytesOut     atomic.Uint64
 	local, rstSent                         atomic.Uint64
 	flowsCreated, flowsExpired, flowsReset atomic.Uint64
+	branchesRemoved, forkResets            atomic.Uint64
 	drops                                  [numReasons]atomic.Uint64
 }
 
@@ -108,8 +110,9 @@ type Middlebox struct {
 	dcNode [][]uint16 // per DC: global node indexes
 	offset int
 
-	mu  sync.Mutex // guards tab and everything a flow holds
-	tab *flowTable
+	mu       sync.Mutex // guards tab and everything a flow holds
+	expireMu sync.Mutex // serialises Expire (it owns the timer buffers)
+	tab      *flowTable
 
 	writeMu  sync.Mutex
 	stackOut [1][]byte
@@ -120,13 +123,21 @@ type Middlebox struct {
 	bufs    [][]byte
 	sizes   []int
 	outs    [][]byte
-	pool    [][]byte // free extra buffers (clones)
+	pool    [][]byte // free extra buffers (forked copies, made packets)
 	inUse   [][]byte // extra buffers used by the current batch
 	pkt     packet.TCP
-	clone   packet.TCP
-	branch  [MaxBranches]netip.AddrPort
+	fout    ackmerge.Out
+	targets [MaxBranches]ackmerge.Target
 	nowUnix int64
 	nowTime time.Time
+	bufLen  int
+
+	// Timer state for forked flows, used by Expire (under mu).
+	tout   ackmerge.Out
+	tpool  [][]byte
+	tinUse [][]byte
+	touts  [][]byte
+	forked int // forked flows in the table
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -134,8 +145,9 @@ type Middlebox struct {
 	log       *slog.Logger
 }
 
-// bufferSlack is room beyond MaxPacket for headroom and header moves.
-const poolSize = 64
+// tickPoolSize is the number of buffers for packets forked flows' timers
+// make (RSTs, SYN-ACKs after a handshake timeout).
+const tickPoolSize = 16
 
 // New makes a Middlebox that reads and writes dev. It creates the
 // middlebox's own Stack for traffic to the VIP (ping, RSTs for other
@@ -193,18 +205,30 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 		batch = 1
 	}
 	bufLen := m.offset + netstackio.MaxPacket
-	backing := make([]byte, (batch+poolSize)*bufLen)
-	for i := range batch + poolSize {
+	m.bufLen = bufLen
+	poolSize := 0
+	if len(cfg.MulticastPorts) > 0 {
+		poolSize = 4 * batch // copies for the other branches
+	}
+	total := batch + poolSize + tickPoolSize
+	backing := make([]byte, total*bufLen)
+	for i := range total {
 		b := backing[i*bufLen : (i+1)*bufLen : (i+1)*bufLen]
-		if i < batch {
+		switch {
+		case i < batch:
 			m.bufs = append(m.bufs, b)
-		} else {
+		case i < batch+poolSize:
 			m.pool = append(m.pool, b)
+		default:
+			m.tpool = append(m.tpool, b)
 		}
 	}
 	m.sizes = make([]int, batch)
-	m.outs = make([][]byte, 0, batch+poolSize)
+	m.outs = make([][]byte, 0, 2*batch+poolSize)
 	m.inUse = make([][]byte, 0, poolSize)
+	m.fout = ackmerge.Out{Offset: m.offset, Alloc: m.alloc, Pkts: make([]ackmerge.Emit, 0, 2*MaxBranches), Events: make([]ackmerge.Event, 0, 2*MaxBranches)}
+	m.tout = ackmerge.Out{Offset: m.offset, Alloc: m.tickAlloc}
+	m.tinUse = make([][]byte, 0, tickPoolSize)
 	st.SetOutput(m.stackOutput)
 	go m.sweeper()
 	return m, nil
@@ -287,6 +311,7 @@ func (m *Middlebox) processBatch(n int) {
 		m.c.bytesIn.Add(uint64(size))
 		shift, v := m.process(buf, size)
 		switch v {
+		case verdictConsumed:
 		case verdictForward:
 			m.outs = append(m.outs, buf[shift:shift+m.offset+len(m.pkt.Buf)])
 		case verdictLocal:
@@ -348,6 +373,7 @@ const (
 	verdictDrop verdict = iota
 	verdictForward
 	verdictLocal
+	verdictConsumed // a forked flow took it; its output is in m.outs
 )
 
 // process classifies and rewrites the packet in buf[m.offset:m.offset+size].
@@ -419,13 +445,9 @@ func (m *Middlebox) process(buf []byte, size int) (shift int, v verdict) {
 	if toVIP {
 		switch m.ports[p.DstPort()] {
 		case portAnycast:
-			return m.fromClient(p)
+			return m.fromClient(p, buf)
 		case portMulticast:
-			if m.cfg.Fork == nil {
-				m.drop(ReasonMulticastUnavailable)
-				return 0, verdictDrop
-			}
-			return m.fromClient(p)
+			return m.fromClient(p, buf)
 		}
 		return 0, verdictLocal
 	}
@@ -434,11 +456,11 @@ func (m *Middlebox) process(buf []byte, size int) (shift int, v verdict) {
 		m.drop(ReasonNotForVIP)
 		return 0, verdictDrop
 	}
-	return m.fromNode(p, ni)
+	return m.fromNode(p, ni, buf)
 }
 
 // fromClient handles a packet from a client to a service port of the VIP.
-func (m *Middlebox) fromClient(p *packet.TCP) (int, verdict) {
+func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
 	k := fwdKey{cli: p.SrcAddr4(), cport: p.SrcPort(), vport: p.DstPort()}
 	fl := p.Flags()
 	syn := fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN
@@ -470,15 +492,11 @@ func (m *Middlebox) fromClient(p *packet.TCP) (int, verdict) {
 	f.last = m.nowUnix
 	f.pktsIn++
 	f.bytesIn += uint64(len(p.Buf))
-	m.trackClose(f, p, true)
 	if f.kind == kindForked {
-		fwd, shift := f.fork.FromClient(p, m.nowTime, m)
-		m.afterFork(i, f)
-		if !fwd {
-			return 0, verdictDrop
-		}
-		return shift, verdictForward
+		m.stepFork(i, buf, p, ackmerge.ToClient)
+		return 0, verdictConsumed
 	}
+	m.trackClose(f, p, true)
 	n := m.nodes[f.nodes[0]]
 	p.SetDstAddr(n.ap.Addr())
 	p.SetDstPort(n.key.port)
@@ -490,7 +508,7 @@ func (m *Middlebox) fromClient(p *packet.TCP) (int, verdict) {
 }
 
 // fromNode handles a packet from node ni's service port.
-func (m *Middlebox) fromNode(p *packet.TCP, ni uint16) (int, verdict) {
+func (m *Middlebox) fromNode(p *packet.TCP, ni uint16, buf []byte) (int, verdict) {
 	n := m.nodes[ni]
 	rk := revKey{node: n.key.addr, cli: p.DstAddr4(), nport: n.key.port, cport: p.DstPort()}
 	i, ok := m.tab.rev[rk]
@@ -506,7 +524,6 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16) (int, verdict) {
 	if fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && f.state == stSynSent {
 		f.state = stEstablished
 	}
-	m.trackClose(f, p, false)
 	if f.kind == kindForked {
 		k := 0
 		for j := 0; j < int(f.nbranch); j++ {
@@ -514,13 +531,10 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16) (int, verdict) {
 				k = j
 			}
 		}
-		fwd, shift := f.fork.FromBranch(k, p, m.nowTime, m)
-		m.afterFork(i, f)
-		if !fwd {
-			return 0, verdictDrop
-		}
-		return shift, verdictForward
+		m.stepFork(i, buf, p, k)
+		return 0, verdictConsumed
 	}
+	m.trackClose(f, p, false)
 	p.SetSrcAddr(m.cfg.VIP)
 	p.SetSrcPort(f.key.vport)
 	if fl&packet.FlagRST != 0 {
@@ -530,11 +544,68 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16) (int, verdict) {
 	return 0, verdictForward
 }
 
-func (m *Middlebox) afterFork(i int32, f *flow) {
-	if f.fork.Done() && f.state != stClosing {
-		f.state = stClosing
-		f.linger = m.nowUnix + int64(m.cfg.FinLinger)
+// stepFork feeds a packet to forked flow i and queues its output.
+func (m *Middlebox) stepFork(i int32, buf []byte, p *packet.TCP, from int) {
+	f := &m.tab.slab[i]
+	m.fout.Reset()
+	f.fork.Step(buf, p, from, m.nowTime, &m.fout)
+	m.outs = m.drainFork(i, &m.fout, m.outs)
+}
+
+// drainFork appends the packets of out to outs and applies its events to
+// flow i (which it may remove).
+func (m *Middlebox) drainFork(i int32, out *ackmerge.Out, outs [][]byte) [][]byte {
+	for _, e := range out.Pkts {
+		outs = append(outs, e.Buf)
 	}
+	f := &m.tab.slab[i]
+	for _, ev := range out.Events {
+		switch ev.Kind {
+		case ackmerge.EvEstablished:
+			f.state = stEstablished
+		case ackmerge.EvBranchRemoved:
+			if ev.Branch >= 0 && ev.Branch < int(f.nbranch) && f.gone&(1<<ev.Branch) == 0 {
+				f.gone |= 1 << ev.Branch
+				m.nodes[f.nodes[ev.Branch]].flows.Add(-1)
+				m.c.branchesRemoved.Add(1)
+			}
+		case ackmerge.EvClientReset:
+			m.c.forkResets.Add(1)
+		case ackmerge.EvDone:
+			if f.used {
+				m.removeFlow(i)
+				m.c.flowsExpired.Add(1)
+			}
+		}
+	}
+	out.Reset()
+	return outs
+}
+
+// alloc gives ackmerge a buffer for an extra packet of the current batch.
+func (m *Middlebox) alloc(n int) []byte {
+	k := len(m.pool)
+	if k == 0 || n > m.bufLen {
+		m.drop(ReasonNoBuffer)
+		return nil
+	}
+	b := m.pool[k-1]
+	m.pool = m.pool[:k-1]
+	m.inUse = append(m.inUse, b)
+	return b
+}
+
+// tickAlloc is alloc for packets made by timers (under mu, in Expire).
+func (m *Middlebox) tickAlloc(n int) []byte {
+	k := len(m.tpool)
+	if k == 0 || n > m.bufLen {
+		m.drop(ReasonNoBuffer)
+		return nil
+	}
+	b := m.tpool[k-1]
+	m.tpool = m.tpool[:k-1]
+	m.tinUse = append(m.tinUse, b)
+	return b
 }
 
 // trackClose follows FINs and their acknowledgements: once both FINs are
@@ -600,15 +671,17 @@ func (m *Middlebox) newFlow(k fwdKey) (int32, Reason) {
 	if forked {
 		f.kind = kindForked
 		for j := range nb {
-			m.branch[j] = m.nodes[nodes[j]].ap
+			n := m.nodes[nodes[j]]
+			m.targets[j] = ackmerge.Target{Addr: n.ap, DC: n.dc}
 		}
 		client := netip.AddrPortFrom(netip.AddrFrom4(k.cli), k.cport)
-		ff, err := m.cfg.Fork.NewFlow(client, k.vport, m.branch[:nb], m.nowTime)
-		if err != nil || ff == nil {
+		ff, err := ackmerge.NewFlow(m.cfg.Fork, client, netip.AddrPortFrom(m.cfg.VIP, k.vport), m.targets[:nb])
+		if err != nil {
 			t.release(i)
 			return -1, ReasonForkRefused
 		}
 		f.fork = ff
+		m.forked++
 	}
 	t.fwd[k] = i
 	for j := range nb {
@@ -653,7 +726,12 @@ func (m *Middlebox) removeFlow(i int32) {
 	for j := 0; j < int(f.nbranch); j++ {
 		n := m.nodes[f.nodes[j]]
 		delete(t.rev, revKey{node: n.key.addr, cli: f.key.cli, nport: n.key.port, cport: f.key.cport})
-		n.flows.Add(-1)
+		if f.gone&(1<<j) == 0 {
+			n.flows.Add(-1)
+		}
+	}
+	if f.kind == kindForked {
+		m.forked--
 	}
 	t.release(i)
 }
@@ -688,53 +766,64 @@ func (m *Middlebox) rstToClient(p *packet.TCP) (int, verdict) {
 	return 0, verdictForward
 }
 
-// Clone implements Emitter for ForkedFlows.
-func (m *Middlebox) Clone(p *packet.TCP) *packet.TCP {
-	n := len(m.pool)
-	if n == 0 {
-		m.drop(ReasonNoBuffer)
-		return nil
-	}
-	b := m.pool[n-1]
-	m.pool = m.pool[:n-1]
-	m.inUse = append(m.inUse, b)
-	off := m.offset
-	copy(b[off-netstackio.VnetHdrLen:off], p.Vnet)
-	copy(b[off:], p.Buf)
-	c := &m.clone
-	if err := c.Parse(b[off:off+len(p.Buf)], netstackio.Hdr(b, off)); err != nil {
-		return nil
-	}
-	m.outs = append(m.outs, b[:off+len(p.Buf)])
-	return c
-}
-
 // Expire removes flows idle for longer than the idle timeout and closed
 // flows whose linger has passed, as of now. It returns how many it
 // removed. The sweeper calls it periodically; tests call it directly.
 func (m *Middlebox) Expire(now time.Time) int {
 	nu := now.UnixNano()
 	idle := int64(m.cfg.IdleTimeout)
+	m.expireMu.Lock() // owns the timer buffers until they are written
+	defer m.expireMu.Unlock()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	removed := 0
+	m.touts = m.touts[:0]
 	for i := range m.tab.slab {
 		f := &m.tab.slab[i]
 		if !f.used {
 			continue
 		}
-		if (f.state == stClosing && nu >= f.linger) || nu-f.last >= idle {
+		if nu-f.last >= idle || (f.kind == kindAnycast && f.state == stClosing && nu >= f.linger) {
 			m.removeFlow(int32(i))
 			removed++
+			continue
+		}
+		if f.kind == kindForked {
+			m.tickFork(int32(i), now)
 		}
 	}
 	m.c.flowsExpired.Add(uint64(removed))
+	m.mu.Unlock()
+	if len(m.touts) > 0 {
+		m.write(m.touts)
+	}
+	m.tpool = append(m.tpool, m.tinUse...)
+	m.tinUse = m.tinUse[:0]
 	return removed
+}
+
+// tickFork runs forked flow i's timers and removes branches on nodes
+// declared dead (the flow shrinks, DESIGN.md section 4).
+func (m *Middlebox) tickFork(i int32, now time.Time) {
+	f := &m.tab.slab[i]
+	for j := 0; j < int(f.nbranch); j++ {
+		if f.gone&(1<<j) == 0 && !m.nodes[f.nodes[j]].live.Load() {
+			f.fork.RemoveBranch(j, ackmerge.CauseFailover, now, &m.tout)
+			m.touts = m.drainFork(i, &m.tout, m.touts)
+			if !f.used {
+				return
+			}
+		}
+	}
+	f.fork.Tick(now, &m.tout)
+	m.touts = m.drainFork(i, &m.tout, m.touts)
 }
 
 func (m *Middlebox) sweeper() {
 	defer close(m.sweepDone)
 	iv := min(time.Second, m.cfg.FinLinger/2, m.cfg.IdleTimeout/4)
+	if len(m.cfg.MulticastPorts) > 0 {
+		iv = min(iv, m.cfg.TickInterval)
+	}
 	iv = max(iv, 10*time.Millisecond)
 	t := time.NewTicker(iv)
 	defer t.Stop()

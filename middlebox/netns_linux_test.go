@@ -306,4 +306,3 @@ func (p *prng) Read(b []byte) (int, error) {
 	}
 	return len(b), nil
 }
-

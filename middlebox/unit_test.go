@@ -359,14 +359,6 @@ func TestBadPacketsAreCountedUnit(t *testing.T) {
 	}
 }
 
-func TestMulticastRefusedWithoutForkHandler(t *testing.T) {
-	cfg := testConfig()
-	cfg.MulticastPorts = []uint16{6379}
-	if _, err := New(newFakeDev(false, false), cfg); err != ErrMulticastUnavailable {
-		t.Fatalf("New with multicast ports and no ForkHandler: %v, want ErrMulticastUnavailable", err)
-	}
-}
-
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
 
 func fixIP(b []byte) {

@@ -39,6 +39,10 @@ type MiddleboxCmd struct {
 	MTU         int           `name:"mtu" default:"1500" help:"TUN MTU."`
 	MaxFlows    int           `name:"max-flows" default:"262144" help:"Flow table size; new connections beyond it get a RST."`
 	IdleTimeout time.Duration `name:"idle-timeout" default:"5m" help:"Remove flows idle this long."`
+
+	MinReplicas      int           `name:"min-replicas" default:"1" help:"Forked flows: fewest live DCs a connection may run on; below it the client gets a RST."`
+	HandshakeTimeout time.Duration `name:"handshake-timeout" default:"3s" help:"Forked flows: DCs that have not answered the SYN by then are left out."`
+	BranchTimeout    time.Duration `name:"branch-timeout" default:"10s" help:"Forked flows: a DC lagging the others this long without progress is dropped from the flow."`
 }
 
 // config builds and checks the middlebox configuration; errors name the
@@ -115,18 +119,20 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 		return cfg, fmt.Errorf("--idle-timeout: %v is shorter than 1s", c.IdleTimeout)
 	}
 	cfg.MaxFlows, cfg.IdleTimeout = c.MaxFlows, c.IdleTimeout
-	if len(c.Multicast) > 0 {
-		cfg.Fork = forkHandler()
-		if cfg.Fork == nil {
-			return cfg, fmt.Errorf("--multicast: %w", middlebox.ErrMulticastUnavailable)
-		}
+	if c.MinReplicas < 1 || c.MinReplicas > middlebox.MaxBranches {
+		return cfg, fmt.Errorf("--min-replicas: %d out of range [1, %d]", c.MinReplicas, middlebox.MaxBranches)
 	}
+	if c.MinReplicas > len(cfg.DCs) {
+		return cfg, fmt.Errorf("--min-replicas: %d is more than the %d DCs given", c.MinReplicas, len(cfg.DCs))
+	}
+	if c.HandshakeTimeout <= 0 || c.BranchTimeout <= 0 {
+		return cfg, errors.New("--handshake-timeout/--branch-timeout: must be positive")
+	}
+	cfg.Fork.MinReplicas = c.MinReplicas
+	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
+	cfg.Fork.BranchTimeout = c.BranchTimeout
 	return cfg, nil
 }
-
-// forkHandler returns the TCP forking engine for multicast ports, or nil
-// while none is wired in.
-var forkHandler = func() middlebox.ForkHandler { return nil }
 
 // Validate is called by kong after parsing.
 func (c *MiddleboxCmd) Validate() error {

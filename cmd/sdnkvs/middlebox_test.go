@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/alecthomas/kong"
-	"github.com/sdnkvs/sdnkvs/middlebox"
 )
 
 func parseMiddlebox(t *testing.T, args ...string) (*CLI, error) {
@@ -21,17 +20,7 @@ func parseMiddlebox(t *testing.T, args ...string) (*CLI, error) {
 	return &cli, err
 }
 
-// withFork pretends a TCP forking engine is wired in.
-func withFork(t *testing.T) {
-	old := forkHandler
-	forkHandler = func() middlebox.ForkHandler { return fakeFork{} }
-	t.Cleanup(func() { forkHandler = old })
-}
-
-type fakeFork struct{ middlebox.ForkHandler }
-
 func TestMiddleboxFlagsDocumentedShape(t *testing.T) {
-	withFork(t)
 	cli, err := parseMiddlebox(t, "--tun", "sdn0", "--vip", "10.200.100.1",
 		"--multicast", "6379", "--anycast", "6380",
 		"--dc", "sydney=10.210.1.11:6379,10.210.1.12:6379",
@@ -101,7 +90,7 @@ func TestMiddleboxBadFlagsNameTheFlag(t *testing.T) {
 		{"both kinds", base(map[string][]string{"--multicast": {"6380"}}), "--multicast"},
 		{"bad port", base(map[string][]string{"--anycast": {"70000"}}), "--anycast"},
 		{"no port", base(map[string][]string{"--anycast": nil}), "--anycast"},
-		{"multicast unavailable", base(map[string][]string{"--multicast": {"6379"}}), "--multicast"},
+		{"min replicas", append(base(nil), "--min-replicas", "2"), "--min-replicas"},
 		{"tun mode", append(base(nil), "--tun-mode", "fast"), "--tun-mode"},
 		{"mtu", append(base(nil), "--mtu", "100"), "--mtu"},
 		{"max flows", append(base(nil), "--max-flows", "0"), "--max-flows"},
