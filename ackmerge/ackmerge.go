@@ -527,6 +527,13 @@ func (f *Flow) fromClient(buf []byte, p *packet.TCP, now time.Time, out *Out) {
 			return
 		}
 	}
+	if sl := p.SeqLen(); sl > 0 && seq.Add(seqnum.Size(sl)).LessThanEq(f.sentAck) {
+		// A retransmission of bytes we acknowledged: our ACK was lost.
+		// Repeat it at once, as a receiver does for an old segment.
+		f.sentAck, f.sentEdge = f.minAck, f.minEdge
+		f.build(out, ToClient, f.vip, f.client, uint32(f.sndNxt), uint32(f.minAck),
+			packet.FlagACK, f.clientWindow(), nil)
+	}
 	f.fanOut(buf, p, false, out)
 	f.checkClosed(now)
 }
@@ -685,6 +692,13 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		hi = f.coverEnd
 	}
 	switch {
+	case (plen > 0 || fin) && segEnd.LessThanEq(f.cliAcked) && segEnd.LessThanEq(f.coverEnd):
+		// Wholly acknowledged by the client already, yet retransmitted:
+		// this branch missed the client's ACK. Pass the segment on
+		// unchanged so the client acknowledges it again (an old segment
+		// makes a receiver ACK at once).
+		f.rewriteToClient(p, seqC)
+		f.emitInPlace(buf, 0, p, out)
 	case lo.LessThan(hi):
 		pEnd := hi
 		if end.LessThan(pEnd) {
@@ -934,8 +948,9 @@ func (f *Flow) recompute() {
 	}
 }
 
-// updateLag tracks, per branch, since when it lags the others (acks or
-// sends less) without progress.
+// updateLag tracks, per branch, since when it holds the others back (it
+// has the lowest ack or coverage while some branch is ahead) without
+// progress. Call after recompute.
 func (f *Flow) updateLag(k int, progressed bool, now time.Time) {
 	var maxAck, maxCov seqnum.Value
 	first := true
@@ -957,7 +972,8 @@ func (f *Flow) updateLag(k int, progressed bool, now time.Time) {
 		if b.removed || !b.answered {
 			continue
 		}
-		behind := b.acked.LessThan(maxAck) || b.cov.LessThan(maxCov)
+		behind := b.acked == f.minAck && f.minAck.LessThan(maxAck) ||
+			b.cov == f.minCov && f.minCov.LessThan(maxCov)
 		switch {
 		case !behind:
 			b.behindSince = time.Time{}

@@ -297,7 +297,38 @@ func TestRetransmittedReplyReforwardedUntilClientAcks(t *testing.T) {
 		t.Fatalf("retransmission not re-forwarded: %v", s)
 	}
 	h.send(0, nil, 5, 502) // client acks the reply
-	none(t, h.reply(1, 0, ok, 0, 500))
+	// A branch that still retransmits missed that ACK: the old segment
+	// goes to the client whole, which acknowledges it again at once.
+	s = only(t, h.reply(1, 0, ok, 0, 500), ToClient)
+	if !bytes.Equal(s.Data, ok) || h.relSeq(s) != 0 {
+		t.Fatalf("old segment not passed on whole: %v", s)
+	}
+	// The client's repeated ACK reaches every branch.
+	if out := h.send(0, nil, 5, 502); len(out) != 2 {
+		t.Fatalf("client ACK copies: %v", out)
+	}
+}
+
+// The client retransmitting bytes we already acknowledged lost our ACK:
+// the flow repeats it at once.
+func TestClientRetransmissionOfAckedBytesGetsACK(t *testing.T) {
+	h := newHarness(t, 2, Config{})
+	h.open()
+	h.send(0, []byte("SET"), 0, 502)
+	h.ack(0, 3, 500)
+	only(t, h.ack(1, 3, 500), ToClient) // lost on its way
+	out := h.send(0, []byte("SET"), 0, 502)
+	var acks, copies int
+	for _, s := range out {
+		if s.To == ToClient && h.relAck(s) == 3 {
+			acks++
+		} else if s.To >= 0 {
+			copies++
+		}
+	}
+	if acks != 1 || copies != 2 {
+		t.Fatalf("want one repeated ACK and two copies: %v", out)
+	}
 }
 
 // Out-of-order reply segments are dropped (the branch retransmits).

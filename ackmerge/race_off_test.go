@@ -1,0 +1,5 @@
+//go:build !race
+
+package ackmerge
+
+const raceEnabled = false
