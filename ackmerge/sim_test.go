@@ -520,7 +520,10 @@ func (s *sim) run(maxSteps int) {
 			s.t.Fatalf("server %d received a different client stream", k)
 		}
 	}
-	if s.killed >= 0 && s.f.Branch(s.killed).Live {
+	// A dead branch reported by failover is gone; one that died silently is
+	// removed only if it held the others back (completion shows it did not
+	// stall the flow).
+	if s.killed >= 0 && s.viaFO && s.f.Branch(s.killed).Live {
 		s.t.Fatalf("killed branch %d still live", s.killed)
 	}
 }
