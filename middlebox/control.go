@@ -2,6 +2,8 @@ package middlebox
 
 import (
 	"encoding/json"
+
+	"github.com/sdnkvs/sdnkvs/ackmerge"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -64,6 +66,20 @@ type FlowInfo struct {
 	PktsIn   uint64   `json:"packets_in"`
 	PktsOut  uint64   `json:"packets_out"`
 	State    string   `json:"state"`
+	// Forked flows only.
+	Branches []BranchInfo    `json:"branches,omitempty"`
+	Fork     *ackmerge.Stats `json:"fork,omitempty"`
+}
+
+// BranchInfo describes one branch of a forked flow.
+type BranchInfo struct {
+	Node     string `json:"node"`
+	Live     bool   `json:"live"`
+	Answered bool   `json:"answered"`
+	Cause    string `json:"cause,omitempty"`
+	Acked    uint64 `json:"acked_bytes"`
+	Covered  uint64 `json:"covered_bytes"`
+	Window   uint32 `json:"window"`
 }
 
 // Flows returns the flow table (for /flows), at most limit entries
@@ -94,8 +110,20 @@ func (m *Middlebox) Flows(limit int) []FlowInfo {
 		}
 		if f.kind == kindForked {
 			fi.Kind = "forked"
+			st := f.fork.Stats()
+			fi.Fork = &st
+			fi.State = f.fork.State().String()
+			for k := range f.fork.NumBranches() {
+				b := f.fork.Branch(k)
+				bi := BranchInfo{Node: b.Target.Addr.String(), Live: b.Live, Answered: b.Answered, Acked: b.Acked, Covered: b.Covered, Window: b.Window}
+				if !b.Live {
+					bi.Cause = b.Cause.String()
+				}
+				fi.Branches = append(fi.Branches, bi)
+			}
 		}
 		switch {
+		case fi.State != "":
 		case f.state == stClosing:
 			fi.State = "closing"
 		case f.finCli || f.finSrv:

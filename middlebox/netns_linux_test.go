@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ type nsRig struct {
 	mb *Middlebox
 }
 
-func newNSRig(t *testing.T, mode netstackio.TUNMode) *nsRig {
+func newNSRig(t *testing.T, mode netstackio.TUNMode, multicast ...uint16) *nsRig {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip", "ping")
@@ -37,6 +38,7 @@ func newNSRig(t *testing.T, mode netstackio.TUNMode) *nsRig {
 	var cfg Config
 	cfg.VIP = testbed.VIP
 	cfg.AnycastPorts = []uint16{anyPort}
+	cfg.MulticastPorts = multicast
 	var nodes []netip.AddrPort
 	for _, d := range tb.Config().DCs {
 		dc := DC{Name: d.Name}
@@ -103,11 +105,13 @@ func (r *nsRig) listen(t *testing.T, role string, port int, serve func(net.Conn)
 	}()
 }
 
-func (r *nsRig) dial(t *testing.T) net.Conn {
+func (r *nsRig) dial(t *testing.T) net.Conn { return r.dialPort(t, anyPort) }
+
+func (r *nsRig) dialPort(t *testing.T, port uint16) net.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := testbed.DialInNetns(ctx, r.tb.NS("client"), "tcp4", netip.AddrPortFrom(testbed.VIP, anyPort).String())
+	c, err := testbed.DialInNetns(ctx, r.tb.NS("client"), "tcp4", netip.AddrPortFrom(testbed.VIP, port).String())
 	if err != nil {
 		t.Fatalf("dial VIP: %v (middlebox %+v)", err, r.mb.Stats())
 	}
@@ -155,6 +159,24 @@ func testNetnsKernelTCP(t *testing.T, mode netstackio.TUNMode) {
 			t.Fatal("upload hash differs")
 		}
 		down := sha256.New()
+		// While the transfer is slow, log the flow's branches (diagnosis).
+		stop := make(chan struct{})
+		var logger sync.WaitGroup
+		defer func() { close(stop); logger.Wait() }()
+		logger.Add(1)
+		go func() {
+			defer logger.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(2 * time.Second):
+					for _, f := range r.mb.Flows(0) {
+						t.Logf("flow %+v fork %+v", f, *f.Fork)
+					}
+				}
+			}
+		}()
 		n, err := io.Copy(down, c)
 		if err != nil || n != int64(size) {
 			t.Fatalf("download: %d bytes, %v", n, err)
@@ -305,4 +327,105 @@ func (p *prng) Read(b []byte) (int, error) {
 		b[i] = byte(p.r.Uint64())
 	}
 	return len(b), nil
+}
+
+// TestNetnsForkedKernelTCP: kernel TCP client and servers, a connection to
+// the multicast port is forked to sydney and dublin; both receive every
+// byte, and the client gets one copy of the (identical) replies.
+func TestNetnsForkedKernelTCP(t *testing.T) {
+	const mcPort = 6390
+	r := newNSRig(t, netstackio.ModeOffload, mcPort)
+	var mu sync.Mutex
+	got := map[string]int64{}
+	for _, dc := range []string{"sydney", "dublin"} {
+		r.listen(t, dc, 6379, func(c net.Conn) {
+			defer c.Close()
+			n, _ := io.Copy(c, c)
+			mu.Lock()
+			got[c.LocalAddr().String()] += n
+			mu.Unlock()
+		})
+	}
+	t.Run("echo", func(t *testing.T) {
+		const size = 8 << 20
+		c := r.dialPort(t, mcPort)
+		up := sha256.New()
+		go func() {
+			io.Copy(c, io.TeeReader(io.LimitReader(newPRNG(3), size), up))
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		down := sha256.New()
+		// While the transfer is slow, log the flow's branches (diagnosis).
+		stop := make(chan struct{})
+		var logger sync.WaitGroup
+		defer func() { close(stop); logger.Wait() }()
+		logger.Add(1)
+		go func() {
+			defer logger.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(2 * time.Second):
+					for _, f := range r.mb.Flows(0) {
+						t.Logf("flow %+v fork %+v", f, *f.Fork)
+					}
+				}
+			}
+		}()
+		n, err := io.Copy(down, c)
+		if err != nil || n != size {
+			t.Fatalf("echo: %d bytes, %v (middlebox %+v)", n, err, r.mb.Stats())
+		}
+		if string(down.Sum(nil)) != string(up.Sum(nil)) {
+			t.Fatal("echo hash differs")
+		}
+		testenv.WaitFor(t, 5*time.Second, "both servers to finish", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(got) == 2
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		for node, n := range got {
+			if n != size {
+				t.Errorf("node %s echoed %d bytes, want %d; middlebox %+v", node, n, size, r.mb.Stats())
+			}
+		}
+	})
+}
+
+// TestNetnsForkedRedis: a redis SET through the multicast port is in both
+// DCs' redis-servers when the client sees OK.
+func TestNetnsForkedRedis(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "redis-server", "redis-cli")
+	const mcPort = 6390
+	r := newNSRig(t, netstackio.ModeOffload, mcPort)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, dc := range []string{"sydney", "dublin"} {
+		p, err := r.tb.Start(dc, []string{"redis-server", "--port", "6379", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no", "--protected-mode", "no"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Stop(2 * time.Second) })
+		if err := p.WaitOutput(ctx, "Ready to accept connections"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := r.tb.Exec(ctx, "client", "redis-cli", "-h", testbed.VIP.String(), "-p", fmt.Sprint(mcPort), "SET", "rpo", "zero")
+	if err != nil || strings.TrimSpace(string(out)) != "OK" {
+		t.Fatalf("SET through the multicast port: %q %v (middlebox %+v)", out, err, r.mb.Stats())
+	}
+	for _, dc := range []string{"sydney", "dublin"} {
+		node := r.tb.NodeAddrs(dc)[0] // redis listens on every node address of the DC
+		out, err := r.tb.Exec(ctx, dc, "redis-cli", "-h", node.String(), "-p", "6379", "GET", "rpo")
+		if err != nil || strings.TrimSpace(string(out)) != "zero" {
+			t.Errorf("%s: GET rpo = %q, %v; want zero", dc, out, err)
+		}
+	}
+	if fl := r.mb.Stats(); fl.FlowsCreated != 1 {
+		t.Errorf("flows created %d, want 1", fl.FlowsCreated)
+	}
 }
