@@ -44,6 +44,10 @@ func newGHost(t *testing.T, addr netip.Addr) *gHost {
 		t.Fatal(err)
 	}
 	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	sack := tcpip.TCPSACKEnabled(true)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
+		t.Fatal(err)
+	}
 	h := &gHost{s: s, ep: ep}
 	t.Cleanup(func() {
 		s.Close()
@@ -77,6 +81,9 @@ type forkDriver struct {
 	mu      sync.Mutex
 	stats   Stats
 	events  []Event
+	synSACK bool // the client's SYN offered SACK (so stripping is exercised)
+	loss    float64
+	r       *rand.Rand
 }
 
 func (d *forkDriver) reader(ctx context.Context, h *gHost, from int) {
@@ -128,10 +135,17 @@ func (d *forkDriver) run(ctx context.Context) {
 					panic(err)
 				}
 				d.f = f
+				o, _ := p.SynOptions()
+				d.mu.Lock()
+				d.synSACK = o.SACKOK
+				d.mu.Unlock()
 			}
 			d.f.Step(m.buf, &p, m.from, time.Now(), &d.out)
 		}
 		for _, e := range d.out.Pkts {
+			if d.loss > 0 && d.r.Float64() < d.loss {
+				continue
+			}
 			pkt := e.Buf[d.out.Offset:]
 			if e.To == ToClient {
 				d.cli.inject(pkt)
@@ -154,6 +168,13 @@ func (d *forkDriver) run(ctx context.Context) {
 // client receives the (identical) reply stream exactly, and nothing is
 // reset.
 func TestGVisorClientForkedToThreeServers(t *testing.T) {
+	t.Run("clean", func(t *testing.T) { testGVisorFork(t, 0) })
+	// 1% of the packets the middlebox emits are lost: gVisor recovers with
+	// cumulative ACKs only (SACK was stripped) through merged dup ACKs.
+	t.Run("loss=1%", func(t *testing.T) { testGVisorFork(t, 0.01) })
+}
+
+func testGVisorFork(t *testing.T, loss float64) {
 	const n = 3
 	size := 8 << 20
 	if testing.Short() || raceEnabled {
@@ -168,7 +189,7 @@ func TestGVisorClientForkedToThreeServers(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	d := &forkDriver{t: t, cli: newGHost(t, cliAddr.Addr()), in: make(chan gPkt, 8192)}
+	d := &forkDriver{t: t, cli: newGHost(t, cliAddr.Addr()), in: make(chan gPkt, 8192), loss: loss, r: rand.New(rand.NewSource(3))}
 	d.out.Offset = testOff
 	d.out.Alloc = func(n int) []byte { return make([]byte, n) }
 	for k := 0; k < n; k++ {
@@ -254,6 +275,12 @@ func TestGVisorClientForkedToThreeServers(t *testing.T) {
 		}
 	}
 	t.Logf("flow stats: %+v", d.stats)
+	if !d.synSACK {
+		t.Fatal("the client's SYN did not offer SACK: stripping not exercised")
+	}
+	if loss > 0 && d.stats.DupAcks == 0 {
+		t.Fatalf("no duplicate ACK passed on under loss: %+v", d.stats)
+	}
 	if d.stats.DupAcks+d.stats.Merged == 0 || d.stats.ToBranches < uint64(n*size/1500) {
 		t.Fatalf("implausible stats %+v", d.stats)
 	}

@@ -2,9 +2,11 @@ package ackmerge
 
 import (
 	"bytes"
+	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 )
 
@@ -619,4 +621,54 @@ func TestRetransmittedSynAckRepeated(t *testing.T) {
 		t.Fatalf("repeat %v vs %v", s, sa)
 	}
 	none(t, h.branchSynAck(1, 1450, 7, 65535)) // once per flow, not per branch
+}
+
+// IPv6 works the same way (addresses are rewritten in the pseudo-header
+// sum; the flow builds IPv6 SYN-ACKs).
+func TestIPv6Flow(t *testing.T) {
+	cli := netip.MustParseAddrPort("[fd00::1]:40000")
+	vip := netip.MustParseAddrPort("[fd00:200::1]:6379")
+	node := []netip.AddrPort{netip.MustParseAddrPort("[fd00:210:1::11]:6379"), netip.MustParseAddrPort("[fd00:210:2::11]:6379")}
+	f, err := NewFlow(Config{}, cli, vip, []Target{{Addr: node[0]}, {Addr: node[1], DC: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewFlow(Config{}, cli, vipAddr, []Target{{Addr: node[0]}}); err == nil {
+		t.Fatal("mixed families accepted")
+	}
+	out := Out{Offset: testOff, Alloc: func(n int) []byte { return make([]byte, n) }}
+	now := time.Unix(1, 0)
+	step := func(from int, s seg) []seg {
+		buf := mkPacket(s)
+		var p packet.TCP
+		if err := p.Parse(buf[testOff:], netstackio.VnetHdr(buf[testOff-netstackio.VnetHdrLen:testOff])); err != nil {
+			t.Fatal(err)
+		}
+		out.Reset()
+		f.Step(buf, &p, from, now, &out)
+		var r []seg
+		for _, e := range out.Pkts {
+			r = append(r, decode(t, e, testOff))
+		}
+		return r
+	}
+	if got := step(ToClient, seg{Src: cli, Dst: vip, Seq: 100, Flags: packet.FlagSYN, Wnd: 1000, Opts: synOpts}); len(got) != 2 || got[0].Dst != node[0] && got[1].Dst != node[0] {
+		t.Fatalf("SYN copies %v", got)
+	}
+	step(0, seg{Src: node[0], Dst: cli, Seq: 5000, Ack: 101, Flags: packet.FlagSYN | packet.FlagACK, Wnd: 9000, Opts: synAckOpts(1440, 7)})
+	sa := step(1, seg{Src: node[1], Dst: cli, Seq: 9000, Ack: 101, Flags: packet.FlagSYN | packet.FlagACK, Wnd: 9000, Opts: synAckOpts(1420, 7)})
+	if len(sa) != 1 || sa[0].Src != vip || sa[0].Dst != cli || sa[0].Seq != 5000 {
+		t.Fatalf("SYN-ACK %v", sa)
+	}
+	got := step(ToClient, seg{Src: cli, Dst: vip, Seq: 101, Ack: 5001, Flags: packet.FlagACK, Wnd: 100, Data: []byte("hello")})
+	for _, s := range got {
+		if want := map[netip.AddrPort]uint32{node[0]: 5001, node[1]: 9001}[s.Dst]; s.Ack != want || string(s.Data) != "hello" {
+			t.Fatalf("copy %v", s)
+		}
+	}
+	step(0, seg{Src: node[0], Dst: cli, Seq: 5001, Ack: 106, Flags: packet.FlagACK, Wnd: 100, Data: []byte("+OK")})
+	r := step(1, seg{Src: node[1], Dst: cli, Seq: 9001, Ack: 106, Flags: packet.FlagACK, Wnd: 100, Data: []byte("+OK")})
+	if len(r) != 1 || r[0].Seq != 5001 || r[0].Ack != 106 || string(r[0].Data) != "+OK" || r[0].Src != vip {
+		t.Fatalf("reply %v", r)
+	}
 }
