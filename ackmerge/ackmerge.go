@@ -246,6 +246,14 @@ type branch struct {
 	behindSince          time.Time
 }
 
+// coverFin is the branch's coverage in sequence space, its FIN included.
+func (b *branch) coverFin() seqnum.Value {
+	if b.fin {
+		return b.cov.Add(1)
+	}
+	return b.cov
+}
+
 // Flow is one forked connection. Not safe for concurrent use.
 type Flow struct {
 	cfg    Config
@@ -952,18 +960,24 @@ func (f *Flow) recompute() {
 // has the lowest ack or coverage while some branch is ahead) without
 // progress. Call after recompute.
 func (f *Flow) updateLag(k int, progressed bool, now time.Time) {
-	var maxAck, maxCov seqnum.Value
+	// Coverage counts the FIN: a branch whose FIN is missing while the
+	// others closed holds the client's FIN back.
+	var maxAck, maxCov, minCov seqnum.Value
 	first := true
 	for j := range f.br {
 		b := &f.br[j]
 		if b.removed || !b.answered {
 			continue
 		}
+		c := b.coverFin()
 		if first || maxAck.LessThan(b.acked) {
 			maxAck = b.acked
 		}
-		if first || maxCov.LessThan(b.cov) {
-			maxCov = b.cov
+		if first || maxCov.LessThan(c) {
+			maxCov = c
+		}
+		if first || c.LessThan(minCov) {
+			minCov = c
 		}
 		first = false
 	}
@@ -973,7 +987,7 @@ func (f *Flow) updateLag(k int, progressed bool, now time.Time) {
 			continue
 		}
 		behind := b.acked == f.minAck && f.minAck.LessThan(maxAck) ||
-			b.cov == f.minCov && f.minCov.LessThan(maxCov)
+			b.coverFin() == minCov && minCov.LessThan(maxCov)
 		switch {
 		case !behind:
 			b.behindSince = time.Time{}

@@ -509,6 +509,7 @@ func (s *sim) run(maxSteps int) {
 		for k, e := range s.srv {
 			st = append(st, fmt.Sprintf("srv%d rcv=%d/%d fin=%v una=%d nxt=%d edge=%d live=%v", k, len(e.rcv), len(s.cli.snd), e.finRcvd, e.una, e.nxt, e.peerEdge, s.f.Branch(k).Live))
 		}
+		s.t.Logf("%s killed=%d viaFO=%v coverEnd=%d cliAcked=%d sndNxt=%d", s.dump(), s.killed, s.viaFO, uint32(s.f.coverEnd)-uint32(s.f.issRef)-1, uint32(s.f.cliAcked)-uint32(s.f.issRef)-1, uint32(s.f.sndNxt)-uint32(s.f.issRef)-1)
 		s.t.Fatalf("transfer incomplete after %d steps: client rcv=%d/%d fin=%v una=%d nxt=%d edge=%d finAcked=%v state=%v %v",
 			s.steps, len(s.cli.rcv), len(s.srv[0].snd), s.cli.finRcvd, s.cli.una, s.cli.nxt, s.cli.peerEdge, s.cli.finAcked, s.f.State(), st)
 	}
