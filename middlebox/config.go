@@ -46,6 +46,10 @@ type Config struct {
 	// TickInterval is how often forked flows' timers run (default 100ms).
 	TickInterval time.Duration
 
+	// Failover turns on the failure detector and its probes (nil: node
+	// liveness changes only through SetNodeLive).
+	Failover *FailoverConfig
+
 	// Now is the clock (default time.Now); tests pass their own.
 	Now func() time.Time
 }

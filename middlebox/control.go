@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 
 	"github.com/sdnkvs/sdnkvs/ackmerge"
+	"github.com/sdnkvs/sdnkvs/failover"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -151,6 +153,11 @@ type NodeInfo struct {
 	Live        bool   `json:"live"`
 	ActiveFlows int64  `json:"active_flows"`
 	TotalFlows  uint64 `json:"total_flows"`
+	// With a failure detector:
+	Cause       string  `json:"cause,omitempty"`        // of the last transition
+	Since       string  `json:"since,omitempty"`        // time of the last transition
+	ProbeMisses int     `json:"probe_misses,omitempty"` // consecutive
+	SRTTms      float64 `json:"srtt_ms,omitempty"`
 }
 
 type DCInfo struct {
@@ -158,10 +165,32 @@ type DCInfo struct {
 	Preference int        `json:"preference"` // 0 is the most preferred
 	Live       bool       `json:"live"`       // at least one live node
 	Nodes      []NodeInfo `json:"nodes"`
+	// Transitions are the detector's recent decisions about this DC and
+	// its nodes, oldest first.
+	Transitions []TransitionInfo `json:"transitions,omitempty"`
+}
+
+// TransitionInfo is one failover decision for /dcs.
+type TransitionInfo struct {
+	At     string `json:"at"`
+	Kind   string `json:"kind"`
+	Node   string `json:"node,omitempty"`
+	Signal string `json:"signal"`
+	Cause  string `json:"cause"`
 }
 
 // DCs returns the DCs in preference order with their nodes' state.
 func (m *Middlebox) DCs() []DCInfo {
+	var trans []failover.Transition
+	status := make([]failover.NodeStatus, len(m.nodes))
+	if m.det != nil {
+		m.mu.Lock()
+		trans = m.det.Transitions()
+		for i := range m.nodes {
+			status[i], _ = m.det.NodeState(failover.NodeID(i))
+		}
+		m.mu.Unlock()
+	}
 	out := make([]DCInfo, 0, len(m.dcs))
 	for d, dc := range m.dcs {
 		di := DCInfo{Name: dc.Name, Preference: d}
@@ -169,7 +198,24 @@ func (m *Middlebox) DCs() []DCInfo {
 			n := m.nodes[ni]
 			live := n.live.Load()
 			di.Live = di.Live || live
-			di.Nodes = append(di.Nodes, NodeInfo{Addr: n.ap.String(), Live: live, ActiveFlows: n.flows.Load(), TotalFlows: n.total.Load()})
+			info := NodeInfo{Addr: n.ap.String(), Live: live, ActiveFlows: n.flows.Load(), TotalFlows: n.total.Load()}
+			if st := status[ni]; m.det != nil {
+				info.Cause, info.ProbeMisses, info.SRTTms = st.Cause, st.Misses, float64(st.SRTT)/1e6
+				if !st.Since.IsZero() {
+					info.Since = st.Since.Format(time.RFC3339Nano)
+				}
+			}
+			di.Nodes = append(di.Nodes, info)
+		}
+		for _, tr := range trans {
+			if int(tr.DC) != d {
+				continue
+			}
+			ti := TransitionInfo{At: tr.At.Format(time.RFC3339Nano), Kind: tr.Kind.String(), Signal: tr.Signal.String(), Cause: tr.Cause}
+			if tr.Node >= 0 && int(tr.Node) < len(m.nodes) {
+				ti.Node = m.nodes[tr.Node].ap.String()
+			}
+			di.Transitions = append(di.Transitions, ti)
 		}
 		out = append(out, di)
 	}
@@ -182,6 +228,8 @@ type collector struct {
 	pktsIn, pktsOut, bytesIn, bytesOut, local, rst *prometheus.Desc
 	drops, active, created, expired, reset         *prometheus.Desc
 	nodeFlows, nodeTotal, nodeLive                 *prometheus.Desc
+	nodeDowns, nodeUps, failoverRST, branchRemoved *prometheus.Desc
+	forkResets, probesLost                         *prometheus.Desc
 }
 
 func newCollector(m *Middlebox) *collector {
@@ -189,26 +237,32 @@ func newCollector(m *Middlebox) *collector {
 		return prometheus.NewDesc("sdnkvs_middlebox_"+name, help, labels, nil)
 	}
 	return &collector{
-		m:         m,
-		pktsIn:    d("packets_in_total", "Packets read from the device."),
-		pktsOut:   d("packets_out_total", "Packets written to the device."),
-		bytesIn:   d("bytes_in_total", "IP bytes read from the device."),
-		bytesOut:  d("bytes_out_total", "IP bytes written to the device."),
-		local:     d("local_packets_total", "Packets delivered to the middlebox's own stack (ICMP, non-service ports)."),
-		rst:       d("rst_sent_total", "RSTs sent to clients (flow table full, no live node)."),
-		drops:     d("drops_total", "Packets dropped, by reason.", "reason"),
-		active:    d("flows_active", "Flows in the flow table."),
-		created:   d("flows_created_total", "Flows created."),
-		expired:   d("flows_expired_total", "Flows removed by idle timeout or after their FIN linger."),
-		reset:     d("flows_reset_total", "Flows removed by a RST."),
-		nodeFlows: d("node_flows_active", "Active flows per node.", "dc", "node"),
-		nodeTotal: d("node_flows_total", "Flows ever assigned per node.", "dc", "node"),
-		nodeLive:  d("node_live", "1 if the node is considered live.", "dc", "node"),
+		m:             m,
+		pktsIn:        d("packets_in_total", "Packets read from the device."),
+		pktsOut:       d("packets_out_total", "Packets written to the device."),
+		bytesIn:       d("bytes_in_total", "IP bytes read from the device."),
+		bytesOut:      d("bytes_out_total", "IP bytes written to the device."),
+		local:         d("local_packets_total", "Packets delivered to the middlebox's own stack (ICMP, non-service ports)."),
+		rst:           d("rst_sent_total", "RSTs sent to clients (flow table full, no live node)."),
+		drops:         d("drops_total", "Packets dropped, by reason.", "reason"),
+		active:        d("flows_active", "Flows in the flow table."),
+		created:       d("flows_created_total", "Flows created."),
+		expired:       d("flows_expired_total", "Flows removed by idle timeout or after their FIN linger."),
+		reset:         d("flows_reset_total", "Flows removed by a RST."),
+		nodeFlows:     d("node_flows_active", "Active flows per node.", "dc", "node"),
+		nodeTotal:     d("node_flows_total", "Flows ever assigned per node.", "dc", "node"),
+		nodeLive:      d("node_live", "1 if the node is considered live.", "dc", "node"),
+		nodeDowns:     d("failover_node_down_total", "Nodes declared down by the failure detector."),
+		nodeUps:       d("failover_node_up_total", "Nodes readmitted by the failure detector."),
+		failoverRST:   d("failover_rst_total", "RSTs sent to clients of anycast flows on nodes declared down (also in rst_sent_total)."),
+		branchRemoved: d("fork_branches_removed_total", "Branches removed from forked flows (failover, lag, RST, divergence)."),
+		forkResets:    d("fork_client_resets_total", "Forked flows whose client was reset (fewer live branches than min replicas)."),
+		probesLost:    d("failover_probes_lost_total", "Probe results dropped because the queue to the detector was full."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive} {
+	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.forkResets, c.probesLost} {
 		ch <- d
 	}
 }
@@ -232,6 +286,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(c.created, s.FlowsCreated)
 	cnt(c.expired, s.FlowsExpired)
 	cnt(c.reset, s.FlowsReset)
+	cnt(c.nodeDowns, m.c.nodeDowns.Load())
+	cnt(c.nodeUps, m.c.nodeUps.Load())
+	cnt(c.failoverRST, m.c.failoverRSTs.Load())
+	cnt(c.branchRemoved, m.c.branchesRemoved.Load())
+	cnt(c.forkResets, m.c.forkResets.Load())
+	cnt(c.probesLost, m.c.probesLost.Load())
 	for _, n := range m.nodes {
 		dc, addr := m.dcs[n.dc].Name, n.ap.String()
 		ch <- prometheus.MustNewConstMetric(c.nodeFlows, prometheus.GaugeValue, float64(n.flows.Load()), dc, addr)

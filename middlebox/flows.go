@@ -63,6 +63,9 @@ type flow struct {
 	pktsOut     uint64
 	bytesIn     uint64 // client -> nodes, IP bytes
 	bytesOut    uint64
+	cliISS      uint32 // the client's SYN sequence number
+	cliAck      uint32 // the client's highest acknowledgement (its rcv.nxt)
+	haveCliAck  bool
 	fork        *ackmerge.Flow
 	gone        uint8 // bitmask of branches the fork removed
 }

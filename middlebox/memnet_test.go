@@ -1,10 +1,17 @@
 package middlebox
 
 import (
+	"errors"
+	"net/http"
+	"os"
+	"sync/atomic"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"github.com/sdnkvs/sdnkvs/failover"
+	"github.com/sdnkvs/sdnkvs/failover/prober"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"io"
 	"math/rand/v2"
@@ -56,8 +63,14 @@ func testConfig() Config {
 
 func newRig(t *testing.T, cfg Config, serve func(net.Conn)) *rig {
 	t.Helper()
+	return newRigOpts(t, cfg, serve, memnet.Options{})
+}
+
+func newRigOpts(t *testing.T, cfg Config, serve func(net.Conn), opts memnet.Options) *rig {
+	t.Helper()
 	tr := &tracer{}
-	n := memnet.New(memnet.Options{Trace: tr.add})
+	opts.Trace = tr.add
+	n := memnet.New(opts)
 	t.Cleanup(n.Close)
 	mbEnd, routerEnd := netstackio.MemPipe(netstackio.PipeOptions{NameA: "mb", NameB: "router"})
 	m, err := New(mbEnd, cfg)
@@ -411,5 +424,88 @@ func TestForkedFlowReachesEveryDC(t *testing.T) {
 	}
 	if fl := r.mb.Flows(0); len(fl) == 1 && (fl[0].Kind != "forked" || len(fl[0].Nodes) != 2) {
 		t.Errorf("flow %+v", fl[0])
+	}
+}
+
+// TestFailoverCutMovesAnycastClients: probes (through a memnet host, as
+// from the gateway) watch every node's /ready; when sydney is cut, the
+// detector declares it down, the live anycast flow to it gets a RST the
+// client accepts, and the client's reconnection lands in dublin.
+func TestFailoverCutMovesAnycastClients(t *testing.T) {
+	var cut atomic.Bool
+	sydney := map[[4]byte]bool{syd1.Addr().As4(): true, syd2.Addr().As4(): true}
+	filter := func(from string, pkt []byte) bool {
+		if !cut.Load() || len(pkt) < 20 {
+			return true
+		}
+		return !sydney[[4]byte(pkt[12:16])] && !sydney[[4]byte(pkt[16:20])]
+	}
+	cfg := testConfig()
+	// The rig's network is built inside newRig; probes dial through a
+	// "gw" host added to it, so the prober's DialContext is set after.
+	var gw atomic.Pointer[memnet.Host]
+	cfg.Failover = &FailoverConfig{
+		Detector: failover.Config{Mode: failover.Fast, ReadmitAfter: 300 * time.Millisecond},
+		Probe:    ProbeReady,
+		Prober: prober.Config{Interval: 50 * time.Millisecond, MinTimeout: 100 * time.Millisecond, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			h := gw.Load()
+			if h == nil {
+				return nil, errors.New("no gw host yet")
+			}
+			return h.DialTCP(ctx, netip.MustParseAddrPort(addr))
+		}},
+	}
+	r := newRigOpts(t, cfg, whoServer, memnet.Options{Filter: filter})
+	g, err := r.net.AddHost("gw", netip.MustParseAddr("10.200.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.Store(g)
+	for _, dc := range []string{"sydney", "dublin"} {
+		ln, err := r.dcs[dc].ListenTCP(netip.MustParseAddrPort("0.0.0.0:8379"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ready")) })}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	}
+	// Wait until the detector has RTT samples (probes answer).
+	testenv.WaitFor(t, 5*time.Second, "probes to answer", func() bool {
+		st, ok := r.mb.failoverNodeLocked(0)
+		return ok && st.LastHeard.After(time.Time{})
+	})
+	c := r.dial(t, anyPort)
+	if got := readLine(t, c); got != syd1.String() && got != syd2.String() {
+		t.Fatalf("before the cut: served by %s", got)
+	}
+	cut.Store(true)
+	start := time.Now()
+	// The client's flow is reset: a read fails (RST accepted).
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read on a flow to a cut DC succeeded")
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("flow to the cut DC was not reset within 10s (middlebox %+v)", r.mb.Stats())
+	}
+	t.Logf("client reset %v after the cut", time.Since(start))
+	if got := r.whoAnswers(t); got != dub1.String() {
+		t.Fatalf("after the cut: served by %s, want %s", got, dub1)
+	}
+	dcs := r.mb.DCs()
+	if dcs[0].Live || !dcs[1].Live {
+		t.Errorf("/dcs live %v/%v, want false/true", dcs[0].Live, dcs[1].Live)
+	}
+	if tr := dcs[0].Transitions; len(tr) == 0 || tr[len(tr)-1].Kind != "DCDown" || dcs[0].Nodes[0].Cause == "" {
+		t.Errorf("/dcs sydney transitions %+v, node %+v", tr, dcs[0].Nodes[0])
+	}
+	if s := r.mb.Stats(); s.RSTSent == 0 {
+		t.Error("no RST counted")
+	}
+	// Heal: sydney is readmitted (probes ready for ReadmitAfter) for new flows.
+	cut.Store(false)
+	testenv.WaitFor(t, 5*time.Second, "sydney readmitted", func() bool { return r.mb.DCs()[0].Live })
+	if got := r.whoAnswers(t); got != syd1.String() && got != syd2.String() {
+		t.Fatalf("after heal: served by %s, want sydney", got)
 	}
 }

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/ackmerge"
+	"github.com/sdnkvs/sdnkvs/failover"
+	"github.com/sdnkvs/sdnkvs/failover/prober"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -92,6 +94,8 @@ type counters struct {
 	local, rstSent                         atomic.Uint64
 	flowsCreated, flowsExpired, flowsReset atomic.Uint64
 	branchesRemoved, forkResets            atomic.Uint64
+	nodeDowns, nodeUps, failoverRSTs       atomic.Uint64
+	probesLost                             atomic.Uint64
 	drops                                  [numReasons]atomic.Uint64
 }
 
@@ -139,6 +143,16 @@ type Middlebox struct {
 	touts  [][]byte
 	forked int // forked flows in the table
 
+	// Failure detection (nil without Config.Failover). det is guarded by mu.
+	det               *failover.Detector[detKey]
+	prober            *prober.Prober
+	probeMu           sync.Mutex
+	probes            []prober.Result // queued by probeReport
+	probesWork        []prober.Result // swapped in by the timer goroutine
+	probeWake         chan struct{}
+	resetPending      atomic.Bool
+	rstPool, rstInUse [][]byte // small buffers for failover RSTs (timer goroutine)
+
 	closeOnce sync.Once
 	closed    chan struct{}
 	sweepDone chan struct{}
@@ -177,6 +191,7 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 		tab:       newFlowTable(cfg.MaxFlows),
 		closed:    make(chan struct{}),
 		sweepDone: make(chan struct{}),
+		probeWake: make(chan struct{}, 1),
 		log:       slog.Default().With("component", "middlebox"),
 	}
 	for _, p := range cfg.AnycastPorts {
@@ -229,8 +244,23 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 	m.fout = ackmerge.Out{Offset: m.offset, Alloc: m.alloc, Pkts: make([]ackmerge.Emit, 0, 2*MaxBranches), Events: make([]ackmerge.Event, 0, 2*MaxBranches)}
 	m.tout = ackmerge.Out{Offset: m.offset, Alloc: m.tickAlloc}
 	m.tinUse = make([][]byte, 0, tickPoolSize)
+	rl := m.offset + 40
+	rb := make([]byte, rstBufs*rl)
+	for i := range rstBufs {
+		m.rstPool = append(m.rstPool, rb[i*rl:(i+1)*rl:(i+1)*rl])
+	}
+	m.rstInUse = make([][]byte, 0, rstBufs)
+	if cfg.Failover != nil {
+		if err := m.startFailover(); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	st.SetOutput(m.stackOutput)
 	go m.sweeper()
+	if m.prober != nil {
+		m.prober.Start()
+	}
 	return m, nil
 }
 
@@ -240,10 +270,14 @@ func (m *Middlebox) Stack() *netstackio.Stack { return m.stack }
 // Config returns the validated configuration.
 func (m *Middlebox) Config() Config { return m.cfg }
 
-// SetNodeLive marks a node live or dead. New flows avoid dead nodes (and
-// DCs with no live node) at once; existing flows are not touched. It is
-// the hook the failover detector drives. It reports an error for a node
-// that is not configured.
+// SetNodeLive marks a node live or dead, as the failure detector's
+// decisions do (Config.Failover); with a detector running, its next
+// decision about the node overrides this. New flows avoid dead nodes (and
+// DCs with no live node) at once; anycast flows on a node marked dead get
+// a RST towards their client (which reconnects and lands on a live node);
+// forked flows drop its branch at the next timer tick; a node marked live
+// again serves new flows only. It reports an error for a node that is not
+// configured.
 func (m *Middlebox) SetNodeLive(n netip.AddrPort, live bool) error {
 	if !n.Addr().Unmap().Is4() {
 		return fmt.Errorf("middlebox: unknown node %s", n)
@@ -254,6 +288,9 @@ func (m *Middlebox) SetNodeLive(n netip.AddrPort, live bool) error {
 	}
 	if m.nodes[i].live.Swap(live) != live {
 		m.log.Info("node liveness", "node", n, "dc", m.dcs[m.nodes[i].dc].Name, "live", live)
+		if !live {
+			m.wakeReset()
+		}
 	}
 	return nil
 }
@@ -270,6 +307,9 @@ func (m *Middlebox) Close() error {
 	var err error
 	m.closeOnce.Do(func() {
 		close(m.closed)
+		if m.prober != nil {
+			m.prober.Close()
+		}
 		err = m.dev.Close()
 		<-m.sweepDone
 		m.stack.Close()
@@ -479,7 +519,7 @@ func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
 			return 0, verdictDrop
 		}
 		var r Reason
-		i, r = m.newFlow(k)
+		i, r = m.newFlow(k, p.Seq())
 		if i < 0 {
 			m.drop(r)
 			if r == ReasonTableFull || r == ReasonNoLiveNode {
@@ -488,10 +528,18 @@ func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
 			return 0, verdictDrop
 		}
 	}
+	if m.det != nil {
+		m.observeClient(i, p)
+	}
 	f := &m.tab.slab[i]
 	f.last = m.nowUnix
 	f.pktsIn++
 	f.bytesIn += uint64(len(p.Buf))
+	if fl&packet.FlagACK != 0 {
+		if a := p.Ack(); !f.haveCliAck || int32(a-f.cliAck) > 0 {
+			f.cliAck, f.haveCliAck = a, true
+		}
+	}
 	if f.kind == kindForked {
 		m.stepFork(i, buf, p, ackmerge.ToClient)
 		return 0, verdictConsumed
@@ -524,13 +572,16 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16, buf []byte) (int, verdict
 	if fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && f.state == stSynSent {
 		f.state = stEstablished
 	}
-	if f.kind == kindForked {
-		k := 0
-		for j := 0; j < int(f.nbranch); j++ {
-			if f.nodes[j] == ni {
-				k = j
-			}
+	k := 0
+	for j := 0; j < int(f.nbranch); j++ {
+		if f.nodes[j] == ni {
+			k = j
 		}
+	}
+	if m.det != nil {
+		m.observeServer(i, k, p)
+	}
+	if f.kind == kindForked {
 		m.stepFork(i, buf, p, k)
 		return 0, verdictConsumed
 	}
@@ -638,7 +689,7 @@ func (m *Middlebox) trackClose(f *flow, p *packet.TCP, client bool) {
 
 // newFlow creates a flow for a client SYN; it returns -1 and a reason when
 // it cannot.
-func (m *Middlebox) newFlow(k fwdKey) (int32, Reason) {
+func (m *Middlebox) newFlow(k fwdKey, iss uint32) (int32, Reason) {
 	t := m.tab
 	forked := m.ports[k.vport] == portMulticast
 	var nodes [MaxBranches]uint16
@@ -667,7 +718,7 @@ func (m *Middlebox) newFlow(k fwdKey) (int32, Reason) {
 		return -1, ReasonTableFull
 	}
 	f := &t.slab[i]
-	*f = flow{used: true, kind: kindAnycast, state: stSynSent, key: k, nodes: nodes, nbranch: uint8(nb), created: m.nowUnix, last: m.nowUnix}
+	*f = flow{used: true, kind: kindAnycast, state: stSynSent, key: k, nodes: nodes, nbranch: uint8(nb), created: m.nowUnix, last: m.nowUnix, cliISS: iss}
 	if forked {
 		f.kind = kindForked
 		for j := range nb {
@@ -724,6 +775,9 @@ func (m *Middlebox) removeFlow(i int32) {
 	f := &t.slab[i]
 	delete(t.fwd, f.key)
 	for j := 0; j < int(f.nbranch); j++ {
+		if m.det != nil {
+			m.det.FlowEnded(detKey{f.key, uint8(j)})
+		}
 		n := m.nodes[f.nodes[j]]
 		delete(t.rev, revKey{node: n.key.addr, cli: f.key.cli, nport: n.key.port, cport: f.key.cport})
 		if f.gone&(1<<j) == 0 {
@@ -742,19 +796,7 @@ func (m *Middlebox) rstToClient(p *packet.TCP) (int, verdict) {
 	cli, cport, vport := p.SrcAddr4(), p.SrcPort(), p.DstPort()
 	ack := p.Seq() + uint32(p.SeqLen())
 	b := p.Buf[:40]
-	clear(b)
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[2:], 40)
-	b[8] = 64
-	b[9] = packet.ProtoTCP
-	copy(b[12:16], m.vip[:])
-	copy(b[16:20], cli[:])
-	t := b[20:]
-	binary.BigEndian.PutUint16(t[0:], vport)
-	binary.BigEndian.PutUint16(t[2:], cport)
-	binary.BigEndian.PutUint32(t[8:], ack)
-	t[12] = 5 << 4
-	t[13] = packet.FlagRST | packet.FlagACK
+	writeTCPHeader(b, m.vip, cli, vport, cport, 0, ack, packet.FlagRST|packet.FlagACK)
 	vnet := p.Vnet
 	vnet.Clear()
 	if err := p.Parse(b, vnet); err != nil {
@@ -792,13 +834,40 @@ func (m *Middlebox) Expire(now time.Time) int {
 		}
 	}
 	m.c.flowsExpired.Add(uint64(removed))
+	if m.det != nil {
+		m.detectorTimers(now)
+	}
+	m.resetDeadAnycast()
 	m.mu.Unlock()
+	m.flushTimerOutput()
+	return removed
+}
+
+// flushTimerOutput writes what a timer pass produced and returns its
+// buffers (under expireMu).
+func (m *Middlebox) flushTimerOutput() {
 	if len(m.touts) > 0 {
 		m.write(m.touts)
 	}
 	m.tpool = append(m.tpool, m.tinUse...)
 	m.tinUse = m.tinUse[:0]
-	return removed
+	m.rstPool = append(m.rstPool, m.rstInUse...)
+	m.rstInUse = m.rstInUse[:0]
+}
+
+// probeTimers feeds queued probe results to the detector and applies its
+// decisions, without the full flow-table sweep of Expire.
+func (m *Middlebox) probeTimers(now time.Time) {
+	m.expireMu.Lock()
+	defer m.expireMu.Unlock()
+	m.mu.Lock()
+	m.touts = m.touts[:0]
+	if m.det != nil {
+		m.detectorTimers(now)
+	}
+	m.resetDeadAnycast()
+	m.mu.Unlock()
+	m.flushTimerOutput()
 }
 
 // tickFork runs forked flow i's timers and removes branches on nodes
@@ -833,6 +902,8 @@ func (m *Middlebox) sweeper() {
 			return
 		case <-t.C:
 			m.Expire(m.cfg.Now())
+		case <-m.probeWake:
+			m.probeTimers(m.cfg.Now())
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/middlebox"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 )
@@ -39,6 +40,11 @@ type MiddleboxCmd struct {
 	MTU         int           `name:"mtu" default:"1500" help:"TUN MTU."`
 	MaxFlows    int           `name:"max-flows" default:"262144" help:"Flow table size; new connections beyond it get a RST."`
 	IdleTimeout time.Duration `name:"idle-timeout" default:"5m" help:"Remove flows idle this long."`
+
+	Detector      string        `name:"detector" enum:"none,paper,fast" default:"none" help:"Failure detector: none (liveness only via the API), paper (Algorithm 1: duplicate client segments), fast (all signals: duplicates, silence, ack lag, probes)."`
+	Probe         string        `name:"probe" enum:"ready,tcp,none" default:"ready" help:"Detector probes: ready (HTTP GET http://<node-ip>:<probe-port>/ready), tcp (connect to <node-ip>:<probe-port>), none."`
+	ProbePort     uint16        `name:"probe-port" default:"8379" help:"Port probed on each node (not the service port: its replies are routed into the TUN)."`
+	ProbeInterval time.Duration `name:"probe-interval" default:"100ms" help:"Interval between probes of one node."`
 
 	MinReplicas      int           `name:"min-replicas" default:"1" help:"Forked flows: fewest live DCs a connection may run on; below it the client gets a RST."`
 	HandshakeTimeout time.Duration `name:"handshake-timeout" default:"3s" help:"Forked flows: DCs that have not answered the SYN by then are left out."`
@@ -128,6 +134,40 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 	if c.HandshakeTimeout <= 0 || c.BranchTimeout <= 0 {
 		return cfg, errors.New("--handshake-timeout/--branch-timeout: must be positive")
 	}
+	if c.Detector != "none" {
+		mode, err := failover.ParseMode(c.Detector)
+		if err != nil {
+			return cfg, fmt.Errorf("--detector: %w", err)
+		}
+		fc := &middlebox.FailoverConfig{Detector: failover.DefaultConfig(), ReadyPort: c.ProbePort, ProbePort: c.ProbePort}
+		fc.Detector.Mode = mode
+		switch c.Probe {
+		case "ready":
+			fc.Probe = middlebox.ProbeReady
+		case "tcp":
+			fc.Probe = middlebox.ProbeTCP
+		}
+		if c.ProbePort == 0 {
+			return cfg, errors.New("--probe-port: 0")
+		}
+		if fc.Probe != middlebox.ProbeNone {
+			for _, dc := range cfg.DCs {
+				for _, n := range dc.Nodes {
+					if n.Port() == c.ProbePort {
+						return cfg, fmt.Errorf("--probe-port: %d is node %s's service port, whose replies go into the TUN", c.ProbePort, n)
+					}
+				}
+			}
+		}
+		if c.ProbeInterval < 10*time.Millisecond {
+			return cfg, fmt.Errorf("--probe-interval: %v is below 10ms", c.ProbeInterval)
+		}
+		fc.Prober.Interval = c.ProbeInterval
+		if err := fc.Detector.Validate(); err != nil {
+			return cfg, fmt.Errorf("--detector: %w", err)
+		}
+		cfg.Failover = fc
+	}
 	cfg.Fork.MinReplicas = c.MinReplicas
 	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
 	cfg.Fork.BranchTimeout = c.BranchTimeout
@@ -191,7 +231,7 @@ func (c *MiddleboxCmd) Run(g *Globals) error {
 	runErr := make(chan error, 1)
 	go func() { runErr <- mb.Run() }()
 	log.Info("middlebox running", "tun", c.TUN, "mode", mode, "vip", cfg.VIP, "anycast", c.Anycast, "multicast", c.Multicast,
-		"dcs", len(cfg.DCs), "control", ln.Addr().String())
+		"dcs", len(cfg.DCs), "control", ln.Addr().String(), "detector", c.Detector)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)

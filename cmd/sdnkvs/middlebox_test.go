@@ -43,6 +43,24 @@ func TestMiddleboxFlagsDocumentedShape(t *testing.T) {
 	}
 }
 
+func TestMiddleboxDetectorFlags(t *testing.T) {
+	cli, err := parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379", "--detector", "paper", "--probe", "tcp", "--probe-port", "7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cli.Middlebox.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Failover == nil || cfg.Failover.Detector.Mode.String() != "paper" || cfg.Failover.ProbePort != 7000 {
+		t.Fatalf("failover config %+v", cfg.Failover)
+	}
+	cli, _ = parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379")
+	if cfg, _ := cli.Middlebox.config(); cfg.Failover != nil {
+		t.Fatal("detector on by default")
+	}
+}
+
 func TestMiddleboxRepeatedAndListPorts(t *testing.T) {
 	cli, err := parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380,6381", "--anycast", "6382",
 		"--dc", "a=10.0.0.1:1", "--tun-mode", "plain", "--max-flows", "10", "--idle-timeout", "30s")
@@ -91,6 +109,9 @@ func TestMiddleboxBadFlagsNameTheFlag(t *testing.T) {
 		{"bad port", base(map[string][]string{"--anycast": {"70000"}}), "--anycast"},
 		{"no port", base(map[string][]string{"--anycast": nil}), "--anycast"},
 		{"min replicas", append(base(nil), "--min-replicas", "2"), "--min-replicas"},
+		{"detector", append(base(nil), "--detector", "slow"), "--detector"},
+		{"probe port is service port", append(base(nil), "--detector", "fast", "--probe-port", "6379"), "--probe-port"},
+		{"probe interval", append(base(nil), "--detector", "fast", "--probe-interval", "1ms"), "--probe-interval"},
 		{"tun mode", append(base(nil), "--tun-mode", "fast"), "--tun-mode"},
 		{"mtu", append(base(nil), "--mtu", "100"), "--mtu"},
 		{"max flows", append(base(nil), "--max-flows", "0"), "--max-flows"},
