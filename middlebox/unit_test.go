@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -292,8 +293,17 @@ func TestSuperPacketPassesUnsplit(t *testing.T) {
 }
 
 func TestHotPathAllocatesNothing(t *testing.T) {
+	t.Run("plain", func(t *testing.T) { testHotPathAllocs(t, testConfig()) })
+	t.Run("detector", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.Failover = &FailoverConfig{Detector: failover.Config{Mode: failover.Fast}}
+		testHotPathAllocs(t, cfg)
+	})
+}
+
+func testHotPathAllocs(t *testing.T, cfg Config) {
 	dev := newFakeDev(false, false)
-	m, _ := newUnit(t, testConfig(), dev)
+	m, _ := newUnit(t, cfg, dev)
 	feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagSyn, seq: 100}))
 	var node netip.AddrPort
 	for _, f := range m.Flows(0) {
