@@ -19,6 +19,7 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -45,7 +46,7 @@ type Config struct {
 	Nodes               int           // kvs nodes per DC: 9
 
 	Mode          string   // "sdn" (through the middlebox) or "direct" (baseline)
-	Detector      string   // middlebox --detector: "fast"; "none" passes no flag
+	Detector      string   // middlebox --detector: "fast" (or paper, none)
 	MiddleboxArgs []string // more middlebox flags
 	KVSArgs       []string // more `kvs cluster` flags
 
@@ -237,11 +238,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer env.Close()
 	if cfg.Mode == "sdn" {
-		det := cfg.Detector
-		if det == "none" {
-			det = ""
-		}
-		if err := env.StartMiddlebox(setupCtx, MB{Detector: det, Extra: cfg.MiddleboxArgs}); err != nil {
+		if err := env.StartMiddlebox(setupCtx, MB{Detector: cfg.Detector, Extra: cfg.MiddleboxArgs}); err != nil {
 			return nil, err
 		}
 	}
@@ -511,7 +508,9 @@ func WriteFiles(dir, prefix string, r *Result) ([]string, error) {
 }
 
 // Print writes the human-readable summary of r.
-func (r *Result) Print(w io.Writer) {
+func (r *Result) Print(out io.Writer) {
+	w := &bytes.Buffer{}
+	defer func() { out.Write(w.Bytes()) }()
 	fmt.Fprintf(w, "\n== sdnkvs demo (%s", r.Mode)
 	if r.Detector != "" {
 		fmt.Fprintf(w, ", detector %s", r.Detector)

@@ -214,17 +214,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
-func mbDetector(det string) string {
-	if det == "none" {
-		return ""
-	}
-	return det
-}
-
 // runDetector runs one middlebox with detector det across one cut.
 func runDetector(ctx context.Context, env *demo.Env, cfg Config, det string) (DetectorRun, error) {
 	r := DetectorRun{Detector: det, RTO: -1, FirstReply: -1, MiddleboxRS: -1}
-	if err := env.StartMiddlebox(ctx, demo.MB{Detector: mbDetector(det), Extra: cfg.MiddleboxArgs, AnycastOnly: true}); err != nil {
+	if err := env.StartMiddlebox(ctx, demo.MB{Detector: det, Extra: cfg.MiddleboxArgs, AnycastOnly: true}); err != nil {
 		return r, err
 	}
 	defer func() {
@@ -280,7 +273,7 @@ wait:
 			}
 		}
 	}
-	if v, ok, err := env.Metric("sdnkvs_middlebox_rst_sent_total"); err == nil && ok {
+	if v, ok, err := env.Metric("sdnkvs_middlebox_failover_rst_total"); err == nil && ok {
 		r.MiddleboxRS = v
 	}
 	stop()

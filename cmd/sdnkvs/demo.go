@@ -26,7 +26,7 @@ type DemoCmd struct {
 	FarDelay  time.Duration `name:"far-delay" default:"170ms" help:"One-way delay to the far DC."`
 	RateMbps  float64       `name:"link-mbps" default:"100" help:"Rate of each DC link, Mbit/s (negative: unlimited)."`
 	Nodes     int           `name:"nodes" default:"9" help:"kvs nodes per DC."`
-	Detector  string        `name:"detector" default:"fast" enum:"fast,paper,none" help:"Middlebox failure detector (fast, paper; none passes no flag)."`
+	Detector  string        `name:"detector" default:"fast" enum:"fast,paper,none" help:"Middlebox failure detector: fast (all signals), paper (Algorithm 1 alone), none."`
 	Mode      string        `name:"mode" default:"sdn" enum:"sdn,direct" help:"sdn: through the middlebox; direct: baseline, the client uses one near node, no middlebox."`
 	Writers   int           `name:"writers" default:"8" help:"Write connections (forked port)."`
 	Window    int           `name:"window" default:"128" help:"Writes in flight per write connection."`
