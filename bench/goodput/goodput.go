@@ -1,0 +1,478 @@
+// Package goodput is the paper's Fig. 7 benchmark: the goodput of one client
+// whose single TCP connection is forked by the middlebox to N servers, one in
+// each of N DCs, for N = 1..6; and, in the same run, a direct single-server
+// connection that bypasses the middlebox as the baseline.
+//
+//	forked: client ─veth─ gw ⇄ TUN ⇄ sdnkvs middlebox ─┬─ link 1 ─ dc1 sink 10.210.1.11:6379
+//	        (VIP 10.200.100.1:6379, multicast)          ├─ link 2 ─ dc2 sink 10.210.2.11:6379
+//	                                                    └─ ...    ─ dcN sink 10.210.N.11:6379
+//	direct: client ─veth─ gw (kernel routing) ─ link 1 ─ dc1 sink 10.210.1.11:5201
+//
+// Each DC link is a veth pair (unthrottled) or the testbed's user-space WAN
+// emulator (with a rate or an RTT). The sender is a Go TCP client in the
+// client namespace writing as fast as the connection takes; each sink is a
+// Go TCP server in its DC namespace that reads and counts. Goodput is the
+// byte count that every server has received (the minimum over servers),
+// sampled every 100 ms; the client's own acknowledged byte count (TCP_INFO
+// bytes_acked, which the middlebox only advances once every branch has
+// acknowledged) is recorded next to it as a cross-check.
+//
+// The direct baseline targets a port the middlebox does not own, so it is
+// plain kernel forwarding over the same kind of link. Results are per-server
+// goodput, cumulated goodput (N x per-server), and ratios to N x the link
+// rate and to the direct baseline.
+package goodput
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"golang.org/x/sys/unix"
+)
+
+// Ports used by the benchmark.
+const (
+	MulticastPort = 6379 // VIP multicast port; every node's sink listens on it
+	DirectPort    = 5201 // dc1's sink for the direct baseline (not a VIP port)
+)
+
+// MaxServers is the largest N (the testbed gives each DC a /24 of its own;
+// the middlebox forks to at most 8 branches).
+const MaxServers = 8
+
+// Config configures a run. Zero values take the defaults shown.
+type Config struct {
+	// Binary is the sdnkvs binary whose middlebox is measured (required).
+	Binary string
+	// Servers lists the N to measure, in order (default 1..6).
+	Servers []int
+	// Rate caps each DC link, bits per second of IP packets (0: unlimited).
+	Rate uint64
+	// RTT is the client-server round trip added by each DC link (0: none).
+	// With neither Rate nor RTT the links are veth pairs.
+	RTT time.Duration
+	// Duration of each measured stream (default 10 s).
+	Duration time.Duration
+	// Warmup is excluded from the steady-state goodput (default: 1 s, or a
+	// fifth of Duration when that is shorter).
+	Warmup time.Duration
+	// Interval between samples (default 100 ms).
+	Interval time.Duration
+	// TunMode is the middlebox's --tun-mode ("" : its default).
+	TunMode string
+	// NoDirect skips the direct baseline.
+	NoDirect bool
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+func (c *Config) defaults() error {
+	if len(c.Servers) == 0 {
+		c.Servers = []int{1, 2, 3, 4, 5, 6}
+	}
+	for _, n := range c.Servers {
+		if n < 1 || n > MaxServers {
+			return fmt.Errorf("goodput: %d servers: want 1..%d", n, MaxServers)
+		}
+	}
+	if c.RTT < 0 {
+		return fmt.Errorf("goodput: negative RTT %v", c.RTT)
+	}
+	if c.Duration <= 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Warmup <= 0 {
+		c.Warmup = min(time.Second, c.Duration/5)
+	}
+	if c.Warmup >= c.Duration {
+		return fmt.Errorf("goodput: warm-up %v is not shorter than the duration %v", c.Warmup, c.Duration)
+	}
+	if c.Interval <= 0 {
+		c.Interval = 100 * time.Millisecond
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return nil
+}
+
+// Sample is the state of one stream at one instant.
+type Sample struct {
+	T           time.Duration // since the connection was established
+	Servers     []int64       // bytes each server has received
+	ClientAcked int64         // the client's acknowledged bytes (TCP_INFO)
+}
+
+// Min returns the bytes every server has received.
+func (s Sample) Min() int64 { return slices.Min(s.Servers) }
+
+// Result is one measured stream.
+type Result struct {
+	// Kind is "forked" (through the VIP to N servers) or "direct".
+	Kind string
+	N    int
+	// Sent is the number of bytes the client wrote; Received what each
+	// server read in total before the client's FIN.
+	Sent     int64
+	Received []int64
+	// Samples are taken every Interval while the client writes.
+	Samples []Sample
+	// Mbps is the steady-state goodput of each server (bytes every server
+	// has received, after the warm-up), in Mbit/s.
+	Mbps float64
+	// ClientMbps is the same from the client's acknowledged bytes.
+	ClientMbps float64
+}
+
+// Complete reports whether every server received exactly what was sent.
+func (r Result) Complete() bool {
+	if len(r.Received) != r.N || r.Sent <= 0 {
+		return false
+	}
+	for _, v := range r.Received {
+		if v != r.Sent {
+			return false
+		}
+	}
+	return true
+}
+
+// Run measures every N of cfg.Servers (and the direct baseline, on the
+// first topology) and returns the results in order, direct first.
+func Run(ctx context.Context, cfg Config) ([]Result, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if cfg.Binary == "" {
+		return nil, errors.New("goodput: no sdnkvs binary given")
+	}
+	var out []Result
+	for i, n := range cfg.Servers {
+		rs, err := runN(ctx, cfg, n, i == 0 && !cfg.NoDirect)
+		out = append(out, rs...)
+		if err != nil {
+			return out, fmt.Errorf("N=%d: %w", n, err)
+		}
+	}
+	return out, nil
+}
+
+func dcName(k int) string { return fmt.Sprintf("dc%d", k) }
+
+// runN builds an N-DC topology, starts the sinks and the middlebox, and
+// measures the direct baseline (when asked) then the forked stream.
+func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error) {
+	tc := testbed.Config{}
+	for k := 1; k <= n; k++ {
+		tc.DCs = append(tc.DCs, testbed.DC{Name: dcName(k), Nodes: 1, Delay: cfg.RTT / 2, Rate: cfg.Rate})
+	}
+	tb, err := testbed.Up(tc)
+	if err != nil {
+		return nil, err
+	}
+	defer tb.Close()
+
+	sinks := make([]*Sink, n)
+	for k := 1; k <= n; k++ {
+		s, err := ListenSink(tb.NS(dcName(k)), netip.AddrPortFrom(testbed.NodeAddr(k, 0), MulticastPort))
+		if err != nil {
+			return nil, err
+		}
+		defer s.Close()
+		sinks[k-1] = s
+	}
+	var out []Result
+	if direct {
+		ds, err := ListenSink(tb.NS(dcName(1)), netip.AddrPortFrom(testbed.NodeAddr(1, 0), DirectPort))
+		if err != nil {
+			return nil, err
+		}
+		defer ds.Close()
+		r, err := Stream(ctx, cfg, tb, netip.AddrPortFrom(testbed.NodeAddr(1, 0), DirectPort), []*Sink{ds})
+		r.Kind = "direct"
+		if err != nil {
+			return out, fmt.Errorf("direct baseline: %w", err)
+		}
+		fmt.Fprintf(cfg.Log, "direct (no middlebox): %.1f Mbit/s\n", r.Mbps)
+		out = append(out, r)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = tb.StartMiddlebox(sctx, testbed.MiddleboxOptions{
+		Binary: cfg.Binary, TunMode: cfg.TunMode, Multicast: []uint16{MulticastPort}, NodePort: MulticastPort,
+	})
+	cancel()
+	if err != nil {
+		return out, err
+	}
+	r, err := Stream(ctx, cfg, tb, netip.AddrPortFrom(testbed.VIP, MulticastPort), sinks)
+	r.Kind = "forked"
+	if err != nil {
+		return out, fmt.Errorf("forked stream: %w", err)
+	}
+	fmt.Fprintf(cfg.Log, "forked to %d servers: %.1f Mbit/s per server, %.1f cumulated (client acked %.1f)\n",
+		n, r.Mbps, float64(n)*r.Mbps, r.ClientMbps)
+	out = append(out, r)
+	return out, nil
+}
+
+// Stream opens one connection from the client namespace of tb to dst,
+// writes for cfg.Duration while sampling what each sink has received, then
+// closes its side and waits until every sink has read to the end. The
+// sinks must be idle (no other connection) and must be the servers dst
+// reaches.
+func Stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.AddrPort, sinks []*Sink) (Result, error) {
+	if err := cfg.defaults(); err != nil {
+		return Result{}, err
+	}
+	r := Result{N: len(sinks)}
+	for _, s := range sinks {
+		s.Reset()
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := testbed.DialInNetns(dctx, tb.NS("client"), "tcp4", dst.String())
+	cancel()
+	if err != nil {
+		return r, fmt.Errorf("dial %v: %w", dst, err)
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return r, err
+	}
+	acked := func() int64 {
+		var v int64 = -1
+		raw.Control(func(fd uintptr) {
+			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+				v = int64(ti.Bytes_acked)
+			}
+		})
+		return v
+	}
+
+	start := time.Now()
+	stop := start.Add(cfg.Duration)
+	var sent atomic.Int64
+	werr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 256<<10)
+		for i := range buf {
+			buf[i] = byte(i * 7)
+		}
+		tc.SetWriteDeadline(stop)
+		for {
+			n, err := tc.Write(buf)
+			sent.Add(int64(n))
+			if err != nil {
+				if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+					err = nil
+				}
+				werr <- err
+				return
+			}
+		}
+	}()
+
+	sample := func() Sample {
+		s := Sample{T: time.Since(start), Servers: make([]int64, len(sinks)), ClientAcked: acked()}
+		for i, k := range sinks {
+			s.Servers[i] = k.Bytes()
+		}
+		return s
+	}
+	r.Samples = append(r.Samples, sample())
+	tick := time.NewTicker(cfg.Interval)
+	var writeErr error
+	writing := true
+	for writing {
+		select {
+		case <-ctx.Done():
+			tc.SetWriteDeadline(time.Now())
+			<-werr
+			return r, ctx.Err()
+		case writeErr = <-werr:
+			writing = false
+		case <-tick.C:
+			r.Samples = append(r.Samples, sample())
+		}
+	}
+	tick.Stop()
+	r.Samples = append(r.Samples, sample())
+	r.Sent = sent.Load()
+	if writeErr != nil {
+		return r, fmt.Errorf("write after %d bytes: %w", r.Sent, writeErr)
+	}
+	if err := tc.CloseWrite(); err != nil {
+		return r, fmt.Errorf("close write: %w", err)
+	}
+	// Every sink reads to the client's FIN; a slow one gets time to drain
+	// what was in flight (its share of the send buffer and the link queue).
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r.Received = make([]int64, len(sinks))
+	for i, s := range sinks {
+		v, err := s.WaitDone(wctx)
+		r.Received[i] = v
+		if err != nil {
+			return r, fmt.Errorf("server %d: %w (received %d of %d bytes)", i+1, err, v, r.Sent)
+		}
+	}
+	r.Mbps, r.ClientMbps = steady(r.Samples, cfg.Warmup)
+	return r, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// steady returns the goodput after warm-up (the first sample at or after
+// warmup to the last sample) from the servers' minimum and from the
+// client's acknowledged bytes, in Mbit/s.
+func steady(ss []Sample, warmup time.Duration) (servers, client float64) {
+	if len(ss) < 2 {
+		return 0, 0
+	}
+	i := 0
+	for i < len(ss)-2 && ss[i].T < warmup {
+		i++
+	}
+	a, b := ss[i], ss[len(ss)-1]
+	dt := (b.T - a.T).Seconds()
+	if dt <= 0 {
+		return 0, 0
+	}
+	servers = float64(b.Min()-a.Min()) * 8 / dt / 1e6
+	if a.ClientAcked >= 0 && b.ClientAcked >= 0 {
+		client = float64(b.ClientAcked-a.ClientAcked) * 8 / dt / 1e6
+	}
+	return servers, client
+}
+
+// Sink is a TCP server that reads and counts what one connection at a time
+// sends. Safe for concurrent use.
+type Sink struct {
+	ln    net.Listener
+	bytes atomic.Int64 // bytes of the current connection
+
+	mu    sync.Mutex
+	done  chan struct{} // closed when the current connection hit EOF
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+	err   error
+}
+
+// ListenSink starts a sink on addr inside network namespace ns.
+func ListenSink(ns string, addr netip.AddrPort) (*Sink, error) {
+	var ln net.Listener
+	err := testbed.InNetns(testbed.NetnsPath(ns), func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sink on %v in %s: %w", addr, ns, err)
+	}
+	s := &Sink{ln: ln, done: make(chan struct{}), conns: map[net.Conn]bool{}}
+	s.wg.Add(1)
+	go s.accept()
+	return s, nil
+}
+
+// Addr is the listening address.
+func (s *Sink) Addr() net.Addr { return s.ln.Addr() }
+
+func (s *Sink) accept() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.conns[c] = true
+		done := s.done
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() {
+				c.Close()
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+			}()
+			buf := make([]byte, 256<<10)
+			var err error
+			for {
+				var n int
+				n, err = c.Read(buf)
+				s.bytes.Add(int64(n))
+				if err != nil {
+					break
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			s.mu.Lock()
+			s.err = err
+			s.mu.Unlock()
+			select {
+			case <-done:
+			default:
+				close(done)
+			}
+		}()
+	}
+}
+
+// Reset prepares the sink for the next connection.
+func (s *Sink) Reset() {
+	s.mu.Lock()
+	s.bytes.Store(0)
+	s.done = make(chan struct{})
+	s.err = nil
+	s.mu.Unlock()
+}
+
+// Bytes returns what the current connection has delivered so far.
+func (s *Sink) Bytes() int64 { return s.bytes.Load() }
+
+// WaitDone waits until the current connection ended (EOF or error) and
+// returns its byte count and read error.
+func (s *Sink) WaitDone(ctx context.Context) (int64, error) {
+	s.mu.Lock()
+	done := s.done
+	s.mu.Unlock()
+	select {
+	case <-done:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.bytes.Load(), s.err
+	case <-ctx.Done():
+		return s.bytes.Load(), fmt.Errorf("no end of stream: %w", ctx.Err())
+	}
+}
+
+// Close stops the sink, closes its connections and waits for its
+// goroutines.
+func (s *Sink) Close() error {
+	err := s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}

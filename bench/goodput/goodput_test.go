@@ -1,0 +1,153 @@
+package goodput
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/report"
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
+)
+
+func samples(n int, perServer ...[]int64) []Sample {
+	var out []Sample
+	for i := range perServer[0] {
+		s := Sample{T: time.Duration(i) * time.Second, ClientAcked: perServer[0][i]}
+		for _, p := range perServer {
+			s.Servers = append(s.Servers, p[i])
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestSteadyUsesMinimumAfterWarmup: the goodput is what every server got
+// (the slowest), counted from the first sample past the warm-up.
+func TestSteadyUsesMinimumAfterWarmup(t *testing.T) {
+	ss := samples(2,
+		[]int64{0, 5e6, 10e6, 15e6},
+		[]int64{0, 1e6, 3.5e6, 6e6}, // slowest: 2.5 MB/s after warm-up
+	)
+	srv, cli := steady(ss, time.Second)
+	if srv != 20 { // 2.5e6 B/s * 8 = 20 Mbit/s
+		t.Fatalf("servers: %v Mbit/s, want 20", srv)
+	}
+	if cli != 40 {
+		t.Fatalf("client: %v Mbit/s, want 40", cli)
+	}
+	if s, c := steady(ss[:1], 0); s != 0 || c != 0 {
+		t.Fatalf("one sample: %v %v", s, c)
+	}
+}
+
+func TestSummarizeAndReport(t *testing.T) {
+	rs := []Result{
+		{Kind: "direct", N: 1, Sent: 100, Received: []int64{100}, Mbps: 95, Samples: samples(1, []int64{0, 1, 2})},
+		{Kind: "forked", N: 1, Sent: 100, Received: []int64{100}, Mbps: 94, Samples: samples(1, []int64{0, 1, 2})},
+		{Kind: "forked", N: 3, Sent: 100, Received: []int64{100, 100, 99}, Mbps: 90, Samples: samples(3, []int64{0, 1, 2}, []int64{0, 1, 2}, []int64{0, 1, 1})},
+	}
+	sum := Summarize(rs, 100e6)
+	if len(sum) != 3 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if s := sum[2]; s.Cumulated != 270 || s.LinkRatio != 0.9 || s.Complete || s.DirectRatio != 90.0/95 {
+		t.Fatalf("N=3 row %+v", s)
+	}
+	if !sum[1].Complete || sum[1].LinkRatio != 0.94 {
+		t.Fatalf("N=1 row %+v", sum[1])
+	}
+	dir := t.TempDir()
+	var b bytes.Buffer
+	if err := Report(&b, rs, 100e6, dir); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "270.000") || !strings.Contains(b.String(), "0.900") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	raw, err := report.ReadCSV(filepath.Join(dir, "goodput.csv"))
+	if err != nil || len(raw.Rows) != 9 {
+		t.Fatalf("goodput.csv: %+v %v", raw, err)
+	}
+	// Last sample of N=3: the slowest server went 1 -> 1 byte: 0 goodput.
+	if last := raw.Rows[8]; last[5] != "0.000" || last[7] != "2 2 1" {
+		t.Fatalf("last row %v", last)
+	}
+	for _, f := range []string{"goodput-summary.csv", "goodput.png"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, c := range []Config{
+		{Binary: "x", Servers: []int{0}},
+		{Binary: "x", Servers: []int{9}},
+		{Binary: "x", RTT: -time.Second},
+		{Binary: "x", Duration: time.Second, Warmup: 2 * time.Second},
+		{Servers: []int{1}},
+	} {
+		if _, err := Run(context.Background(), c); err == nil {
+			t.Errorf("config %+v accepted", c)
+		}
+	}
+}
+
+// TestQuickGoodput runs the benchmark for real, briefly: N = 1 and 3 over
+// veth links, 2 s each, with the direct baseline. Every server must receive
+// every byte the client sent, goodput must be nonzero, and the outputs
+// must be written.
+func TestQuickGoodput(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip")
+	bin := testbed.BuildForTest(t)
+	var log bytes.Buffer
+	rs, err := Run(context.Background(), Config{Binary: bin, Servers: []int{1, 3}, Duration: 2 * time.Second, Log: &log})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	if len(rs) != 3 || rs[0].Kind != "direct" || rs[1].N != 1 || rs[2].N != 3 {
+		t.Fatalf("results: %+v", rs)
+	}
+	for _, r := range rs {
+		if !r.Complete() {
+			t.Errorf("%s N=%d: sent %d, servers received %v", r.Kind, r.N, r.Sent, r.Received)
+		}
+		if r.Mbps <= 0 || r.ClientMbps <= 0 {
+			t.Errorf("%s N=%d: goodput %v Mbit/s, client acked %v", r.Kind, r.N, r.Mbps, r.ClientMbps)
+		}
+		if len(r.Samples) < 10 {
+			t.Errorf("%s N=%d: %d samples over 2 s", r.Kind, r.N, len(r.Samples))
+		}
+		// The client was never acknowledged more than it sent (bytes_acked
+		// counts the SYN as one byte).
+		last := r.Samples[len(r.Samples)-1]
+		if last.ClientAcked > r.Sent+1 {
+			t.Errorf("%s N=%d: client acked %d > sent %d", r.Kind, r.N, last.ClientAcked, r.Sent)
+		}
+	}
+	dir := t.TempDir()
+	var b bytes.Buffer
+	if err := Report(&b, rs, 0, dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s%s", log.String(), b.String())
+	sum, err := report.ReadCSV(filepath.Join(dir, "goodput-summary.csv"))
+	if err != nil || len(sum.Rows) != 3 {
+		t.Fatalf("summary CSV: %+v %v", sum, err)
+	}
+	for _, row := range sum.Rows {
+		if v, err := strconv.ParseFloat(row[2], 64); err != nil || v <= 0 {
+			t.Errorf("summary row %v: per-server goodput %q", row, row[2])
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "goodput.png")); err != nil {
+		t.Fatal(err)
+	}
+}
