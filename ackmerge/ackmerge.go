@@ -271,6 +271,7 @@ type Flow struct {
 	cliFinAt seqnum.Value
 	cliWSOK  bool
 	cliWS    uint8
+	cliWnd   uint16 // the client's last window field
 	facingWS uint8 // shift of the windows we advertise to the client
 
 	issRef   seqnum.Value
@@ -529,6 +530,7 @@ func (f *Flow) fromClient(buf []byte, p *packet.TCP, now time.Time, out *Out) {
 	if a := seqnum.Value(p.Ack()); f.cliAcked.LessThan(a) && a.LessThanEq(f.sndNxt) {
 		f.cliAcked = a
 	}
+	f.cliWnd = p.Window()
 	if p.HeaderLen() > p.IPHeaderLen()+20 {
 		if _, err := p.NopOptions(packet.OptSACK, packet.OptTimestamps); err != nil {
 			f.stats.Invalid++
@@ -603,11 +605,18 @@ func (f *Flow) toBranch(q *packet.TCP, b *branch, syn bool) {
 		q.SetAck(q.Ack() + uint32(b.off))
 	}
 	if f.cliWSOK && !b.wsOK && f.cliWS > 0 {
-		// The client scales its window by cliWS; this branch did not
-		// agree to scaling and reads the field as bytes.
-		w := uint32(q.Window()) << f.cliWS
-		q.SetWindow(uint16(min(w, 0xffff)))
+		q.SetWindow(f.branchWindow(b, q.Window()))
 	}
+}
+
+// branchWindow translates a client window field into branch b's view: the
+// client scales its window by cliWS; a branch that did not agree to scaling
+// reads the field as bytes.
+func (f *Flow) branchWindow(b *branch, raw uint16) uint16 {
+	if f.cliWSOK && !b.wsOK && f.cliWS > 0 {
+		return uint16(min(uint32(raw)<<f.cliWS, 0xffff))
+	}
+	return raw
 }
 
 // --- branches -> client --------------------------------------------------------
@@ -702,11 +711,11 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 	switch {
 	case (plen > 0 || fin) && segEnd.LessThanEq(f.cliAcked) && segEnd.LessThanEq(f.coverEnd):
 		// Wholly acknowledged by the client already, yet retransmitted:
-		// this branch missed the client's ACK. Pass the segment on
-		// unchanged so the client acknowledges it again (an old segment
-		// makes a receiver ACK at once).
-		f.rewriteToClient(p, seqC)
-		f.emitInPlace(buf, 0, p, out)
+		// this branch missed the client's ACK. Repeat that ACK to it (the
+		// client may be gone already, e.g. after its TIME-WAIT).
+		f.stats.Merged++
+		f.build(out, k, f.client, b.t.Addr, uint32(f.cliNxt), uint32(f.cliAcked)+uint32(b.off),
+			packet.FlagACK, f.branchWindow(b, f.cliWnd), nil)
 	case lo.LessThan(hi):
 		pEnd := hi
 		if end.LessThan(pEnd) {
@@ -1048,6 +1057,35 @@ func (f *Flow) checkDivergence(now time.Time, out *Out) {
 		if score > bestScore {
 			best, bestScore = bj.finAt, score
 		}
+	}
+	// A tie between two ends is decided by the branches that have not
+	// closed yet; with none left, by the first live branch (the most
+	// preferred DC).
+	tie, undecided := false, false
+	for j := range f.br {
+		bj := &f.br[j]
+		if bj.removed || !bj.answered {
+			continue
+		}
+		if !bj.fin {
+			undecided = true
+			continue
+		}
+		if bj.finAt != best {
+			score := 0
+			for k := range f.br {
+				if b := &f.br[k]; !b.removed && b.answered && compatible(b, bj.finAt) {
+					score++
+				}
+			}
+			tie = tie || score == bestScore
+		}
+	}
+	if tie {
+		if undecided {
+			return
+		}
+		best = f.br[f.firstLive()].finAt
 	}
 	for k := range f.br {
 		if b := &f.br[k]; !b.removed && b.answered && !compatible(b, best) {

@@ -321,7 +321,12 @@ func (h *harness) reply(k int, rs uint32, data []byte, ra uint32, wnd uint16) []
 func (h *harness) ack(k int, ra uint32, wnd uint16) []seg { return h.reply(k, 0, nil, ra, wnd) }
 
 // ref is the reference ISS (the first branch that answered: 0 in open).
-func (h *harness) ref() uint32 { return h.iss[0] }
+func (h *harness) ref() uint32 {
+	if h.f.haveRef {
+		return uint32(h.f.issRef)
+	}
+	return h.iss[0]
+}
 
 // rel converts what the client sees to relative numbers.
 func (h *harness) relSeq(s seg) uint32 { return s.Seq - h.ref() - 1 }

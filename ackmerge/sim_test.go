@@ -72,6 +72,7 @@ type sim struct {
 	killAt  uint32
 	viaFO   bool // kill reported through RemoveBranch
 	steps   int
+	onStep  func()
 }
 
 func newSim(t testing.TB, seed int64, n int, loss, dup, reorder float64, cliLen, srvLen int, kill bool) *sim {
@@ -499,6 +500,9 @@ func (s *sim) run(maxSteps int) {
 		s.out.Reset()
 		s.f.Tick(s.now, &s.out)
 		s.collect()
+		if s.onStep != nil {
+			s.onStep()
+		}
 		s.timers(s.cli)
 		for _, e := range s.srv {
 			s.timers(e)
