@@ -272,7 +272,7 @@ type Flow struct {
 	cliWSOK  bool
 	cliWS    uint8
 	cliWnd   uint16 // the client's last window field
-	facingWS uint8 // shift of the windows we advertise to the client
+	facingWS uint8  // shift of the windows we advertise to the client
 
 	issRef   seqnum.Value
 	haveRef  bool
