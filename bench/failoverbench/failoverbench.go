@@ -15,6 +15,7 @@
 package failoverbench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -503,7 +504,9 @@ func secs(d time.Duration) float64 {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // Print writes the tables.
-func (r *Result) Print(w io.Writer) {
+func (r *Result) Print(out io.Writer) {
+	w := &bytes.Buffer{}
+	defer func() { out.Write(w.Bytes()) }()
 	if len(r.Runs) > 0 {
 		fmt.Fprintln(w, "\n== Fig. 6: anycast reads across a cut of the near DC (RTO = cut -> first reply from the far DC; -1: none) ==")
 		r.Table().Fprint(w)
