@@ -47,6 +47,21 @@ const ToClient = -1
 type Target struct {
 	Addr netip.AddrPort
 	DC   int
+	// MTU of the path to this node, if known (0: not known). MSS options
+	// in both directions of the handshake are clamped to fit it.
+	MTU int
+}
+
+// mssLimit is the largest MSS that fits the target's path MTU (0: none).
+func (t Target) mssLimit() uint16 {
+	if t.MTU <= 0 {
+		return 0
+	}
+	h := 40
+	if t.Addr.Addr().Is6() {
+		h = 60
+	}
+	return uint16(max(t.MTU-h, 536))
 }
 
 // Config holds a flow's policy. Zero fields take their defaults.
@@ -599,6 +614,11 @@ func (f *Flow) toBranch(q *packet.TCP, b *branch, syn bool) {
 	q.SetDstAddr(b.t.Addr.Addr())
 	q.SetDstPort(b.t.Addr.Port())
 	if syn {
+		if lim := b.t.mssLimit(); lim > 0 {
+			if o, err := q.SynOptions(); err == nil && o.MSS > lim {
+				q.SetMSS(lim)
+			}
+		}
 		return
 	}
 	if q.Has(packet.FlagACK) {
@@ -828,6 +848,9 @@ func (f *Flow) synAck(k int, p *packet.TCP, now time.Time, out *Out) {
 	b.answered = true
 	b.iss = seq
 	b.mss = o.MSS
+	if lim := b.t.mssLimit(); lim > 0 && (b.mss == 0 || b.mss > lim) {
+		b.mss = lim
+	}
 	b.wsOK = o.WSOK && f.cliWSOK
 	if b.wsOK {
 		b.ws = o.WS

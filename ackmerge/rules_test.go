@@ -668,3 +668,28 @@ func TestIPv6Flow(t *testing.T) {
 		t.Fatalf("reply %v", r)
 	}
 }
+
+// A known path MTU towards a DC clamps the MSS both ways: in the SYN copy
+// to that branch and in the SYN-ACK the client gets.
+func TestPathMTUClampsMSS(t *testing.T) {
+	f, err := NewFlow(Config{}, cliAddr, vipAddr, []Target{{Addr: nodeAddr(0)}, {Addr: nodeAddr(1), DC: 1, MTU: 1400}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, 2, Config{})
+	h.f = f
+	for _, s := range h.clientSYN() {
+		want := []byte{packet.OptMSS, 4, 1460 >> 8, 1460 & 0xff}
+		if s.To == 1 {
+			want = []byte{packet.OptMSS, 4, 1360 >> 8, 1360 & 0xff}
+		}
+		if !bytes.Contains(s.Opts, want) {
+			t.Fatalf("SYN to %d: options %x, want MSS %x", s.To, s.Opts, want[2:])
+		}
+	}
+	h.branchSynAck(0, 1460, 7, 65535)
+	sa := only(t, h.branchSynAck(1, 1460, 7, 65535), ToClient)
+	if !bytes.Contains(sa.Opts, []byte{packet.OptMSS, 4, 1360 >> 8, 1360 & 0xff}) {
+		t.Fatalf("SYN-ACK MSS not clamped: %x", sa.Opts)
+	}
+}
