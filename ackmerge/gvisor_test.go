@@ -30,12 +30,16 @@ type gHost struct {
 	ep *channel.Endpoint
 }
 
-func newGHost(t *testing.T, addr netip.Addr) *gHost {
+func newGHost(t *testing.T, addr netip.Addr) *gHost { return newGHostOpts(t, addr, 1500, 0) }
+
+// newGHostOpts makes a host with the given link MTU (hence MSS) and, if
+// rcvBuf > 0, that receive buffer (hence window scale).
+func newGHostOpts(t *testing.T, addr netip.Addr, mtu, rcvBuf int) *gHost {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 	})
-	ep := channel.New(4096, 1500, "")
+	ep := channel.New(4096, uint32(mtu), "")
 	if err := s.CreateNIC(1, ep); err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +51,14 @@ func newGHost(t *testing.T, addr netip.Addr) *gHost {
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		t.Fatal(err)
+	}
+	if rcvBuf > 0 {
+		opt := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: rcvBuf, Max: rcvBuf}
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+			t.Fatal(err)
+		}
+		mod := tcpip.TCPModerateReceiveBufferOption(false)
+		s.SetTransportProtocolOption(tcp.ProtocolNumber, &mod)
 	}
 	h := &gHost{s: s, ep: ep}
 	t.Cleanup(func() {
@@ -109,13 +121,17 @@ func (d *forkDriver) run(ctx context.Context) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		d.mu.Lock()
 		d.out.Reset()
+		d.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			if d.f != nil {
+				d.mu.Lock()
 				d.f.Tick(time.Now(), &d.out)
+				d.mu.Unlock()
 			}
 		case m := <-d.in:
 			var p packet.TCP
@@ -134,13 +150,15 @@ func (d *forkDriver) run(ctx context.Context) {
 				if err != nil {
 					panic(err)
 				}
-				d.f = f
 				o, _ := p.SynOptions()
 				d.mu.Lock()
+				d.f = f
 				d.synSACK = o.SACKOK
 				d.mu.Unlock()
 			}
+			d.mu.Lock()
 			d.f.Step(m.buf, &p, m.from, time.Now(), &d.out)
+			d.mu.Unlock()
 		}
 		for _, e := range d.out.Pkts {
 			if d.loss > 0 && d.r.Float64() < d.loss {
@@ -168,13 +186,21 @@ func (d *forkDriver) run(ctx context.Context) {
 // client receives the (identical) reply stream exactly, and nothing is
 // reset.
 func TestGVisorClientForkedToThreeServers(t *testing.T) {
-	t.Run("clean", func(t *testing.T) { testGVisorFork(t, 0) })
+	t.Run("clean", func(t *testing.T) { testGVisorFork(t, 0, nil) })
 	// 1% of the packets the middlebox emits are lost: gVisor recovers with
 	// cumulative ACKs only (SACK was stripped) through merged dup ACKs.
-	t.Run("loss=1%", func(t *testing.T) { testGVisorFork(t, 0.01) })
+	t.Run("loss=1%", func(t *testing.T) { testGVisorFork(t, 0.01, nil) })
+	// Servers behind links of different MTUs (so different MSS and reply
+	// segmentation) and with different receive buffers (so different
+	// window scales).
+	t.Run("mixed-mtu-and-window-scale", func(t *testing.T) {
+		testGVisorFork(t, 0, []hostOpts{{1280, 64 << 10}, {9000, 4 << 20}, {1500, 256 << 10}})
+	})
 }
 
-func testGVisorFork(t *testing.T, loss float64) {
+type hostOpts struct{ mtu, rcvBuf int }
+
+func testGVisorFork(t *testing.T, loss float64, opts []hostOpts) {
 	const n = 3
 	size := 8 << 20
 	if testing.Short() || raceEnabled {
@@ -193,7 +219,11 @@ func testGVisorFork(t *testing.T, loss float64) {
 	d.out.Offset = testOff
 	d.out.Alloc = func(n int) []byte { return make([]byte, n) }
 	for k := 0; k < n; k++ {
-		d.srv = append(d.srv, newGHost(t, nodeAddr(k).Addr()))
+		o := hostOpts{1500, 0}
+		if opts != nil {
+			o = opts[k]
+		}
+		d.srv = append(d.srv, newGHostOpts(t, nodeAddr(k).Addr(), o.mtu, o.rcvBuf))
 	}
 	wg.Add(2 + n)
 	go func() { defer wg.Done(); d.run(ctx) }()
@@ -275,6 +305,16 @@ func testGVisorFork(t *testing.T, loss float64) {
 		}
 	}
 	t.Logf("flow stats: %+v", d.stats)
+	if opts != nil {
+		var ws []uint8
+		for k := range d.srv {
+			ws = append(ws, d.f.br[k].ws)
+		}
+		t.Logf("branch window scales %v, MSS %d/%d/%d", ws, d.f.br[0].mss, d.f.br[1].mss, d.f.br[2].mss)
+		if ws[0] == ws[1] || d.f.br[0].mss == d.f.br[1].mss {
+			t.Fatalf("servers did not differ: ws %v", ws)
+		}
+	}
 	if !d.synSACK {
 		t.Fatal("the client's SYN did not offer SACK: stripping not exercised")
 	}
