@@ -73,6 +73,9 @@ const (
 	DefaultFar      = "dublin"
 	DefaultDuration = 30 * time.Second
 	DefaultCutAt    = 12 * time.Second
+	// SettleTime is how long the demo watches the middlebox's DC state
+	// before it starts the workload.
+	SettleTime = 2 * time.Second
 )
 
 // WithDefaults fills in zero fields and validates c.
@@ -218,6 +221,10 @@ type Result struct {
 	ReadsPerSBefore  float64 `json:"reads_per_s_before"`
 	ReadsPerSAfter   float64 `json:"reads_per_s_after"`
 
+	// Transitions are the middlebox's failover decisions during the run,
+	// as "+12.34s sydney NodeDown node (signal): cause".
+	Transitions []string `json:"transitions,omitempty"`
+
 	Files  []string `json:"files,omitempty"`
 	Series []Bin    `json:"-"`
 }
@@ -240,6 +247,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Mode == "sdn" {
 		if err := env.StartMiddlebox(setupCtx, MB{Detector: cfg.Detector, Extra: cfg.MiddleboxArgs}); err != nil {
 			return nil, err
+		}
+		if cfg.Detector != "none" {
+			// Long enough for a detector to misjudge a live DC (a few
+			// probe intervals and far-DC round trips).
+			if err := env.CheckSettled(setupCtx, SettleTime); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return RunIn(ctx, env, cfg)
@@ -314,6 +328,10 @@ loop:
 	w.Stop()
 	stopped = true
 	runEnd := w.Now()
+	var trans []Transition
+	if cfg.Mode == "sdn" {
+		trans, _ = env.Transitions() // best effort: the report still stands without them
+	}
 
 	res := &Result{
 		Mode: cfg.Mode, Detector: cfg.Detector, Near: cfg.Near, Far: cfg.Far, Nodes: cfg.Nodes,
@@ -369,6 +387,10 @@ loop:
 		}
 	}
 	throughput(res, times, w.ReadTimes(), cut, runEnd)
+	for _, t := range trans {
+		res.Transitions = append(res.Transitions, fmt.Sprintf("%+.2fs %s %s (%s): %s",
+			t.At.Sub(w.StartTime()).Seconds(), t.Kind, t.Node, t.Signal, t.Cause))
+	}
 
 	// Every acknowledged write must be in the far DC, the survivor.
 	vctx, vcancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -541,6 +563,12 @@ func (r *Result) Print(out io.Writer) {
 	t.Add("reads served before cut", fmtDCs(r.ReadsByDCBefore))
 	t.Add("reads served after cut", fmtDCs(r.ReadsByDCAfter))
 	t.Fprint(w)
+	if len(r.Transitions) > 0 {
+		fmt.Fprintf(w, "middlebox failover decisions (time from workload start):\n")
+		for _, t := range r.Transitions {
+			fmt.Fprintf(w, "  %s\n", t)
+		}
+	}
 	if len(r.LostSamples) > 0 {
 		fmt.Fprintf(w, "lost keys (sample): %s\n", strings.Join(r.LostSamples, " "))
 	}

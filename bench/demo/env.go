@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -305,9 +306,67 @@ type DCState struct {
 	Name  string `json:"name"`
 	Live  bool   `json:"live"`
 	Nodes []struct {
-		Addr string `json:"addr"`
-		Live bool   `json:"live"`
+		Addr  string `json:"addr"`
+		Live  bool   `json:"live"`
+		Cause string `json:"cause"`
 	} `json:"nodes"`
+	Transitions []Transition `json:"transitions"`
+}
+
+// Transition is one failover decision the middlebox reports in /dcs.
+type Transition struct {
+	At     time.Time `json:"at"`
+	Kind   string    `json:"kind"`
+	Node   string    `json:"node"`
+	Signal string    `json:"signal"`
+	Cause  string    `json:"cause"`
+}
+
+// Transitions returns every DC's recent transitions from /dcs, oldest
+// first within each DC.
+func (e *Env) Transitions() ([]Transition, error) {
+	dcs, err := e.DCs()
+	if err != nil {
+		return nil, err
+	}
+	var out []Transition
+	for _, d := range dcs {
+		out = append(out, d.Transitions...)
+	}
+	slices.SortStableFunc(out, func(a, b Transition) int { return a.At.Compare(b.At) })
+	return out, nil
+}
+
+// CheckSettled watches /dcs for d and fails if any DC is not live at some
+// point: the demo must not start on a system that already lost a DC (for
+// example a detector that cannot reach the far DC in time).
+func (e *Env) CheckSettled(ctx context.Context, d time.Duration) error {
+	until := time.Now().Add(d)
+	for {
+		dcs, err := e.DCs()
+		if err != nil {
+			return err
+		}
+		for _, dc := range dcs {
+			if !dc.Live {
+				cause := ""
+				for _, n := range dc.Nodes {
+					if n.Cause != "" {
+						cause = n.Cause
+					}
+				}
+				return fmt.Errorf("demo: before any cut the middlebox reports DC %s down (%s); the failure detector misjudges this topology", dc.Name, cause)
+			}
+		}
+		if time.Now().After(until) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // DCs fetches the middlebox's /dcs.
