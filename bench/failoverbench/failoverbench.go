@@ -150,6 +150,10 @@ type CutRun struct {
 	RTOWrite    time.Duration // -1: writes did not resume
 	Readmitted  time.Duration // heal -> near DC live again in /dcs; -1: not seen
 	WriteResets int64         // write connections reset during this cut
+	// Transitions are the middlebox's failover decisions from the cut to
+	// the readmission ("+0.45s NodeDown node (signal): cause", time from
+	// the cut).
+	Transitions []string
 }
 
 // Result is the whole experiment.
@@ -426,9 +430,20 @@ func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error 
 			cr.Readmitted = time.Since(healed)
 		}
 		cr.WriteResets = w.Totals().WriteResets - resetsBefore
+		if trans, err := env.Transitions(); err == nil {
+			cutWall := w.StartTime().Add(at)
+			for _, t := range trans {
+				if !t.At.Before(cutWall.Add(-time.Second)) {
+					cr.Transitions = append(cr.Transitions, fmt.Sprintf("%+.2fs %s %s (%s): %s", t.At.Sub(cutWall).Seconds(), t.Kind, t.Node, t.Signal, t.Cause))
+				}
+			}
+		}
 		res.Cuts = append(res.Cuts, cr)
 		fmt.Fprintf(cfg.Log, "  cut %d at %.1fs: writes resumed after %s, %s readmitted after %s, %d write resets\n",
 			i, at.Seconds(), fmtDur(cr.RTOWrite), cfg.Near, fmtDur(cr.Readmitted), cr.WriteResets)
+		if cr.WriteResets > 0 || cr.RTOWrite < 0 {
+			fmt.Fprintf(cfg.Log, "  middlebox decisions around cut %d:\n    %s\n", i, strings.Join(cr.Transitions, "\n    "))
+		}
 		// New write connections are forked to both DCs again.
 		w.Reconnect()
 	}
