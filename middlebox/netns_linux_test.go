@@ -172,7 +172,7 @@ func testNetnsKernelTCP(t *testing.T, mode netstackio.TUNMode) {
 					return
 				case <-time.After(2 * time.Second):
 					for _, f := range r.mb.Flows(0) {
-						t.Logf("flow %+v fork %+v", f, *f.Fork)
+						t.Logf("slow: flow %+v", f)
 					}
 				}
 			}
@@ -368,7 +368,7 @@ func TestNetnsForkedKernelTCP(t *testing.T) {
 					return
 				case <-time.After(2 * time.Second):
 					for _, f := range r.mb.Flows(0) {
-						t.Logf("flow %+v fork %+v", f, *f.Fork)
+						t.Logf("slow: flow %+v", f)
 					}
 				}
 			}
