@@ -231,6 +231,7 @@ type Stats struct {
 	DupAcks      uint64 // duplicate ACKs of the slowest branch passed on
 	Trimmed      uint64 // reply segments forwarded trimmed
 	OutOfOrder   uint64 // branch segments beyond the branch's covered bytes
+	AssistAcks   uint64 // duplicate ACKs sent to a lagging branch past a hole
 	Invalid      uint64 // malformed or impossible segments dropped
 	AllocFail    uint64 // copies dropped because Alloc returned nil
 	Shrinks      uint64 // branches removed
@@ -688,10 +689,12 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 
 	// Reply bytes.
 	end := seqC.Add(seqnum.Size(plen))
+	ooo := false
 	if plen > 0 || fin {
 		switch {
 		case b.cov.LessThan(seqC):
 			f.stats.OutOfOrder++
+			ooo = true
 		case b.fin && b.finAt.LessThan(end):
 			f.stats.Invalid++ // bytes after its own FIN
 		default:
@@ -777,6 +780,16 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		f.pureAckInPlace(buf, p, out)
 	default:
 		f.stats.Merged++
+	}
+	if ooo && b.cov == f.minCov && f.cliAcked == b.cov {
+		// The branch holding everyone back lost a segment and goes on
+		// past the hole. The client sees nothing of it, so it sends no
+		// duplicate ACKs: send them in its name (the ack is the
+		// client's own), so the branch fast-retransmits instead of
+		// waiting for its RTO.
+		f.stats.AssistAcks++
+		f.build(out, k, f.client, b.t.Addr, uint32(f.cliNxt), uint32(f.cliAcked)+uint32(b.off),
+			packet.FlagACK, f.branchWindow(b, f.cliWnd), nil)
 	}
 	f.checkClosed(now)
 }
