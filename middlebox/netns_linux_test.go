@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -427,5 +428,55 @@ func TestNetnsForkedRedis(t *testing.T) {
 	}
 	if fl := r.mb.Stats(); fl.FlowsCreated != 1 {
 		t.Errorf("flows created %d, want 1", fl.FlowsCreated)
+	}
+}
+
+// TestNetnsBinaryRoutesRemovedOnExit runs `sdnkvs middlebox --routes` in
+// the gateway namespace: the VIP route, the reply table and one policy
+// rule per node exist while it runs, the VIP answers, and after SIGTERM
+// it exits cleanly and leaves none of them behind.
+func TestNetnsBinaryRoutesRemovedOnExit(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip", "ping")
+	bin := testbed.BuildForTest(t)
+	tb := testbed.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := tb.StartMiddlebox(ctx, testbed.MiddleboxOptions{Binary: bin, Anycast: []uint16{anyPort}, Extra: []string{"--route-table", "123"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipOut := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("ip", append([]string{"-n", tb.NS("gw")}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	rules := ipOut("rule", "list")
+	for _, n := range []string{"10.210.1.11", "10.210.1.12", "10.210.2.11"} {
+		if !strings.Contains(rules, "from "+n+" ipproto tcp sport 6379 lookup 123") {
+			t.Errorf("no policy rule for %s:\n%s", n, rules)
+		}
+	}
+	if r := ipOut("route", "get", testbed.VIP.String()); !strings.Contains(r, "dev sdn0") {
+		t.Errorf("VIP not routed into the TUN: %s", r)
+	}
+	if out, err := tb.Exec(ctx, "client", "ping", "-c", "1", "-W", "2", testbed.VIP.String()); err != nil {
+		t.Errorf("ping VIP through the binary: %v\n%s", err, out)
+	}
+	p.Stop(5 * time.Second)
+	if err := p.Err(); err != nil {
+		t.Errorf("middlebox exit: %v\n%s", err, p.Output())
+	}
+	if rules := ipOut("rule", "list"); strings.Contains(rules, "lookup 123") {
+		t.Errorf("policy rules left after exit:\n%s", rules)
+	}
+	if r := ipOut("route", "show", "table", "all"); strings.Contains(r, testbed.VIP.String()) || strings.Contains(r, "sdn0") {
+		t.Errorf("routes left after exit:\n%s", r)
+	}
+	if !strings.Contains(p.Output(), "routes removed") {
+		t.Errorf("no 'routes removed' in the log:\n%s", p.Output())
 	}
 }
