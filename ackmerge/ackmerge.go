@@ -258,6 +258,7 @@ type branch struct {
 	fin   bool
 	finAt seqnum.Value // FIN's sequence number (ref space)
 
+	assistOwed           int // duplicate ACKs owed past a hole (at most 3)
 	ackedBytes, covBytes uint64
 	behindSince          time.Time
 }
@@ -561,6 +562,15 @@ func (f *Flow) fromClient(buf []byte, p *packet.TCP, now time.Time, out *Out) {
 			packet.FlagACK, f.clientWindow(), nil)
 	}
 	f.fanOut(buf, p, false, out)
+	for k := range f.br {
+		// Duplicate ACKs owed to a branch past a hole (see fromBranch),
+		// now that the client acknowledged up to it.
+		if b := &f.br[k]; b.assistOwed > 0 && !b.removed && b.cov == f.cliAcked && b.cov == f.minCov {
+			for ; b.assistOwed > 0; b.assistOwed-- {
+				f.assistAck(out, k)
+			}
+		}
+	}
 	f.checkClosed(now)
 }
 
@@ -701,6 +711,7 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 			if b.cov.LessThan(end) {
 				b.covBytes += uint64(b.cov.Size(end))
 				b.cov = end
+				b.assistOwed = 0
 				advanced = true
 			}
 			if fin && end == b.cov && !b.fin {
@@ -781,17 +792,28 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 	default:
 		f.stats.Merged++
 	}
-	if ooo && b.cov == f.minCov && f.cliAcked == b.cov {
+	if ooo && b.cov == f.minCov {
 		// The branch holding everyone back lost a segment and goes on
 		// past the hole. The client sees nothing of it, so it sends no
 		// duplicate ACKs: send them in its name (the ack is the
 		// client's own), so the branch fast-retransmits instead of
-		// waiting for its RTO.
-		f.stats.AssistAcks++
-		f.build(out, k, f.client, b.t.Addr, uint32(f.cliNxt), uint32(f.cliAcked)+uint32(b.off),
-			packet.FlagACK, f.branchWindow(b, f.cliWnd), nil)
+		// waiting for its RTO. Until the client has acknowledged up to
+		// the hole (delayed ACKs), count them and send them then.
+		if f.cliAcked == b.cov {
+			f.assistAck(out, k)
+		} else if b.assistOwed < 3 {
+			b.assistOwed++
+		}
 	}
 	f.checkClosed(now)
+}
+
+// assistAck sends branch k a duplicate of the client's last ACK.
+func (f *Flow) assistAck(out *Out, k int) {
+	b := &f.br[k]
+	f.stats.AssistAcks++
+	f.build(out, k, f.client, b.t.Addr, uint32(f.cliNxt), uint32(f.cliAcked)+uint32(b.off),
+		packet.FlagACK, f.branchWindow(b, f.cliWnd), nil)
 }
 
 // rewriteToClient turns a branch segment into one from the VIP with the
