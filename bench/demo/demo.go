@@ -388,8 +388,8 @@ loop:
 	}
 	throughput(res, times, w.ReadTimes(), cut, runEnd)
 	for _, t := range trans {
-		res.Transitions = append(res.Transitions, fmt.Sprintf("%+.2fs %s %s (%s): %s",
-			t.At.Sub(w.StartTime()).Seconds(), t.Kind, t.Node, t.Signal, t.Cause))
+		res.Transitions = append(res.Transitions, fmt.Sprintf("%+.2fs %s %s %s (%s): %s",
+			t.At.Sub(w.StartTime()).Seconds(), t.DC, t.Kind, t.Node, t.Signal, t.Cause))
 	}
 
 	// Every acknowledged write must be in the far DC, the survivor.

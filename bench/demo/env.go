@@ -315,6 +315,7 @@ type DCState struct {
 
 // Transition is one failover decision the middlebox reports in /dcs.
 type Transition struct {
+	DC     string    `json:"-"` // filled in by Transitions
 	At     time.Time `json:"at"`
 	Kind   string    `json:"kind"`
 	Node   string    `json:"node"`
@@ -331,7 +332,10 @@ func (e *Env) Transitions() ([]Transition, error) {
 	}
 	var out []Transition
 	for _, d := range dcs {
-		out = append(out, d.Transitions...)
+		for _, t := range d.Transitions {
+			t.DC = d.Name
+			out = append(out, t)
+		}
 	}
 	slices.SortStableFunc(out, func(a, b Transition) int { return a.At.Compare(b.At) })
 	return out, nil

@@ -141,6 +141,12 @@ type DetectorRun struct {
 	FarRTT      time.Duration // median after recovery
 	Samples     []Sample
 	MiddleboxRS float64 // the middlebox's RST counter at the end, -1 if unknown
+	// NodeDown and DCDown are cut -> the middlebox's first NodeDown of a
+	// near node and its DCDown of the near DC (-1: not seen in /dcs).
+	NodeDown, DCDown time.Duration
+	// Transitions are the middlebox's decisions ("+0.45s NodeDown node
+	// (signal): cause", time from the cut).
+	Transitions []string
 }
 
 // CutRun is one cut of the repeated-cuts RPO experiment.
@@ -221,7 +227,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 // runDetector runs one middlebox with detector det across one cut.
 func runDetector(ctx context.Context, env *demo.Env, cfg Config, det string) (DetectorRun, error) {
-	r := DetectorRun{Detector: det, RTO: -1, FirstReply: -1, MiddleboxRS: -1}
+	r := DetectorRun{Detector: det, RTO: -1, FirstReply: -1, MiddleboxRS: -1, NodeDown: -1, DCDown: -1}
 	if err := env.StartMiddlebox(ctx, demo.MB{Detector: det, Extra: cfg.MiddleboxArgs, AnycastOnly: true}); err != nil {
 		return r, err
 	}
@@ -281,6 +287,25 @@ wait:
 	if v, ok, err := env.Metric("sdnkvs_middlebox_failover_rst_total"); err == nil && ok {
 		r.MiddleboxRS = v
 	}
+	if trans, err := env.Transitions(); err == nil && cut > 0 {
+		cutWall := start.Add(cut)
+		for _, t := range trans {
+			d := t.At.Sub(cutWall)
+			if d < -time.Second {
+				continue
+			}
+			r.Transitions = append(r.Transitions, fmt.Sprintf("%+.2fs %s %s %s (%s): %s", d.Seconds(), t.DC, t.Kind, t.Node, t.Signal, t.Cause))
+			if d < 0 {
+				continue
+			}
+			if t.Kind == "NodeDown" && t.DC == cfg.Near && r.NodeDown < 0 {
+				r.NodeDown = d
+			}
+			if t.Kind == "DCDown" && t.DC == cfg.Near && r.DCDown < 0 {
+				r.DCDown = d
+			}
+		}
+	}
 	stop()
 	o := <-done
 	r.End = time.Since(start)
@@ -303,7 +328,11 @@ wait:
 		}
 	}
 	r.NearRTT, r.FarRTT = median(before), median(after)
-	fmt.Fprintf(cfg.Log, "  detector %s: RTO %s (first reply after the cut %s), %d resets\n", det, fmtDur(r.RTO), fmtDur(r.FirstReply), r.Resets)
+	fmt.Fprintf(cfg.Log, "  detector %s: RTO %s (first reply after the cut %s), %d resets; first near node down after %s, DC down after %s\n",
+		det, fmtDur(r.RTO), fmtDur(r.FirstReply), r.Resets, fmtDur(r.NodeDown), fmtDur(r.DCDown))
+	if len(r.Transitions) > 0 {
+		fmt.Fprintf(cfg.Log, "  middlebox decisions (from the cut):\n    %s\n", strings.Join(r.Transitions, "\n    "))
+	}
 	return r, nil
 }
 
@@ -434,7 +463,7 @@ func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error 
 			cutWall := w.StartTime().Add(at)
 			for _, t := range trans {
 				if !t.At.Before(cutWall.Add(-time.Second)) {
-					cr.Transitions = append(cr.Transitions, fmt.Sprintf("%+.2fs %s %s (%s): %s", t.At.Sub(cutWall).Seconds(), t.Kind, t.Node, t.Signal, t.Cause))
+					cr.Transitions = append(cr.Transitions, fmt.Sprintf("%+.2fs %s %s %s (%s): %s", t.At.Sub(cutWall).Seconds(), t.DC, t.Kind, t.Node, t.Signal, t.Cause))
 				}
 			}
 		}
@@ -485,7 +514,7 @@ func fmtDur(d time.Duration) string {
 
 // Table is the side-by-side summary of the detector runs.
 func (r *Result) Table() *report.Table {
-	t := report.NewTable("detector", "cut_at_s", "rto_far_s", "first_reply_s", "near_rtt_ms", "far_rtt_ms", "resets", "reconnects", "middlebox_rsts")
+	t := report.NewTable("detector", "cut_at_s", "rto_far_s", "first_reply_s", "node_down_s", "dc_down_s", "near_rtt_ms", "far_rtt_ms", "resets", "reconnects", "middlebox_rsts")
 	for _, d := range r.Runs {
 		rto, fr := -1.0, -1.0
 		if d.RTO >= 0 {
@@ -495,6 +524,7 @@ func (r *Result) Table() *report.Table {
 			fr = d.FirstReply.Seconds()
 		}
 		t.Add(d.Detector, fmt.Sprintf("%.2f", d.CutAt.Seconds()), fmt.Sprintf("%.2f", rto), fmt.Sprintf("%.2f", fr),
+			fmt.Sprintf("%.2f", secs(d.NodeDown)), fmt.Sprintf("%.2f", secs(d.DCDown)),
 			fmt.Sprintf("%.1f", ms(d.NearRTT)), fmt.Sprintf("%.1f", ms(d.FarRTT)), d.Resets, d.Reconnects, fmt.Sprintf("%.0f", d.MiddleboxRS))
 	}
 	return t
