@@ -17,10 +17,19 @@
 // bytes_acked, which the middlebox only advances once every branch has
 // acknowledged) is recorded next to it as a cross-check.
 //
-// The direct baseline targets a port the middlebox does not own, so it is
-// plain kernel forwarding over the same kind of link. Results are per-server
-// goodput, cumulated goodput (N x per-server), and ratios to N x the link
-// rate and to the direct baseline.
+// The direct baselines target a port the middlebox does not own, so they
+// are plain kernel forwarding over the same kind of link: once as the
+// client's TCP is configured, once with SACK and timestamps off (the
+// options the middlebox strips from forked handshakes). Results are
+// per-server goodput, cumulated goodput (N x per-server), and ratios to
+// N x the link rate and to the direct baseline.
+//
+// Without SACK, a burst of drop-tail losses at an emulated link's queue
+// (slow-start overshoot under the kernel's receive-window autotuning) is
+// recovered one segment per round trip, so throughput on rate-limited
+// links swings from run to run for forked and no-SACK direct streams
+// alike. Config.RcvBuf caps the receive window (set it near twice the
+// bandwidth-delay product) so that the sender never overflows the queue.
 package goodput
 
 import (
@@ -30,9 +39,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
@@ -69,8 +83,16 @@ type Config struct {
 	Interval time.Duration
 	// TunMode is the middlebox's --tun-mode ("" : its default).
 	TunMode string
-	// NoDirect skips the direct baseline.
+	// NoDirect skips the direct single-stream baselines.
 	NoDirect bool
+	// NoParallel skips, for each N > 1, the N independent direct streams
+	// (one per DC, no middlebox) measured at once as the reference for the
+	// forked connection.
+	NoParallel bool
+	// RcvBuf, when positive, is each sink's SO_RCVBUF (the kernel doubles
+	// it), which caps the receive window; 0 leaves the kernel's
+	// autotuning.
+	RcvBuf int
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 }
@@ -117,7 +139,8 @@ func (s Sample) Min() int64 { return slices.Min(s.Servers) }
 
 // Result is one measured stream.
 type Result struct {
-	// Kind is "forked" (through the VIP to N servers) or "direct".
+	// Kind is "forked" (through the VIP to N servers), "direct",
+	// "direct-nosack" or "direct-parallel" (see Run).
 	Kind string
 	N    int
 	// Sent is the number of bytes the client wrote; Received what each
@@ -131,10 +154,20 @@ type Result struct {
 	Mbps float64
 	// ClientMbps is the same from the client's acknowledged bytes.
 	ClientMbps float64
+	// Parts are the streams of a "direct-parallel" result.
+	Parts []Result
 }
 
 // Complete reports whether every server received exactly what was sent.
 func (r Result) Complete() bool {
+	if len(r.Parts) > 0 {
+		for _, p := range r.Parts {
+			if !p.Complete() {
+				return false
+			}
+		}
+		return true
+	}
 	if len(r.Received) != r.N || r.Sent <= 0 {
 		return false
 	}
@@ -146,8 +179,16 @@ func (r Result) Complete() bool {
 	return true
 }
 
-// Run measures every N of cfg.Servers (and the direct baseline, on the
-// first topology) and returns the results in order, direct first.
+// Run measures every N of cfg.Servers (and the direct baselines, on the
+// first topology) and returns the results in order, baselines first.
+//
+// There are two direct baselines: "direct", the client's TCP as
+// configured, and "direct-nosack", the same with SACK and timestamps
+// turned off in the client's namespace, since the middlebox strips both
+// from forked connections' handshakes (DESIGN.md section 4): it shows what
+// TCP itself achieves on the link without them. For each N > 1 there is
+// also "direct-parallel": N independent direct streams at once, one per DC
+// (see parallel).
 func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
@@ -183,7 +224,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 
 	sinks := make([]*Sink, n)
 	for k := 1; k <= n; k++ {
-		s, err := ListenSink(tb.NS(dcName(k)), netip.AddrPortFrom(testbed.NodeAddr(k, 0), MulticastPort))
+		s, err := ListenSink(tb.NS(dcName(k)), netip.AddrPortFrom(testbed.NodeAddr(k, 0), MulticastPort), cfg.RcvBuf)
 		if err != nil {
 			return nil, err
 		}
@@ -192,17 +233,41 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 	}
 	var out []Result
 	if direct {
-		ds, err := ListenSink(tb.NS(dcName(1)), netip.AddrPortFrom(testbed.NodeAddr(1, 0), DirectPort))
+		ds, err := ListenSink(tb.NS(dcName(1)), netip.AddrPortFrom(testbed.NodeAddr(1, 0), DirectPort), cfg.RcvBuf)
 		if err != nil {
 			return nil, err
 		}
 		defer ds.Close()
-		r, err := Stream(ctx, cfg, tb, netip.AddrPortFrom(testbed.NodeAddr(1, 0), DirectPort), []*Sink{ds})
+		daddr := netip.AddrPortFrom(testbed.NodeAddr(1, 0), DirectPort)
+		r, err := Stream(ctx, cfg, tb, daddr, []*Sink{ds})
 		r.Kind = "direct"
 		if err != nil {
 			return out, fmt.Errorf("direct baseline: %w", err)
 		}
 		fmt.Fprintf(cfg.Log, "direct (no middlebox): %.1f Mbit/s\n", r.Mbps)
+		out = append(out, r)
+
+		restore, err := clientSysctls(tb, map[string]string{"net/ipv4/tcp_sack": "0", "net/ipv4/tcp_timestamps": "0"})
+		if err != nil {
+			return out, err
+		}
+		r, err = Stream(ctx, cfg, tb, daddr, []*Sink{ds})
+		r.Kind = "direct-nosack"
+		if rerr := restore(); rerr != nil && err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return out, fmt.Errorf("direct baseline without SACK: %w", err)
+		}
+		fmt.Fprintf(cfg.Log, "direct, SACK and timestamps off: %.1f Mbit/s\n", r.Mbps)
+		out = append(out, r)
+	}
+	if n > 1 && !cfg.NoParallel {
+		r, err := parallel(ctx, cfg, tb, n)
+		if err != nil {
+			return out, fmt.Errorf("parallel direct streams: %w", err)
+		}
+		fmt.Fprintf(cfg.Log, "%d parallel direct streams: %.1f Mbit/s each on average, %.1f cumulated\n", n, r.Mbps, float64(n)*r.Mbps)
 		out = append(out, r)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -222,6 +287,57 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 		n, r.Mbps, float64(n)*r.Mbps, r.ClientMbps)
 	out = append(out, r)
 	return out, nil
+}
+
+// parallel runs n independent direct streams at once, client to node 0
+// of each DC on DirectPort (no middlebox): what the links, the emulator
+// and this machine carry for n connections, the fair reference for a
+// connection forked n ways. The result's Mbps is the mean per stream;
+// its samples line the streams up by index.
+func parallel(ctx context.Context, cfg Config, tb *testbed.Testbed, n int) (Result, error) {
+	res := Result{Kind: "direct-parallel", N: n}
+	parts := make([]Result, n)
+	errs := make([]error, n)
+	sinks := make([]*Sink, n)
+	for k := 1; k <= n; k++ {
+		s, err := ListenSink(tb.NS(dcName(k)), netip.AddrPortFrom(testbed.NodeAddr(k, 0), DirectPort), cfg.RcvBuf)
+		if err != nil {
+			return res, err
+		}
+		defer s.Close()
+		sinks[k-1] = s
+	}
+	var wg sync.WaitGroup
+	for k := 1; k <= n; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			addr := netip.AddrPortFrom(testbed.NodeAddr(k, 0), DirectPort)
+			parts[k-1], errs[k-1] = Stream(ctx, cfg, tb, addr, sinks[k-1:k])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return res, err
+	}
+	res.Parts = parts
+	ns := len(parts[0].Samples)
+	for _, p := range parts {
+		res.Mbps += p.Mbps / float64(n)
+		res.ClientMbps += p.ClientMbps / float64(n)
+		res.Sent += p.Sent
+		res.Received = append(res.Received, p.Received[0])
+		ns = min(ns, len(p.Samples))
+	}
+	for i := range ns {
+		sm := Sample{T: parts[0].Samples[i].T}
+		for _, p := range parts {
+			sm.Servers = append(sm.Servers, p.Samples[i].Servers[0])
+			sm.ClientAcked += p.Samples[i].ClientAcked
+		}
+		res.Samples = append(res.Samples, sm)
+	}
+	return res, nil
 }
 
 // Stream opens one connection from the client namespace of tb to dst,
@@ -330,6 +446,64 @@ func Stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.Addr
 	return r, nil
 }
 
+// clientSysctls sets /proc/sys keys in the client namespace and returns a
+// function restoring the old values.
+func clientSysctls(tb *testbed.Testbed, kv map[string]string) (restore func() error, err error) {
+	old := map[string]string{}
+	restore = func() error {
+		return testbed.InNetns(testbed.NetnsPath(tb.NS("client")), func() error {
+			for k, v := range old {
+				if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	err = testbed.InNetns(testbed.NetnsPath(tb.NS("client")), func() error {
+		for k, v := range kv {
+			b, err := os.ReadFile(filepath.Join("/proc/sys", k))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s=%s: %w", k, v, err)
+			}
+			old[k] = strings.TrimSpace(string(b))
+		}
+		return nil
+	})
+	if err != nil {
+		restore()
+		return nil, err
+	}
+	return restore, nil
+}
+
+// ParseBytes parses a byte count: a whole number with an optional k/K/KiB
+// or m/M/MiB suffix (powers of 1024), at most 1 GiB. "" is 0.
+func ParseBytes(s string) (int, error) {
+	in := s
+	s = strings.TrimSuffix(strings.TrimSpace(s), "iB")
+	mult := 1
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult, s = 1<<10, s[:n-1]
+		case 'm', 'M':
+			mult, s = 1<<20, s[:n-1]
+		}
+	}
+	if s == "" && in == "" {
+		return 0, nil
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 || v > (1<<30)/mult {
+		return 0, fmt.Errorf("size %q: want e.g. 262144, 256k or 1m (at most 1 GiB)", in)
+	}
+	return v * mult, nil
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -371,12 +545,25 @@ type Sink struct {
 	err   error
 }
 
-// ListenSink starts a sink on addr inside network namespace ns.
-func ListenSink(ns string, addr netip.AddrPort) (*Sink, error) {
+// ListenSink starts a sink on addr inside network namespace ns; rcvbuf >
+// 0 sets SO_RCVBUF on its connections.
+func ListenSink(ns string, addr netip.AddrPort, rcvbuf int) (*Sink, error) {
 	var ln net.Listener
+	lc := net.ListenConfig{}
+	if rcvbuf > 0 {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
 	err := testbed.InNetns(testbed.NetnsPath(ns), func() error {
 		var err error
-		ln, err = net.Listen("tcp4", addr.String())
+		ln, err = lc.Listen(context.Background(), "tcp4", addr.String())
 		return err
 	})
 	if err != nil {

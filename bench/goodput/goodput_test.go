@@ -51,13 +51,19 @@ func TestSummarizeAndReport(t *testing.T) {
 		{Kind: "direct", N: 1, Sent: 100, Received: []int64{100}, Mbps: 95, Samples: samples(1, []int64{0, 1, 2})},
 		{Kind: "forked", N: 1, Sent: 100, Received: []int64{100}, Mbps: 94, Samples: samples(1, []int64{0, 1, 2})},
 		{Kind: "forked", N: 3, Sent: 100, Received: []int64{100, 100, 99}, Mbps: 90, Samples: samples(3, []int64{0, 1, 2}, []int64{0, 1, 2}, []int64{0, 1, 1})},
+		{Kind: "direct-parallel", N: 3, Mbps: 80, Parts: []Result{
+			{N: 1, Sent: 5, Received: []int64{5}}, {N: 1, Sent: 6, Received: []int64{6}}, {N: 1, Sent: 7, Received: []int64{7}},
+		}},
 	}
 	sum := Summarize(rs, 100e6)
-	if len(sum) != 3 {
+	if len(sum) != 4 {
 		t.Fatalf("summary %+v", sum)
 	}
-	if s := sum[2]; s.Cumulated != 270 || s.LinkRatio != 0.9 || s.Complete || s.DirectRatio != 90.0/95 {
+	if s := sum[2]; s.Cumulated != 270 || s.LinkRatio != 0.9 || s.Complete || s.DirectRatio != 90.0/95 || s.ParallelRatio != 270.0/240 {
 		t.Fatalf("N=3 row %+v", s)
+	}
+	if s := sum[3]; !s.Complete || s.Cumulated != 240 || s.ParallelRatio != 0 {
+		t.Fatalf("parallel row %+v", s)
 	}
 	if !sum[1].Complete || sum[1].LinkRatio != 0.94 {
 		t.Fatalf("N=1 row %+v", sum[1])
@@ -112,7 +118,8 @@ func TestQuickGoodput(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	if len(rs) != 3 || rs[0].Kind != "direct" || rs[1].N != 1 || rs[2].N != 3 {
+	if len(rs) != 5 || rs[0].Kind != "direct" || rs[1].Kind != "direct-nosack" || rs[2].N != 1 ||
+		rs[3].Kind != "direct-parallel" || rs[3].N != 3 || len(rs[3].Parts) != 3 || rs[4].Kind != "forked" || rs[4].N != 3 {
 		t.Fatalf("results: %+v", rs)
 	}
 	for _, r := range rs {
@@ -139,7 +146,7 @@ func TestQuickGoodput(t *testing.T) {
 	}
 	t.Logf("\n%s%s", log.String(), b.String())
 	sum, err := report.ReadCSV(filepath.Join(dir, "goodput-summary.csv"))
-	if err != nil || len(sum.Rows) != 3 {
+	if err != nil || len(sum.Rows) != 5 {
 		t.Fatalf("summary CSV: %+v %v", sum, err)
 	}
 	for _, row := range sum.Rows {
@@ -149,5 +156,18 @@ func TestQuickGoodput(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "goodput.png")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int{"": 0, "0": 0, "4096": 4096, "256k": 256 << 10, "256KiB": 256 << 10, "1m": 1 << 20, "2M": 2 << 20} {
+		if got, err := ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-1", "x", "1g", "1.5k", "3000m"} {
+		if _, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) accepted", in)
+		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 
 // Summary is one row of the summary table.
 type Summary struct {
-	Kind string // "direct" or "forked"
+	Kind string // "direct", "direct-nosack" or "forked"
 	N    int
 	// PerServer is the steady goodput each server sees (Mbit/s);
 	// Cumulated is N x PerServer.
@@ -22,6 +22,9 @@ type Summary struct {
 	// DirectRatio is PerServer / the direct baseline's goodput; 0 without
 	// a baseline.
 	DirectRatio float64
+	// ParallelRatio is Cumulated / the cumulated goodput of N parallel
+	// direct streams of the same run (forked rows; 0 without one).
+	ParallelRatio float64
 	// ClientAcked is the goodput from the client's acknowledged bytes.
 	ClientAcked float64
 	// Complete: every server received every byte sent.
@@ -33,9 +36,13 @@ type Summary struct {
 // (0: unlimited).
 func Summarize(rs []Result, rate uint64) []Summary {
 	var direct float64
+	par := map[int]float64{}
 	for _, r := range rs {
-		if r.Kind == "direct" {
+		switch r.Kind {
+		case "direct":
 			direct = r.Mbps
+		case "direct-parallel":
+			par[r.N] = float64(r.N) * r.Mbps
 		}
 	}
 	out := make([]Summary, 0, len(rs))
@@ -49,6 +56,9 @@ func Summarize(rs []Result, rate uint64) []Summary {
 		}
 		if direct > 0 {
 			s.DirectRatio = s.PerServer / direct
+		}
+		if p := par[r.N]; p > 0 && r.Kind == "forked" {
+			s.ParallelRatio = s.Cumulated / p
 		}
 		out = append(out, s)
 	}
@@ -65,9 +75,10 @@ func ratio(v float64) string {
 // Table returns the summary table.
 func Table(sum []Summary) *report.Table {
 	t := report.NewTable("kind", "N", "per-server Mbit/s", "cumulated Mbit/s", "cumulated / (N x link)",
-		"per-server / direct", "client-acked Mbit/s", "sent MiB", "all servers got every byte")
+		"per-server / direct", "cumulated / N direct streams", "client-acked Mbit/s", "sent MiB", "all servers got every byte")
 	for _, s := range sum {
-		t.Add(s.Kind, s.N, s.PerServer, s.Cumulated, ratio(s.LinkRatio), ratio(s.DirectRatio), s.ClientAcked, s.SentMiB, s.Complete)
+		t.Add(s.Kind, s.N, s.PerServer, s.Cumulated, ratio(s.LinkRatio), ratio(s.DirectRatio), ratio(s.ParallelRatio),
+			s.ClientAcked, s.SentMiB, s.Complete)
 	}
 	return t
 }
@@ -93,8 +104,13 @@ func Report(w io.Writer, rs []Result, rate uint64, dir string) error {
 	}
 	for _, r := range rs {
 		name := fmt.Sprintf("N=%d", r.N)
-		if r.Kind == "direct" {
+		switch r.Kind {
+		case "direct":
 			name = "direct (no middlebox)"
+		case "direct-nosack":
+			name = "direct, no SACK/TS"
+		case "direct-parallel":
+			name = fmt.Sprintf("%d direct streams", r.N)
 		}
 		ser := report.Series{Name: name}
 		for i, s := range r.Samples {

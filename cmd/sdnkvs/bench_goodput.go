@@ -19,15 +19,17 @@ import (
 // direct single-server connection (no middlebox) is measured in the same
 // run as the baseline.
 type BenchGoodputCmd struct {
-	Servers  []int         `name:"servers" sep:"," default:"1,2,3,4,5,6" help:"Numbers of servers (DCs) to fork to, one run each (1..8)."`
-	Rate     string        `name:"rate" help:"Rate of each DC link, e.g. 100mbit (user-space WAN emulator); empty: unlimited."`
-	RTT      time.Duration `name:"rtt" default:"0s" help:"Round trip added by each DC link, e.g. 20ms (user-space WAN emulator); with neither --rate nor --rtt the links are veth pairs."`
-	Duration time.Duration `name:"duration" default:"10s" help:"Length of each stream."`
-	Warmup   time.Duration `name:"warmup" default:"1s" help:"Start of each stream left out of the steady-state goodput."`
-	TunMode  string        `name:"tun-mode" enum:"offload,plain" default:"offload" help:"Middlebox TUN mode."`
-	NoDirect bool          `name:"no-direct" help:"Skip the direct (no middlebox) baseline."`
-	Out      string        `name:"out" default:"results" type:"path" help:"Directory for goodput.csv, goodput-summary.csv and goodput.png."`
-	Bin      string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
+	Servers    []int         `name:"servers" sep:"," default:"1,2,3,4,5,6" help:"Numbers of servers (DCs) to fork to, one run each (1..8)."`
+	Rate       string        `name:"rate" help:"Rate of each DC link, e.g. 100mbit (user-space WAN emulator); empty: unlimited."`
+	RTT        time.Duration `name:"rtt" default:"0s" help:"Round trip added by each DC link, e.g. 20ms (user-space WAN emulator); with neither --rate nor --rtt the links are veth pairs."`
+	Duration   time.Duration `name:"duration" default:"10s" help:"Length of each stream."`
+	Warmup     time.Duration `name:"warmup" default:"1s" help:"Start of each stream left out of the steady-state goodput."`
+	TunMode    string        `name:"tun-mode" enum:"offload,plain" default:"offload" help:"Middlebox TUN mode."`
+	NoDirect   bool          `name:"no-direct" help:"Skip the direct (no middlebox) single-stream baselines."`
+	NoParallel bool          `name:"no-parallel" help:"Skip the N parallel direct streams (one per DC, no middlebox) measured for each N > 1."`
+	RcvBuf     string        `name:"rcvbuf" help:"SO_RCVBUF of every server socket, e.g. 256k (caps the receive window; the kernel doubles it); empty: autotuning."`
+	Out        string        `name:"out" default:"results" type:"path" help:"Directory for goodput.csv, goodput-summary.csv and goodput.png."`
+	Bin        string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
 }
 
 // Validate checks the flags.
@@ -42,6 +44,9 @@ func (c *BenchGoodputCmd) Validate() error {
 	}
 	if _, err := testbed.ParseRate(c.Rate); err != nil {
 		return fmt.Errorf("--rate: %v", err)
+	}
+	if _, err := goodput.ParseBytes(c.RcvBuf); err != nil {
+		return fmt.Errorf("--rcvbuf: %v", err)
 	}
 	if c.RTT < 0 || c.RTT > 10*time.Second {
 		return fmt.Errorf("--rtt: %v out of range 0..10s", c.RTT)
@@ -64,6 +69,10 @@ func (c *BenchGoodputCmd) Run(g *Globals) error {
 	if err != nil {
 		return fmt.Errorf("--rate: %v", err)
 	}
+	rcvbuf, err := goodput.ParseBytes(c.RcvBuf)
+	if err != nil {
+		return fmt.Errorf("--rcvbuf: %v", err)
+	}
 	bin := c.Bin
 	if bin == "" {
 		if bin, err = os.Executable(); err != nil {
@@ -72,7 +81,7 @@ func (c *BenchGoodputCmd) Run(g *Globals) error {
 	}
 	cfg := goodput.Config{
 		Binary: bin, Servers: c.Servers, Rate: rate, RTT: c.RTT, Duration: c.Duration,
-		Warmup: c.Warmup, TunMode: c.TunMode, NoDirect: c.NoDirect, Log: os.Stderr,
+		Warmup: c.Warmup, TunMode: c.TunMode, NoDirect: c.NoDirect, NoParallel: c.NoParallel, RcvBuf: rcvbuf, Log: os.Stderr,
 	}
 	// Ctrl-C: the current stream stops and its topology is torn down.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
