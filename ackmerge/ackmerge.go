@@ -230,8 +230,7 @@ type Stats struct {
 	Merged       uint64 // branch segments absorbed into the merge (not forwarded)
 	DupAcks      uint64 // duplicate ACKs of the slowest branch passed on
 	Trimmed      uint64 // reply segments forwarded trimmed
-	OutOfOrder   uint64 // branch segments beyond the branch's covered bytes
-	AssistAcks   uint64 // duplicate ACKs sent to a lagging branch past a hole
+	OutOfOrder   uint64 // branch segments past a hole in the branch's stream
 	Invalid      uint64 // malformed or impossible segments dropped
 	AllocFail    uint64 // copies dropped because Alloc returned nil
 	Shrinks      uint64 // branches removed
@@ -254,11 +253,10 @@ type branch struct {
 	acked seqnum.Value // highest ack of the client stream
 	edge  seqnum.Value // acked + window
 	wl1   seqnum.Value // seq (ref space) of the segment that set edge
-	cov   seqnum.Value // end of contiguous reply bytes sent (ref space)
+	cov   seqnum.Value // end of the reply bytes it has sent (ref space)
 	fin   bool
 	finAt seqnum.Value // FIN's sequence number (ref space)
 
-	assistOwed           int // duplicate ACKs owed past a hole (at most 3)
 	ackedBytes, covBytes uint64
 	behindSince          time.Time
 }
@@ -562,15 +560,6 @@ func (f *Flow) fromClient(buf []byte, p *packet.TCP, now time.Time, out *Out) {
 			packet.FlagACK, f.clientWindow(), nil)
 	}
 	f.fanOut(buf, p, false, out)
-	for k := range f.br {
-		// Duplicate ACKs owed to a branch past a hole (see fromBranch),
-		// now that the client acknowledged up to it.
-		if b := &f.br[k]; b.assistOwed > 0 && !b.removed && b.cov == f.cliAcked && b.cov == f.minCov {
-			for ; b.assistOwed > 0; b.assistOwed-- {
-				f.assistAck(out, k)
-			}
-		}
-	}
 	f.checkClosed(now)
 }
 
@@ -697,21 +686,22 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		b.edge = a.Add(seqnum.Size(uint32(p.Window()) << b.ws))
 	}
 
-	// Reply bytes.
+	// Reply bytes. A TCP sender sends its stream in order, so a branch
+	// that sent byte x has sent every byte before it (the ones missing
+	// here were lost on the way): coverage is the highest byte seen, and
+	// a segment past a hole still proves what the branch has sent.
 	end := seqC.Add(seqnum.Size(plen))
-	ooo := false
 	if plen > 0 || fin {
 		switch {
-		case b.cov.LessThan(seqC):
-			f.stats.OutOfOrder++
-			ooo = true
 		case b.fin && b.finAt.LessThan(end):
 			f.stats.Invalid++ // bytes after its own FIN
 		default:
+			if b.cov.LessThan(seqC) {
+				f.stats.OutOfOrder++ // a hole before it: still forwarded
+			}
 			if b.cov.LessThan(end) {
 				b.covBytes += uint64(b.cov.Size(end))
 				b.cov = end
-				b.assistOwed = 0
 				advanced = true
 			}
 			if fin && end == b.cov && !b.fin {
@@ -792,28 +782,7 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 	default:
 		f.stats.Merged++
 	}
-	if ooo && b.cov == f.minCov {
-		// The branch holding everyone back lost a segment and goes on
-		// past the hole. The client sees nothing of it, so it sends no
-		// duplicate ACKs: send them in its name (the ack is the
-		// client's own), so the branch fast-retransmits instead of
-		// waiting for its RTO. Until the client has acknowledged up to
-		// the hole (delayed ACKs), count them and send them then.
-		if f.cliAcked == b.cov {
-			f.assistAck(out, k)
-		} else if b.assistOwed < 3 {
-			b.assistOwed++
-		}
-	}
 	f.checkClosed(now)
-}
-
-// assistAck sends branch k a duplicate of the client's last ACK.
-func (f *Flow) assistAck(out *Out, k int) {
-	b := &f.br[k]
-	f.stats.AssistAcks++
-	f.build(out, k, f.client, b.t.Addr, uint32(f.cliNxt), uint32(f.cliAcked)+uint32(b.off),
-		packet.FlagACK, f.branchWindow(b, f.cliWnd), nil)
 }
 
 // rewriteToClient turns a branch segment into one from the VIP with the
