@@ -654,6 +654,16 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		return
 	}
 	if fl&packet.FlagRST != 0 {
+		if f.state == StateLinger {
+			// Both directions are closed and acknowledged: a server
+			// that already dropped its socket answers a late segment
+			// with RST. Nothing failed; stop copying to it.
+			b.removed, b.cause = true, CauseClosed
+			f.live--
+			f.nans--
+			f.stats.Merged++
+			return
+		}
 		f.removeBranch(k, CauseRST, now, out)
 		return
 	}

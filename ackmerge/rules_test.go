@@ -704,3 +704,25 @@ func TestPathMTUClampsMSS(t *testing.T) {
 		t.Fatalf("SYN-ACK MSS not clamped: %x", sa.Opts)
 	}
 }
+
+// After both directions closed and were acknowledged, a RST from a server
+// that already dropped its socket is teardown noise: no shrink, no reset.
+func TestRSTDuringLingerIsNotAFailure(t *testing.T) {
+	h := newHarness(t, 2, Config{MinReplicas: 2, Linger: time.Second})
+	h.open()
+	h.sendFl(0, nil, 0, 502, packet.FlagFIN)
+	h.replyFl(0, 0, nil, 1, 500, packet.FlagFIN)
+	h.replyFl(1, 0, nil, 1, 500, packet.FlagFIN)
+	h.send(1, nil, 1, 502)
+	if h.f.State() != StateLinger {
+		t.Fatalf("state %v", h.f.State())
+	}
+	none(t, h.step(0, seg{Src: nodeAddr(0), Dst: cliAddr, Seq: h.iss[0] + 2, Flags: packet.FlagRST}))
+	if h.f.State() != StateLinger || len(h.events) != 1 { // EvEstablished only
+		t.Fatalf("state %v events %v", h.f.State(), h.events)
+	}
+	// Later client segments go only to the branch still there.
+	if out := h.send(1, nil, 1, 502); len(out) != 1 || out[0].To != 1 {
+		t.Fatalf("copies after a linger RST: %v", out)
+	}
+}
