@@ -574,13 +574,21 @@ func writeFiles(dir string, r *Result) ([]string, error) {
 	thr := report.NewTable("detector", "t_s", "replies_per_s", "mbit_per_s")
 	var rttSeries, thrSeries []report.Series
 	for _, d := range r.Runs {
-		rs := report.Series{Name: "RTT, detector " + d.Detector}
+		// One line per (detector, answering DC), so the outage is a gap.
+		var byDC []report.Series
+		idx := map[string]int{}
 		bins := make([]float64, int(d.End/(100*time.Millisecond))+1)
 		bytes := make([]float64, len(bins))
 		for _, s := range d.Samples {
 			samples.Add(d.Detector, fmt.Sprintf("%.4f", s.Sent.Seconds()), fmt.Sprintf("%.4f", s.Done.Seconds()), fmt.Sprintf("%.2f", ms(s.RTT())), s.DC)
-			rs.X = append(rs.X, s.Done.Seconds())
-			rs.Y = append(rs.Y, ms(s.RTT()))
+			i, ok := idx[s.DC]
+			if !ok {
+				i = len(byDC)
+				idx[s.DC] = i
+				byDC = append(byDC, report.Series{Name: fmt.Sprintf("detector %s, %s", d.Detector, s.DC)})
+			}
+			byDC[i].X = append(byDC[i].X, s.Done.Seconds())
+			byDC[i].Y = append(byDC[i].Y, ms(s.RTT()))
 			if b := int(s.Done / (100 * time.Millisecond)); b < len(bins) {
 				bins[b]++
 				bytes[b] += float64(s.Bytes)
@@ -593,9 +601,7 @@ func writeFiles(dir string, r *Result) ([]string, error) {
 			ts.X = append(ts.X, float64(i)/10)
 			ts.Y = append(ts.Y, mbps)
 		}
-		if len(rs.X) > 0 {
-			rttSeries = append(rttSeries, rs)
-		}
+		rttSeries = append(rttSeries, byDC...)
 		thrSeries = append(thrSeries, ts)
 	}
 	save := func(name string, t *report.Table) error {
