@@ -6,10 +6,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -122,4 +124,19 @@ func TestControlAPI(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+}
+
+// TestNoGoroutineLeak: a middlebox with a memnet, a flow, probes and
+// forked ports leaves no goroutine behind after Close.
+func TestNoGoroutineLeak(t *testing.T) {
+	base := runtime.NumGoroutine()
+	t.Run("run", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.MulticastPorts = []uint16{6379}
+		cfg.Failover = &FailoverConfig{Detector: failover.Config{Mode: failover.Fast}}
+		r := newRig(t, cfg, whoServer)
+		c := r.dial(t, anyPort)
+		readLine(t, c)
+	})
+	testenv.WaitFor(t, 5*time.Second, "goroutines to end", func() bool { return runtime.NumGoroutine() <= base })
 }
