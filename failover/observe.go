@@ -319,7 +319,11 @@ func (d *Detector[K]) AckLagThreshold(n NodeID) time.Duration {
 }
 
 // checkDups applies Algorithm 1 to node n. Paper mode: the threshold
-// alone. Fast mode adds a guard against random loss on a busy node: the
+// alone, and, as in the paper (whose action is to rewrite the service to
+// the alternative DC and reset every affected connection), the node's
+// whole DC is declared down: otherwise clients reset off one node would
+// reconnect to its DC's next node and detection would have to repeat for
+// each of them. Fast mode adds a guard against random loss on a busy node: the
 // server must also have sent nothing on any flow for the silence
 // threshold, twice that if its probes still pass (a live node's other
 // flows keep talking; a dead one, or one whose data path is broken while
@@ -330,7 +334,7 @@ func (d *Detector[K]) checkDups(n NodeID) {
 		return
 	}
 	if d.cfg.Mode == Paper {
-		d.markDown(n, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments", ns.dups))
+		d.markDCDown(ns.info.DC, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments to node %v", ns.dups, ns.info.Addr))
 		return
 	}
 	if ns.lastServer.IsZero() {
@@ -397,10 +401,14 @@ func (d *Detector[K]) checkDCProbes(dc DCID) {
 			return
 		}
 	}
-	cause := fmt.Sprintf("all %d live nodes of DC %s missed %d+ probes", ds.live, ds.name, d.cfg.DCProbeMisses)
-	for _, n := range ds.nodes {
+	d.markDCDown(dc, SignalDCProbes, fmt.Sprintf("all %d live nodes of DC %s missed %d+ probes", ds.live, ds.name, d.cfg.DCProbeMisses))
+}
+
+// markDCDown declares every live node of dc down with one cause.
+func (d *Detector[K]) markDCDown(dc DCID, sig Signal, cause string) {
+	for _, n := range d.dcs[dc].nodes {
 		if d.nodes[n].up {
-			d.markDown(n, SignalDCProbes, cause)
+			d.markDown(n, sig, cause)
 		}
 	}
 }

@@ -32,6 +32,22 @@ check dcdown sydney
 check preferred dublin`,
 	},
 	{
+		name: "paper/the action redirects the whole service: every node of the DC goes down",
+		mode: Paper, perDC: 3,
+		script: `
+at 0    client f n0 seq=1000 len=100
+at 300  client f n0 seq=1000 len=100
+at 900  client f n0 seq=1000 len=100
+at 2100 client f n0 seq=1000 len=100
+at 4500 client f n0 seq=1000 len=100
+check up n1
+at 9300 client f n0 seq=1000 len=100 -> NodeDown n0 duplicates, NodeDown n1 duplicates, NodeDown n2 duplicates, DCDown sydney nodes
+check down n1
+check down n2
+check up n3
+check preferred dublin`,
+	},
+	{
 		name: "paper/any server packet resets the count, on any flow",
 		mode: Paper, perDC: 1,
 		script: `

@@ -68,8 +68,10 @@ type Result struct {
 type Config struct {
 	// Interval between probe starts per target. Default 100 ms.
 	Interval time.Duration
-	// MinTimeout is the timeout of a probe of a target with no RTT (and
-	// the floor). Default 250 ms.
+	// MinTimeout is the floor of the adaptive timeout. Default 250 ms.
+	// A target with no RTT sample yet is probed with MaxTimeout, so a far
+	// node (a 340 ms RTT, an HTTP probe needing two round trips on a new
+	// connection) is never declared down before it could have answered.
 	MinTimeout time.Duration
 	// MaxTimeout caps the adaptive timeout. Default 2 s.
 	MaxTimeout time.Duration
@@ -218,7 +220,8 @@ func (p *Prober) Close() error {
 }
 
 // Timeout returns the current timeout of probes of target i (in the order
-// given to New): MinTimeout + 2*srtt, capped at MaxTimeout.
+// given to New): MinTimeout + 2*srtt, capped at MaxTimeout; MaxTimeout
+// while no RTT sample exists.
 func (p *Prober) Timeout(i int) time.Duration {
 	t := p.targets[i]
 	t.mu.Lock()
@@ -228,7 +231,7 @@ func (p *Prober) Timeout(i int) time.Duration {
 
 func (p *Prober) timeoutLocked(t *target) time.Duration {
 	if !t.haveRTT {
-		return p.cfg.MinTimeout
+		return p.cfg.MaxTimeout
 	}
 	return min(p.cfg.MinTimeout+2*t.srtt, p.cfg.MaxTimeout)
 }

@@ -172,7 +172,7 @@ func TestStalledServerTimesOutAndProbesOverlap(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	col := newCollector()
-	cfg := Config{Interval: 20 * time.Millisecond, MinTimeout: 100 * time.Millisecond}
+	cfg := Config{Interval: 20 * time.Millisecond, MinTimeout: 100 * time.Millisecond, MaxTimeout: 100 * time.Millisecond}
 	p, err := New(cfg, []Target{{Node: 1, Kind: HTTP, Addr: srv.URL + "/ready"}}, col.report)
 	if err != nil {
 		t.Fatal(err)
@@ -198,8 +198,8 @@ func TestTimeoutAdaptsToRTT(t *testing.T) {
 		t.Fatal(err)
 	}
 	tg := p.targets[0]
-	if got := p.Timeout(0); got != 250*time.Millisecond {
-		t.Errorf("timeout without RTT %v", got)
+	if got := p.Timeout(0); got != time.Second {
+		t.Errorf("timeout without RTT %v, want MaxTimeout (1s): a far node must get a chance to answer", got)
 	}
 	tg.srtt, tg.haveRTT = 10*time.Millisecond, true
 	if got := p.Timeout(0); got != 270*time.Millisecond {
