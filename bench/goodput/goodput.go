@@ -131,7 +131,7 @@ func (c *Config) defaults() error {
 type Sample struct {
 	T           time.Duration // since the connection was established
 	Servers     []int64       // bytes each server has received
-	ClientAcked int64         // the client's acknowledged bytes (TCP_INFO)
+	ClientAcked int64         // the client's acknowledged payload bytes (TCP_INFO); -1: unknown
 }
 
 // Min returns the bytes every server has received.
@@ -333,7 +333,11 @@ func parallel(ctx context.Context, cfg Config, tb *testbed.Testbed, n int) (Resu
 		sm := Sample{T: parts[0].Samples[i].T}
 		for _, p := range parts {
 			sm.Servers = append(sm.Servers, p.Samples[i].Servers[0])
-			sm.ClientAcked += p.Samples[i].ClientAcked
+			if a := p.Samples[i].ClientAcked; a < 0 || sm.ClientAcked < 0 {
+				sm.ClientAcked = -1
+			} else {
+				sm.ClientAcked += a
+			}
 		}
 		res.Samples = append(res.Samples, sm)
 	}
@@ -369,7 +373,7 @@ func Stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.Addr
 		var v int64 = -1
 		raw.Control(func(fd uintptr) {
 			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-				v = int64(ti.Bytes_acked)
+				v = max(0, int64(ti.Bytes_acked)-1) // bytes_acked counts the SYN
 			}
 		})
 		return v
