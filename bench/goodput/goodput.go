@@ -293,7 +293,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 // of each DC on DirectPort (no middlebox): what the links, the emulator
 // and this machine carry for n connections, the fair reference for a
 // connection forked n ways. The result's Mbps is the mean per stream;
-// its samples line the streams up by index.
+// its samples hold every stream's received bytes (no client acked count).
 func parallel(ctx context.Context, cfg Config, tb *testbed.Testbed, n int) (Result, error) {
 	res := Result{Kind: "direct-parallel", N: n}
 	parts := make([]Result, n)
@@ -316,30 +316,40 @@ func parallel(ctx context.Context, cfg Config, tb *testbed.Testbed, n int) (Resu
 			parts[k-1], errs[k-1] = Stream(ctx, cfg, tb, addr, sinks[k-1:k])
 		}()
 	}
-	wg.Wait()
+	// One sampler for all the streams, so their samples line up.
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	start := time.Now()
+	sample := func() Sample {
+		sm := Sample{T: time.Since(start), ClientAcked: -1}
+		for _, s := range sinks {
+			sm.Servers = append(sm.Servers, s.Bytes())
+		}
+		return sm
+	}
+	res.Samples = append(res.Samples, sample())
+	tick := time.NewTicker(cfg.Interval)
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		case <-tick.C:
+			// Stop sampling when the writers stop (the sinks then drain).
+			if time.Since(start) <= cfg.Duration+cfg.Interval/2 {
+				res.Samples = append(res.Samples, sample())
+			}
+		}
+	}
+	tick.Stop()
 	if err := errors.Join(errs...); err != nil {
 		return res, err
 	}
 	res.Parts = parts
-	ns := len(parts[0].Samples)
 	for _, p := range parts {
 		res.Mbps += p.Mbps / float64(n)
 		res.ClientMbps += p.ClientMbps / float64(n)
 		res.Sent += p.Sent
 		res.Received = append(res.Received, p.Received[0])
-		ns = min(ns, len(p.Samples))
-	}
-	for i := range ns {
-		sm := Sample{T: parts[0].Samples[i].T}
-		for _, p := range parts {
-			sm.Servers = append(sm.Servers, p.Samples[i].Servers[0])
-			if a := p.Samples[i].ClientAcked; a < 0 || sm.ClientAcked < 0 {
-				sm.ClientAcked = -1
-			} else {
-				sm.ClientAcked += a
-			}
-		}
-		res.Samples = append(res.Samples, sm)
 	}
 	return res, nil
 }
@@ -426,6 +436,11 @@ func Stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.Addr
 		}
 	}
 	tick.Stop()
+	// The closing sample; one right after a tick replaces it (a tiny
+	// interval would make a meaningless rate).
+	if last := r.Samples[len(r.Samples)-1]; time.Since(start)-last.T < cfg.Interval/2 && len(r.Samples) > 1 {
+		r.Samples = r.Samples[:len(r.Samples)-1]
+	}
 	r.Samples = append(r.Samples, sample())
 	r.Sent = sent.Load()
 	if writeErr != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -84,7 +85,7 @@ func TestSummarizeAndReport(t *testing.T) {
 	if last := raw.Rows[8]; last[5] != "0.000" || last[7] != "2 2 1" {
 		t.Fatalf("last row %v", last)
 	}
-	for _, f := range []string{"goodput-summary.csv", "goodput.png"} {
+	for _, f := range []string{"goodput-summary.csv", "goodput.png", "goodput-summary.png"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Fatal(err)
 		}
@@ -113,6 +114,7 @@ func TestQuickGoodput(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
 	bin := testbed.BuildForTest(t)
+	before := runtime.NumGoroutine()
 	var log bytes.Buffer
 	rs, err := Run(context.Background(), Config{Binary: bin, Servers: []int{1, 3}, Duration: 2 * time.Second, Log: &log})
 	if err != nil {
@@ -138,6 +140,9 @@ func TestQuickGoodput(t *testing.T) {
 			t.Errorf("%s N=%d: client acked %d > sent %d", r.Kind, r.N, last.ClientAcked, r.Sent)
 		}
 	}
+	testenv.WaitFor(t, 10*time.Second, "the run's goroutines to end", func() bool {
+		return runtime.NumGoroutine() <= before
+	})
 	dir := t.TempDir()
 	var b bytes.Buffer
 	if err := Report(&b, rs, 0, dir); err != nil {

@@ -84,8 +84,9 @@ func Table(sum []Summary) *report.Table {
 }
 
 // Report prints the summary table to w and writes goodput-summary.csv,
-// goodput.csv (every sample) and goodput.png (cumulated goodput over time
-// per N, and the direct baseline) into dir. rate is the link rate in bit/s
+// goodput.csv (every sample), goodput.png (cumulated goodput over time per
+// N, and the direct baseline) and goodput-summary.png (cumulated goodput
+// against N) into dir. rate is the link rate in bit/s
 // (0: unlimited), for the ratio column.
 func Report(w io.Writer, rs []Result, rate uint64, dir string) error {
 	sum := Summarize(rs, rate)
@@ -128,7 +129,7 @@ func Report(w io.Writer, rs []Result, rate uint64, dir string) error {
 			}
 			raw.Add(r.Kind, r.N, s.T.Seconds(), s.Min(), s.ClientAcked, per, per*float64(r.N), strings.Join(bs, " "))
 		}
-		if len(ser.X) > 0 {
+		if len(ser.X) > 0 && r.Kind != "direct-parallel" {
 			lp.Series = append(lp.Series, ser)
 		}
 	}
@@ -138,5 +139,47 @@ func Report(w io.Writer, rs []Result, rate uint64, dir string) error {
 	if len(lp.Series) == 0 {
 		return nil
 	}
-	return lp.Save(filepath.Join(dir, "goodput.png"))
+	if err := lp.Save(filepath.Join(dir, "goodput.png")); err != nil {
+		return err
+	}
+	if sp := summaryPlot(sum, rate); len(sp.Series) > 0 {
+		return sp.Save(filepath.Join(dir, "goodput-summary.png"))
+	}
+	return nil
+}
+
+// summaryPlot draws cumulated goodput against N: the forked connection,
+// N parallel direct streams, and the ideal (N x link rate, or N x the
+// direct baseline without a rate).
+func summaryPlot(sum []Summary, rate uint64) report.LinePlot {
+	var forked, par, ideal report.Series
+	forked.Name, par.Name = "one connection forked to N servers", "N direct streams (no middlebox)"
+	ideal.Name = "N x link rate"
+	unit := float64(rate) / 1e6
+	if rate == 0 {
+		ideal.Name = "N x direct"
+		for _, s := range sum {
+			if s.Kind == "direct" {
+				unit = s.PerServer
+			}
+		}
+	}
+	for _, s := range sum {
+		switch s.Kind {
+		case "forked":
+			forked.X, forked.Y = append(forked.X, float64(s.N)), append(forked.Y, s.Cumulated)
+			if unit > 0 {
+				ideal.X, ideal.Y = append(ideal.X, float64(s.N)), append(ideal.Y, float64(s.N)*unit)
+			}
+		case "direct-parallel":
+			par.X, par.Y = append(par.X, float64(s.N)), append(par.Y, s.Cumulated)
+		}
+	}
+	lp := report.LinePlot{Title: "Cumulated goodput against the number of servers", XLabel: "servers (N)", YLabel: "cumulated goodput (Mbit/s)"}
+	for _, s := range []report.Series{forked, par, ideal} {
+		if len(s.X) > 0 {
+			lp.Series = append(lp.Series, s)
+		}
+	}
+	return lp
 }
