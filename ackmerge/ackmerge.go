@@ -81,6 +81,14 @@ type Config struct {
 	// IdleTimeout ends a flow with no packet for this long (0: never; the
 	// driver's flow table usually has its own).
 	IdleTimeout time.Duration
+	// SACK keeps selective acknowledgements for the client's data (beyond
+	// the paper, which disables SACK): SACK-permitted is passed on in the
+	// handshake and offered to the client when every branch agreed, and
+	// the slowest branch's SACK blocks (client sequence space, so no
+	// translation) reach the client with its duplicate ACKs; blocks from
+	// other branches, and the client's own blocks about reply bytes, are
+	// NOP-ed out. Timestamps are always removed.
+	SACK bool
 }
 
 func (c *Config) defaults() {
@@ -249,6 +257,9 @@ type branch struct {
 	ws     uint8 // effective shift of the branch's windows
 	wsOK   bool  // window scaling in effect with this branch
 	synWnd uint16
+	sackOK bool // its SYN-ACK permitted SACK
+	sack   [maxSACK]sackBlock
+	nsack  int
 
 	acked seqnum.Value // highest ack of the client stream
 	edge  seqnum.Value // acked + window
@@ -287,6 +298,8 @@ type Flow struct {
 	cliWSOK  bool
 	cliWS    uint8
 	cliWnd   uint16 // the client's last window field
+	cliSACK  bool   // the client offered SACK and Config.SACK is on
+	sackOK   bool   // SACK in effect with the client
 	facingWS uint8  // shift of the windows we advertise to the client
 
 	issRef   seqnum.Value
@@ -504,13 +517,23 @@ func (f *Flow) fromClient(buf []byte, p *packet.TCP, now time.Time, out *Out) {
 			}
 			f.cliISS, f.cliNxt = seq, seq.Add(1)
 			f.cliWSOK, f.cliWS = o.WSOK, o.WS
+			f.cliSACK = o.SACKOK && f.cfg.SACK
 			f.synAt = now
 			f.state = StateSynSent
 		} else if seq != f.cliISS {
 			f.stats.Invalid++ // a different connection on the same tuple
 			return
 		}
-		if _, err := p.NopOptions(packet.OptSACKPermitted, packet.OptTimestamps); err != nil {
+		var err error
+		if f.cfg.SACK {
+			_, err = p.NopOptions(packet.OptTimestamps)
+			if o, _ := p.SynOptions(); !o.SACKOK {
+				f.cliSACK = false
+			}
+		} else {
+			_, err = p.NopOptions(packet.OptSACKPermitted, packet.OptTimestamps)
+		}
+		if err != nil {
 			f.stats.Invalid++
 			return
 		}
@@ -691,6 +714,9 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		b.acked = a
 		advanced = true
 	}
+	if f.sackOK && a == b.acked {
+		b.recordSACK(p)
+	}
 	if a == b.acked && b.wl1.LessThanEq(seqC) {
 		b.wl1 = seqC
 		b.edge = a.Add(seqnum.Size(uint32(p.Window()) << b.ws))
@@ -764,7 +790,7 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		}
 		tail := int(pEnd.Size(end))
 		keepFin := fin && hi == segEnd
-		f.rewriteToClient(p, seqC)
+		f.rewriteToClient(p, seqC, k)
 		if fin && !keepFin && tail == 0 {
 			p.SetFlags(p.Flags() &^ packet.FlagFIN)
 		}
@@ -784,11 +810,11 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		}
 		f.emitInPlace(buf, shift, p, out)
 	case f.sentAck.LessThan(f.minAck) || f.sentEdge.LessThan(f.minEdge):
-		f.pureAckInPlace(buf, p, out)
+		f.pureAckInPlace(buf, p, k, out)
 	case plen == 0 && !fin && !advanced && a == b.acked && k == f.minHolder &&
 		f.minAck == f.sentAck && f.minAck.LessThan(f.cliNxt):
 		f.stats.DupAcks++
-		f.pureAckInPlace(buf, p, out)
+		f.pureAckInPlace(buf, p, k, out)
 	default:
 		f.stats.Merged++
 	}
@@ -797,14 +823,21 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 
 // rewriteToClient turns a branch segment into one from the VIP with the
 // client-visible seq, the merged ack and window.
-func (f *Flow) rewriteToClient(p *packet.TCP, seq seqnum.Value) {
+func (f *Flow) rewriteToClient(p *packet.TCP, seq seqnum.Value, k int) {
 	p.SetSrcAddr(f.vip.Addr())
 	p.SetSrcPort(f.vip.Port())
 	p.SetSeq(uint32(seq))
 	p.SetAck(uint32(f.minAck))
 	p.SetWindow(f.clientWindow())
 	if p.HeaderLen() > p.IPHeaderLen()+20 {
-		p.NopOptions(packet.OptSACK, packet.OptTimestamps)
+		if f.sackOK && k == f.minHolder && f.br[k].acked == f.minAck {
+			// The slowest branch's SACK blocks, cut down to what every
+			// live branch holds: what the client's fast recovery needs.
+			p.NopOptions(packet.OptTimestamps)
+			f.mergeSACK(p, k)
+		} else {
+			p.NopOptions(packet.OptSACK, packet.OptTimestamps)
+		}
 	}
 	f.sentAck = f.minAck
 	f.sentEdge = f.minEdge
@@ -816,8 +849,8 @@ func (f *Flow) clientWindow() uint16 {
 	return uint16(min(w, 0xffff))
 }
 
-func (f *Flow) pureAckInPlace(buf []byte, p *packet.TCP, out *Out) {
-	f.rewriteToClient(p, f.sndNxt)
+func (f *Flow) pureAckInPlace(buf []byte, p *packet.TCP, k int, out *Out) {
+	f.rewriteToClient(p, f.sndNxt, k)
 	if p.Has(packet.FlagFIN) {
 		p.SetFlags(p.Flags() &^ packet.FlagFIN)
 	}
@@ -870,6 +903,7 @@ func (f *Flow) synAck(k int, p *packet.TCP, now time.Time, out *Out) {
 		b.ws = o.WS
 	}
 	b.synWnd = p.Window()
+	b.sackOK = o.SACKOK
 	if !f.haveRef {
 		f.haveRef, f.issRef = true, seq
 	}
@@ -904,6 +938,12 @@ func (f *Flow) establish(now time.Time, out *Out) {
 		}
 		f.facingWS = ws
 	}
+	f.sackOK = f.cliSACK
+	for k := range f.br {
+		if b := &f.br[k]; !b.removed && !b.sackOK {
+			f.sackOK = false
+		}
+	}
 	f.recompute()
 	f.sentAck, f.sentEdge = f.minAck, f.minEdge
 	f.sendSynAck(out)
@@ -937,13 +977,17 @@ func (f *Flow) sendSynAck(out *Out) {
 		mss = min(mss, m)
 		wnd = min(wnd, b.synWnd)
 	}
-	var opts [8]byte
+	var opts [12]byte
 	opts[0], opts[1] = packet.OptMSS, 4
 	opts[2], opts[3] = byte(mss>>8), byte(mss)
 	n := 4
 	if f.cliWSOK {
-		opts[4], opts[5], opts[6], opts[7] = packet.OptNOP, packet.OptWindowScale, 3, f.facingWS
-		n = 8
+		opts[n], opts[n+1], opts[n+2], opts[n+3] = packet.OptNOP, packet.OptWindowScale, 3, f.facingWS
+		n += 4
+	}
+	if f.sackOK {
+		opts[n], opts[n+1], opts[n+2], opts[n+3] = packet.OptNOP, packet.OptNOP, packet.OptSACKPermitted, 2
+		n += 4
 	}
 	f.build(out, ToClient, f.vip, f.client, uint32(f.issRef), uint32(f.cliISS)+1,
 		packet.FlagSYN|packet.FlagACK, wnd, opts[:n])

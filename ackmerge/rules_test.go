@@ -2,6 +2,7 @@ package ackmerge
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -724,5 +725,48 @@ func TestRSTDuringLingerIsNotAFailure(t *testing.T) {
 	// Later client segments go only to the branch still there.
 	if out := h.send(1, nil, 1, 502); len(out) != 1 || out[0].To != 1 {
 		t.Fatalf("copies after a linger RST: %v", out)
+	}
+}
+
+// With Config.SACK, the client is offered SACK when every branch agreed,
+// and gets the slowest branch's blocks cut down to what every branch holds.
+func TestSACKBlocksAreTheIntersection(t *testing.T) {
+	h := newHarness(t, 2, Config{SACK: true})
+	out := h.clientSYN()
+	for _, s := range out {
+		if !hasOpt(s.Opts, packet.OptSACKPermitted) || hasOpt(s.Opts, packet.OptTimestamps) {
+			t.Fatalf("SYN copy options %x", s.Opts)
+		}
+	}
+	sackOK := []byte{packet.OptNOP, packet.OptNOP, packet.OptSACKPermitted, 2}
+	for k := 0; k < 2; k++ {
+		out = h.step(k, seg{Src: nodeAddr(k), Dst: cliAddr, Seq: h.iss[k], Ack: h.cliISS + 1,
+			Flags: packet.FlagSYN | packet.FlagACK, Wnd: 65535, Opts: append(synAckOpts(1460, 7), sackOK...)})
+	}
+	if sa := only(t, out, ToClient); !hasOpt(sa.Opts, packet.OptSACKPermitted) {
+		t.Fatalf("SYN-ACK does not offer SACK: %x", sa.Opts)
+	}
+	h.send(0, nil, 0, 502)
+	h.send(0, make([]byte, 500), 0, 502)
+	c := h.cliISS + 1
+	block := func(bs ...uint32) []byte {
+		o := []byte{packet.OptNOP, packet.OptNOP, packet.OptSACK, byte(2 + 4*len(bs))}
+		for _, b := range bs {
+			o = binary.BigEndian.AppendUint32(o, c+b)
+		}
+		return o
+	}
+	// Branch 0 is ahead (acked 100) and holds [200,300) and [400,500).
+	h.step(0, seg{Src: nodeAddr(0), Dst: cliAddr, Seq: h.iss[0] + 1, Ack: c + 100, Flags: packet.FlagACK, Wnd: 500, Opts: block(200, 300, 400, 500)})
+	// Branch 1 (the slowest, acked 50) holds [150,250) and [350,450).
+	s := only(t, h.step(1, seg{Src: nodeAddr(1), Dst: cliAddr, Seq: h.iss[1] + 1, Ack: c + 50, Flags: packet.FlagACK, Wnd: 500, Opts: block(150, 250, 350, 450)}), ToClient)
+	if h.relAck(s) != 50 {
+		t.Fatalf("ack %d", h.relAck(s))
+	}
+	// Every branch holds [200,250) and [400,450) (the option is rewritten
+	// in place: at most as many blocks as the branch sent).
+	want := block(200, 250, 400, 450)[2:]
+	if !bytes.Contains(s.Opts, want) {
+		t.Fatalf("SACK option %x, want %x", s.Opts, want)
 	}
 }
