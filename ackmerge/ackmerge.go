@@ -12,9 +12,25 @@
 //
 // All numbers the client sees are in the sequence space of the reference
 // branch (the first to answer the SYN); branch k's offset is
-// off_k = iss_k - iss_ref. Client payload is never buffered, reply payload is
-// never buffered: the branch that raises the covered minimum always carries
-// the newly covered bytes, so forwarding is trimming.
+// off_k = iss_k - iss_ref. Neither client nor reply payload is ever
+// buffered. A branch's coverage is the highest reply byte it has sent (a
+// TCP sender sends in order, so a segment past a hole proves the bytes in
+// the hole were sent and lost on the way); bytes below the minimum
+// coverage are forwarded from whichever segment carries them, trimmed,
+// even out of order: the client reassembles, and its duplicate ACKs make
+// the branches retransmit any hole. Departures from DESIGN.md section 4,
+// each covered by a rule test: the coverage above (the spec drops
+// out-of-order reply segments, which under loss costs one RTT per lost
+// segment), a repeated ACK when the client retransmits acknowledged bytes
+// or a branch retransmits bytes the client acknowledged, and optional SACK
+// (Config.SACK).
+//
+// Wiring (the middlebox): NewFlow on the client's SYN; Step for every
+// packet of the connection with the side it came from; Tick about every
+// 100 ms; write every Out.Pkts[i].Buf at Out.Offset; count EvEstablished
+// (forks), EvBranchRemoved (shrinks; divergences when Cause is
+// CauseDivergence), EvClientReset; drop the flow on EvDone. RemoveBranch
+// is the failover component's hook. Branch and Stats feed /flows.
 //
 // The package does no I/O, starts no goroutines and never reads the wall
 // clock: packets and the time come in through Step and Tick, packets to send
