@@ -470,10 +470,17 @@ func TestFailoverCutMovesAnycastClients(t *testing.T) {
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
 	}
-	// Wait until the detector has RTT samples (probes answer).
-	testenv.WaitFor(t, 5*time.Second, "probes to answer", func() bool {
-		st, ok := r.mb.failoverNodeLocked(0)
-		return ok && st.LastHeard.After(time.Time{})
+	// Wait until the detector has RTT samples of every node (probes
+	// answer): a node never heard from keeps the benefit of the doubt for
+	// the prober's MaxTimeout.
+	testenv.WaitFor(t, 5*time.Second, "probes of every node to answer", func() bool {
+		for i := range 3 {
+			st, ok := r.mb.failoverNodeLocked(i)
+			if !ok || st.LastHeard.IsZero() {
+				return false
+			}
+		}
+		return true
 	})
 	c := r.dial(t, anyPort)
 	if got := readLine(t, c); got != syd1.String() && got != syd2.String() {
