@@ -1,0 +1,78 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/alecthomas/kong"
+)
+
+func parseArgs(t *testing.T, args ...string) (*CLI, *kong.Context, error) {
+	t.Helper()
+	var cli CLI
+	p, err := parser(&cli, kong.Writers(io.Discard, io.Discard), kong.Exit(func(int) { t.Fatal("kong tried to exit") }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, err := p.Parse(args)
+	return &cli, ctx, err
+}
+
+// The documented shape of one node: `sdnkvs kvs --id 3 --listen ...`.
+func TestKvsNodeFlagsDocumentedShape(t *testing.T) {
+	cli, ctx, err := parseArgs(t, "kvs", "--id", "3", "--listen", "10.210.1.13:6379",
+		"--peer-listen", "10.210.1.13:7379", "--peers", "10.210.1.11:7379,10.210.1.12:7379,10.210.1.13:7379",
+		"--data", "/tmp/x", "--quorum", "5", "--sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctx.Command() != "kvs node" {
+		t.Fatalf("selected %q, want the default node subcommand", ctx.Command())
+	}
+	n := cli.Kvs.Node
+	if n.ID != 3 || n.Listen != "10.210.1.13:6379" || n.PeerListen != "10.210.1.13:7379" || len(n.Peers) != 3 ||
+		n.Data != "/tmp/x" || n.Quorum != 5 || !n.Sync || n.Timeout.Seconds() != 2 {
+		t.Fatalf("parsed %+v", n)
+	}
+}
+
+func TestKvsClusterFlags(t *testing.T) {
+	cli, ctx, err := parseArgs(t, "kvs", "cluster", "--nodes", "9", "--base-port", "16379", "--data", "/tmp/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctx.Command() != "kvs cluster" {
+		t.Fatalf("selected %q", ctx.Command())
+	}
+	cfg := cli.Kvs.Cluster.Config()
+	if cfg.Nodes != 9 || cfg.BasePort != 16379 || cfg.Dir != "/tmp/c" || len(cfg.IPs) != 0 {
+		t.Fatalf("config %+v", cfg)
+	}
+	cli, _, err = parseArgs(t, "kvs", "cluster", "--ips", "10.210.1.11,10.210.1.12", "--data", "/tmp/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := cli.Kvs.Cluster.Config(); len(cfg.IPs) != 2 || cfg.Port != 6379 || cfg.PeerPort != 7379 || cfg.HTTPPort != 8379 {
+		t.Fatalf("IP mode config %+v", cfg)
+	}
+}
+
+// Bad flags give a usage error naming the flag.
+func TestKvsBadFlagsNamed(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"kvs", "--peers", "a:1", "--data", "/tmp/x"}, "--id"},
+		{[]string{"kvs", "--id", "x", "--peers", "a:1", "--data", "/tmp/x"}, "--id"},
+		{[]string{"kvs", "--id", "1", "--peers", "a:1", "--data", "/tmp/x", "--quorum", "five"}, "--quorum"},
+		{[]string{"kvs", "cluster", "--nodes", "nine", "--data", "/tmp/x"}, "--nodes"},
+		{[]string{"kvs", "--id", "1", "--peers", "a:1", "--data", "/tmp/x", "--timeout", "soon"}, "--timeout"},
+	} {
+		_, _, err := parseArgs(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.flag) {
+			t.Errorf("%v: error %v, want one naming %s", c.args, err, c.flag)
+		}
+	}
+}
