@@ -106,8 +106,9 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-// TestQuickGoodput runs the benchmark for real, briefly: N = 1 and 3 over
-// veth links, 2 s each, with the direct baseline. Every server must receive
+// TestQuickGoodput runs the benchmark for real, briefly: N = 3 and 1 over
+// veth links, 2 s each, with the direct baselines and 3 parallel direct
+// streams. Every server must receive
 // every byte the client sent, goodput must be nonzero, and the outputs
 // must be written.
 func TestQuickGoodput(t *testing.T) {
@@ -116,12 +117,14 @@ func TestQuickGoodput(t *testing.T) {
 	bin := testbed.BuildForTest(t)
 	before := runtime.NumGoroutine()
 	var log bytes.Buffer
-	rs, err := Run(context.Background(), Config{Binary: bin, Servers: []int{1, 3}, Duration: 2 * time.Second, Log: &log})
+	// N=3 first: the direct baselines and the parallel streams share
+	// that topology.
+	rs, err := Run(context.Background(), Config{Binary: bin, Servers: []int{3, 1}, Duration: 2 * time.Second, Log: &log})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
-	if len(rs) != 5 || rs[0].Kind != "direct" || rs[1].Kind != "direct-nosack" || rs[2].N != 1 ||
-		rs[3].Kind != "direct-parallel" || rs[3].N != 3 || len(rs[3].Parts) != 3 || rs[4].Kind != "forked" || rs[4].N != 3 {
+	if len(rs) != 5 || rs[0].Kind != "direct" || rs[1].Kind != "direct-nosack" || rs[2].Kind != "direct-parallel" ||
+		rs[2].N != 3 || len(rs[2].Parts) != 3 || rs[3].Kind != "forked" || rs[3].N != 3 || rs[4].Kind != "forked" || rs[4].N != 1 {
 		t.Fatalf("results: %+v", rs)
 	}
 	for _, r := range rs {
@@ -173,5 +176,17 @@ func TestParseBytes(t *testing.T) {
 		if _, err := ParseBytes(in); err == nil {
 			t.Errorf("ParseBytes(%q) accepted", in)
 		}
+	}
+}
+
+func TestAutoRcvBuf(t *testing.T) {
+	if got := AutoRcvBuf(0, 20*time.Millisecond); got != 0 {
+		t.Errorf("unlimited link: %d, want 0 (autotuning)", got)
+	}
+	if got := AutoRcvBuf(100e6, 20*time.Millisecond); got != 500000 {
+		t.Errorf("100 Mbit/s, 20 ms: %d, want 500000", got)
+	}
+	if got := AutoRcvBuf(100e6, 0); got != 128<<10 {
+		t.Errorf("no delay: %d, want the 128 KiB floor", got)
 	}
 }

@@ -29,7 +29,9 @@ type Summary struct {
 	ClientAcked float64
 	// Complete: every server received every byte sent.
 	Complete bool
-	SentMiB  float64
+	// Drops: packets the links dropped during the stream (-1: unknown).
+	Drops   int64
+	SentMiB float64
 }
 
 // Summarize turns results into table rows. rate is the link rate in bit/s
@@ -49,7 +51,7 @@ func Summarize(rs []Result, rate uint64) []Summary {
 	for _, r := range rs {
 		s := Summary{
 			Kind: r.Kind, N: r.N, PerServer: r.Mbps, Cumulated: float64(r.N) * r.Mbps,
-			ClientAcked: r.ClientMbps, Complete: r.Complete(), SentMiB: float64(r.Sent) / (1 << 20),
+			ClientAcked: r.ClientMbps, Complete: r.Complete(), SentMiB: float64(r.Sent) / (1 << 20), Drops: r.Drops,
 		}
 		if rate > 0 {
 			s.LinkRatio = s.Cumulated / (float64(r.N) * float64(rate) / 1e6)
@@ -75,10 +77,10 @@ func ratio(v float64) string {
 // Table returns the summary table.
 func Table(sum []Summary) *report.Table {
 	t := report.NewTable("kind", "N", "per-server Mbit/s", "cumulated Mbit/s", "cumulated / (N x link)",
-		"per-server / direct", "cumulated / N direct streams", "client-acked Mbit/s", "sent MiB", "all servers got every byte")
+		"per-server / direct", "cumulated / N direct streams", "client-acked Mbit/s", "sent MiB", "link drops", "all servers got every byte")
 	for _, s := range sum {
 		t.Add(s.Kind, s.N, s.PerServer, s.Cumulated, ratio(s.LinkRatio), ratio(s.DirectRatio), ratio(s.ParallelRatio),
-			s.ClientAcked, s.SentMiB, s.Complete)
+			s.ClientAcked, s.SentMiB, s.Drops, s.Complete)
 	}
 	return t
 }

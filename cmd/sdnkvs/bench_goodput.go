@@ -25,9 +25,10 @@ type BenchGoodputCmd struct {
 	Duration   time.Duration `name:"duration" default:"10s" help:"Length of each stream."`
 	Warmup     time.Duration `name:"warmup" default:"1s" help:"Start of each stream left out of the steady-state goodput."`
 	TunMode    string        `name:"tun-mode" enum:"offload,plain" default:"offload" help:"Middlebox TUN mode."`
+	RTPrio     int           `name:"rt-priority" default:"0" help:"Run the middlebox under SCHED_FIFO at this priority (chrt -f; the WAN emulator's threads run at FIFO 10); 0: normal priority."`
 	NoDirect   bool          `name:"no-direct" help:"Skip the direct (no middlebox) single-stream baselines."`
 	NoParallel bool          `name:"no-parallel" help:"Skip the N parallel direct streams (one per DC, no middlebox) measured for each N > 1."`
-	RcvBuf     string        `name:"rcvbuf" help:"SO_RCVBUF of every server socket, e.g. 256k (caps the receive window; the kernel doubles it); empty: autotuning."`
+	RcvBuf     string        `name:"rcvbuf" default:"auto" help:"SO_RCVBUF of every server socket, e.g. 512k (caps the receive window; the kernel doubles it); auto: twice the link's bandwidth-delay product with --rate, else the kernel's autotuning; 0: autotuning."`
 	Out        string        `name:"out" default:"results" type:"path" help:"Directory for goodput.csv, goodput-summary.csv and goodput.png."`
 	Bin        string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
 }
@@ -45,11 +46,14 @@ func (c *BenchGoodputCmd) Validate() error {
 	if _, err := testbed.ParseRate(c.Rate); err != nil {
 		return fmt.Errorf("--rate: %v", err)
 	}
-	if _, err := goodput.ParseBytes(c.RcvBuf); err != nil {
-		return fmt.Errorf("--rcvbuf: %v", err)
+	if _, err := c.rcvbuf(0); err != nil {
+		return err
 	}
 	if c.RTT < 0 || c.RTT > 10*time.Second {
 		return fmt.Errorf("--rtt: %v out of range 0..10s", c.RTT)
+	}
+	if c.RTPrio < 0 || c.RTPrio > 99 {
+		return fmt.Errorf("--rt-priority: %d out of range 0..99", c.RTPrio)
 	}
 	if c.Duration < time.Second {
 		return fmt.Errorf("--duration: %v is shorter than 1s", c.Duration)
@@ -58,6 +62,18 @@ func (c *BenchGoodputCmd) Validate() error {
 		return fmt.Errorf("--warmup: %v: want within [0, --duration %v)", c.Warmup, c.Duration)
 	}
 	return nil
+}
+
+// rcvbuf resolves --rcvbuf for a link rate in bit/s.
+func (c *BenchGoodputCmd) rcvbuf(rate uint64) (int, error) {
+	if c.RcvBuf == "auto" {
+		return goodput.AutoRcvBuf(rate, c.RTT), nil
+	}
+	v, err := goodput.ParseBytes(c.RcvBuf)
+	if err != nil {
+		return 0, fmt.Errorf("--rcvbuf: %v (or auto)", err)
+	}
+	return v, nil
 }
 
 // Run runs the benchmark and prints the table.
@@ -69,9 +85,12 @@ func (c *BenchGoodputCmd) Run(g *Globals) error {
 	if err != nil {
 		return fmt.Errorf("--rate: %v", err)
 	}
-	rcvbuf, err := goodput.ParseBytes(c.RcvBuf)
+	rcvbuf, err := c.rcvbuf(rate)
 	if err != nil {
-		return fmt.Errorf("--rcvbuf: %v", err)
+		return err
+	}
+	if c.RcvBuf == "auto" && rcvbuf > 0 {
+		fmt.Fprintf(os.Stderr, "server SO_RCVBUF %d bytes (--rcvbuf auto: twice the bandwidth-delay product)\n", rcvbuf)
 	}
 	bin := c.Bin
 	if bin == "" {
@@ -81,7 +100,7 @@ func (c *BenchGoodputCmd) Run(g *Globals) error {
 	}
 	cfg := goodput.Config{
 		Binary: bin, Servers: c.Servers, Rate: rate, RTT: c.RTT, Duration: c.Duration,
-		Warmup: c.Warmup, TunMode: c.TunMode, NoDirect: c.NoDirect, NoParallel: c.NoParallel, RcvBuf: rcvbuf, Log: os.Stderr,
+		Warmup: c.Warmup, TunMode: c.TunMode, RTPriority: c.RTPrio, NoDirect: c.NoDirect, NoParallel: c.NoParallel, RcvBuf: rcvbuf, Log: os.Stderr,
 	}
 	// Ctrl-C: the current stream stops and its topology is torn down.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
