@@ -9,10 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/netstackio"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,44 +20,8 @@ import (
 func NetnsPath(name string) string { return filepath.Join("/run/netns", name) }
 
 // InNetns runs fn on an OS thread switched into the network namespace at
-// nsPath, then switches the thread back. Sockets and TUN devices opened by
-// fn belong to that namespace and stay there. fn must not start goroutines
-// that expect to inherit the namespace. If the thread cannot be switched
-// back it is discarded rather than reused.
-func InNetns(nsPath string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(nsPath)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns: %w", err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", nsPath, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- fmt.Errorf("setns back from %s: %w", nsPath, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// nsPath, then switches the thread back (see netstackio.InNetns).
+func InNetns(nsPath string, fn func() error) error { return netstackio.InNetns(nsPath, fn) }
 
 // runIP runs `ip args...` and returns a clear error with ip's output.
 func runIP(args ...string) error {
