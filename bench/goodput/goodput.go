@@ -591,19 +591,20 @@ func clientSysctls(tb *testbed.Testbed, kv map[string]string) (restore func() er
 }
 
 // AutoRcvBuf is the SO_RCVBUF that `--rcvbuf auto` picks: twice the
-// bandwidth-delay product of a link of rate bit/s and round trip rtt, at
-// least 128 KiB; 0 (the kernel's autotuning) for an unlimited link. The
-// kernel doubles it, and the window it offers then stays below the
-// bandwidth-delay product plus the emulator's default queue (twice the
-// product), so a sender never overflows the queue. Measured at 100 Mbit/s
-// and 20 ms: no link drops for N = 1..6, where autotuning overflows the
-// queue in slow start and, without SACK, recovers one segment per round
-// trip.
+// bandwidth-delay product of a link of rate bit/s and round trip rtt (plus
+// 2 ms, as the testbed sizes its queues), at least 128 KiB; 0 (the
+// kernel's autotuning) for an unlimited link. The kernel doubles it, and
+// the window it offers then stays below the bandwidth-delay product plus
+// the emulator's default queue, so the sender does not overflow the queue
+// even when the emulator's own delay under load stretches the round trip.
+// Measured at 100 Mbit/s and 20 ms: no link drops for N = 1..6 (a 640 KiB
+// buffer already overflows the queue at N = 1), where autotuning overflows
+// it in slow start and, without SACK, recovers one segment per round trip.
 func AutoRcvBuf(rate uint64, rtt time.Duration) int {
 	if rate == 0 {
 		return 0
 	}
-	return max(128<<10, int(2*float64(rate)/8*rtt.Seconds()))
+	return max(128<<10, int(2*float64(rate)/8*(rtt+2*time.Millisecond).Seconds()))
 }
 
 // ParseBytes parses a byte count: a whole number with an optional k/K/KiB

@@ -183,10 +183,10 @@ func TestAutoRcvBuf(t *testing.T) {
 	if got := AutoRcvBuf(0, 20*time.Millisecond); got != 0 {
 		t.Errorf("unlimited link: %d, want 0 (autotuning)", got)
 	}
-	if got := AutoRcvBuf(100e6, 20*time.Millisecond); got != 500000 {
-		t.Errorf("100 Mbit/s, 20 ms: %d, want 500000", got)
+	if got := AutoRcvBuf(100e6, 20*time.Millisecond); got != 550000 {
+		t.Errorf("100 Mbit/s, 20 ms: %d, want 550000", got)
 	}
-	if got := AutoRcvBuf(100e6, 0); got != 128<<10 {
+	if got := AutoRcvBuf(10e6, 0); got != 128<<10 {
 		t.Errorf("no delay: %d, want the 128 KiB floor", got)
 	}
 }
