@@ -5,9 +5,20 @@
 // same run, one middlebox run per detector on the same testbed.
 //
 //	for each detector (paper, fast):
-//	  middlebox --detector D ── client: MGET marker,key on VIP:6380, one at a time
+//	  middlebox --detector D ── client: MGET marker,key on VIP:6380, the next
+//	                            one when a reply is complete, and a PING every
+//	                            50 ms on the same connection
 //	  cut the near DC at CutAt, run until Duration, stop, heal
-//	RTO = cut -> first reply from the far DC
+//	detected = cut -> the middlebox's first NodeDown of a near node
+//	RTO      = cut -> first reply byte from the far DC (service resumed)
+//	RTO full = cut -> first complete value from the far DC
+//
+// The PINGs keep client data in flight while replies flow, as the paper's
+// client did: after a cut the client's kernel retransmits them, which is
+// what the paper's Algorithm 1 counts (duplicate client segments). With
+// ClientRTOMin the client namespace's routes get that rto_min, so the
+// retransmission backoff (and so Algorithm 1's detection time) of hosts
+// with a larger RTO floor can be reproduced.
 //
 // With Cuts > 0 it also cuts the near DC Cuts times at random moments under
 // forked write load (fast detector), heals and readmits it in between, and
@@ -22,13 +33,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/demo"
 	"github.com/sdnkvs/sdnkvs/bench/report"
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
 // Config configures the experiment. Zero values take the defaults shown.
@@ -50,6 +62,14 @@ type Config struct {
 	// Until makes a run end early this long after the first reply from
 	// the far DC (0: 5s; negative: run the full Duration).
 	Until time.Duration
+	// PingEvery is how often the reader also sends a PING on its
+	// connection, so client data is in flight while replies flow (0: 50ms;
+	// negative: never, the reader only sends its next request).
+	PingEvery time.Duration
+	// ClientRTOMin, if positive, is set as rto_min on the client
+	// namespace's routes (Linux default 200ms): the paper's hosts
+	// backed off from a larger RTO floor. 0: the kernel default.
+	ClientRTOMin time.Duration
 
 	Cuts        int     // repeated cuts under write load for RPO (0: none)
 	CutsRate    float64 // writes per second during the cuts: 1000
@@ -97,6 +117,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Until == 0 {
 		c.Until = 5 * time.Second
 	}
+	if c.PingEvery == 0 {
+		c.PingEvery = 50 * time.Millisecond
+	}
+	if c.PingEvery > 0 && c.PingEvery < time.Millisecond {
+		return c, fmt.Errorf("failoverbench: ping every %v: want at least 1ms (negative: no pings)", c.PingEvery)
+	}
+	if c.ClientRTOMin < 0 || c.ClientRTOMin > time.Minute {
+		return c, fmt.Errorf("failoverbench: client rto_min %v: want 0 (kernel default) to 1m", c.ClientRTOMin)
+	}
+	if c.ClientRTOMin > 0 && c.ClientRTOMin < time.Millisecond {
+		return c, fmt.Errorf("failoverbench: client rto_min %v: want at least 1ms", c.ClientRTOMin)
+	}
 	if c.Cuts < 0 || c.Cuts > 1000 {
 		return c, fmt.Errorf("failoverbench: cuts = %d: want 0..1000", c.Cuts)
 	}
@@ -115,38 +147,52 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// Sample is one answered request.
+// Sample is one answered command.
 type Sample struct {
-	Sent, Done time.Duration // since the run's start
-	DC         string        // which DC answered (marker)
-	Bytes      int           // value bytes received
+	Kind string // KindMGET or KindPING
+	// Sent, First and Done are since the run's start: command written,
+	// first byte of its reply received, reply complete.
+	Sent, First, Done time.Duration
+	DC                string // which DC answered (the connection's marker)
+	Bytes             int    // value bytes received (MGET)
+	Conn              int    // connection number in the run, from 0
 }
 
-// RTT is the request's round-trip time.
+// RTT is the command's round-trip time (to the end of its reply).
 func (s Sample) RTT() time.Duration { return s.Done - s.Sent }
 
-// DetectorRun is one middlebox run across one cut.
+// DetectorRun is one middlebox run across one cut. Durations named "cut
+// -> ..." are -1 when the event did not happen.
 type DetectorRun struct {
 	Detector string
 	CutAt    time.Duration
 	End      time.Duration
-	// RTO is cut -> first reply from the far DC; -1 if none came.
+	// RTO is cut -> the first reply byte from the far DC (service
+	// resumed).
 	RTO time.Duration
-	// FirstReply is cut -> first reply to a request sent after the cut
-	// (any DC); -1 if none.
-	FirstReply  time.Duration
+	// RTOFull is cut -> the first complete value from the far DC.
+	RTOFull time.Duration
+	// FirstReply is cut -> the first reply byte to a command sent after
+	// the cut (any DC).
+	FirstReply time.Duration
+	// ConnLost is cut -> the reader's connection failed (the RST, or an
+	// error) after the cut.
+	ConnLost    time.Duration
 	Resets      int // connections that ended with a RST or EOF
 	Reconnects  int
-	NearRTT     time.Duration // median before the cut
-	FarRTT      time.Duration // median after recovery
+	NearRTT     time.Duration // median MGET RTT before the cut
+	FarRTT      time.Duration // median MGET RTT after recovery
 	Samples     []Sample
+	RxBins      []int64 // bytes received per 100 ms since the start
 	MiddleboxRS float64 // the middlebox's RST counter at the end, -1 if unknown
 	// NodeDown and DCDown are cut -> the middlebox's first NodeDown of a
-	// near node and its DCDown of the near DC (-1: not seen in /dcs).
+	// near node (detection) and its DCDown of the near DC, from /dcs.
 	NodeDown, DCDown time.Duration
 	// Transitions are the middlebox's decisions ("+0.45s NodeDown node
 	// (signal): cause", time from the cut).
 	Transitions []string
+	// Errors are the reader's first distinct errors other than resets.
+	Errors []string
 }
 
 // CutRun is one cut of the repeated-cuts RPO experiment.
@@ -164,11 +210,14 @@ type CutRun struct {
 
 // Result is the whole experiment.
 type Result struct {
-	Runs        []DetectorRun
-	Cuts        []CutRun
-	AckedWrites int
-	RPOLost     int
-	Files       []string
+	// ClientRTOMin is the rto_min set on the client's routes (0: kernel
+	// default); PingEvery the reader's PING interval (negative: none).
+	ClientRTOMin, PingEvery time.Duration
+	Runs                    []DetectorRun
+	Cuts                    []CutRun
+	AckedWrites             int
+	RPOLost                 int
+	Files                   []string
 }
 
 // Run builds the environment once and runs every detector, then the
@@ -202,7 +251,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("failoverbench: store the read value in %s: %v %q", d.Name, err, rep.Str)
 		}
 	}
-	res := &Result{}
+	if cfg.ClientRTOMin > 0 {
+		if err := setClientRTOMin(setup, env.TB, cfg.ClientRTOMin); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(cfg.Log, "client routes: rto_min %v\n", cfg.ClientRTOMin)
+	}
+	res := &Result{ClientRTOMin: cfg.ClientRTOMin, PingEvery: cfg.PingEvery}
 	for _, det := range cfg.Detectors {
 		r, err := runDetector(ctx, env, cfg, det)
 		if err != nil {
@@ -225,9 +280,42 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
+// setClientRTOMin sets rto_min d on the client namespace's default route
+// and its on-link subnet route, and checks that both carry it. Sockets
+// connected afterwards back off from that floor.
+func setClientRTOMin(ctx context.Context, tb *testbed.Testbed, d time.Duration) error {
+	rto := fmt.Sprintf("%dms", d.Milliseconds())
+	gw := testbed.GatewayClientAddr
+	subnet := netip.PrefixFrom(testbed.ClientAddr, 24).Masked()
+	for _, argv := range [][]string{
+		{"ip", "route", "change", "default", "via", gw.String(), "dev", "eth0", "rto_min", rto},
+		{"ip", "route", "change", subnet.String(), "dev", "eth0", "proto", "kernel", "scope", "link", "src", testbed.ClientAddr.String(), "rto_min", rto},
+	} {
+		if out, err := tb.Exec(ctx, "client", argv...); err != nil {
+			return fmt.Errorf("failoverbench: set client rto_min: %s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	out, err := tb.Exec(ctx, "client", "ip", "-4", "route", "show")
+	if err != nil {
+		return fmt.Errorf("failoverbench: client routes: %w: %s", err, bytes.TrimSpace(out))
+	}
+	for _, want := range []string{"default", subnet.String()} {
+		ok := false
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, want+" ") && strings.Contains(line, "rto_min") {
+				ok = true
+			}
+		}
+		if !ok {
+			return fmt.Errorf("failoverbench: client route %s has no rto_min after the change:\n%s", want, out)
+		}
+	}
+	return nil
+}
+
 // runDetector runs one middlebox with detector det across one cut.
 func runDetector(ctx context.Context, env *demo.Env, cfg Config, det string) (DetectorRun, error) {
-	r := DetectorRun{Detector: det, RTO: -1, FirstReply: -1, MiddleboxRS: -1, NodeDown: -1, DCDown: -1}
+	r := DetectorRun{Detector: det, RTO: -1, RTOFull: -1, FirstReply: -1, ConnLost: -1, MiddleboxRS: -1, NodeDown: -1, DCDown: -1}
 	if err := env.StartMiddlebox(ctx, demo.MB{Detector: det, Extra: cfg.MiddleboxArgs, AnycastOnly: true}); err != nil {
 		return r, err
 	}
@@ -235,19 +323,24 @@ func runDetector(ctx context.Context, env *demo.Env, cfg Config, det string) (De
 		env.StopMiddlebox()
 		env.TB.Heal(cfg.Near)
 	}()
-	fmt.Fprintf(cfg.Log, "detector %s: reading over one anycast connection, %s cut at %v\n", det, cfg.Near, cfg.CutAt)
+	pings := "no PINGs"
+	if cfg.PingEvery > 0 {
+		pings = fmt.Sprintf("a PING every %v", cfg.PingEvery)
+	}
+	fmt.Fprintf(cfg.Log, "detector %s: reading over one anycast connection (%s), %s cut at %v\n", det, pings, cfg.Near, cfg.CutAt)
 	start := time.Now()
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	type out struct {
-		samples           []Sample
-		resets, reconnect int
+		samples []Sample
+		st      readStats
 	}
 	done := make(chan out, 1)
 	var pr progress
+	bins := make([]int64, int((cfg.Duration+10*time.Second)/binWidth))
 	go func() {
 		var o out
-		o.samples, o.resets, o.reconnect = readLoop(rctx, env, start, &pr)
+		o.samples, o.st = readLoop(rctx, env, start, cfg.PingEvery, &pr, bins)
 		done <- o
 	}()
 
@@ -268,6 +361,8 @@ wait:
 			return r, ctx.Err()
 		case <-cutT.C:
 			if err := env.TB.Cut(cfg.Near); err != nil {
+				stop()
+				<-done
 				return r, err
 			}
 			cut = time.Since(start)
@@ -309,92 +404,61 @@ wait:
 	stop()
 	o := <-done
 	r.End = time.Since(start)
-	r.CutAt, r.Samples, r.Resets, r.Reconnects = cut, o.samples, o.resets, o.reconnect
-	var before, after []time.Duration
-	for _, s := range o.samples {
-		switch {
-		case s.Done < cut:
-			before = append(before, s.RTT())
-		case s.Sent >= cut:
-			if r.FirstReply < 0 {
-				r.FirstReply = s.Done - cut
-			}
-			if s.DC == cfg.Far {
-				if r.RTO < 0 {
-					r.RTO = s.Done - cut
-				}
-				after = append(after, s.RTT())
-			}
-		}
+	r.CutAt, r.Samples, r.Resets, r.Reconnects, r.Errors = cut, o.samples, o.st.resets, o.st.reconnects, o.st.errs
+	r.RxBins = bins[:min(len(bins), int(r.End/binWidth)+1)]
+	if cut > 0 {
+		r.summarize(cfg.Far, o.st.lost)
 	}
-	r.NearRTT, r.FarRTT = median(before), median(after)
-	fmt.Fprintf(cfg.Log, "  detector %s: RTO %s (first reply after the cut %s), %d resets; first near node down after %s, DC down after %s\n",
-		det, fmtDur(r.RTO), fmtDur(r.FirstReply), r.Resets, fmtDur(r.NodeDown), fmtDur(r.DCDown))
+	fmt.Fprintf(cfg.Log, "  detector %s: detected after %s (DC down %s), connection lost after %s, RTO %s (first far reply byte; complete value %s), %d resets\n",
+		det, fmtDur(r.NodeDown), fmtDur(r.DCDown), fmtDur(r.ConnLost), fmtDur(r.RTO), fmtDur(r.RTOFull), r.Resets)
 	if len(r.Transitions) > 0 {
 		fmt.Fprintf(cfg.Log, "  middlebox decisions (from the cut):\n    %s\n", strings.Join(r.Transitions, "\n    "))
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintf(cfg.Log, "  reader errors:\n    %s\n", strings.Join(r.Errors, "\n    "))
 	}
 	return r, nil
 }
 
-// readKey holds the value the Fig. 6 reader fetches.
-const readKey = "failoverbench:value"
-
-// progress is what readLoop tells its run while it goes.
-type progress struct {
-	replies atomic.Int64
-	farAt   atomic.Int64 // first reply from the far DC, ns since start; 0: none yet
-}
-
-// readLoop reads MGET(marker, key) over one anycast connection, request
-// after request, reconnecting to the VIP when the connection fails.
-func readLoop(ctx context.Context, env *demo.Env, start time.Time, pr *progress) (samples []Sample, resets, reconnects int) {
-	far := env.Far()
-	first := true
-	for ctx.Err() == nil {
-		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		conn, err := env.DialClient(dctx, demo.ReadPort)
-		cancel()
-		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(20 * time.Millisecond):
-			}
+// summarize computes the run's times from its samples and the moments
+// its connections were lost; r.CutAt must be set.
+func (r *DetectorRun) summarize(far string, lost []time.Duration) {
+	cut := r.CutAt
+	for _, l := range lost {
+		if l >= cut {
+			r.ConnLost = l - cut
+			break
+		}
+	}
+	var before, after []time.Duration
+	for _, s := range r.Samples {
+		if s.Kind == KindMGET && s.Done < cut {
+			before = append(before, s.RTT())
+		}
+		if s.Sent < cut {
 			continue
 		}
-		if !first {
-			reconnects++
+		if r.FirstReply < 0 || s.First-cut < r.FirstReply {
+			r.FirstReply = s.First - cut
 		}
-		first = false
-		c := demo.NewClient(conn)
-		for {
-			sent := time.Since(start)
-			rep, err := c.Do(ctx, []byte("MGET"), []byte(demo.MarkerKey), []byte(readKey))
-			if err != nil {
-				if ctx.Err() == nil && isReset(err) {
-					resets++
-				}
-				break
-			}
-			done := time.Since(start)
-			dc, n := "", 0
-			if rep.Kind == '*' && len(rep.Elems) == 2 {
-				dc, n = string(rep.Elems[0].Str), len(rep.Elems[1].Str)
-			}
-			samples = append(samples, Sample{Sent: sent, Done: done, DC: dc, Bytes: n})
-			pr.replies.Add(1)
-			if dc == far {
-				pr.farAt.CompareAndSwap(0, int64(done))
-			}
+		if s.DC != far {
+			continue
 		}
-		c.Close()
+		if r.RTO < 0 || s.First-cut < r.RTO {
+			r.RTO = s.First - cut
+		}
+		if s.Kind == KindMGET {
+			if r.RTOFull < 0 || s.Done-cut < r.RTOFull {
+				r.RTOFull = s.Done - cut
+			}
+			after = append(after, s.RTT())
+		}
 	}
-	return samples, resets, reconnects
+	r.NearRTT, r.FarRTT = median(before), median(after)
 }
 
-func isReset(err error) bool {
-	s := err.Error()
-	return errors.Is(err, io.EOF) || strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
-}
+// readKey holds the value the Fig. 6 reader fetches.
+const readKey = "failoverbench:value"
 
 // runCuts cuts the near DC cfg.Cuts times at random moments under forked
 // write load and checks every acknowledged write against the far DC.
@@ -512,22 +576,25 @@ func fmtDur(d time.Duration) string {
 	return fmt.Sprintf("%.2fs", d.Seconds())
 }
 
-// Table is the side-by-side summary of the detector runs.
+// Table is the side-by-side summary of the detector runs (seconds from
+// the cut; -1: did not happen).
 func (r *Result) Table() *report.Table {
-	t := report.NewTable("detector", "cut_at_s", "rto_far_s", "first_reply_s", "node_down_s", "dc_down_s", "near_rtt_ms", "far_rtt_ms", "resets", "reconnects", "middlebox_rsts")
+	t := report.NewTable("detector", "client_rto_min", "cut_at_s", "detected_s", "dc_down_s", "conn_lost_s", "rto_s", "rto_full_s",
+		"first_reply_s", "near_rtt_ms", "far_rtt_ms", "resets", "reconnects", "middlebox_rsts")
 	for _, d := range r.Runs {
-		rto, fr := -1.0, -1.0
-		if d.RTO >= 0 {
-			rto = d.RTO.Seconds()
-		}
-		if d.FirstReply >= 0 {
-			fr = d.FirstReply.Seconds()
-		}
-		t.Add(d.Detector, fmt.Sprintf("%.2f", d.CutAt.Seconds()), fmt.Sprintf("%.2f", rto), fmt.Sprintf("%.2f", fr),
-			fmt.Sprintf("%.2f", secs(d.NodeDown)), fmt.Sprintf("%.2f", secs(d.DCDown)),
+		t.Add(d.Detector, rtoMinString(r.ClientRTOMin), fmt.Sprintf("%.2f", d.CutAt.Seconds()),
+			fmt.Sprintf("%.2f", secs(d.NodeDown)), fmt.Sprintf("%.2f", secs(d.DCDown)), fmt.Sprintf("%.2f", secs(d.ConnLost)),
+			fmt.Sprintf("%.2f", secs(d.RTO)), fmt.Sprintf("%.2f", secs(d.RTOFull)), fmt.Sprintf("%.2f", secs(d.FirstReply)),
 			fmt.Sprintf("%.1f", ms(d.NearRTT)), fmt.Sprintf("%.1f", ms(d.FarRTT)), d.Resets, d.Reconnects, fmt.Sprintf("%.0f", d.MiddleboxRS))
 	}
 	return t
+}
+
+func rtoMinString(d time.Duration) string {
+	if d <= 0 {
+		return "default"
+	}
+	return d.String()
 }
 
 // CutsTable summarizes the repeated cuts.
@@ -553,7 +620,13 @@ func (r *Result) Print(out io.Writer) {
 	w := &bytes.Buffer{}
 	defer func() { out.Write(w.Bytes()) }()
 	if len(r.Runs) > 0 {
-		fmt.Fprintln(w, "\n== Fig. 6: anycast reads across a cut of the near DC (RTO = cut -> first reply from the far DC; -1: none) ==")
+		pings := "no PINGs"
+		if r.PingEvery > 0 {
+			pings = fmt.Sprintf("PING every %v", r.PingEvery)
+		}
+		fmt.Fprintf(w, "\n== Fig. 6: anycast reads across a cut of the near DC (client rto_min %s, %s) ==\n", rtoMinString(r.ClientRTOMin), pings)
+		fmt.Fprintln(w, "   seconds from the cut (-1: never): detected = first near node down at the middlebox, conn_lost = the reader's connection reset,")
+		fmt.Fprintln(w, "   rto = first reply byte from the far DC (service resumed), rto_full = first complete value from the far DC")
 		r.Table().Fprint(w)
 	}
 	if len(r.Cuts) > 0 {
@@ -566,21 +639,26 @@ func (r *Result) Print(out io.Writer) {
 	}
 }
 
-// writeFiles writes the RTT samples, throughput per 100 ms, the summary
-// and the cuts as CSV, and the RTT and throughput plots as PNG.
+// writeFiles writes the samples, throughput per 100 ms, the summary and
+// the cuts as CSV, and the RTT and throughput plots as PNG.
 func writeFiles(dir string, r *Result) ([]string, error) {
 	var files []string
-	samples := report.NewTable("detector", "sent_s", "done_s", "rtt_ms", "dc")
-	thr := report.NewTable("detector", "t_s", "replies_per_s", "mbit_per_s")
+	samples := report.NewTable("detector", "kind", "conn", "sent_s", "first_byte_s", "done_s", "rtt_ms", "dc", "bytes")
+	thr := report.NewTable("detector", "t_s", "replies_per_s", "value_mbit_per_s", "rx_mbit_per_s")
 	var rttSeries, thrSeries []report.Series
 	for _, d := range r.Runs {
-		// One line per (detector, answering DC), so the outage is a gap.
+		// One MGET RTT line per (detector, answering DC), so the outage
+		// is a gap.
 		var byDC []report.Series
 		idx := map[string]int{}
-		bins := make([]float64, int(d.End/(100*time.Millisecond))+1)
-		bytes := make([]float64, len(bins))
+		bins := make([]float64, len(d.RxBins))
+		vbytes := make([]float64, len(bins))
 		for _, s := range d.Samples {
-			samples.Add(d.Detector, fmt.Sprintf("%.4f", s.Sent.Seconds()), fmt.Sprintf("%.4f", s.Done.Seconds()), fmt.Sprintf("%.2f", ms(s.RTT())), s.DC)
+			samples.Add(d.Detector, s.Kind, s.Conn, fmt.Sprintf("%.4f", s.Sent.Seconds()), fmt.Sprintf("%.4f", s.First.Seconds()),
+				fmt.Sprintf("%.4f", s.Done.Seconds()), fmt.Sprintf("%.2f", ms(s.RTT())), s.DC, s.Bytes)
+			if s.Kind != KindMGET {
+				continue
+			}
 			i, ok := idx[s.DC]
 			if !ok {
 				i = len(byDC)
@@ -589,17 +667,19 @@ func writeFiles(dir string, r *Result) ([]string, error) {
 			}
 			byDC[i].X = append(byDC[i].X, s.Done.Seconds())
 			byDC[i].Y = append(byDC[i].Y, ms(s.RTT()))
-			if b := int(s.Done / (100 * time.Millisecond)); b < len(bins) {
+			if b := int(s.Done / binWidth); b < len(bins) {
 				bins[b]++
-				bytes[b] += float64(s.Bytes)
+				vbytes[b] += float64(s.Bytes)
 			}
 		}
 		ts := report.Series{Name: "detector " + d.Detector}
-		for i, n := range bins {
-			mbps := bytes[i] * 8 * 10 / 1e6
-			thr.Add(d.Detector, fmt.Sprintf("%.1f", float64(i)/10), n*10, fmt.Sprintf("%.2f", mbps))
-			ts.X = append(ts.X, float64(i)/10)
-			ts.Y = append(ts.Y, mbps)
+		perSec := float64(time.Second / binWidth)
+		for i, rx := range d.RxBins {
+			t := float64(i) * binWidth.Seconds()
+			rxMbps := float64(rx) * 8 * perSec / 1e6
+			thr.Add(d.Detector, fmt.Sprintf("%.1f", t), bins[i]*perSec, fmt.Sprintf("%.2f", vbytes[i]*8*perSec/1e6), fmt.Sprintf("%.2f", rxMbps))
+			ts.X = append(ts.X, t)
+			ts.Y = append(ts.Y, rxMbps)
 		}
 		rttSeries = append(rttSeries, byDC...)
 		thrSeries = append(thrSeries, ts)
@@ -624,13 +704,13 @@ func writeFiles(dir string, r *Result) ([]string, error) {
 		}
 		if len(rttSeries) > 0 {
 			p := filepath.Join(dir, "failover-rtt.png")
-			if err := (report.LinePlot{Title: "Anycast RTT across a cut of the near DC", XLabel: "time (s)", YLabel: "RTT (ms)", Series: rttSeries}).Save(p); err != nil {
+			if err := (report.LinePlot{Title: "Anycast MGET RTT across a cut of the near DC", XLabel: "time (s)", YLabel: "RTT (ms)", Series: rttSeries}).Save(p); err != nil {
 				return files, err
 			}
 			files = append(files, p)
 		}
 		p := filepath.Join(dir, "failover-throughput.png")
-		if err := (report.LinePlot{Title: "Anycast throughput across a cut of the near DC", XLabel: "time (s)", YLabel: "value goodput, Mbit/s (100 ms bins)", Series: thrSeries}).Save(p); err != nil {
+		if err := (report.LinePlot{Title: "Anycast throughput across a cut of the near DC", XLabel: "time (s)", YLabel: "received, Mbit/s (100 ms bins)", Series: thrSeries}).Save(p); err != nil {
 			return files, err
 		}
 		files = append(files, p)

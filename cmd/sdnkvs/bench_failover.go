@@ -21,6 +21,8 @@ type BenchFailoverCmd struct {
 	Duration  time.Duration `name:"duration" default:"40s" help:"Longest run per detector."`
 	ReadSize  int           `name:"read-size" default:"65536" help:"Bytes of the value the reader fetches, request after request."`
 	Until     time.Duration `name:"until" default:"5s" help:"End a run this long after the first reply from the far DC (negative: run the whole duration)."`
+	PingEvery time.Duration `name:"ping-every" default:"50ms" help:"The reader also sends a PING this often on its connection, so client data is in flight while replies flow (negative: never)."`
+	RTOMin    time.Duration `name:"client-rto-min" default:"0" help:"Set this rto_min on the client namespace's routes (0: kernel default, 200ms), e.g. 1s to reproduce hosts with a larger RTO floor (Algorithm 1 counts the client's retransmissions)."`
 	Cuts      int           `name:"cuts" default:"0" help:"Then cut the near DC this many times at random moments under forked writes and check RPO (0: skip)."`
 	CutsRate  float64       `name:"cuts-rate" default:"1000" help:"Writes per second during --cuts."`
 	Near      string        `name:"near" default:"sydney" help:"Near DC name."`
@@ -48,7 +50,7 @@ func (c *BenchFailoverCmd) Config() (failoverbench.Config, error) {
 	return failoverbench.Config{
 		Bin: bin, Near: c.Near, Far: c.Far, NearDelay: c.NearDelay, FarDelay: c.FarDelay, RateMbps: c.RateMbps,
 		Nodes: c.Nodes, Detectors: c.Detectors, MiddleboxArgs: c.MBArgs, CutAt: c.CutAt, Duration: c.Duration,
-		Until: c.Until, ReadSize: c.ReadSize, Cuts: c.Cuts, CutsRate: c.CutsRate, Seed: c.Seed, Out: c.Out, Log: os.Stdout,
+		Until: c.Until, PingEvery: c.PingEvery, ClientRTOMin: c.RTOMin, ReadSize: c.ReadSize, Cuts: c.Cuts, CutsRate: c.CutsRate, Seed: c.Seed, Out: c.Out, Log: os.Stdout,
 	}, nil
 }
 
@@ -61,6 +63,12 @@ func (c *BenchFailoverCmd) Validate() error {
 	}
 	if c.CutAt <= 0 || c.CutAt >= c.Duration {
 		return fmt.Errorf("--cut-at %v: want within (0, --duration %v)", c.CutAt, c.Duration)
+	}
+	if c.RTOMin < 0 || c.RTOMin > time.Minute || (c.RTOMin > 0 && c.RTOMin < time.Millisecond) {
+		return fmt.Errorf("--client-rto-min %v: want 0 (kernel default) or 1ms..1m", c.RTOMin)
+	}
+	if c.PingEvery == 0 || (c.PingEvery > 0 && c.PingEvery < time.Millisecond) {
+		return fmt.Errorf("--ping-every %v: want at least 1ms (negative: never)", c.PingEvery)
 	}
 	if c.Cuts < 0 {
 		return errors.New("--cuts: want 0 or more")
