@@ -684,6 +684,20 @@ func writeFiles(dir string, r *Result) ([]string, error) {
 		rttSeries = append(rttSeries, byDC...)
 		thrSeries = append(thrSeries, ts)
 	}
+	// The cut as a vertical line (every run cuts at the same time).
+	if len(r.Runs) > 0 && r.Runs[0].CutAt > 0 {
+		cut := r.Runs[0].CutAt.Seconds()
+		vline := func(ss []report.Series) []report.Series {
+			top := 0.0
+			for _, s := range ss {
+				for _, y := range s.Y {
+					top = max(top, y)
+				}
+			}
+			return append(ss, report.Series{Name: "cut", X: []float64{cut, cut}, Y: []float64{0, top}})
+		}
+		rttSeries, thrSeries = vline(rttSeries), vline(thrSeries)
+	}
 	save := func(name string, t *report.Table) error {
 		p := filepath.Join(dir, name)
 		if err := t.WriteCSV(p); err != nil {

@@ -13,8 +13,11 @@ import (
 )
 
 // BenchFailoverCmd is the paper's Fig. 6: an anycast client reading over
-// one connection across a cut of the near DC, for each failure detector in
-// the same run; optionally repeated cuts under write load for RPO.
+// one connection (with a PING every --ping-every, so client data is in
+// flight) across a cut of the near DC, for each failure detector in the
+// same run; it prints detection time, RTO (first reply byte from the far
+// DC) and the full-value time side by side; optionally repeated cuts under
+// write load for RPO.
 type BenchFailoverCmd struct {
 	Detectors []string      `name:"detector" default:"paper,fast" help:"Middlebox detectors to compare, one run each (paper, fast, none)."`
 	CutAt     time.Duration `name:"cut-at" default:"5s" help:"When the near DC is cut in each run."`
