@@ -167,7 +167,8 @@ type Result struct {
 	// ways (the WAN emulator's queue and random loss, the interfaces'
 	// transmit drops: a TUN whose reader fell behind) and on the way into
 	// the middlebox's TUN; -1: unknown.
-	Drops int64
+	Drops      int64
+	DropCounts DropCounts
 }
 
 // Complete reports whether every server received exactly what was sent.
@@ -257,7 +258,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 		if err != nil {
 			return out, fmt.Errorf("direct baseline: %w", err)
 		}
-		fmt.Fprintf(cfg.Log, "direct (no middlebox): %.1f Mbit/s\n", r.Mbps)
+		fmt.Fprintf(cfg.Log, "direct (no middlebox): %.1f Mbit/s; drops: %v\n", r.Mbps, r.DropCounts)
 		out = append(out, r)
 
 		restore, err := clientSysctls(tb, map[string]string{"net/ipv4/tcp_sack": "0", "net/ipv4/tcp_timestamps": "0"})
@@ -272,7 +273,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 		if err != nil {
 			return out, fmt.Errorf("direct baseline without SACK: %w", err)
 		}
-		fmt.Fprintf(cfg.Log, "direct, SACK and timestamps off: %.1f Mbit/s\n", r.Mbps)
+		fmt.Fprintf(cfg.Log, "direct, SACK and timestamps off: %.1f Mbit/s; drops: %v\n", r.Mbps, r.DropCounts)
 		out = append(out, r)
 		if err := ds.Close(); err != nil {
 			return out, err
@@ -283,7 +284,8 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 		if err != nil {
 			return out, fmt.Errorf("parallel direct streams: %w", err)
 		}
-		fmt.Fprintf(cfg.Log, "%d parallel direct streams: %.1f Mbit/s each on average, %.1f cumulated\n", n, r.Mbps, float64(n)*r.Mbps)
+		fmt.Fprintf(cfg.Log, "%d parallel direct streams: %.1f Mbit/s each on average, %.1f cumulated; drops: %v\n",
+			n, r.Mbps, float64(n)*r.Mbps, r.DropCounts)
 		out = append(out, r)
 	}
 	if err := startMiddlebox(ctx, cfg, tb); err != nil {
@@ -296,8 +298,8 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 	if err != nil {
 		return out, fmt.Errorf("forked stream: %w", err)
 	}
-	fmt.Fprintf(cfg.Log, "forked to %d servers: %.1f Mbit/s per server, %.1f cumulated (client acked %.1f)\n",
-		n, r.Mbps, float64(n)*r.Mbps, r.ClientMbps)
+	fmt.Fprintf(cfg.Log, "forked to %d servers: %.1f Mbit/s per server, %.1f cumulated (client acked %.1f); drops: %v\n",
+		n, r.Mbps, float64(n)*r.Mbps, r.ClientMbps, r.DropCounts)
 	out = append(out, r)
 	return out, nil
 }
@@ -503,27 +505,41 @@ func Stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.Addr
 	return r, nil
 }
 
+// DropCounts break down the packets dropped during a stream.
+type DropCounts struct {
+	Queue int64 // the WAN emulator's queue was full (drop-tail), both ways
+	Loss  int64 // the WAN emulator's random loss, both ways
+	Link  int64 // DC link interfaces' transmit drops (a TUN whose reader fell behind)
+	TUN   int64 // on the way into the middlebox's TUN
+}
+
+// Total is the sum of all the counts.
+func (d DropCounts) Total() int64 { return d.Queue + d.Loss + d.Link + d.TUN }
+
+func (d DropCounts) String() string {
+	return fmt.Sprintf("emulator queue %d, random loss %d, link interfaces %d, middlebox TUN %d", d.Queue, d.Loss, d.Link, d.TUN)
+}
+
 // linkDrops counts the packets dropped so far on tb's DC links and on the
-// middlebox's TUN (see Result.Drops); -1 when a DC link's counters cannot
-// be read.
-func linkDrops(tb *testbed.Testbed) int64 {
-	var n int64
+// middlebox's TUN; ok is false when a DC link's counters cannot be read.
+func linkDrops(tb *testbed.Testbed) (d DropCounts, ok bool) {
 	for _, l := range tb.Links() {
 		if l.ToDC != nil {
-			n += int64(l.ToDC.DropQueue + l.ToDC.DropLoss + l.FromDC.DropQueue + l.FromDC.DropLoss)
+			d.Queue += int64(l.ToDC.DropQueue + l.FromDC.DropQueue)
+			d.Loss += int64(l.ToDC.DropLoss + l.FromDC.DropLoss)
 		}
 		for _, x := range []struct{ role, ifn string }{{"gw", l.GwIf}, {l.DC, l.DCIf}} {
-			d, err := txDropped(tb.NS(x.role), x.ifn)
+			n, err := txDropped(tb.NS(x.role), x.ifn)
 			if err != nil {
-				return -1
+				return d, false
 			}
-			n += d
+			d.Link += n
 		}
 	}
-	if d, err := txDropped(tb.NS("gw"), "sdn0"); err == nil { // absent before the middlebox starts
-		n += d
+	if n, err := txDropped(tb.NS("gw"), "sdn0"); err == nil { // absent before the middlebox starts
+		d.TUN += n
 	}
-	return n
+	return d, true
 }
 
 // txDropped reads an interface's transmit drop counter in namespace ns.
@@ -547,11 +563,15 @@ func txDropped(ns, ifn string) (int64, error) {
 
 // measure runs f and sets the result's Drops.
 func measure(tb *testbed.Testbed, f func() (Result, error)) (Result, error) {
-	before := linkDrops(tb)
+	before, ok1 := linkDrops(tb)
 	r, err := f()
 	r.Drops = -1
-	if after := linkDrops(tb); before >= 0 && after >= 0 {
-		r.Drops = after - before
+	if after, ok2 := linkDrops(tb); ok1 && ok2 {
+		r.DropCounts = DropCounts{
+			Queue: after.Queue - before.Queue, Loss: after.Loss - before.Loss,
+			Link: after.Link - before.Link, TUN: after.TUN - before.TUN,
+		}
+		r.Drops = r.DropCounts.Total()
 	}
 	return r, err
 }
