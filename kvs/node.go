@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,6 +139,8 @@ func Start(cfg Config) (*Node, error) {
 			}
 			fmt.Fprintf(w, "ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
 		})
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go n.httpSrv.Serve(n.httpLn)
 	}

@@ -1,9 +1,11 @@
 package kvs
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"sync"
@@ -36,6 +38,9 @@ type Store struct {
 	done  chan struct{}
 	quit  chan struct{}
 
+	cache *recCache   // newest committed records of recent keys
+	bidx  *batchIndex // committer only
+
 	writerMu   sync.Mutex
 	writerNext uint64 // next unique writer sequence
 	writerEnd  uint64 // end of the block reserved on disk
@@ -56,6 +61,7 @@ type commitEntry struct {
 	tag            Tag
 	id             uint64
 	to             completion
+	stored         bool // set in the transaction (not superseded)
 }
 
 type commitBatch struct {
@@ -101,6 +107,7 @@ func OpenStore(o StoreOptions) (*Store, error) {
 	s := &Store{
 		db: db, dir: o.Dir, sync: o.Sync,
 		cur: &commitBatch{}, spare: &commitBatch{},
+		cache: newRecCache(cacheMaxEntries), bidx: newBatchIndex(),
 		kick: make(chan struct{}, 1), done: make(chan struct{}), quit: make(chan struct{}),
 	}
 	if err := s.reserveWriters(); err != nil {
@@ -189,8 +196,21 @@ func appendUserKey(b, key []byte) []byte {
 }
 
 // Get returns the replica's record for key: appends the value to dst when
-// withValue. A key never written has the zero tag.
+// withValue. A key never written has the zero tag. Recently used keys are
+// answered from the record cache (always equal to the committed record).
 func (s *Store) Get(key []byte, withValue bool, dst []byte) (t Tag, flags byte, val []byte, err error) {
+	t, flags, val, hit, epoch := s.cache.get(key, withValue, dst)
+	if hit {
+		return t, flags, val, nil
+	}
+	t, flags, val, err = s.dbGet(key, withValue, dst)
+	if err == nil {
+		s.cache.fill(key, epoch, t, flags, withValue, val[len(dst):])
+	}
+	return t, flags, val, err
+}
+
+func (s *Store) dbGet(key []byte, withValue bool, dst []byte) (t Tag, flags byte, val []byte, err error) {
 	var kb [256]byte
 	k := appendUserKey(kb[:0], key)
 	val = dst
@@ -264,28 +284,48 @@ func (s *Store) commitLoop() {
 	}
 }
 
-// held[i] is the tag the replica holds for entry i after the batch.
+// apply commits one batch and answers its writers. After it, b.entries[i].tag
+// is the tag the replica holds for entry i's key.
 func (s *Store) apply(b *commitBatch) {
 	txn := s.db.NewTransaction(true)
+	idx := s.bidx
+	clear(idx.m)
 	var err error
 	for i := range b.entries {
 		e := &b.entries[i]
 		k := b.arena[e.keyOff:e.keyEnd:e.keyEnd]
 		rec := b.arena[e.keyEnd:e.recEnd:e.recEnd]
+		e.stored = false
+		// The current tag: an earlier entry of this batch for the same key,
+		// else the record cache, else Badger (which sees this transaction's
+		// own writes, so a hash collision is harmless).
 		var cur Tag
-		item, gerr := txn.Get(k)
-		if gerr == nil {
-			gerr = item.Value(func(v []byte) error {
-				if len(v) >= TagSize {
-					cur = DecodeTag(v)
-				}
-				return nil
-			})
+		h := maphash.Bytes(idx.seed, k)
+		known := false
+		if j, ok := idx.m[h]; ok {
+			p := &b.entries[j]
+			if bytes.Equal(b.arena[p.keyOff:p.keyEnd], k) {
+				cur, known = p.tag, true
+			}
+		} else if ct, _, _, hit, _ := s.cache.get(k[1:], false, nil); hit {
+			cur, known = ct, true
 		}
-		if gerr != nil && !errors.Is(gerr, badger.ErrKeyNotFound) {
-			err = gerr
-			break
+		if !known {
+			item, gerr := txn.Get(k)
+			if gerr == nil {
+				gerr = item.Value(func(v []byte) error {
+					if len(v) >= TagSize {
+						cur = DecodeTag(v)
+					}
+					return nil
+				})
+			}
+			if gerr != nil && !errors.Is(gerr, badger.ErrKeyNotFound) {
+				err = gerr
+				break
+			}
 		}
+		idx.m[h] = i
 		if e.tag.Compare(cur) <= 0 {
 			e.tag = cur // already holds an equal or newer version
 			continue
@@ -303,6 +343,7 @@ func (s *Store) apply(b *commitBatch) {
 			err = serr
 			break
 		}
+		e.stored = true
 	}
 	if err == nil {
 		err = txn.Commit()
@@ -311,6 +352,23 @@ func (s *Store) apply(b *commitBatch) {
 		txn.Discard()
 	}
 	ok := err == nil
+	// Publish the committed records (or forget the batch's keys when the
+	// outcome is unknown) before anyone is acknowledged.
+	c := s.cache
+	c.mu.Lock()
+	for i := range b.entries {
+		e := &b.entries[i]
+		key := b.arena[e.keyOff+1 : e.keyEnd]
+		switch {
+		case !ok:
+			c.forgetLocked(key)
+		case e.stored:
+			rec := b.arena[e.keyEnd:e.recEnd]
+			c.setLocked(key, e.tag, rec[TagSize], true, rec[recordHeader:])
+		}
+	}
+	c.epoch++
+	c.mu.Unlock()
 	s.Writes.Add(uint64(len(b.entries)))
 	for i := range b.entries {
 		e := &b.entries[i]
