@@ -22,7 +22,9 @@ type recCache struct {
 	mu    sync.RWMutex
 	m     map[string]*cacheEntry
 	epoch uint64
-	max   int
+	max   int // entries
+	bytes int // approximate memory held (keys, values, overhead)
+	limit int // bytes
 }
 
 type cacheEntry struct {
@@ -34,12 +36,16 @@ type cacheEntry struct {
 
 const (
 	cacheMaxEntries = 1 << 17
-	cacheMaxValue   = 1 << 10 // larger values are cached as tag only
+	cacheMaxBytes   = 24 << 20 // about 131k entries of small keys and values
+	cacheMaxValue   = 1 << 10  // larger values are cached as tag only
+	cacheOverhead   = 96       // map slot, entry and string headers
 )
 
-func newRecCache(max int) *recCache {
-	return &recCache{m: make(map[string]*cacheEntry, 1024), max: max}
+func newRecCache(max, limit int) *recCache {
+	return &recCache{m: make(map[string]*cacheEntry, 1024), max: max, limit: limit}
 }
+
+func entrySize(key []byte, e *cacheEntry) int { return len(key) + cap(e.val) + cacheOverhead }
 
 // get returns key's cached record; val is appended to dst when withValue.
 // hit is false when the record (or its value, if asked) is not cached; then
@@ -73,36 +79,49 @@ func (c *recCache) fill(key []byte, epoch uint64, t Tag, flags byte, withValue b
 	c.setLocked(key, t, flags, withValue, val)
 }
 
-// setLocked stores key's record (copying key and val). c.mu must be held.
+// setLocked stores key's record (copying key and val), then evicts random
+// other entries until the cache is within its budgets. c.mu must be held.
 func (c *recCache) setLocked(key []byte, t Tag, flags byte, withValue bool, val []byte) {
 	e := c.m[string(key)]
 	if e == nil {
-		e = c.evictLocked()
+		e = &cacheEntry{}
 		c.m[string(key)] = e
+	} else {
+		c.bytes -= entrySize(key, e)
 	}
 	e.tag, e.flags = t, flags
 	e.hasVal = withValue && len(val) <= cacheMaxValue
 	if e.hasVal {
 		e.val = append(e.val[:0], val...)
 	} else {
-		e.val = e.val[:0]
+		e.val = nil
+	}
+	c.bytes += entrySize(key, e)
+	for len(c.m) > c.max || c.bytes > c.limit {
+		victim := ""
+		found := false
+		for k := range c.m { // map iteration starts at a random entry
+			if k != string(key) {
+				victim, found = k, true
+				break
+			}
+		}
+		if !found {
+			c.forgetLocked(key) // alone and still too big
+			return
+		}
+		c.bytes -= len(victim) + cap(c.m[victim].val) + cacheOverhead
+		delete(c.m, victim)
 	}
 }
 
-// evictLocked drops a random entry when the cache is full and returns an
-// entry to reuse (the evicted one, or a new one).
-func (c *recCache) evictLocked() *cacheEntry {
-	if len(c.m) < c.max {
-		return &cacheEntry{}
+// forgetLocked drops key (after a failed commit whose outcome is unknown).
+// c.mu must be held.
+func (c *recCache) forgetLocked(key []byte) {
+	if e := c.m[string(key)]; e != nil {
+		c.bytes -= entrySize(key, e)
+		delete(c.m, string(key))
 	}
-	for k, e := range c.m { // map iteration starts at a random entry
-		delete(c.m, k)
-		if cap(e.val) > cacheMaxValue {
-			e.val = nil
-		}
-		return e
-	}
-	return &cacheEntry{}
 }
 
 // batchIndex finds the latest earlier entry of a commit batch with the same
@@ -115,7 +134,3 @@ type batchIndex struct {
 func newBatchIndex() *batchIndex {
 	return &batchIndex{seed: maphash.MakeSeed(), m: make(map[uint64]int)}
 }
-
-// forgetLocked drops key (after a failed commit whose outcome is unknown).
-// c.mu must be held.
-func (c *recCache) forgetLocked(key []byte) { delete(c.m, string(key)) }

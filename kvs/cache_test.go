@@ -132,3 +132,32 @@ func TestStoreGetCachedNoAlloc(t *testing.T) {
 		t.Fatalf("Get = %v %q", tg, v)
 	}
 }
+
+// The cache's memory stays under its byte budget whatever the key and value
+// sizes, and its accounting matches its contents.
+func TestRecCacheByteBudget(t *testing.T) {
+	c := newRecCache(1<<20, 64<<10)
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := 0; i < 5000; i++ {
+		key := bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 1+rng.IntN(2048))
+		val := make([]byte, rng.IntN(2*cacheMaxValue))
+		c.mu.Lock()
+		switch rng.IntN(4) {
+		case 0:
+			c.forgetLocked(key)
+		default:
+			c.setLocked(key, Tag{uint64(i), 1}, 0, true, val)
+		}
+		c.mu.Unlock()
+		sum := 0
+		for k, e := range c.m {
+			sum += entrySize([]byte(k), e)
+		}
+		if sum != c.bytes || c.bytes > c.limit {
+			t.Fatalf("after %d updates: accounted %d bytes, holds %d, limit %d", i, c.bytes, sum, c.limit)
+		}
+	}
+	if len(c.m) == 0 {
+		t.Fatal("cache empty: nothing was cached")
+	}
+}

@@ -107,7 +107,7 @@ func OpenStore(o StoreOptions) (*Store, error) {
 	s := &Store{
 		db: db, dir: o.Dir, sync: o.Sync,
 		cur: &commitBatch{}, spare: &commitBatch{},
-		cache: newRecCache(cacheMaxEntries), bidx: newBatchIndex(),
+		cache: newRecCache(cacheMaxEntries, cacheMaxBytes), bidx: newBatchIndex(),
 		kick: make(chan struct{}, 1), done: make(chan struct{}), quit: make(chan struct{}),
 	}
 	if err := s.reserveWriters(); err != nil {
