@@ -8,6 +8,7 @@
 //	                  |  GET:     query a quorum; write the newest back unless a quorum holds it
 //	                  v
 //	               Badger (group commit by one committer goroutine per node)
+//	               + a record cache (tag, flags, small value) of recent keys
 //
 // # Tags
 //
@@ -36,6 +37,15 @@
 // (the default) the write has been handed to the kernel when acknowledged: it
 // survives a crash or kill of the process but not of the machine; the loss
 // of one machine is tolerated by the quorum (and the other DC), not by fsync.
+//
+// # Record cache
+//
+// Each replica keeps the newest committed record of recently used keys in
+// memory (at most 131072 entries and 24 MiB; values over 1 KiB are cached as
+// tag only), so replica reads and the committer's tag checks skip Badger.
+// Only the committer updates it, after each commit; a reader that missed
+// fills it only if no commit was published meanwhile, so a cached record is
+// always exactly the committed one.
 //
 // # Replies
 //

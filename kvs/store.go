@@ -25,6 +25,9 @@ import (
 // OS page cache when acknowledged (it survives a crash of the process, not of
 // the machine).
 //
+// Reads of recently used keys are answered from an in-memory record cache
+// that always equals the committed record (see recCache).
+//
 // Store is safe for concurrent use.
 type Store struct {
 	db   *badger.DB
