@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,46 +19,17 @@ func dialNever(ctx context.Context) (net.Conn, error) {
 	return nil, errors.New("no network in this test")
 }
 
-var (
-	binOnce sync.Once
-	binPath string
-	binDir  string
-	binErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbed.RemoveSharedTestBinary()
 	os.Exit(code)
-}
-
-// sdnkvsBinary builds the sdnkvs command once per test binary. A failed
-// build fails the test under CI and skips it otherwise (another package
-// may be mid-edit).
-func sdnkvsBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "sdnkvs-demo-test-")
-		if binErr == nil {
-			binPath, binErr = testbed.BuildBinary(binDir)
-		}
-	})
-	if binErr != nil {
-		if testenv.InCI() {
-			t.Fatal(binErr)
-		}
-		t.Skipf("skipping: %v", binErr)
-	}
-	return binPath
 }
 
 // shortConfig is a small, quick topology for tests: 3 nodes per DC,
 // short delays.
 func shortConfig(t *testing.T) Config {
 	return Config{
-		Bin: sdnkvsBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 30 * time.Millisecond,
+		Bin: testbed.SharedTestBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 30 * time.Millisecond,
 		Duration: 8 * time.Second, CutAt: 3 * time.Second, Writers: 4, Window: 32, Rate: 800, Readers: 2,
 		DataDir: t.TempDir(), Log: testLog{t},
 	}
@@ -142,7 +112,7 @@ func TestDemoRPOZero(t *testing.T) {
 // the agreed fields and RPO = 0.
 func TestDemoBinaryJSON(t *testing.T) {
 	testenv.RequireRoot(t)
-	bin := sdnkvsBinary(t)
+	bin := testbed.SharedTestBinary(t)
 	cmd := exec.Command(bin, "demo", "--json", "--nodes", "3", "--near-delay", "2ms", "--far-delay", "30ms",
 		"--duration", "6s", "--cut-at", "2s", "--rate", "400", "--writers", "2", "--window", "32", "--readers", "1",
 		"--out", t.TempDir(), "--data", t.TempDir())

@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,36 +16,10 @@ import (
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binDir  string
-	binErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbed.RemoveSharedTestBinary()
 	os.Exit(code)
-}
-
-func sdnkvsBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "sdnkvs-fobench-test-")
-		if binErr == nil {
-			binPath, binErr = testbed.BuildBinary(binDir)
-		}
-	})
-	if binErr != nil {
-		if testenv.InCI() {
-			t.Fatal(binErr)
-		}
-		t.Skipf("skipping: %v", binErr)
-	}
-	return binPath
 }
 
 type testLog struct{ t *testing.T }
@@ -89,7 +62,7 @@ func TestFailoverAndCuts(t *testing.T) {
 	testenv.RequireRoot(t)
 	out := t.TempDir()
 	res, err := Run(context.Background(), Config{
-		Bin: sdnkvsBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 20 * time.Millisecond,
+		Bin: testbed.SharedTestBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 20 * time.Millisecond,
 		Detectors: []string{"paper", "fast"}, CutAt: 2 * time.Second, Duration: 20 * time.Second, Until: time.Second,
 		Cuts: 2, CutsRate: 300, DataDir: t.TempDir(), Out: out, Log: testLog{t}, Seed: 1,
 	})

@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -58,12 +57,8 @@ func TestKernelForwarding(t *testing.T) {
 	t.Logf("kernel forwarding: %.2f Gbit/s", rs[0].Gbps)
 }
 
-// placeholderRE matches the errors of the middlebox subcommand before it
-// lands (a stub with no flags).
-var placeholderRE = regexp.MustCompile(`not implemented yet|unknown flag --tun(\s|$)`)
-
 // TestMiddleboxModes runs the whole benchmark briefly through the real
-// middlebox; it skips while the middlebox subcommand is a placeholder.
+// middlebox.
 func TestMiddleboxModes(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "iperf3")
@@ -71,9 +66,6 @@ func TestMiddleboxModes(t *testing.T) {
 	var log bytes.Buffer
 	rs, err := Run(context.Background(), Config{Binary: bin, Modes: []string{"offload", "plain"}, Duration: 2 * time.Second, Log: &log})
 	if err != nil {
-		if placeholderRE.MatchString(err.Error()) {
-			t.Skipf("middlebox not landed yet: %v", err)
-		}
 		t.Fatalf("%v\n%s", err, log.String())
 	}
 	sum := Summarize(rs)
