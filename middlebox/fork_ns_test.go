@@ -506,11 +506,17 @@ func TestForkNSRedisBenchmark(t *testing.T) {
 // TestForkNSMixedPaths: three DCs whose paths differ (dc1: no window
 // scaling; dc2: MTU 1280 and a small receive buffer, so a smaller window
 // scale; dc3: emulated 2 ms each way with 1% loss each way) still give a
-// complete, byte-identical transfer both ways.
+// complete, byte-identical transfer both ways, with SACK stripped (the
+// paper's choice) and with SACK kept (blocks every branch holds).
 func TestForkNSMixedPaths(t *testing.T) {
+	t.Run("strip-sack", func(t *testing.T) { testForkNSMixedPaths(t, ackmerge.Config{}) })
+	t.Run("sack", func(t *testing.T) { testForkNSMixedPaths(t, ackmerge.Config{SACK: true}) })
+}
+
+func testForkNSMixedPaths(t *testing.T, fork ackmerge.Config) {
 	dcs := forkDCs(3)
 	dcs[2].Delay, dcs[2].Loss = 2*time.Millisecond, 0.01
-	r := newForkRig(t, testbed.Config{DCs: dcs}, ackmerge.Config{})
+	r := newForkRig(t, testbed.Config{DCs: dcs}, fork)
 	set := func(dc string, kv ...string) {
 		t.Helper()
 		for i := 0; i < len(kv); i += 2 {

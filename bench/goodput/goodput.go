@@ -85,6 +85,8 @@ type Config struct {
 	Interval time.Duration
 	// TunMode is the middlebox's --tun-mode ("" : its default).
 	TunMode string
+	// MiddleboxArgs are extra middlebox flags (e.g. --sack).
+	MiddleboxArgs []string
 	// RTPriority, when positive, runs the middlebox under SCHED_FIFO at
 	// this priority (chrt -f). The WAN emulator's threads run at FIFO 10
 	// in this process, so under load they can starve a normal-priority
@@ -310,7 +312,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 func startMiddlebox(ctx context.Context, cfg Config, tb *testbed.Testbed) error {
 	opts := testbed.MiddleboxOptions{
 		Binary: cfg.Binary, TunMode: cfg.TunMode, Multicast: []uint16{MulticastPort}, NodePort: MulticastPort,
-		Control: "127.0.0.1:9090",
+		Control: "127.0.0.1:9090", Extra: cfg.MiddleboxArgs,
 	}
 	args := tb.MiddleboxArgs(opts)
 	if cfg.RTPriority > 0 {

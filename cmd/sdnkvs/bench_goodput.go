@@ -25,6 +25,7 @@ type BenchGoodputCmd struct {
 	Duration   time.Duration `name:"duration" default:"10s" help:"Length of each stream."`
 	Warmup     time.Duration `name:"warmup" default:"1s" help:"Start of each stream left out of the steady-state goodput."`
 	TunMode    string        `name:"tun-mode" enum:"offload,plain" default:"offload" help:"Middlebox TUN mode."`
+	MbArgs     []string      `name:"middlebox-arg" help:"Extra middlebox flag (repeatable), e.g. --middlebox-arg=--sack."`
 	RTPrio     int           `name:"rt-priority" default:"0" help:"Run the middlebox under SCHED_FIFO at this priority (chrt -f; the WAN emulator's threads run at FIFO 10); 0: normal priority."`
 	NoDirect   bool          `name:"no-direct" help:"Skip the direct (no middlebox) single-stream baselines."`
 	NoParallel bool          `name:"no-parallel" help:"Skip the N parallel direct streams (one per DC, no middlebox) measured for each N > 1."`
@@ -100,7 +101,7 @@ func (c *BenchGoodputCmd) Run(g *Globals) error {
 	}
 	cfg := goodput.Config{
 		Binary: bin, Servers: c.Servers, Rate: rate, RTT: c.RTT, Duration: c.Duration,
-		Warmup: c.Warmup, TunMode: c.TunMode, RTPriority: c.RTPrio, NoDirect: c.NoDirect, NoParallel: c.NoParallel, RcvBuf: rcvbuf, Log: os.Stderr,
+		Warmup: c.Warmup, TunMode: c.TunMode, MiddleboxArgs: c.MbArgs, RTPriority: c.RTPrio, NoDirect: c.NoDirect, NoParallel: c.NoParallel, RcvBuf: rcvbuf, Log: os.Stderr,
 	}
 	// Ctrl-C: the current stream stops and its topology is torn down.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -47,6 +47,7 @@ type MiddleboxCmd struct {
 	ProbeInterval time.Duration `name:"probe-interval" default:"100ms" help:"Interval between probes of one node."`
 
 	MinReplicas      int           `name:"min-replicas" default:"1" help:"Forked flows: fewest live DCs a connection may run on; below it the client gets a RST."`
+	SACK             bool          `name:"sack" default:"true" negatable:"" help:"Forked flows: keep SACK, offering the client only the blocks every live DC holds (--no-sack strips it, as the paper does)."`
 	HandshakeTimeout time.Duration `name:"handshake-timeout" default:"3s" help:"Forked flows: DCs that have not answered the SYN by then are left out."`
 	BranchTimeout    time.Duration `name:"branch-timeout" default:"10s" help:"Forked flows: a DC lagging the others this long without progress is dropped from the flow."`
 }
@@ -169,6 +170,7 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 		cfg.Failover = fc
 	}
 	cfg.Fork.MinReplicas = c.MinReplicas
+	cfg.Fork.SACK = c.SACK
 	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
 	cfg.Fork.BranchTimeout = c.BranchTimeout
 	return cfg, nil

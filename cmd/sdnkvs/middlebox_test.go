@@ -132,3 +132,24 @@ func TestMiddleboxBadFlagsNameTheFlag(t *testing.T) {
 		})
 	}
 }
+
+// Forked flows keep SACK by default; --no-sack strips it as the paper did.
+func TestMiddleboxSACKFlag(t *testing.T) {
+	base := []string{"--vip", "10.200.100.1", "--multicast", "6379", "--dc", "a=10.0.0.1:6379"}
+	for _, c := range []struct {
+		extra []string
+		want  bool
+	}{{nil, true}, {[]string{"--no-sack"}, false}, {[]string{"--sack"}, true}} {
+		cli, err := parseMiddlebox(t, append(append([]string{}, base...), c.extra...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := cli.Middlebox.config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Fork.SACK != c.want {
+			t.Errorf("%v: Fork.SACK %v, want %v", c.extra, cfg.Fork.SACK, c.want)
+		}
+	}
+}
