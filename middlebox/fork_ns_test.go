@@ -60,47 +60,8 @@ func newForkRig(t *testing.T, tc testbed.Config, fork ackmerge.Config) *forkRig 
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
 	tb := testbed.ForTest(t, tc)
-	gw := tb.NS("gw")
 	cfg := Config{VIP: testbed.VIP, MulticastPorts: []uint16{forkVIPPort}, Fork: fork}
-	var nodes []netip.AddrPort
-	for _, d := range tb.Config().DCs {
-		dc := DC{Name: d.Name}
-		for _, a := range tb.NodeAddrs(d.Name) {
-			dc.Nodes = append(dc.Nodes, netip.AddrPortFrom(a, forkNodePort))
-		}
-		nodes = append(nodes, dc.Nodes...)
-		cfg.DCs = append(cfg.DCs, dc)
-	}
-	var dev netstackio.Device
-	if err := netstackio.InNetns(testbed.NetnsPath(gw), func() error {
-		var err error
-		dev, err = netstackio.OpenTUN("sdn0", netstackio.TUNOptions{Mode: netstackio.ModeOffload})
-		return err
-	}); err != nil {
-		t.Fatalf("open TUN in %s: %v", gw, err)
-	}
-	m, err := New(dev, cfg)
-	if err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- m.Run() }()
-	t.Cleanup(func() {
-		m.Close()
-		if err := <-runErr; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	undo, err := InstallRoutes(RouteConfig{Netns: gw, TUN: "sdn0", VIP: cfg.VIP, Nodes: nodes, Table: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := undo(); err != nil {
-			t.Errorf("remove routes: %v", err)
-		}
-	})
+	m := runInGateway(t, tb, netstackio.ModeOffload, cfg, forkNodePort)
 	r := &forkRig{tb: tb, mb: m}
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -127,8 +127,7 @@ type Middlebox struct {
 	bufs    [][]byte
 	sizes   []int
 	outs    [][]byte
-	pool    [][]byte // free extra buffers (forked copies, made packets)
-	inUse   [][]byte // extra buffers used by the current batch
+	pool    bufPool // extra buffers (forked copies, made packets) of the current batch
 	pkt     packet.TCP
 	fout    ackmerge.Out
 	targets [MaxBranches]ackmerge.Target
@@ -138,8 +137,7 @@ type Middlebox struct {
 
 	// Timer state for forked flows, used by Expire (under mu).
 	tout   ackmerge.Out
-	tpool  [][]byte
-	tinUse [][]byte
+	tpool  bufPool
 	touts  [][]byte
 	forked int // forked flows in the table
 
@@ -233,17 +231,17 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 		case i < batch:
 			m.bufs = append(m.bufs, b)
 		case i < batch+poolSize:
-			m.pool = append(m.pool, b)
+			m.pool.free = append(m.pool.free, b)
 		default:
-			m.tpool = append(m.tpool, b)
+			m.tpool.free = append(m.tpool.free, b)
 		}
 	}
 	m.sizes = make([]int, batch)
 	m.outs = make([][]byte, 0, 2*batch+poolSize)
-	m.inUse = make([][]byte, 0, poolSize)
+	m.pool.size, m.pool.inUse = bufLen, make([][]byte, 0, poolSize)
 	m.fout = ackmerge.Out{Offset: m.offset, Alloc: m.alloc, Pkts: make([]ackmerge.Emit, 0, 2*MaxBranches), Events: make([]ackmerge.Event, 0, 2*MaxBranches)}
 	m.tout = ackmerge.Out{Offset: m.offset, Alloc: m.tickAlloc}
-	m.tinUse = make([][]byte, 0, tickPoolSize)
+	m.tpool.size, m.tpool.inUse = bufLen, make([][]byte, 0, tickPoolSize)
 	rl := m.offset + 40
 	rb := make([]byte, rstBufs*rl)
 	for i := range rstBufs {
@@ -368,8 +366,7 @@ func (m *Middlebox) processBatch(n int) {
 		m.write(m.outs)
 	}
 	// Return clone buffers to the pool.
-	m.pool = append(m.pool, m.inUse...)
-	m.inUse = m.inUse[:0]
+	m.pool.releaseAll()
 }
 
 func (m *Middlebox) write(bufs [][]byte) {
@@ -633,29 +630,43 @@ func (m *Middlebox) drainFork(i int32, out *ackmerge.Out, outs [][]byte) [][]byt
 	return outs
 }
 
-// alloc gives ackmerge a buffer for an extra packet of the current batch.
-func (m *Middlebox) alloc(n int) []byte {
-	k := len(m.pool)
-	if k == 0 || n > m.bufLen {
-		m.drop(ReasonNoBuffer)
+// bufPool is a fixed set of packet buffers handed out during one batch (or
+// one timer pass) and all returned at its end. Not safe for concurrent use.
+type bufPool struct {
+	free  [][]byte
+	inUse [][]byte
+	size  int // length of every buffer
+}
+
+// get returns a free buffer of at least n bytes, or nil when none is left.
+func (p *bufPool) get(n int) []byte {
+	k := len(p.free)
+	if k == 0 || n > p.size {
 		return nil
 	}
-	b := m.pool[k-1]
-	m.pool = m.pool[:k-1]
-	m.inUse = append(m.inUse, b)
+	b := p.free[k-1]
+	p.free = p.free[:k-1]
+	p.inUse = append(p.inUse, b)
 	return b
 }
 
+// releaseAll returns every buffer handed out since the last call.
+func (p *bufPool) releaseAll() {
+	p.free = append(p.free, p.inUse...)
+	p.inUse = p.inUse[:0]
+}
+
+// alloc gives ackmerge a buffer for an extra packet of the current batch.
+func (m *Middlebox) alloc(n int) []byte { return m.counted(m.pool.get(n)) }
+
 // tickAlloc is alloc for packets made by timers (under mu, in Expire).
-func (m *Middlebox) tickAlloc(n int) []byte {
-	k := len(m.tpool)
-	if k == 0 || n > m.bufLen {
+func (m *Middlebox) tickAlloc(n int) []byte { return m.counted(m.tpool.get(n)) }
+
+// counted counts a buffer shortage (the packet is dropped).
+func (m *Middlebox) counted(b []byte) []byte {
+	if b == nil {
 		m.drop(ReasonNoBuffer)
-		return nil
 	}
-	b := m.tpool[k-1]
-	m.tpool = m.tpool[:k-1]
-	m.tinUse = append(m.tinUse, b)
 	return b
 }
 
@@ -849,8 +860,7 @@ func (m *Middlebox) flushTimerOutput() {
 	if len(m.touts) > 0 {
 		m.write(m.touts)
 	}
-	m.tpool = append(m.tpool, m.tinUse...)
-	m.tinUse = m.tinUse[:0]
+	m.tpool.releaseAll()
 	m.rstPool = append(m.rstPool, m.rstInUse...)
 	m.rstInUse = m.rstInUse[:0]
 }

@@ -35,50 +35,11 @@ func newNSRig(t *testing.T, mode netstackio.TUNMode, multicast ...uint16) *nsRig
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip", "ping")
 	tb := testbed.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
-	gw := tb.NS("gw")
 	var cfg Config
 	cfg.VIP = testbed.VIP
 	cfg.AnycastPorts = []uint16{anyPort}
 	cfg.MulticastPorts = multicast
-	var nodes []netip.AddrPort
-	for _, d := range tb.Config().DCs {
-		dc := DC{Name: d.Name}
-		for _, a := range tb.NodeAddrs(d.Name) {
-			dc.Nodes = append(dc.Nodes, netip.AddrPortFrom(a, 6379))
-		}
-		nodes = append(nodes, dc.Nodes...)
-		cfg.DCs = append(cfg.DCs, dc)
-	}
-	var dev netstackio.Device
-	if err := netstackio.InNetns(testbed.NetnsPath(gw), func() error {
-		var err error
-		dev, err = netstackio.OpenTUN("sdn0", netstackio.TUNOptions{Mode: mode})
-		return err
-	}); err != nil {
-		t.Fatalf("open TUN in %s: %v", gw, err)
-	}
-	m, err := New(dev, cfg)
-	if err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- m.Run() }()
-	t.Cleanup(func() {
-		m.Close()
-		if err := <-runErr; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	undo, err := InstallRoutes(RouteConfig{Netns: gw, TUN: "sdn0", VIP: cfg.VIP, Nodes: nodes, Table: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := undo(); err != nil {
-			t.Errorf("remove routes: %v", err)
-		}
-	})
+	m := runInGateway(t, tb, mode, cfg, 6379)
 	return &nsRig{tb: tb, mb: m}
 }
 
@@ -488,4 +449,53 @@ func TestNetnsBinaryRoutesRemovedOnExit(t *testing.T) {
 	if !strings.Contains(p.Output(), "routes removed") {
 		t.Errorf("no 'routes removed' in the log:\n%s", p.Output())
 	}
+}
+
+// runInGateway points cfg at every node of tb's DCs (on nodePort), runs the
+// middlebox in-process on a TUN of the given mode opened in tb's gateway
+// namespace, installs its routes there, and stops and undoes everything at
+// the end of the test.
+func runInGateway(t *testing.T, tb *testbed.Testbed, mode netstackio.TUNMode, cfg Config, nodePort uint16) *Middlebox {
+	t.Helper()
+	gw := tb.NS("gw")
+	var nodes []netip.AddrPort
+	for _, d := range tb.Config().DCs {
+		dc := DC{Name: d.Name}
+		for _, a := range tb.NodeAddrs(d.Name) {
+			dc.Nodes = append(dc.Nodes, netip.AddrPortFrom(a, nodePort))
+		}
+		nodes = append(nodes, dc.Nodes...)
+		cfg.DCs = append(cfg.DCs, dc)
+	}
+	var dev netstackio.Device
+	if err := netstackio.InNetns(testbed.NetnsPath(gw), func() error {
+		var err error
+		dev, err = netstackio.OpenTUN("sdn0", netstackio.TUNOptions{Mode: mode})
+		return err
+	}); err != nil {
+		t.Fatalf("open TUN in %s: %v", gw, err)
+	}
+	m, err := New(dev, cfg)
+	if err != nil {
+		dev.Close()
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- m.Run() }()
+	t.Cleanup(func() {
+		m.Close()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	undo, err := InstallRoutes(RouteConfig{Netns: gw, TUN: "sdn0", VIP: cfg.VIP, Nodes: nodes, Table: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := undo(); err != nil {
+			t.Errorf("remove routes: %v", err)
+		}
+	})
+	return m
 }
