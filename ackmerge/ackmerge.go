@@ -1,9 +1,10 @@
 // Package ackmerge is the pure state machine of one forked TCP connection
-// (DESIGN.md section 4, the paper's SDN-multicast): one client talks to a
-// virtual address, and every segment it sends is copied to one node in each
-// live datacentre (a branch); the branches' replies are merged so that the
-// client is acknowledged only what every live branch has acknowledged and
-// receives only reply bytes that every live branch has sent.
+// (docs/design.md section 4; the paper's section 3.2, SDN-multicast): one
+// client talks to a virtual address, and every segment it sends is copied
+// to one node in each live datacentre (a branch); the branches' replies
+// are merged so that the client is acknowledged only what every live
+// branch has acknowledged and receives only reply bytes that every live
+// branch has sent.
 //
 //	client ──Step(from=ToClient)──► copy per live branch: dst=node, ack+=off_k ──► branches
 //	branch k ──Step(from=k)──► seq-=off_k, ack=min acked, window=min edge,
@@ -18,11 +19,11 @@
 // the hole were sent and lost on the way); bytes below the minimum
 // coverage are forwarded from whichever segment carries them, trimmed,
 // even out of order: the client reassembles, and its duplicate ACKs make
-// the branches retransmit any hole. Departures from DESIGN.md section 4,
-// each covered by a rule test: the coverage above (the spec drops
-// out-of-order reply segments, which under loss costs one RTT per lost
-// segment), a repeated ACK when the client retransmits acknowledged bytes
-// or a branch retransmits bytes the client acknowledged, and optional SACK
+// the branches retransmit any hole. Departures from the paper's forking,
+// each covered by a rule test: the coverage above (dropping out-of-order
+// reply segments instead costs one RTT per lost segment under loss), a
+// repeated ACK when the client retransmits acknowledged bytes or a branch
+// retransmits bytes the client acknowledged, and optional SACK
 // (Config.SACK).
 //
 // Wiring (the middlebox): NewFlow on the client's SYN; Step for every

@@ -11,7 +11,7 @@ import (
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 )
 
-// One test per rule of DESIGN.md section 4 and per claim of the paper.
+// One test per rule of docs/design.md section 4 and per claim of the paper.
 
 // Handshake: the client SYN is copied to every live DC, dst rewritten,
 // SACK-permitted and timestamps NOP-ed out, MSS and window scale kept.

@@ -8,7 +8,7 @@
 //	prober    ── Probe ───────────────────────────────────────┼─► Detector ─► []Decision
 //	timer     ── Tick ────────────────────────────────────────┘     (NodeDown, NodeUp, DCDown, DCUp)
 //
-// Signals (DESIGN.md section 5):
+// Signals (docs/design.md section 5):
 //   - the paper's Algorithm 1 (both modes): a duplicate client segment on a
 //     flow whose server has sent nothing since the client's previous
 //     segment counts one against the server; any packet from the server

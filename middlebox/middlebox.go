@@ -881,7 +881,7 @@ func (m *Middlebox) probeTimers(now time.Time) {
 }
 
 // tickFork runs forked flow i's timers and removes branches on nodes
-// declared dead (the flow shrinks, DESIGN.md section 4).
+// declared dead (the flow shrinks, docs/design.md section 4).
 func (m *Middlebox) tickFork(i int32, now time.Time) {
 	f := &m.tab.slab[i]
 	for j := 0; j < int(f.nbranch); j++ {

@@ -29,7 +29,7 @@ import (
 // rules send the nodes' replies (and nothing else from them) into it too.
 // Packets the middlebox writes back are routed by the main table. Undo
 // with the same commands, `del` for `add`. Also keep conntrack/NAT rules
-// out of the gateway's path (DESIGN.md section 9).
+// out of the gateway's path (docs/design.md section 9).
 type RouteConfig struct {
 	Netns string // named network namespace to configure ("" = the current one)
 	TUN   string

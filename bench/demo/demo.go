@@ -1,4 +1,4 @@
-// Package demo is the disaster demo (DESIGN.md section 7): it builds the
+// Package demo is the disaster demo (docs/design.md section 7): it builds the
 // namespace testbed with a near and a far DC, starts a kvs cluster in each
 // and the middlebox at the edge, drives writes through the forked port and
 // reads through the anycast port, cuts the near DC in the middle of the

@@ -200,7 +200,7 @@ func (r Result) Complete() bool {
 // There are two direct baselines: "direct", the client's TCP as
 // configured, and "direct-nosack", the same with SACK and timestamps
 // turned off in the client's namespace, since the middlebox strips both
-// from forked connections' handshakes (DESIGN.md section 4): it shows what
+// from forked connections' handshakes (docs/design.md section 4): it shows what
 // TCP itself achieves on the link without them. For each N > 1 there is
 // also "direct-parallel": N independent direct streams at once, one per DC
 // (see parallel).

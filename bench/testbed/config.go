@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Fixed addresses of the topology (DESIGN.md section 3).
+// Fixed addresses of the topology (docs/design.md section 3).
 var (
 	// VIP is the service address the middlebox owns in the gateway namespace.
 	VIP = netip.MustParseAddr("10.200.100.1")

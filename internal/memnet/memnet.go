@@ -1,7 +1,7 @@
 // Package memnet is an in-memory IPv4 network of gVisor hosts for tests
 // that need no root: each host is a gVisor stack on a link/channel
-// endpoint, and a tiny router plays the gateway kernel of DESIGN.md
-// section 3.
+// endpoint, and a tiny router plays the gateway kernel of
+// docs/design.md section 3.
 //
 //	host ──► router ─┬─ to the VIP, or from a policy (node service) port ─► middlebox Device
 //	                 └─ otherwise: by destination address ─► host
