@@ -50,8 +50,8 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 )
 
@@ -205,7 +205,7 @@ type Emit struct {
 // capacity, so a batch that is reset allocates nothing in steady state.
 type Out struct {
 	// Offset is the position of IP packets in buffers, at least
-	// netstackio.VnetHdrLen (the virtio-net header sits right before).
+	// virtio.HdrLen (the virtio-net header sits right before).
 	Offset int
 	// Alloc returns a buffer of at least n bytes, owned by the caller, or
 	// nil when none is available (the copy is then dropped and counted).
@@ -434,7 +434,7 @@ func (f *Flow) LastActivity() time.Time { return f.last }
 // the caller must then not reuse buf until that packet is written. If no
 // Emit is InPlace, buf is free again when Step returns.
 func (f *Flow) Step(buf []byte, p *packet.TCP, from int, now time.Time, out *Out) {
-	if len(p.Buf) == 0 || out.Offset < netstackio.VnetHdrLen || len(buf) <= out.Offset || &buf[out.Offset] != &p.Buf[0] {
+	if len(p.Buf) == 0 || out.Offset < virtio.HdrLen || len(buf) <= out.Offset || &buf[out.Offset] != &p.Buf[0] {
 		f.stats.Invalid++
 		return
 	}
@@ -616,7 +616,7 @@ func (f *Flow) fanOut(buf []byte, p *packet.TCP, syn bool, out *Out) {
 		return
 	}
 	off := out.Offset
-	src := buf[off-netstackio.VnetHdrLen : off+len(p.Buf)]
+	src := buf[off-virtio.HdrLen : off+len(p.Buf)]
 	for k := 0; k < last; k++ {
 		b := &f.br[k]
 		if b.removed || !(syn || b.answered) {
@@ -632,9 +632,9 @@ func (f *Flow) fanOut(buf []byte, p *packet.TCP, syn bool, out *Out) {
 			continue
 		}
 		dst = dst[:n]
-		copy(dst[off-netstackio.VnetHdrLen:], src)
+		copy(dst[off-virtio.HdrLen:], src)
 		var q packet.TCP
-		if q.Parse(dst[off:], netstackio.VnetHdr(dst[off-netstackio.VnetHdrLen:off])) != nil {
+		if q.Parse(dst[off:], virtio.Hdr(dst[off-virtio.HdrLen:off])) != nil {
 			f.stats.Invalid++
 			continue
 		}

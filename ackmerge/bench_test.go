@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
 // loop drives an established flow in steady state without allocating: each
@@ -55,7 +55,7 @@ func (l *loop) step(tmpl []byte, from int, seq, ack uint32) {
 	w := l.work[:len(tmpl)]
 	copy(w, tmpl)
 	var p packet.TCP
-	if p.Parse(w[testOff:], netstackio.VnetHdr(w[testOff-netstackio.VnetHdrLen:testOff])) != nil {
+	if p.Parse(w[testOff:], virtio.Hdr(w[testOff-virtio.HdrLen:testOff])) != nil {
 		panic("parse")
 	}
 	p.SetSeq(p.Seq() + seq)
@@ -105,7 +105,7 @@ var baselineNs = sync.OnceValue(func() float64 {
 	for i := 0; i < iters; i++ {
 		copy(w, l.cliTmpl)
 		var p packet.TCP
-		if p.Parse(w[testOff:], netstackio.VnetHdr(w[testOff-netstackio.VnetHdrLen:testOff])) != nil {
+		if p.Parse(w[testOff:], virtio.Hdr(w[testOff-virtio.HdrLen:testOff])) != nil {
 			panic("parse")
 		}
 		p.SetDstAddr(dst.Addr())

@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
 // build writes a TCP packet the flow makes itself (SYN-ACK, RST, pure ACK)
@@ -28,7 +28,7 @@ func (f *Flow) build(out *Out, to int, src, dst netip.AddrPort, seq, ack uint32,
 		return
 	}
 	buf = buf[:n]
-	vnet := netstackio.VnetHdr(buf[out.Offset-netstackio.VnetHdrLen : out.Offset])
+	vnet := virtio.Hdr(buf[out.Offset-virtio.HdrLen : out.Offset])
 	vnet.Clear()
 	b := buf[out.Offset:]
 	clear(b)

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/ackmerge"
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
 // This is how a driver (the middlebox) uses a Flow: one per forked
@@ -16,7 +16,7 @@ import (
 // the packets in Out are written back to the device, events update metrics
 // and the flow table.
 func Example() {
-	const offset = netstackio.VnetHdrLen // the driver's Device offset
+	const offset = virtio.HdrLen // the driver's Device offset
 	client := netip.MustParseAddrPort("10.0.0.1:40000")
 	vip := netip.MustParseAddrPort("10.200.100.1:6379")
 	branches := []ackmerge.Target{
@@ -39,7 +39,7 @@ func Example() {
 	syn[20], syn[21], syn[22], syn[23] = 40000>>8, 40000&0xff, 6379>>8, 6379&0xff
 	syn[32], syn[33] = 5<<4, packet.FlagSYN
 	var p packet.TCP
-	if err := p.Parse(syn, netstackio.Hdr(buf, offset)); err != nil {
+	if err := p.Parse(syn, virtio.At(buf, offset)); err != nil {
 		panic(err)
 	}
 	p.ComputeIPChecksum()
@@ -50,7 +50,7 @@ func Example() {
 	for _, e := range out.Pkts {
 		// dev.Write([][]byte{e.Buf}, offset) in the real driver.
 		var q packet.TCP
-		q.Parse(e.Buf[offset:], netstackio.Hdr(e.Buf, offset))
+		q.Parse(e.Buf[offset:], virtio.At(e.Buf, offset))
 		fmt.Println("to branch", e.To, "dst", q.DstAddr(), "in place:", e.InPlace)
 	}
 	fmt.Println("state:", f.State())

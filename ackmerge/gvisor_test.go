@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -136,7 +136,7 @@ func (d *forkDriver) run(ctx context.Context) {
 			}
 		case m := <-d.in:
 			var p packet.TCP
-			if p.Parse(m.buf[testOff:], netstackio.VnetHdr(m.buf[testOff-netstackio.VnetHdrLen:testOff])) != nil {
+			if p.Parse(m.buf[testOff:], virtio.Hdr(m.buf[testOff-virtio.HdrLen:testOff])) != nil {
 				continue // not TCP: ignore
 			}
 			if d.f == nil {

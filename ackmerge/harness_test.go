@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -17,7 +17,7 @@ import (
 // The test harness builds packets with gVisor's header package and checks
 // every emitted packet with it, independently of netstackio/packet.
 
-const testOff = 16 // buffer offset of IP packets (>= VnetHdrLen, with headroom)
+const testOff = 16 // buffer offset of IP packets (>= virtio.HdrLen, with headroom)
 
 var (
 	cliAddr = netip.MustParseAddrPort("10.0.0.1:40000")
@@ -67,7 +67,7 @@ func mkPacket(s seg) []byte {
 	}
 	tl := header.TCPMinimumSize + len(opts) + len(s.Data)
 	buf := make([]byte, testOff+ipl+tl)
-	vnet := netstackio.VnetHdr(buf[testOff-netstackio.VnetHdrLen : testOff])
+	vnet := virtio.Hdr(buf[testOff-virtio.HdrLen : testOff])
 	b := buf[testOff:]
 	src, dst := tcpAddr(s.Src.Addr()), tcpAddr(s.Dst.Addr())
 	if v6 {
@@ -84,15 +84,15 @@ func mkPacket(s seg) []byte {
 	copy(t[header.TCPMinimumSize+len(opts):], s.Data)
 	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tl))
 	if s.Partial {
-		vnet.SetFlags(netstackio.VnetFlagNeedsCsum)
+		vnet.SetFlags(virtio.FlagNeedsCsum)
 		vnet.SetCsumStart(uint16(ipl))
 		vnet.SetCsumOffset(16)
 		t.SetChecksum(pseudo)
 		if s.GSO > 0 {
 			if v6 {
-				vnet.SetGSOType(netstackio.GSOTCPv6)
+				vnet.SetGSOType(virtio.GSOTCPv6)
 			} else {
-				vnet.SetGSOType(netstackio.GSOTCPv4)
+				vnet.SetGSOType(virtio.GSOTCPv4)
 			}
 			vnet.SetGSOSize(s.GSO)
 			vnet.SetHdrLen(uint16(ipl + header.TCPMinimumSize + len(opts)))
@@ -111,7 +111,7 @@ func decode(t testing.TB, e Emit, off int) seg {
 	if len(e.Buf) < off+20 {
 		t.Fatalf("emitted buffer too short: %d", len(e.Buf))
 	}
-	vnet := netstackio.VnetHdr(e.Buf[off-netstackio.VnetHdrLen : off])
+	vnet := virtio.Hdr(e.Buf[off-virtio.HdrLen : off])
 	b := e.Buf[off:]
 	var s seg
 	s.To, s.InPlace = e.To, e.InPlace
@@ -212,7 +212,7 @@ func (h *harness) step(from int, s seg) []seg {
 	h.t.Helper()
 	buf := mkPacket(s)
 	var p packet.TCP
-	if err := p.Parse(buf[testOff:], netstackio.VnetHdr(buf[testOff-netstackio.VnetHdrLen:testOff])); err != nil {
+	if err := p.Parse(buf[testOff:], virtio.Hdr(buf[testOff-virtio.HdrLen:testOff])); err != nil {
 		h.t.Fatal(err)
 	}
 	h.out.Reset()

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
 // One test per rule of docs/design.md section 4 and per claim of the paper.
@@ -649,7 +649,7 @@ func TestIPv6Flow(t *testing.T) {
 	step := func(from int, s seg) []seg {
 		buf := mkPacket(s)
 		var p packet.TCP
-		if err := p.Parse(buf[testOff:], netstackio.VnetHdr(buf[testOff-netstackio.VnetHdrLen:testOff])); err != nil {
+		if err := p.Parse(buf[testOff:], virtio.Hdr(buf[testOff-virtio.HdrLen:testOff])); err != nil {
 			t.Fatal(err)
 		}
 		out.Reset()

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 )
 
@@ -343,7 +343,7 @@ func (s *sim) timers(e *ep) {
 // mbStep runs the Flow on one packet and checks everything it emits.
 func (s *sim) mbStep(it inflight) {
 	var p packet.TCP
-	if err := p.Parse(it.buf[testOff:], netstackio.VnetHdr(it.buf[testOff-netstackio.VnetHdrLen:testOff])); err != nil {
+	if err := p.Parse(it.buf[testOff:], virtio.Hdr(it.buf[testOff-virtio.HdrLen:testOff])); err != nil {
 		s.t.Fatal(err)
 	}
 	s.out.Reset()

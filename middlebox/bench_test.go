@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -36,23 +36,23 @@ func BenchmarkAnycastBatch(b *testing.B) {
 			defer m.Close()
 			feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagSyn, seq: 100}))
 			pkt := mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagAck, seq: 101, ack: 1, payload: make([]byte, c.payload)})
-			var vnet netstackio.VnetHdr
+			var vnet virtio.Hdr
 			if c.offload {
 				ip := header.IPv4(pkt)
 				header.TCP(pkt[20:]).SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(pkt)-20)))
-				vnet = make(netstackio.VnetHdr, netstackio.VnetHdrLen)
-				vnet.SetFlags(netstackio.VnetFlagNeedsCsum)
+				vnet = make(virtio.Hdr, virtio.HdrLen)
+				vnet.SetFlags(virtio.FlagNeedsCsum)
 				vnet.SetCsumStart(20)
 				vnet.SetCsumOffset(16)
 				if c.payload > 1448 {
-					vnet.SetGSOType(netstackio.GSOTCPv4)
+					vnet.SetGSOType(virtio.GSOTCPv4)
 					vnet.SetGSOSize(1448)
 				}
 			}
 			n := len(m.bufs)
 			load := func() {
 				for i := range n {
-					h := netstackio.Hdr(m.bufs[i], m.offset)
+					h := virtio.At(m.bufs[i], m.offset)
 					h.Clear()
 					copy(h, vnet)
 					m.sizes[i] = copy(m.bufs[i][m.offset:], pkt)

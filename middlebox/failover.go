@@ -8,8 +8,8 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/failover/prober"
-	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 )
@@ -234,7 +234,7 @@ func (m *Middlebox) resetDeadAnycast() {
 // the buffer cut to the packet's end.
 func (m *Middlebox) buildRST(b []byte, k fwdKey, seq, ack uint32, flags uint8) []byte {
 	off := m.offset
-	vnet := netstackio.Hdr(b, off)
+	vnet := virtio.At(b, off)
 	vnet.Clear()
 	pkt := b[off : off+40]
 	writeTCPHeader(pkt, m.vip, k.cli, k.vport, k.cport, seq, ack, flags)

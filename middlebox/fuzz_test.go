@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -28,8 +28,8 @@ func FuzzDataPath(f *testing.F) {
 		if len(pkt) > 4096 {
 			pkt = pkt[:4096]
 		}
-		if len(vnet) > netstackio.VnetHdrLen {
-			vnet = vnet[:netstackio.VnetHdrLen]
+		if len(vnet) > virtio.HdrLen {
+			vnet = vnet[:virtio.HdrLen]
 		}
 		dev := newFakeDev(false, true)
 		m, _ := newUnit(t, testConfig(), dev)
@@ -52,7 +52,7 @@ func FuzzDataPath(f *testing.F) {
 			t.Fatalf("one packet: %d written, %d local, %d dropped", len(out), after.Local-before.Local, drops)
 		}
 		for _, w := range out {
-			p := w[netstackio.VnetHdrLen:]
+			p := w[virtio.HdrLen:]
 			ip := header.IPv4(p)
 			if len(p) < header.IPv4MinimumSize || !ip.IsChecksumValid() {
 				t.Fatalf("written packet with a bad IPv4 header: % x", p[:min(len(p), 20)])

@@ -29,6 +29,7 @@ import (
 	"github.com/sdnkvs/sdnkvs/failover/prober"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
 
@@ -185,7 +186,7 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 		ports:     new([65536]uint8),
 		dcs:       cfg.DCs,
 		byNode:    map[nodeKey]uint16{},
-		offset:    cfg.Headroom + netstackio.VnetHdrLen,
+		offset:    cfg.Headroom + virtio.HdrLen,
 		tab:       newFlowTable(cfg.MaxFlows),
 		closed:    make(chan struct{}),
 		sweepDone: make(chan struct{}),
@@ -354,7 +355,7 @@ func (m *Middlebox) processBatch(n int) {
 			m.outs = append(m.outs, buf[shift:shift+m.offset+len(m.pkt.Buf)])
 		case verdictLocal:
 			pkt := buf[m.offset : m.offset+size]
-			if m.stack.DeliverVnet(netstackio.Hdr(buf, m.offset), pkt) != nil {
+			if m.stack.DeliverVnet(virtio.At(buf, m.offset), pkt) != nil {
 				m.drop(ReasonStackRefused)
 			} else {
 				m.c.local.Add(1)
@@ -389,7 +390,7 @@ func (m *Middlebox) write(bufs [][]byte) {
 func (m *Middlebox) stackOutput(buf []byte, offset int) {
 	m.writeMu.Lock()
 	defer m.writeMu.Unlock()
-	// The Stack's buffer has exactly VnetHdrLen in front; Device.Write takes
+	// The Stack's buffer has exactly virtio.HdrLen in front; Device.Write takes
 	// one offset for the batch, so write it with the Stack's offset.
 	m.stackOut[0] = buf
 	w, _ := m.dev.Write(m.stackOut[:], offset)
@@ -419,7 +420,7 @@ const (
 func (m *Middlebox) process(buf []byte, size int) (shift int, v verdict) {
 	off := m.offset
 	b := buf[off : off+size]
-	vnet := netstackio.Hdr(buf, off)
+	vnet := virtio.At(buf, off)
 	if len(b) < 1 {
 		m.drop(ReasonTruncated)
 		return 0, verdictDrop
@@ -475,7 +476,7 @@ func (m *Middlebox) process(buf []byte, size int) (shift int, v verdict) {
 		}
 		return 0, verdictDrop
 	}
-	if vnet.Flags()&(netstackio.VnetFlagNeedsCsum|netstackio.VnetFlagDataValid) == 0 && !p.ChecksumsValid() {
+	if vnet.Flags()&(virtio.FlagNeedsCsum|virtio.FlagDataValid) == 0 && !p.ChecksumsValid() {
 		m.drop(ReasonBadTCPChecksum)
 		return 0, verdictDrop
 	}

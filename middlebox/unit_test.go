@@ -8,6 +8,7 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -40,7 +41,7 @@ func (d *fakeDev) Write(bufs [][]byte, offset int) (int, error) {
 	d.writes += len(bufs)
 	if d.record {
 		for _, b := range bufs {
-			d.written = append(d.written, append([]byte(nil), b[offset-netstackio.VnetHdrLen:]...))
+			d.written = append(d.written, append([]byte(nil), b[offset-virtio.HdrLen:]...))
 		}
 	}
 	return len(bufs), nil
@@ -145,7 +146,7 @@ func validTCP(t *testing.T, pkt []byte) header.TCP {
 // given virtio-net header, nil for zeros) and processes the batch.
 func feed(m *Middlebox, vnet []byte, pkts ...[]byte) {
 	for i, p := range pkts {
-		h := netstackio.Hdr(m.bufs[i], m.offset)
+		h := virtio.At(m.bufs[i], m.offset)
 		h.Clear()
 		copy(h, vnet)
 		m.sizes[i] = copy(m.bufs[i][m.offset:], p)
@@ -167,7 +168,7 @@ func TestRewriteAndLifecycle(t *testing.T) {
 	if len(out) != 1 {
 		t.Fatalf("SYN: %d packets written, want 1", len(out))
 	}
-	pkt := out[0][netstackio.VnetHdrLen:]
+	pkt := out[0][virtio.HdrLen:]
 	tcp := validTCP(t, pkt)
 	node := netip.AddrPortFrom(netip.AddrFrom4(header.IPv4(pkt).DestinationAddress().As4()), tcp.DestinationPort())
 	if node != syd1 && node != syd2 {
@@ -180,7 +181,7 @@ func TestRewriteAndLifecycle(t *testing.T) {
 	// SYN-ACK from the node: SNAT back to the VIP.
 	feed(m, nil, mkTCP(tcpSpec{src: node, dst: cliAP, flags: header.TCPFlagSyn | header.TCPFlagAck, seq: 5000, ack: 101}))
 	out = dev.take()
-	pkt = out[0][netstackio.VnetHdrLen:]
+	pkt = out[0][virtio.HdrLen:]
 	tcp = validTCP(t, pkt)
 	if got := netip.AddrFrom4(header.IPv4(pkt).SourceAddress().As4()); got != testVIP || tcp.SourcePort() != anyPort {
 		t.Fatalf("reply source %s:%d, want %s", got, tcp.SourcePort(), vipAny)
@@ -241,14 +242,14 @@ func TestRewriteAndLifecycle(t *testing.T) {
 	if len(out) != 2 {
 		t.Fatalf("%d packets written, want 2 (SYN, RST)", len(out))
 	}
-	validTCP(t, out[1][netstackio.VnetHdrLen:])
+	validTCP(t, out[1][virtio.HdrLen:])
 }
 
 func TestSuperPacketPassesUnsplit(t *testing.T) {
 	dev := newFakeDev(true, true)
 	m, _ := newUnit(t, testConfig(), dev)
 	feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagSyn, seq: 100}))
-	syn := dev.take()[0][netstackio.VnetHdrLen:]
+	syn := dev.take()[0][virtio.HdrLen:]
 	node := netip.AddrPortFrom(netip.AddrFrom4(header.IPv4(syn).DestinationAddress().As4()), header.TCP(syn[20:]).DestinationPort())
 
 	// A 64 KB TSO packet with a partial checksum, as an offload TUN hands it over.
@@ -259,9 +260,9 @@ func TestSuperPacketPassesUnsplit(t *testing.T) {
 	pkt := mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagAck | header.TCPFlagPsh, seq: 101, ack: 1, payload: payload})
 	ip := header.IPv4(pkt)
 	header.TCP(pkt[20:]).SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(pkt)-20)))
-	vnet := make(netstackio.VnetHdr, netstackio.VnetHdrLen)
-	vnet.SetFlags(netstackio.VnetFlagNeedsCsum)
-	vnet.SetGSOType(netstackio.GSOTCPv4)
+	vnet := make(virtio.Hdr, virtio.HdrLen)
+	vnet.SetFlags(virtio.FlagNeedsCsum)
+	vnet.SetGSOType(virtio.GSOTCPv4)
 	vnet.SetGSOSize(1448)
 	vnet.SetHdrLen(40)
 	vnet.SetCsumStart(20)
@@ -271,9 +272,9 @@ func TestSuperPacketPassesUnsplit(t *testing.T) {
 	if len(out) != 1 {
 		t.Fatalf("%d packets written, want 1 super-packet", len(out))
 	}
-	h := netstackio.VnetHdr(out[0][:netstackio.VnetHdrLen])
-	got := out[0][netstackio.VnetHdrLen:]
-	if len(got) != len(pkt) || h.GSOType() != netstackio.GSOTCPv4 || h.GSOSize() != 1448 || !h.NeedsCsum() {
+	h := virtio.Hdr(out[0][:virtio.HdrLen])
+	got := out[0][virtio.HdrLen:]
+	if len(got) != len(pkt) || h.GSOType() != virtio.GSOTCPv4 || h.GSOSize() != 1448 || !h.NeedsCsum() {
 		t.Fatalf("super-packet changed: len %d (want %d), gso %d/%d", len(got), len(pkt), h.GSOType(), h.GSOSize())
 	}
 	if d := netip.AddrFrom4(header.IPv4(got).DestinationAddress().As4()); d != node.Addr() {

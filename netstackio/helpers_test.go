@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -13,7 +14,7 @@ import (
 // (partial=false) or with the pseudo-header sum only (partial=true, as an
 // offload device delivers it), and the virtio-net header that goes with
 // it. gso > 0 marks it as a TCP GSO packet with that segment size.
-func tcpPacket(r *rand.Rand, v6 bool, payloadLen, optLen int, partial bool, gso int) (VnetHdr, []byte) {
+func tcpPacket(r *rand.Rand, v6 bool, payloadLen, optLen int, partial bool, gso int) (virtio.Hdr, []byte) {
 	ipLen := header.IPv4MinimumSize
 	if v6 {
 		ipLen = header.IPv6MinimumSize
@@ -66,10 +67,10 @@ func tcpPacket(r *rand.Rand, v6 bool, payloadLen, optLen int, partial bool, gso 
 		tcp[header.TCPMinimumSize+i] = header.TCPOptionNOP
 	}
 	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen+payloadLen))
-	h := VnetHdr(make([]byte, VnetHdrLen))
+	h := virtio.Hdr(make([]byte, virtio.HdrLen))
 	if partial {
 		tcp.SetChecksum(pseudo)
-		h.SetFlags(VnetFlagNeedsCsum)
+		h.SetFlags(virtio.FlagNeedsCsum)
 		h.SetCsumStart(uint16(ipLen))
 		h.SetCsumOffset(header.TCPChecksumOffset)
 	} else {
@@ -79,9 +80,9 @@ func tcpPacket(r *rand.Rand, v6 bool, payloadLen, optLen int, partial bool, gso 
 		h.SetHdrLen(uint16(ipLen + tcpLen))
 		h.SetGSOSize(uint16(gso))
 		if v6 {
-			h.SetGSOType(GSOTCPv6)
+			h.SetGSOType(virtio.GSOTCPv6)
 		} else {
-			h.SetGSOType(GSOTCPv4)
+			h.SetGSOType(virtio.GSOTCPv4)
 		}
 	}
 	return h, pkt
@@ -106,9 +107,9 @@ func tcpChecksumOK(pkt []byte) bool {
 }
 
 // withHeadroom returns a buffer holding h and pkt at offset.
-func withHeadroom(h VnetHdr, pkt []byte, offset int) []byte {
+func withHeadroom(h virtio.Hdr, pkt []byte, offset int) []byte {
 	b := make([]byte, offset+len(pkt))
-	copy(b[offset-VnetHdrLen:], h)
+	copy(b[offset-virtio.HdrLen:], h)
 	copy(b[offset:], pkt)
 	return b
 }

@@ -3,6 +3,8 @@ package netstackio
 import (
 	"fmt"
 	"sync"
+
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
 // PipeOptions configures MemPipe. Zero fields take their defaults.
@@ -118,8 +120,8 @@ type pipeEnd struct {
 var _ Device = (*pipeEnd)(nil)
 
 func (e *pipeEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	if offset < VnetHdrLen {
-		return 0, fmt.Errorf("netstackio: offset %d < VnetHdrLen", offset)
+	if offset < virtio.HdrLen {
+		return 0, fmt.Errorf("netstackio: offset %d < virtio.HdrLen", offset)
 	}
 	q := e.in
 	for {
@@ -137,7 +139,7 @@ func (e *pipeEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 					// Caller's buffer too small: drop rather than truncate.
 					e.invalid.Add(1)
 				} else {
-					clear(b[offset-VnetHdrLen : offset])
+					clear(b[offset-virtio.HdrLen : offset])
 					sizes[n] = copy(b[offset:], slot)
 					n++
 				}
@@ -160,8 +162,8 @@ func (e *pipeEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 }
 
 func (e *pipeEnd) Write(bufs [][]byte, offset int) (int, error) {
-	if offset < VnetHdrLen {
-		return 0, fmt.Errorf("netstackio: offset %d < VnetHdrLen", offset)
+	if offset < virtio.HdrLen {
+		return 0, fmt.Errorf("netstackio: offset %d < virtio.HdrLen", offset)
 	}
 	e.in.mu.Lock()
 	closed := e.in.closed
@@ -170,7 +172,7 @@ func (e *pipeEnd) Write(bufs [][]byte, offset int) (int, error) {
 		return 0, ErrClosed
 	}
 	for _, b := range bufs {
-		h := Hdr(b, offset)
+		h := virtio.At(b, offset)
 		pkt := b[offset:]
 		if !NeedsSoftwareOffload(h) {
 			e.emit(pkt)

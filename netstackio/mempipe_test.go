@@ -8,9 +8,10 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
-const testOff = 16 // headroom used by the tests (>= VnetHdrLen)
+const testOff = 16 // headroom used by the tests (>= virtio.HdrLen)
 
 func readBufs(n, size int) ([][]byte, []int) {
 	bufs := make([][]byte, n)
@@ -60,7 +61,7 @@ func TestMemPipeBatchesAndCopies(t *testing.T) {
 		if got := bufs[i][testOff : testOff+sizes[i]]; !bytes.Equal(got, want[i]) {
 			t.Fatalf("packet %d differs", i)
 		}
-		if h := Hdr(bufs[i], testOff); !bytes.Equal(h, make([]byte, VnetHdrLen)) {
+		if h := virtio.At(bufs[i], testOff); !bytes.Equal(h, make([]byte, virtio.HdrLen)) {
 			t.Fatalf("packet %d: vnet header %x, want zeros", i, []byte(h))
 		}
 	}

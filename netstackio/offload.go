@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -53,15 +54,15 @@ func (c *counters) snapshot() Stats {
 // NeedsSoftwareOffload reports whether a packet with header h asks for work
 // (a partial checksum or segmentation) that a non-offload device must do in
 // software before sending it.
-func NeedsSoftwareOffload(h VnetHdr) bool {
+func NeedsSoftwareOffload(h virtio.Hdr) bool {
 	return h.NeedsCsum() || h.IsGSO()
 }
 
 // CompleteChecksum finishes, in place, the partial checksum that h asks for
-// (VnetFlagNeedsCsum: the field at CsumStart+CsumOffset holds only the
+// (virtio.FlagNeedsCsum: the field at CsumStart+CsumOffset holds only the
 // pseudo-header sum) and clears the flag in h. It does nothing when h does
 // not ask for a checksum. pkt is the packet without the header.
-func CompleteChecksum(h VnetHdr, pkt []byte) error {
+func CompleteChecksum(h virtio.Hdr, pkt []byte) error {
 	if !h.NeedsCsum() {
 		return nil
 	}
@@ -71,7 +72,7 @@ func CompleteChecksum(h VnetHdr, pkt []byte) error {
 	}
 	sum := checksum.Checksum(pkt[start:], 0)
 	binary.BigEndian.PutUint16(pkt[start+off:], ^sum)
-	h.SetFlags(h.Flags() &^ VnetFlagNeedsCsum)
+	h.SetFlags(h.Flags() &^ virtio.FlagNeedsCsum)
 	return nil
 }
 
@@ -83,7 +84,7 @@ func CompleteChecksum(h VnetHdr, pkt []byte) error {
 // packet (headers + GSOSize, or len(pkt) without GSO).
 //
 // It is the slow path of non-offload devices; it does not allocate.
-func SoftwareOffload(h VnetHdr, pkt []byte, scratch []byte, emit func([]byte) error) error {
+func SoftwareOffload(h virtio.Hdr, pkt []byte, scratch []byte, emit func([]byte) error) error {
 	if !h.IsGSO() {
 		if !h.NeedsCsum() {
 			return emit(pkt)
@@ -93,15 +94,15 @@ func SoftwareOffload(h VnetHdr, pkt []byte, scratch []byte, emit func([]byte) er
 		}
 		seg := scratch[:len(pkt)]
 		copy(seg, pkt)
-		var hc [VnetHdrLen]byte
+		var hc [virtio.HdrLen]byte
 		copy(hc[:], h)
-		if err := CompleteChecksum(VnetHdr(hc[:]), seg); err != nil {
+		if err := CompleteChecksum(virtio.Hdr(hc[:]), seg); err != nil {
 			return err
 		}
 		return emit(seg)
 	}
-	gt := h.GSOType() &^ GSOECN
-	if gt != GSOTCPv4 && gt != GSOTCPv6 {
+	gt := h.GSOType() &^ virtio.GSOECN
+	if gt != virtio.GSOTCPv4 && gt != virtio.GSOTCPv6 {
 		return fmt.Errorf("%w: unsupported GSO type %d", ErrBadVnetHdr, gt)
 	}
 	mss := int(h.GSOSize())
@@ -116,7 +117,7 @@ func SoftwareOffload(h VnetHdr, pkt []byte, scratch []byte, emit func([]byte) er
 		return fmt.Errorf("%w: TCP GSO on protocol %d", ErrBadVnetHdr, proto)
 	}
 	isV4 := pkt[0]>>4 == 4
-	if (gt == GSOTCPv4) != isV4 {
+	if (gt == virtio.GSOTCPv4) != isV4 {
 		return fmt.Errorf("%w: GSO type %d on IPv%d packet", ErrBadVnetHdr, gt, pkt[0]>>4)
 	}
 	if len(pkt) < ipLen+header.TCPMinimumSize {

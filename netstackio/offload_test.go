@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -97,17 +98,17 @@ func TestSoftwareOffloadRejectsBadInput(t *testing.T) {
 	emit := func([]byte) error { return nil }
 	h, pkt := tcpPacket(r, false, 3000, 0, true, 1000)
 
-	bad := VnetHdr(append([]byte(nil), h...))
+	bad := virtio.Hdr(append([]byte(nil), h...))
 	bad.SetGSOSize(0)
 	if err := SoftwareOffload(bad, pkt, scratch, emit); !errors.Is(err, ErrBadVnetHdr) {
 		t.Errorf("gso_size 0: err %v", err)
 	}
-	bad = VnetHdr(append([]byte(nil), h...))
-	bad.SetGSOType(GSOTCPv6)
+	bad = virtio.Hdr(append([]byte(nil), h...))
+	bad.SetGSOType(virtio.GSOTCPv6)
 	if err := SoftwareOffload(bad, pkt, scratch, emit); !errors.Is(err, ErrBadVnetHdr) {
 		t.Errorf("v6 GSO on v4: err %v", err)
 	}
-	bad = VnetHdr(append([]byte(nil), h...))
+	bad = virtio.Hdr(append([]byte(nil), h...))
 	bad.SetGSOSize(1490)
 	if err := SoftwareOffload(bad, pkt, scratch, emit); !errors.Is(err, ErrSegTooLarge) {
 		t.Errorf("segment larger than scratch: err %v", err)
@@ -115,8 +116,8 @@ func TestSoftwareOffloadRejectsBadInput(t *testing.T) {
 	if err := SoftwareOffload(h, pkt[:100], scratch, emit); !errors.Is(err, ErrBadPacket) {
 		t.Errorf("truncated: err %v", err)
 	}
-	csum := VnetHdr(make([]byte, VnetHdrLen))
-	csum.SetFlags(VnetFlagNeedsCsum)
+	csum := virtio.Hdr(make([]byte, virtio.HdrLen))
+	csum.SetFlags(virtio.FlagNeedsCsum)
 	csum.SetCsumStart(60)
 	csum.SetCsumOffset(16)
 	if err := CompleteChecksum(csum, make([]byte, 70)); !errors.Is(err, ErrBadVnetHdr) {
@@ -128,7 +129,7 @@ func TestSoftwareOffloadRejectsBadInput(t *testing.T) {
 		for j := range g {
 			g[j] = byte(r.Uint32())
 		}
-		gh := VnetHdr(make([]byte, VnetHdrLen))
+		gh := virtio.Hdr(make([]byte, virtio.HdrLen))
 		for j := range gh {
 			gh[j] = byte(r.Uint32())
 		}

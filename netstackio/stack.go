@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -20,7 +21,7 @@ import (
 
 // OutputFunc receives each packet the Stack emits. The packet is
 // buf[offset:], preceded by a zeroed virtio-net header at
-// buf[offset-VnetHdrLen:offset], so buf can be handed to Device.Write with
+// buf[offset-virtio.HdrLen:offset], so buf can be handed to Device.Write with
 // the same offset without a copy. Checksums are complete. buf belongs to
 // the Stack and is valid only during the call: copy what you keep. It is
 // called from the Stack's single output goroutine, one packet at a time.
@@ -130,8 +131,8 @@ func (st *Stack) Deliver(pkt []byte) error {
 // DeliverVnet is Deliver for a packet read from an offload device: if h
 // says the checksum is partial (NeedsCsum) or already validated, the Stack
 // skips checksum validation instead of rejecting the packet.
-func (st *Stack) DeliverVnet(h VnetHdr, pkt []byte) error {
-	return st.deliver(pkt, h.Flags()&(VnetFlagNeedsCsum|VnetFlagDataValid) != 0)
+func (st *Stack) DeliverVnet(h virtio.Hdr, pkt []byte) error {
+	return st.deliver(pkt, h.Flags()&(virtio.FlagNeedsCsum|virtio.FlagDataValid) != 0)
 }
 
 func (st *Stack) deliver(pkt []byte, csumValid bool) error {
@@ -156,13 +157,13 @@ func (st *Stack) deliver(pkt []byte, csumValid bool) error {
 // outputLoop hands every packet the stack sends to the OutputFunc.
 func (st *Stack) outputLoop(ctx context.Context) {
 	defer close(st.done)
-	buf := make([]byte, VnetHdrLen+MaxPacket)
+	buf := make([]byte, virtio.HdrLen+MaxPacket)
 	for {
 		pb := st.ep.ReadContext(ctx)
 		if pb == nil {
 			return
 		}
-		n := VnetHdrLen
+		n := virtio.HdrLen
 		for _, s := range pb.AsSlices() {
 			n += copy(buf[n:], s)
 		}
@@ -172,8 +173,8 @@ func (st *Stack) outputLoop(ctx context.Context) {
 			st.unsent.Add(1)
 			continue
 		}
-		clear(buf[:VnetHdrLen])
-		(*fn)(buf[:n], VnetHdrLen)
+		clear(buf[:virtio.HdrLen])
+		(*fn)(buf[:n], virtio.HdrLen)
 		st.emitted.Add(1)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/gvhost"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -46,7 +47,7 @@ func TestStackTCPProbe(t *testing.T) {
 	defer func() { a.Close(); <-done }()
 	go func() {
 		defer close(done)
-		const off = netstackio.VnetHdrLen
+		const off = virtio.HdrLen
 		bufs := [][]byte{make([]byte, off+netstackio.MaxPacket)}
 		sizes := make([]int, 1)
 		for {
@@ -55,7 +56,7 @@ func TestStackTCPProbe(t *testing.T) {
 				return
 			}
 			for i := 0; i < n; i++ {
-				st.DeliverVnet(netstackio.Hdr(bufs[i], off), bufs[i][off:off+sizes[i]])
+				st.DeliverVnet(virtio.At(bufs[i], off), bufs[i][off:off+sizes[i]])
 			}
 		}
 	}()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -45,7 +46,7 @@ func TestStackAnswersEchoOnVIP(t *testing.T) {
 	defer st.Close()
 	replies := make(chan []byte, 4)
 	st.SetOutput(func(buf []byte, offset int) {
-		if h := Hdr(buf, offset); !bytes.Equal(h, make([]byte, VnetHdrLen)) {
+		if h := virtio.At(buf, offset); !bytes.Equal(h, make([]byte, virtio.HdrLen)) {
 			t.Errorf("output vnet header %x, want zeros", []byte(h))
 		}
 		replies <- append([]byte(nil), buf[offset:]...)

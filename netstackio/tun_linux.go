@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"github.com/songgao/water"
 	"golang.org/x/sys/unix"
 )
@@ -112,7 +113,7 @@ func openOffloadTUN(name string, opts TUNOptions) (*offloadTUN, error) {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		return fail("TUNSETIFF", err)
 	}
-	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrLen); err != nil {
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, virtio.HdrLen); err != nil {
 		return fail("TUNSETVNETHDRSZ", err)
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6); err != nil {
@@ -137,11 +138,11 @@ func openOffloadTUN(name string, opts TUNOptions) (*offloadTUN, error) {
 
 // Read blocks for the first packet, then reads until EAGAIN or the batch is
 // full; each read(2) delivers one virtio-net header and packet straight
-// into bufs[i][offset-VnetHdrLen:]. Each buffer must hold offset+MaxPacket
+// into bufs[i][offset-virtio.HdrLen:]. Each buffer must hold offset+MaxPacket
 // bytes.
 func (t *offloadTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	if offset < VnetHdrLen {
-		return 0, fmt.Errorf("netstackio: offset %d < VnetHdrLen", offset)
+	if offset < virtio.HdrLen {
+		return 0, fmt.Errorf("netstackio: offset %d < virtio.HdrLen", offset)
 	}
 	for i := range bufs {
 		if len(bufs[i]) < offset+MaxPacket {
@@ -167,7 +168,7 @@ func (t *offloadTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 func (t *offloadTUN) readBatch(fd uintptr) bool {
 	for t.rn < len(t.rsizes) {
-		b := t.rbufs[t.rn][t.roff-VnetHdrLen:]
+		b := t.rbufs[t.rn][t.roff-virtio.HdrLen:]
 		n, err := unix.Read(int(fd), b)
 		switch {
 		case err == unix.EAGAIN:
@@ -177,14 +178,14 @@ func (t *offloadTUN) readBatch(fd uintptr) bool {
 		case err != nil:
 			t.rerr = err
 			return true
-		case n <= VnetHdrLen:
+		case n <= virtio.HdrLen:
 			t.invalid.Add(1)
 			continue
 		}
-		if VnetHdr(b).IsGSO() {
+		if virtio.Hdr(b).IsGSO() {
 			t.rxGSO.Add(1)
 		}
-		t.rsizes[t.rn] = n - VnetHdrLen
+		t.rsizes[t.rn] = n - virtio.HdrLen
 		t.rn++
 	}
 	return true
@@ -195,8 +196,8 @@ func (t *offloadTUN) readBatch(fd uintptr) bool {
 // kernel refuses as malformed are dropped and counted in Stats.Invalid and
 // count as accepted.
 func (t *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {
-	if offset < VnetHdrLen {
-		return 0, fmt.Errorf("netstackio: offset %d < VnetHdrLen", offset)
+	if offset < virtio.HdrLen {
+		return 0, fmt.Errorf("netstackio: offset %d < virtio.HdrLen", offset)
 	}
 	if t.closed.Load() {
 		return 0, ErrClosed
@@ -217,7 +218,7 @@ func (t *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {
 
 func (t *offloadTUN) writeBatch(fd uintptr) bool {
 	for t.wi < len(t.wbufs) {
-		_, err := unix.Write(int(fd), t.wbufs[t.wi][t.woff-VnetHdrLen:])
+		_, err := unix.Write(int(fd), t.wbufs[t.wi][t.woff-virtio.HdrLen:])
 		switch err {
 		case nil:
 			t.txSegs.Add(1)
@@ -288,8 +289,8 @@ func openPlainTUN(name string, opts TUNOptions) (*plainTUN, error) {
 // Read reads one packet into bufs[0][offset:] with a zero virtio-net
 // header in front.
 func (t *plainTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	if offset < VnetHdrLen {
-		return 0, fmt.Errorf("netstackio: offset %d < VnetHdrLen", offset)
+	if offset < virtio.HdrLen {
+		return 0, fmt.Errorf("netstackio: offset %d < virtio.HdrLen", offset)
 	}
 	if len(bufs) == 0 || len(sizes) == 0 {
 		return 0, nil
@@ -309,7 +310,7 @@ func (t *plainTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			t.invalid.Add(1)
 			continue
 		}
-		clear(bufs[0][offset-VnetHdrLen : offset])
+		clear(bufs[0][offset-virtio.HdrLen : offset])
 		sizes[0] = n
 		t.rx.Add(1)
 		return 1, nil
@@ -321,14 +322,14 @@ func (t *plainTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // cannot be finished, or that the kernel refuses, are dropped and counted
 // in Stats.Invalid and count as accepted.
 func (t *plainTUN) Write(bufs [][]byte, offset int) (int, error) {
-	if offset < VnetHdrLen {
-		return 0, fmt.Errorf("netstackio: offset %d < VnetHdrLen", offset)
+	if offset < virtio.HdrLen {
+		return 0, fmt.Errorf("netstackio: offset %d < virtio.HdrLen", offset)
 	}
 	for i, b := range bufs {
 		if t.closed.Load() {
 			return i, ErrClosed
 		}
-		h := Hdr(b, offset)
+		h := virtio.At(b, offset)
 		var err error
 		if !NeedsSoftwareOffload(h) {
 			err = t.emit(b[offset:])

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -121,7 +122,7 @@ func (tp *topo) attachTUN(t testing.TB, mode TUNMode) *forwarder {
 
 func (f *forwarder) run() {
 	defer close(f.done)
-	const off = VnetHdrLen
+	const off = virtio.HdrLen
 	batch := f.dev.BatchSize()
 	bufs := make([][]byte, batch)
 	for i := range bufs {
@@ -266,8 +267,8 @@ func TestTUNCloseUnblocksRead(t *testing.T) {
 		}
 		errc := make(chan error, 1)
 		go func() {
-			bufs := [][]byte{make([]byte, VnetHdrLen+MaxPacket)}
-			_, err := dev.Read(bufs, make([]int, 1), VnetHdrLen)
+			bufs := [][]byte{make([]byte, virtio.HdrLen+MaxPacket)}
+			_, err := dev.Read(bufs, make([]int, 1), virtio.HdrLen)
 			errc <- err
 		}()
 		dev.Close()
@@ -279,7 +280,7 @@ func TestTUNCloseUnblocksRead(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%v: Close did not unblock Read", mode)
 		}
-		if _, err := dev.Write([][]byte{make([]byte, VnetHdrLen+40)}, VnetHdrLen); !errors.Is(err, ErrClosed) {
+		if _, err := dev.Write([][]byte{make([]byte, virtio.HdrLen+40)}, virtio.HdrLen); !errors.Is(err, ErrClosed) {
 			t.Fatalf("%v: Write after Close: %v", mode, err)
 		}
 		// The interface is gone with the device.
@@ -311,7 +312,7 @@ func TestTUNHotPathAllocatesNothing(t *testing.T) {
 			defer dev.Close()
 			defer sock.Close()
 			run(t, "ip", "-n", tp.gw, "route", "add", "10.99.0.0/24", "dev", name)
-			const off = VnetHdrLen
+			const off = virtio.HdrLen
 			peer := netip.MustParseAddrPort("10.99.0.5:7001")
 			pkt := udp4Packet(peer, netip.MustParseAddrPort("10.77.1.254:7000"), []byte("ping through the tun"))
 			out := [][]byte{append(make([]byte, off), pkt...)}
@@ -346,8 +347,8 @@ func TestTUNHotPathAllocatesNothing(t *testing.T) {
 			// A packet whose virtio-net header cannot be honoured is dropped
 			// and counted, Write reports no error, and the device goes on.
 			bad := append([]byte(nil), out[0]...)
-			h := Hdr(bad, off)
-			h.SetFlags(VnetFlagNeedsCsum)
+			h := virtio.At(bad, off)
+			h.SetFlags(virtio.FlagNeedsCsum)
 			h.SetCsumStart(uint16(len(pkt) + 100))
 			h.SetCsumOffset(6)
 			before := dev.(StatsReporter).Stats().Invalid

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -102,7 +103,7 @@ func New(opts Options) *Network {
 		policy: map[policyKey]bool{},
 		ctx:    ctx,
 		cancel: cancel,
-		mbBuf:  [1][]byte{make([]byte, netstackio.VnetHdrLen+netstackio.MaxPacket)},
+		mbBuf:  [1][]byte{make([]byte, virtio.HdrLen+netstackio.MaxPacket)},
 	}
 }
 
@@ -237,17 +238,17 @@ func (n *Network) mbLoop(dev netstackio.Device) {
 	bs := dev.BatchSize()
 	bufs := make([][]byte, bs)
 	for i := range bufs {
-		bufs[i] = make([]byte, netstackio.VnetHdrLen+netstackio.MaxPacket)
+		bufs[i] = make([]byte, virtio.HdrLen+netstackio.MaxPacket)
 	}
 	sizes := make([]int, bs)
 	for {
-		k, err := dev.Read(bufs, sizes, netstackio.VnetHdrLen)
+		k, err := dev.Read(bufs, sizes, virtio.HdrLen)
 		if err != nil {
 			return
 		}
 		for i := range k {
 			n.fromMB.Add(1)
-			pkt := bufs[i][netstackio.VnetHdrLen : netstackio.VnetHdrLen+sizes[i]]
+			pkt := bufs[i][virtio.HdrLen : virtio.HdrLen+sizes[i]]
 			if !checksumsOK(pkt) {
 				n.badCsum.Add(1)
 			}
@@ -299,10 +300,10 @@ func (n *Network) route(pkt []byte, fromHost bool) {
 	if divert {
 		n.mbWriteMu.Lock()
 		b := n.mbBuf[0]
-		clear(b[:netstackio.VnetHdrLen])
-		c := copy(b[netstackio.VnetHdrLen:], pkt)
-		n.mbBuf[0] = b[:netstackio.VnetHdrLen+c]
-		mb.Write(n.mbBuf[:], netstackio.VnetHdrLen)
+		clear(b[:virtio.HdrLen])
+		c := copy(b[virtio.HdrLen:], pkt)
+		n.mbBuf[0] = b[:virtio.HdrLen+c]
+		mb.Write(n.mbBuf[:], virtio.HdrLen)
 		n.mbBuf[0] = b[:cap(b)]
 		n.mbWriteMu.Unlock()
 		n.toMB.Add(1)
@@ -410,10 +411,10 @@ func (n *Network) SendToMiddlebox(pkt []byte) bool {
 	n.mbWriteMu.Lock()
 	defer n.mbWriteMu.Unlock()
 	b := n.mbBuf[0]
-	clear(b[:netstackio.VnetHdrLen])
-	c := copy(b[netstackio.VnetHdrLen:], pkt)
-	n.mbBuf[0] = b[:netstackio.VnetHdrLen+c]
-	w, _ := mb.Write(n.mbBuf[:], netstackio.VnetHdrLen)
+	clear(b[:virtio.HdrLen])
+	c := copy(b[virtio.HdrLen:], pkt)
+	n.mbBuf[0] = b[:virtio.HdrLen+c]
+	w, _ := mb.Write(n.mbBuf[:], virtio.HdrLen)
 	n.mbBuf[0] = b[:cap(b)]
 	n.toMB.Add(1)
 	return w == 1

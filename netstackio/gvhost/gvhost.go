@@ -18,6 +18,7 @@ import (
 	"sync"
 
 	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -156,7 +157,7 @@ func (h *Host) fail(err error) {
 // rx moves packets from the Device into the stack.
 func (h *Host) rx() {
 	defer h.wg.Done()
-	const off = netstackio.VnetHdrLen
+	const off = virtio.HdrLen
 	n := h.dev.BatchSize()
 	bufs := make([][]byte, n)
 	for i := range bufs {
@@ -181,7 +182,7 @@ func (h *Host) rx() {
 				continue
 			}
 			pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-			pb.RXChecksumValidated = netstackio.Hdr(bufs[i], off).Flags()&(netstackio.VnetFlagNeedsCsum|netstackio.VnetFlagDataValid) != 0
+			pb.RXChecksumValidated = virtio.At(bufs[i], off).Flags()&(virtio.FlagNeedsCsum|virtio.FlagDataValid) != 0
 			h.ep.InjectInbound(p, pb)
 			pb.DecRef()
 		}
@@ -191,7 +192,7 @@ func (h *Host) rx() {
 // tx moves packets the stack sends to the Device, in batches.
 func (h *Host) tx(ctx context.Context) {
 	defer h.wg.Done()
-	const off = netstackio.VnetHdrLen
+	const off = virtio.HdrLen
 	n := h.dev.BatchSize()
 	bufs := make([][]byte, n)
 	for i := range bufs {

@@ -22,7 +22,7 @@ import (
 	"errors"
 	"net/netip"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
 
@@ -74,7 +74,7 @@ const (
 // complete checksum).
 type TCP struct {
 	Buf  []byte
-	Vnet netstackio.VnetHdr
+	Vnet virtio.Hdr
 	v6   bool
 	ipl  int // IP header length
 	tcpl int // TCP header length
@@ -106,7 +106,7 @@ func IPProto(buf []byte) int {
 // Parse makes p a view of the TCP packet in buf, whose virtio-net header is
 // vnet (may be nil). It checks structure only (lengths, fragments,
 // protocol); ChecksumsValid checks checksums. buf is cut to the IP length.
-func (p *TCP) Parse(buf []byte, vnet netstackio.VnetHdr) error {
+func (p *TCP) Parse(buf []byte, vnet virtio.Hdr) error {
 	if len(buf) < 1 {
 		return ErrTruncated
 	}
@@ -175,7 +175,7 @@ func (p *TCP) IsV6() bool { return p.v6 }
 
 // Partial reports whether the TCP checksum field holds only the
 // pseudo-header sum (NEEDS_CSUM).
-func (p *TCP) Partial() bool { return len(p.Vnet) >= netstackio.VnetHdrLen && p.Vnet.NeedsCsum() }
+func (p *TCP) Partial() bool { return len(p.Vnet) >= virtio.HdrLen && p.Vnet.NeedsCsum() }
 
 // IPHeaderLen is the IP header length (20..60 for IPv4, 40 for IPv6).
 func (p *TCP) IPHeaderLen() int { return p.ipl }
@@ -553,9 +553,9 @@ func (p *TCP) TrimPayload(head, tail int) (shift int, err error) {
 	if head > 0 {
 		copy(p.Buf[head:head+hl], p.Buf[:hl])
 		if p.vnetAdjacent() {
-			full := p.Vnet[:netstackio.VnetHdrLen+head]
-			copy(full[head:], full[:netstackio.VnetHdrLen])
-			p.Vnet = full[head : head+netstackio.VnetHdrLen]
+			full := p.Vnet[:virtio.HdrLen+head]
+			copy(full[head:], full[:virtio.HdrLen])
+			p.Vnet = full[head : head+virtio.HdrLen]
 		}
 		p.Buf = p.Buf[head:]
 		// seq advance: header word change (full mode only).
@@ -574,7 +574,7 @@ func (p *TCP) TrimPayload(head, tail int) (shift int, err error) {
 	if p.Partial() {
 		p.updateTCPCsumPseudo(oldTCPLen, newTCPLen)
 		if p.Vnet.IsGSO() && int(p.Vnet.GSOSize()) >= p.PayloadLen() {
-			p.Vnet.SetGSOType(netstackio.GSONone)
+			p.Vnet.SetGSOType(virtio.GSONone)
 			p.Vnet.SetGSOSize(0)
 		}
 	} else {
@@ -586,7 +586,7 @@ func (p *TCP) TrimPayload(head, tail int) (shift int, err error) {
 // vnetAdjacent reports whether p.Vnet sits directly in front of p.Buf in
 // the same array (the Device buffer convention).
 func (p *TCP) vnetAdjacent() bool {
-	const n = netstackio.VnetHdrLen
+	const n = virtio.HdrLen
 	return len(p.Vnet) == n && cap(p.Vnet) > n && &p.Vnet[:n+1][n] == &p.Buf[0]
 }
 
@@ -613,7 +613,7 @@ func (p *TCP) ComputeTCPChecksum() {
 	c := ^checksum.Checksum(p.Buf[p.ipl:], p.pseudoSum())
 	put16(p.Buf[o:], c)
 	if p.Partial() {
-		p.Vnet.SetFlags(p.Vnet.Flags() &^ netstackio.VnetFlagNeedsCsum)
+		p.Vnet.SetFlags(p.Vnet.Flags() &^ virtio.FlagNeedsCsum)
 	}
 }
 
@@ -629,10 +629,10 @@ func (p *TCP) ComputeIPChecksum() {
 // SetPartial switches a full-checksum packet to partial mode (NEEDS_CSUM
 // with csum_start/csum_offset), as an offload TUN expects on write.
 func (p *TCP) SetPartial() {
-	if len(p.Vnet) < netstackio.VnetHdrLen {
+	if len(p.Vnet) < virtio.HdrLen {
 		return
 	}
-	p.Vnet.SetFlags(p.Vnet.Flags() | netstackio.VnetFlagNeedsCsum)
+	p.Vnet.SetFlags(p.Vnet.Flags() | virtio.FlagNeedsCsum)
 	p.Vnet.SetCsumStart(uint16(p.ipl))
 	p.Vnet.SetCsumOffset(16)
 	put16(p.Buf[p.tcpCsumOff():], p.pseudoSum())

@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -17,7 +17,7 @@ import (
 // and payload, checksummed by gVisor's header package (the slow reference),
 // laid out after a virtio-net header in one buffer. If partial, the TCP
 // checksum field holds the pseudo-header sum and NEEDS_CSUM is set.
-func build(r *rand.Rand, v6, partial bool) (buf []byte, vnet netstackio.VnetHdr, pkt []byte) {
+func build(r *rand.Rand, v6, partial bool) (buf []byte, vnet virtio.Hdr, pkt []byte) {
 	var opts []byte
 	for i := r.Intn(5); i > 0; i-- {
 		switch r.Intn(6) {
@@ -57,7 +57,7 @@ func build(r *rand.Rand, v6, partial bool) (buf []byte, vnet netstackio.VnetHdr,
 	headroom := 32
 	buf = make([]byte, headroom+ipl+tcpLen)
 	pkt = buf[headroom:]
-	vnet = netstackio.Hdr(buf, headroom)
+	vnet = virtio.At(buf, headroom)
 	var src, dst tcpip.Address
 	if v6 {
 		var s, d [16]byte
@@ -91,11 +91,11 @@ func build(r *rand.Rand, v6, partial bool) (buf []byte, vnet netstackio.VnetHdr,
 	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen))
 	if partial {
 		t.SetChecksum(pseudo)
-		vnet.SetFlags(netstackio.VnetFlagNeedsCsum)
+		vnet.SetFlags(virtio.FlagNeedsCsum)
 		vnet.SetCsumStart(uint16(ipl))
 		vnet.SetCsumOffset(16)
 		if len(payload) > 1000 {
-			vnet.SetGSOType(netstackio.GSOTCPv4)
+			vnet.SetGSOType(virtio.GSOTCPv4)
 			vnet.SetGSOSize(uint16(500 + r.Intn(900)))
 		}
 	} else {
@@ -206,7 +206,7 @@ func TestRewritesKeepChecksums(t *testing.T) {
 				wantPayload = wantPayload[head : len(wantPayload)-tail]
 				wantSeq += uint32(head)
 				// The buffer convention still holds: header in front.
-				if &netstackio.Hdr(buf, 32)[0] != &p.Vnet[0] {
+				if &virtio.At(buf, 32)[0] != &p.Vnet[0] {
 					t.Fatalf("vnet header not in front of the packet after trim")
 				}
 				if p.Partial() && p.Vnet.IsGSO() && int(p.Vnet.GSOSize()) >= p.PayloadLen() {
