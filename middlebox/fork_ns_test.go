@@ -37,6 +37,7 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/ackmerge"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"golang.org/x/sys/unix"
@@ -59,7 +60,7 @@ func newForkRig(t *testing.T, tc testbed.Config, fork ackmerge.Config) *forkRig 
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
-	tb := testbed.ForTest(t, tc)
+	tb := testbedtest.ForTest(t, tc)
 	cfg := Config{VIP: testbed.VIP, MulticastPorts: []uint16{forkVIPPort}, Fork: fork}
 	m := runInGateway(t, tb, netstackio.ModeOffload, cfg, forkNodePort)
 	r := &forkRig{tb: tb, mb: m}

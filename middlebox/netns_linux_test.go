@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"golang.org/x/sys/unix"
@@ -34,7 +35,7 @@ func newNSRig(t *testing.T, mode netstackio.TUNMode, multicast ...uint16) *nsRig
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip", "ping")
-	tb := testbed.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
+	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
 	var cfg Config
 	cfg.VIP = testbed.VIP
 	cfg.AnycastPorts = []uint16{anyPort}
@@ -408,8 +409,8 @@ func TestNetnsForkedRedis(t *testing.T) {
 func TestNetnsBinaryRoutesRemovedOnExit(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip", "ping")
-	bin := testbed.BuildForTest(t)
-	tb := testbed.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
+	bin := testbedtest.BuildForTest(t)
+	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	p, err := tb.StartMiddlebox(ctx, testbed.MiddleboxOptions{Binary: bin, Anycast: []uint16{anyPort}, Extra: []string{"--route-table", "123"}})

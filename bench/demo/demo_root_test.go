@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
@@ -21,7 +21,7 @@ func dialNever(ctx context.Context) (net.Conn, error) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testbed.RemoveSharedTestBinary()
+	testbedtest.RemoveSharedBinary()
 	os.Exit(code)
 }
 
@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 // short delays.
 func shortConfig(t *testing.T) Config {
 	return Config{
-		Bin: testbed.SharedTestBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 30 * time.Millisecond,
+		Bin: testbedtest.SharedBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 30 * time.Millisecond,
 		Duration: 8 * time.Second, CutAt: 3 * time.Second, Writers: 4, Window: 32, Rate: 800, Readers: 2,
 		DataDir: t.TempDir(), Log: testLog{t},
 	}
@@ -112,7 +112,7 @@ func TestDemoRPOZero(t *testing.T) {
 // the agreed fields and RPO = 0.
 func TestDemoBinaryJSON(t *testing.T) {
 	testenv.RequireRoot(t)
-	bin := testbed.SharedTestBinary(t)
+	bin := testbedtest.SharedBinary(t)
 	cmd := exec.Command(bin, "demo", "--json", "--nodes", "3", "--near-delay", "2ms", "--far-delay", "30ms",
 		"--duration", "6s", "--cut-at", "2s", "--rate", "400", "--writers", "2", "--window", "32", "--readers", "1",
 		"--out", t.TempDir(), "--data", t.TempDir())

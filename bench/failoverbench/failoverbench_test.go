@@ -13,12 +13,13 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	testbed.RemoveSharedTestBinary()
+	testbedtest.RemoveSharedBinary()
 	os.Exit(code)
 }
 
@@ -62,7 +63,7 @@ func TestFailoverAndCuts(t *testing.T) {
 	testenv.RequireRoot(t)
 	out := t.TempDir()
 	res, err := Run(context.Background(), Config{
-		Bin: testbed.SharedTestBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 20 * time.Millisecond,
+		Bin: testbedtest.SharedBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 20 * time.Millisecond,
 		Detectors: []string{"paper", "fast"}, CutAt: 2 * time.Second, Duration: 20 * time.Second, Until: time.Second,
 		Cuts: 2, CutsRate: 300, DataDir: t.TempDir(), Out: out, Log: testLog{t}, Seed: 1,
 	})
@@ -234,7 +235,7 @@ func TestSummarize(t *testing.T) {
 func TestClientRTOMin(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ss")
-	tb := testbed.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "near"}}})
+	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "near"}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := setClientRTOMin(ctx, tb, 700*time.Millisecond); err != nil {

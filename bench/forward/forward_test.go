@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
-	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
@@ -62,7 +62,7 @@ func TestKernelForwarding(t *testing.T) {
 func TestMiddleboxModes(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "iperf3")
-	bin := testbed.BuildForTest(t)
+	bin := testbedtest.BuildForTest(t)
 	var log bytes.Buffer
 	rs, err := Run(context.Background(), Config{Binary: bin, Modes: []string{"offload", "plain"}, Duration: 2 * time.Second, Log: &log})
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
-	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
@@ -114,7 +114,7 @@ func TestConfigErrors(t *testing.T) {
 func TestQuickGoodput(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
-	bin := testbed.BuildForTest(t)
+	bin := testbedtest.BuildForTest(t)
 	before := runtime.NumGoroutine()
 	var log bytes.Buffer
 	// N=3 first: the direct baselines and the parallel streams share

@@ -10,11 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"testing"
 	"time"
-
-	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
 // MiddleboxOptions configures [Testbed.StartMiddlebox]. Zero values take
@@ -192,55 +188,4 @@ func BuildBinary(dir string) (string, error) {
 		return "", fmt.Errorf("go build sdnkvs: %v\n%s", err, b)
 	}
 	return out, nil
-}
-
-// shared is the binary SharedTestBinary builds once per test process.
-var shared struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
-}
-
-// SharedTestBinary builds the sdnkvs binary once per test process (for
-// packages whose tests all run it) and returns its path; a failed build
-// fails the test under CI and skips it otherwise. Call RemoveSharedTestBinary
-// from TestMain after m.Run.
-func SharedTestBinary(t testing.TB) string {
-	t.Helper()
-	shared.once.Do(func() {
-		shared.dir, shared.err = os.MkdirTemp("", "sdnkvs-test-")
-		if shared.err == nil {
-			shared.path, shared.err = BuildBinary(shared.dir)
-		}
-	})
-	if shared.err != nil {
-		if testenv.InCI() {
-			t.Fatal(shared.err)
-		}
-		t.Skipf("skipping: %v", shared.err)
-	}
-	return shared.path
-}
-
-// RemoveSharedTestBinary deletes what SharedTestBinary built.
-func RemoveSharedTestBinary() {
-	if shared.dir != "" {
-		os.RemoveAll(shared.dir)
-	}
-}
-
-// BuildForTest builds the sdnkvs binary into a test temp dir. When the
-// build fails it fails the test under CI (the tree must build there) and
-// skips it otherwise (someone else's package may be mid-edit).
-func BuildForTest(t testing.TB) string {
-	t.Helper()
-	bin, err := BuildBinary(t.TempDir())
-	if err != nil {
-		if testenv.InCI() {
-			t.Fatal(err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
-	return bin
 }

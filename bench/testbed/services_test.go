@@ -1,4 +1,4 @@
-package testbed
+package testbed_test
 
 import (
 	"context"
@@ -10,34 +10,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
-
-func TestMiddleboxArgs(t *testing.T) {
-	tb := &Testbed{cfg: Config{Name: "x", DCs: []DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}}}
-	got := strings.Join(tb.MiddleboxArgs(MiddleboxOptions{Binary: "sdnkvs", Multicast: []uint16{6379}, Anycast: []uint16{6380}, TunMode: "plain"}), " ")
-	want := "sdnkvs middlebox --tun sdn0 --vip 10.200.100.1 --multicast 6379 --anycast 6380 " +
-		"--dc sydney=10.210.1.11:6379,10.210.1.12:6379 --dc dublin=10.210.2.11:6379 --control 127.0.0.1:9090 --routes --tun-mode plain"
-	if got != want {
-		t.Fatalf("args\n got %s\nwant %s", got, want)
-	}
-	kv := strings.Join(tb.KVSClusterArgs("sdnkvs", "sydney", "/d"), " ")
-	if kv != "sdnkvs kvs cluster --ips 10.210.1.11,10.210.1.12 --data /d" {
-		t.Fatalf("kvs args: %s", kv)
-	}
-}
 
 // TestServiceHelpers checks the readiness waits against stand-ins: an HTTP
 // server listening inside the gateway namespace, and a script that prints
 // "cluster ready" in a DC namespace.
 func TestServiceHelpers(t *testing.T) {
 	testenv.RequireRoot(t)
-	tb := ForTest(t, Config{DCs: []DC{{Name: "sydney", Nodes: 3}}})
+	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 3}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
 	var ln net.Listener
-	if err := InNetns(NetnsPath(tb.NS("gw")), func() (err error) {
+	if err := testbed.InNetns(testbed.NetnsPath(tb.NS("gw")), func() (err error) {
 		ln, err = net.Listen("tcp", "127.0.0.1:9090")
 		return err
 	}); err != nil {

@@ -1,4 +1,4 @@
-package testbed
+package testbed_test
 
 import (
 	"context"
@@ -9,19 +9,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
 func TestServeControlAndDown(t *testing.T) {
 	testenv.RequireRoot(t)
-	cfg := Config{Name: NewRunID(), DCs: []DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Delay: 2 * time.Millisecond}}}
-	t.Cleanup(func() { Down(cfg.Name, 5*time.Second) }) // on failure
+	cfg := testbed.Config{Name: testbed.NewRunID(), DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Delay: 2 * time.Millisecond}}}
+	t.Cleanup(func() { testbed.Down(cfg.Name, 5*time.Second) }) // on failure
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ready := make(chan *State, 1)
+	ready := make(chan *testbed.State, 1)
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, cfg, func(st *State) { ready <- st }) }()
-	var st *State
+	go func() { done <- testbed.Serve(ctx, cfg, func(st *testbed.State) { ready <- st }) }()
+	var st *testbed.State
 	select {
 	case st = <-ready:
 	case err := <-done:
@@ -29,16 +31,16 @@ func TestServeControlAndDown(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Serve not ready")
 	}
-	if got, err := ReadState(cfg.Name); err != nil || got.PID != os.Getpid() || got.Namespaces["dublin"] != cfg.Name+"-dublin" {
+	if got, err := testbed.ReadState(cfg.Name); err != nil || got.PID != os.Getpid() || got.Namespaces["dublin"] != cfg.Name+"-dublin" {
 		t.Fatalf("state file: %+v %v", got, err)
 	}
-	if n, err := ResolveName(cfg.Name); err != nil || n != cfg.Name {
+	if n, err := testbed.ResolveName(cfg.Name); err != nil || n != cfg.Name {
 		t.Fatalf("ResolveName: %q %v", n, err)
 	}
-	if _, err := Control(cfg.Name, "cut dublin"); err != nil {
+	if _, err := testbed.Control(cfg.Name, "cut dublin"); err != nil {
 		t.Fatal(err)
 	}
-	links, err := Links(cfg.Name)
+	links, err := testbed.Links(cfg.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,19 +48,19 @@ func TestServeControlAndDown(t *testing.T) {
 		t.Fatalf("links after cut: %+v", links)
 	}
 	var b strings.Builder
-	if err := WriteStatus(&b, st, links); err != nil || !strings.Contains(b.String(), "CUT") || !strings.Contains(b.String(), "10.210.1.11..10.210.1.12 (2)") {
+	if err := testbed.WriteStatus(&b, st, links); err != nil || !strings.Contains(b.String(), "CUT") || !strings.Contains(b.String(), "10.210.1.11..10.210.1.12 (2)") {
 		t.Fatalf("status text:\n%s", b.String())
 	}
-	if _, err := Control(cfg.Name, "heal dublin"); err != nil {
+	if _, err := testbed.Control(cfg.Name, "heal dublin"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Control(cfg.Name, "cut paris"); err == nil || !strings.Contains(err.Error(), "unknown DC") {
+	if _, err := testbed.Control(cfg.Name, "cut paris"); err == nil || !strings.Contains(err.Error(), "unknown DC") {
 		t.Fatalf("cut of unknown DC: %v", err)
 	}
-	if _, err := Control(cfg.Name, "explode"); err == nil || !strings.Contains(err.Error(), "unknown command") {
+	if _, err := testbed.Control(cfg.Name, "explode"); err == nil || !strings.Contains(err.Error(), "unknown command") {
 		t.Fatalf("unknown command: %v", err)
 	}
-	if _, err := Control(cfg.Name, "down"); err != nil {
+	if _, err := testbed.Control(cfg.Name, "down"); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -69,7 +71,7 @@ func TestServeControlAndDown(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Serve did not stop after down")
 	}
-	for _, p := range []string{StatePath(cfg.Name), SocketPath(cfg.Name)} {
+	for _, p := range []string{testbed.StatePath(cfg.Name), testbed.SocketPath(cfg.Name)} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s left behind", p)
 		}
@@ -84,9 +86,9 @@ func TestServeControlAndDown(t *testing.T) {
 func TestCLIUpExecCutDown(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ping")
-	bin := BuildForTest(t)
-	name := NewRunID()
-	t.Cleanup(func() { Down(name, 5*time.Second) })
+	bin := testbedtest.BuildForTest(t)
+	name := testbed.NewRunID()
+	t.Cleanup(func() { testbed.Down(name, 5*time.Second) })
 	run := func(args ...string) (string, error) {
 		out, err := exec.Command(bin, args...).CombinedOutput()
 		return string(out), err
@@ -126,21 +128,21 @@ func TestCLIUpExecCutDown(t *testing.T) {
 	if out, err := run("testbed", "up", "--name", name, "--dc", "sydney", "--nodes", "1", "--delay", "1ms"); err != nil {
 		t.Fatalf("second up: %v\n%s", err, out)
 	}
-	st, err := ReadState(name)
+	st, err := testbed.ReadState(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 10*time.Second, "supervisor gone", func() bool { return !pidAlive(st.PID) })
+	testenv.WaitFor(t, 10*time.Second, "supervisor gone", func() bool { return !testbed.PIDAlive(st.PID) })
 	if out, err := run("testbed", "down", "--name", name); err != nil {
 		t.Fatalf("down after kill: %v\n%s", err, out)
 	}
 	if left := listNetns(t, name+"-"); len(left) != 0 {
 		t.Fatalf("namespaces left after down of a killed supervisor: %v", left)
 	}
-	if _, err := os.Stat(StatePath(name)); err == nil {
+	if _, err := os.Stat(testbed.StatePath(name)); err == nil {
 		t.Fatal("state file left")
 	}
 }

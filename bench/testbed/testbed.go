@@ -9,7 +9,6 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 )
 
@@ -70,22 +69,6 @@ func Up(cfg Config) (*Testbed, error) {
 		return nil, err
 	}
 	return tb, nil
-}
-
-// ForTest builds the topology for a test and tears it down in t.Cleanup
-// (also when the test fails). It needs root: call testenv.RequireRoot first.
-func ForTest(t testing.TB, cfg Config) *Testbed {
-	t.Helper()
-	tb, err := Up(cfg)
-	if err != nil {
-		t.Fatalf("testbed up: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := tb.Close(); err != nil {
-			t.Errorf("testbed close: %v", err)
-		}
-	})
-	return tb
 }
 
 // Config returns the configuration with defaults filled in.

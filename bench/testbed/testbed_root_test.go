@@ -1,4 +1,4 @@
-package testbed
+package testbed_test
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
@@ -37,7 +39,7 @@ func listNetns(t *testing.T, prefix string) []string {
 var pingTimeRE = regexp.MustCompile(`time=([0-9.]+) ms`)
 
 // pingRTTs pings addr from the client namespace and returns the RTTs in ms.
-func pingRTTs(t *testing.T, tb *Testbed, addr string, count int) []float64 {
+func pingRTTs(t *testing.T, tb *testbed.Testbed, addr string, count int) []float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -58,7 +60,7 @@ func pingRTTs(t *testing.T, tb *Testbed, addr string, count int) []float64 {
 
 // pingOnce reports whether one ping from the client to addr is answered
 // within a second.
-func pingOnce(tb *Testbed, addr string) bool {
+func pingOnce(tb *testbed.Testbed, addr string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := tb.Exec(ctx, "client", "ping", "-n", "-c", "1", "-W", "1", addr)
@@ -75,7 +77,7 @@ func TestUpDownLeavesNoNamespace(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
 	goroutines := runtime.NumGoroutine()
-	tb, err := Up(Config{DCs: []DC{{Name: "sydney", Nodes: 3}, {Name: "dublin", Nodes: 2, Delay: time.Millisecond}}})
+	tb, err := testbed.Up(testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 3}, {Name: "dublin", Nodes: 2, Delay: time.Millisecond}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +94,7 @@ func TestUpDownLeavesNoNamespace(t *testing.T) {
 	for _, ifn := range []string{"cli1", "dc1", "dc2"} {
 		want0["net/ipv4/conf/"+ifn+"/rp_filter"] = "0"
 	}
-	if err := InNetns(NetnsPath(tb.NS("gw")), func() error {
+	if err := testbed.InNetns(testbed.NetnsPath(tb.NS("gw")), func() error {
 		for k, v := range want0 {
 			b, err := os.ReadFile("/proc/sys/" + k)
 			if err != nil {
@@ -133,14 +135,14 @@ func TestUpDownLeavesNoNamespace(t *testing.T) {
 
 func TestUpFailingHalfWayCleansUp(t *testing.T) {
 	testenv.RequireRoot(t)
-	name := NewRunID()
+	name := testbed.NewRunID()
 	// Occupy the second DC's namespace so Up fails after creating others.
 	blocker := name + "-dublin"
 	if out, err := exec.Command("ip", "netns", "add", blocker).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", blocker).Run() })
-	_, err := Up(Config{Name: name, DCs: []DC{{Name: "sydney"}, {Name: "dublin", Delay: time.Millisecond}}})
+	_, err := testbed.Up(testbed.Config{Name: name, DCs: []testbed.DC{{Name: "sydney"}, {Name: "dublin", Delay: time.Millisecond}}})
 	if err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("Up with an occupied namespace: err = %v, want 'already exists'", err)
 	}
@@ -152,7 +154,7 @@ func TestUpFailingHalfWayCleansUp(t *testing.T) {
 func TestPingOverVethAndTUN(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ping")
-	tb := ForTest(t, Config{Clients: 2, DCs: []DC{
+	tb := testbedtest.ForTest(t, testbed.Config{Clients: 2, DCs: []testbed.DC{
 		{Name: "sydney", Nodes: 2},                              // veth
 		{Name: "dublin", Nodes: 2, Delay: 2 * time.Millisecond}, // TUN + delay line
 	}})
@@ -182,13 +184,13 @@ func TestPingOverVethAndTUN(t *testing.T) {
 func TestDelayLineRTT(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ping")
-	tb := ForTest(t, Config{DCs: []DC{
+	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{
 		{Name: "near", Delay: 5 * time.Millisecond},
 		{Name: "far", Delay: 50 * time.Millisecond},
 	}})
 	for _, d := range tb.Config().DCs {
 		k, _ := tb.DCIndex(d.Name)
-		rtts := pingRTTs(t, tb, NodeAddr(k, 0).String(), 7)
+		rtts := pingRTTs(t, tb, testbed.NodeAddr(k, 0).String(), 7)
 		target := 2 * float64(d.Delay) / float64(time.Millisecond)
 		med := median(rtts)
 		t.Logf("%s: one-way %v, target RTT %.1f ms, median %.3f ms (all %v)", d.Name, d.Delay, target, med, rtts)
@@ -200,7 +202,7 @@ func TestDelayLineRTT(t *testing.T) {
 
 // iperf runs iperf3 -c addr from the client for secs seconds against a
 // server started in dc, returning the receiver's bits/s.
-func iperf(t *testing.T, tb *Testbed, dc, addr string, port, secs int) float64 {
+func iperf(t *testing.T, tb *testbed.Testbed, dc, addr string, port, secs int) float64 {
 	t.Helper()
 	// The endpoints run at a raised priority: the test measures the
 	// emulated link, not how a busy CI machine schedules iperf3.
@@ -217,7 +219,7 @@ func iperf(t *testing.T, tb *Testbed, dc, addr string, port, secs int) float64 {
 	if err != nil {
 		t.Fatalf("iperf3: %v\n%s", err, out)
 	}
-	bps, err := ParseIperfJSON(out)
+	bps, err := testbed.ParseIperfJSON(out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,14 +230,14 @@ func TestDelayLineRateCap(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "iperf3", "nice")
 	const rate = 100e6
-	tb := ForTest(t, Config{DCs: []DC{{Name: "sydney", Delay: 5 * time.Millisecond, Rate: rate}}})
+	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Delay: 5 * time.Millisecond, Rate: rate}}})
 	// Up to three attempts: a loaded CI machine can disturb one 4 s run;
 	// every attempt is logged.
 	var bps float64
 	for attempt := 1; attempt <= 3; attempt++ {
-		bps = iperf(t, tb, "sydney", NodeAddr(1, 0).String(), 5201+attempt, 4)
+		bps = iperf(t, tb, "sydney", testbed.NodeAddr(1, 0).String(), 5201+attempt, 4)
 		st := tb.Links()[0]
-		t.Logf("attempt %d: iperf3 through 100mbit/5ms link: %.2f Mbit/s; to DC %+v; from DC %+v", attempt, bps/1e6, *st.ToDC, *st.FromDC)
+		t.Logf("attempt %d: iperf3 through 100mbit/5ms link: %.2f Mbit/s; to testbed.DC %+v; from testbed.DC %+v", attempt, bps/1e6, *st.ToDC, *st.FromDC)
 		if bps >= 0.9*rate && bps <= 1.1*rate {
 			return
 		}
@@ -246,7 +248,7 @@ func TestDelayLineRateCap(t *testing.T) {
 func TestCutHeal(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ping")
-	tb := ForTest(t, Config{DCs: []DC{{Name: "sydney"}, {Name: "dublin", Delay: time.Millisecond}}})
+	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney"}, {Name: "dublin", Delay: time.Millisecond}}})
 	for _, dc := range []string{"sydney", "dublin"} {
 		t.Run(dc, func(t *testing.T) {
 			addr := tb.NodeAddrs(dc)[0].String()
@@ -259,7 +261,7 @@ func TestCutHeal(t *testing.T) {
 			if pingOnce(tb, addr) {
 				t.Fatalf("%s answered after cut", addr)
 			}
-			if l := tb.Links(); !l[slices.IndexFunc(l, func(s LinkStatus) bool { return s.DC == dc })].Cut {
+			if l := tb.Links(); !l[slices.IndexFunc(l, func(s testbed.LinkStatus) bool { return s.DC == dc })].Cut {
 				t.Error("status does not show the cut")
 			}
 			if err := tb.Heal(dc); err != nil {
@@ -269,6 +271,6 @@ func TestCutHeal(t *testing.T) {
 		})
 	}
 	if err := tb.Cut("nowhere"); err == nil {
-		t.Error("Cut of an unknown DC succeeded")
+		t.Error("Cut of an unknown testbed.DC succeeded")
 	}
 }

@@ -1,0 +1,4 @@
+package testbed
+
+// PIDAlive exports pidAlive to the external tests (testbed_test).
+var PIDAlive = pidAlive
