@@ -1,9 +1,7 @@
 package failover
 
 import (
-	"errors"
 	"fmt"
-	"net/netip"
 	"time"
 )
 
@@ -18,15 +16,20 @@ const (
 	// Probe results are still used to readmit a node that was declared
 	// down, never to declare one down.
 	Paper
+	// None runs no detector: a configuration uses it to turn detection
+	// off (New rejects it).
+	None
 )
 
-// String returns "fast" or "paper".
+// String returns "fast", "paper" or "none".
 func (m Mode) String() string {
 	switch m {
 	case Fast:
 		return "fast"
 	case Paper:
 		return "paper"
+	case None:
+		return "none"
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
@@ -34,8 +37,8 @@ func (m Mode) String() string {
 // MarshalText returns the mode's name.
 func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
-// UnmarshalText parses "fast" or "paper" (so a flag or JSON field can hold
-// a Mode).
+// UnmarshalText parses a mode's name (so a flag or JSON field can hold a
+// Mode).
 func (m *Mode) UnmarshalText(b []byte) error {
 	v, err := ParseMode(string(b))
 	if err != nil {
@@ -45,15 +48,17 @@ func (m *Mode) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseMode parses "fast" or "paper".
+// ParseMode parses "fast", "paper" or "none".
 func ParseMode(s string) (Mode, error) {
 	switch s {
 	case "fast":
 		return Fast, nil
 	case "paper":
 		return Paper, nil
+	case "none":
+		return None, nil
 	}
-	return 0, fmt.Errorf("failover: unknown detector mode %q (want fast or paper)", s)
+	return 0, fmt.Errorf("unknown detector mode %q (want fast, paper or none)", s)
 }
 
 // Config tunes the detector. The zero value of a field means "use the
@@ -187,6 +192,8 @@ func (c Config) withDefaults() Config {
 // fields are valid (they take defaults).
 func (c Config) Validate() error {
 	switch {
+	case c.Mode == None:
+		return fmt.Errorf("failover: Config.Mode: mode none runs no detector")
 	case c.Mode != Fast && c.Mode != Paper:
 		return fmt.Errorf("failover: Config.Mode: unknown mode %d", c.Mode)
 	case c.Threshold < 0:
@@ -215,44 +222,6 @@ func (c Config) Validate() error {
 	f := c.withDefaults()
 	if f.DCProbeMisses > f.ProbeMisses {
 		return fmt.Errorf("failover: Config.DCProbeMisses %d exceeds ProbeMisses %d", f.DCProbeMisses, f.ProbeMisses)
-	}
-	return nil
-}
-
-// DC is one datacentre: a name and its nodes' service addresses. The
-// topology passed to New lists DCs in preference order (most preferred
-// first).
-type DC struct {
-	Name  string
-	Nodes []netip.AddrPort
-}
-
-func validateTopology(topo []DC) error {
-	if len(topo) == 0 {
-		return errors.New("failover: topology has no DC")
-	}
-	names := make(map[string]bool, len(topo))
-	addrs := make(map[netip.AddrPort]string)
-	for i, dc := range topo {
-		if dc.Name == "" {
-			return fmt.Errorf("failover: DC %d has no name", i)
-		}
-		if names[dc.Name] {
-			return fmt.Errorf("failover: DC name %q appears twice", dc.Name)
-		}
-		names[dc.Name] = true
-		if len(dc.Nodes) == 0 {
-			return fmt.Errorf("failover: DC %q has no node", dc.Name)
-		}
-		for _, a := range dc.Nodes {
-			if !a.IsValid() {
-				return fmt.Errorf("failover: DC %q has an invalid node address", dc.Name)
-			}
-			if other, dup := addrs[a]; dup {
-				return fmt.Errorf("failover: node %v is in DC %q and DC %q", a, other, dc.Name)
-			}
-			addrs[a] = dc.Name
-		}
 	}
 	return nil
 }

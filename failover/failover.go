@@ -247,8 +247,8 @@ func New[K comparable](cfg Config, topo []DC) (*Detector[K], error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := validateTopology(topo); err != nil {
-		return nil, err
+	if err := ValidateTopology(topo); err != nil {
+		return nil, fmt.Errorf("failover: topology: %w", err)
 	}
 	cfg = cfg.withDefaults()
 	d := &Detector[K]{

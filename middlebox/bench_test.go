@@ -49,13 +49,13 @@ func BenchmarkAnycastBatch(b *testing.B) {
 					vnet.SetGSOSize(1448)
 				}
 			}
-			n := len(m.bufs)
+			n := len(m.dp.bufs)
 			load := func() {
 				for i := range n {
-					h := virtio.At(m.bufs[i], m.offset)
+					h := virtio.At(m.dp.bufs[i], m.offset)
 					h.Clear()
 					copy(h, vnet)
-					m.sizes[i] = copy(m.bufs[i][m.offset:], pkt)
+					m.dp.sizes[i] = copy(m.dp.bufs[i][m.offset:], pkt)
 				}
 			}
 			// Baseline: loading the batch only.

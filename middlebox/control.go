@@ -48,9 +48,9 @@ func (m *Middlebox) Stats() Stats {
 	for r := range numReasons {
 		s.Drops[r.String()] = m.c.drops[r].Load()
 	}
-	m.mu.Lock()
-	s.FlowsActive = m.tab.count
-	m.mu.Unlock()
+	m.flows.Lock()
+	s.FlowsActive = m.flows.tab.count
+	m.flows.Unlock()
 	return s
 }
 
@@ -88,11 +88,11 @@ type BranchInfo struct {
 // (limit <= 0: all).
 func (m *Middlebox) Flows(limit int) []FlowInfo {
 	now := m.cfg.Now().UnixNano()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]FlowInfo, 0, min(m.tab.count, 1024))
-	for i := range m.tab.slab {
-		f := &m.tab.slab[i]
+	m.flows.Lock()
+	defer m.flows.Unlock()
+	out := make([]FlowInfo, 0, min(m.flows.tab.count, 1024))
+	for i := range m.flows.tab.slab {
+		f := &m.flows.tab.slab[i]
 		if !f.used {
 			continue
 		}
@@ -183,13 +183,13 @@ type TransitionInfo struct {
 func (m *Middlebox) DCs() []DCInfo {
 	var trans []failover.Transition
 	status := make([]failover.NodeStatus, len(m.nodes))
-	if m.det != nil {
-		m.mu.Lock()
-		trans = m.det.Transitions()
+	if m.flows.det != nil {
+		m.flows.Lock()
+		trans = m.flows.det.Transitions()
 		for i := range m.nodes {
-			status[i], _ = m.det.NodeState(failover.NodeID(i))
+			status[i], _ = m.flows.det.NodeState(failover.NodeID(i))
 		}
-		m.mu.Unlock()
+		m.flows.Unlock()
 	}
 	out := make([]DCInfo, 0, len(m.dcs))
 	for d, dc := range m.dcs {
@@ -199,7 +199,7 @@ func (m *Middlebox) DCs() []DCInfo {
 			live := n.live.Load()
 			di.Live = di.Live || live
 			info := NodeInfo{Addr: n.ap.String(), Live: live, ActiveFlows: n.flows.Load(), TotalFlows: n.total.Load()}
-			if st := status[ni]; m.det != nil {
+			if st := status[ni]; m.flows.det != nil {
 				info.Cause, info.ProbeMisses, info.SRTTms = st.Cause, st.Misses, float64(st.SRTT)/1e6
 				if !st.Since.IsZero() {
 					info.Since = st.Since.Format(time.RFC3339Nano)

@@ -70,8 +70,7 @@ type flow struct {
 	gone        uint8 // bitmask of branches the fork removed
 }
 
-// flowTable is the bounded flow table. It is owned by whoever holds the
-// Middlebox's mutex.
+// flowTable is the bounded flow table. It is guarded by Middlebox.flows.
 type flowTable struct {
 	max   int
 	slab  []flow
@@ -114,6 +113,87 @@ func (t *flowTable) release(i int32) {
 	t.slab[i] = flow{}
 	t.free = append(t.free, i)
 	t.count--
+}
+
+// newFlow creates a flow for a client SYN; it returns -1 and a reason when
+// it cannot. Under flows, on the data path.
+func (m *Middlebox) newFlow(k fwdKey, iss uint32) (int32, Reason) {
+	t := m.flows.tab
+	forked := m.ports[k.vport] == portMulticast
+	var nodes [MaxBranches]uint16
+	nb := 0
+	h := flowHash(k)
+	for d := range m.dcNode {
+		if ni, ok := m.pickNode(d, h); ok {
+			nodes[nb] = ni
+			nb++
+			if !forked || nb == MaxBranches {
+				break
+			}
+		}
+	}
+	if nb == 0 {
+		return -1, ReasonNoLiveNode
+	}
+	for j := range nb {
+		n := m.nodes[nodes[j]]
+		if _, taken := t.rev[revKey{node: n.key.addr, cli: k.cli, nport: n.key.port, cport: k.cport}]; taken {
+			return -1, ReasonReverseCollision
+		}
+	}
+	i := t.alloc()
+	if i < 0 {
+		return -1, ReasonTableFull
+	}
+	now := m.dp.nowUnix
+	f := &t.slab[i]
+	*f = flow{used: true, kind: kindAnycast, state: stSynSent, key: k, nodes: nodes, nbranch: uint8(nb), created: now, last: now, cliISS: iss}
+	if forked {
+		f.kind = kindForked
+		targets := &m.dp.targets
+		for j := range nb {
+			n := m.nodes[nodes[j]]
+			targets[j] = ackmerge.Target{Addr: n.ap, DC: n.dc}
+		}
+		client := netip.AddrPortFrom(netip.AddrFrom4(k.cli), k.cport)
+		ff, err := ackmerge.NewFlow(m.cfg.Fork, client, netip.AddrPortFrom(m.cfg.VIP, k.vport), targets[:nb])
+		if err != nil {
+			t.release(i)
+			return -1, ReasonForkRefused
+		}
+		f.fork = ff
+		m.flows.forked++
+	}
+	t.fwd[k] = i
+	for j := range nb {
+		n := m.nodes[nodes[j]]
+		t.rev[revKey{node: n.key.addr, cli: k.cli, nport: n.key.port, cport: k.cport}] = i
+		n.flows.Add(1)
+		n.total.Add(1)
+	}
+	m.c.flowsCreated.Add(1)
+	return i, 0
+}
+
+// removeFlow deletes flow i and its keys (under flows).
+func (m *Middlebox) removeFlow(i int32) {
+	t := m.flows.tab
+	f := &t.slab[i]
+	delete(t.fwd, f.key)
+	for j := 0; j < int(f.nbranch); j++ {
+		if m.flows.det != nil {
+			m.flows.det.FlowEnded(detKey{f.key, uint8(j)})
+		}
+		n := m.nodes[f.nodes[j]]
+		delete(t.rev, revKey{node: n.key.addr, cli: f.key.cli, nport: n.key.port, cport: f.key.cport})
+		if f.gone&(1<<j) == 0 {
+			n.flows.Add(-1)
+		}
+	}
+	if f.kind == kindForked {
+		m.flows.forked--
+	}
+	t.release(i)
 }
 
 func addr4(a netip.Addr) [4]byte { return a.Unmap().As4() }

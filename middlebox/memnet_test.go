@@ -54,7 +54,7 @@ func testConfig() Config {
 		FinLinger:    200 * time.Millisecond,
 		VIP:          testVIP,
 		AnycastPorts: []uint16{anyPort},
-		DCs: []DC{
+		DCs: []failover.DC{
 			{Name: "sydney", Nodes: []netip.AddrPort{syd1, syd2}},
 			{Name: "dublin", Nodes: []netip.AddrPort{dub1}},
 		},
@@ -446,7 +446,7 @@ func TestFailoverCutMovesAnycastClients(t *testing.T) {
 	var gw atomic.Pointer[memnet.Host]
 	cfg.Failover = &FailoverConfig{
 		Detector: failover.Config{Mode: failover.Fast, ReadmitAfter: 300 * time.Millisecond},
-		Probe:    ProbeReady,
+		Probe:    prober.HTTP,
 		Prober: prober.Config{Interval: 50 * time.Millisecond, MinTimeout: 100 * time.Millisecond, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			h := gw.Load()
 			if h == nil {
@@ -475,7 +475,7 @@ func TestFailoverCutMovesAnycastClients(t *testing.T) {
 	// the prober's MaxTimeout.
 	testenv.WaitFor(t, 5*time.Second, "probes of every node to answer", func() bool {
 		for i := range 3 {
-			st, ok := r.mb.failoverNodeLocked(i)
+			st, ok := r.mb.failoverNode(i)
 			if !ok || st.LastHeard.IsZero() {
 				return false
 			}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
 	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
+	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 	"golang.org/x/sys/unix"
@@ -461,7 +462,7 @@ func runInGateway(t *testing.T, tb *testbed.Testbed, mode netstackio.TUNMode, cf
 	gw := tb.NS("gw")
 	var nodes []netip.AddrPort
 	for _, d := range tb.Config().DCs {
-		dc := DC{Name: d.Name}
+		dc := failover.DC{Name: d.Name}
 		for _, a := range tb.NodeAddrs(d.Name) {
 			dc.Nodes = append(dc.Nodes, netip.AddrPortFrom(a, nodePort))
 		}

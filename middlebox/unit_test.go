@@ -146,10 +146,10 @@ func validTCP(t *testing.T, pkt []byte) header.TCP {
 // given virtio-net header, nil for zeros) and processes the batch.
 func feed(m *Middlebox, vnet []byte, pkts ...[]byte) {
 	for i, p := range pkts {
-		h := virtio.At(m.bufs[i], m.offset)
+		h := virtio.At(m.dp.bufs[i], m.offset)
 		h.Clear()
 		copy(h, vnet)
-		m.sizes[i] = copy(m.bufs[i][m.offset:], p)
+		m.dp.sizes[i] = copy(m.dp.bufs[i][m.offset:], p)
 	}
 	m.processBatch(len(pkts))
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 
 	"github.com/alecthomas/kong"
+	"github.com/sdnkvs/sdnkvs/failover/prober"
 )
 
 // Globals are flags shared by every subcommand.
@@ -41,6 +43,7 @@ func parser(cli *CLI, opts ...kong.Option) (*kong.Kong, error) {
 		kong.Description("SDN-KVS: a disaster-tolerant key-value store behind a transparent TCP middlebox."),
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{"ready_port": strconv.Itoa(prober.ReadyPort)},
 	}, opts...)
 	return kong.New(cli, opts...)
 }

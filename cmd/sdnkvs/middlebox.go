@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/failover"
+	"github.com/sdnkvs/sdnkvs/failover/prober"
 	"github.com/sdnkvs/sdnkvs/middlebox"
 	"github.com/sdnkvs/sdnkvs/netstackio"
 )
@@ -41,9 +42,9 @@ type MiddleboxCmd struct {
 	MaxFlows    int           `name:"max-flows" default:"262144" help:"Flow table size; new connections beyond it get a RST."`
 	IdleTimeout time.Duration `name:"idle-timeout" default:"5m" help:"Remove flows idle this long."`
 
-	Detector      string        `name:"detector" enum:"none,paper,fast" default:"none" help:"Failure detector: none (liveness only via the API), paper (Algorithm 1: duplicate client segments), fast (all signals: duplicates, silence, ack lag, probes)."`
-	Probe         string        `name:"probe" enum:"ready,tcp,none" default:"ready" help:"Detector probes: ready (HTTP GET http://<node-ip>:<probe-port>/ready), tcp (connect to <node-ip>:<probe-port>), none."`
-	ProbePort     uint16        `name:"probe-port" default:"8379" help:"Port probed on each node (not the service port: its replies are routed into the TUN)."`
+	Detector      failover.Mode `name:"detector" default:"none" help:"Failure detector: none (liveness only via the API), paper (Algorithm 1: duplicate client segments), fast (all signals: duplicates, silence, ack lag, probes)."`
+	Probe         prober.Kind   `name:"probe" default:"ready" help:"Detector probes: ready (HTTP GET http://<node-ip>:<probe-port>/ready), tcp (connect to <node-ip>:<probe-port>), none."`
+	ProbePort     uint16        `name:"probe-port" default:"${ready_port}" help:"Port probed on each node (not the service port: its replies are routed into the TUN)."`
 	ProbeInterval time.Duration `name:"probe-interval" default:"100ms" help:"Interval between probes of one node."`
 
 	MinReplicas      int           `name:"min-replicas" default:"1" help:"Forked flows: fewest live DCs a connection may run on; below it the client gets a RST."`
@@ -52,62 +53,73 @@ type MiddleboxCmd struct {
 	BranchTimeout    time.Duration `name:"branch-timeout" default:"10s" help:"Forked flows: a DC lagging the others this long without progress is dropped from the flow."`
 }
 
-// config builds and checks the middlebox configuration; errors name the
-// flag at fault.
+// flagOf maps middlebox.Config fields (ConfigError.Field) to the flags
+// that set them.
+var flagOf = map[string]string{
+	"VIP":                      "--vip",
+	"AnycastPorts":             "--anycast",
+	"MulticastPorts":           "--multicast",
+	"DCs":                      "--dc",
+	"MaxFlows":                 "--max-flows",
+	"IdleTimeout":              "--idle-timeout",
+	"Fork.MinReplicas":         "--min-replicas",
+	"Fork.HandshakeTimeout":    "--handshake-timeout",
+	"Fork.BranchTimeout":       "--branch-timeout",
+	"Failover.Detector":        "--detector",
+	"Failover.Probe":           "--probe",
+	"Failover.ProbePort":       "--probe-port",
+	"Failover.Prober":          "--probe-interval",
+	"Failover.Prober.Interval": "--probe-interval",
+}
+
+// config maps the flags to the middlebox configuration and checks it
+// (middlebox.Config.Validate); errors name the flag at fault.
 func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 	var cfg middlebox.Config
 	if c.TUN == "" || len(c.TUN) > 15 {
 		return cfg, fmt.Errorf("--tun: interface name %q must have 1..15 characters", c.TUN)
 	}
 	vip, err := netip.ParseAddr(c.VIP)
-	if err != nil || !vip.Unmap().Is4() || vip.IsUnspecified() || vip.IsMulticast() {
-		return cfg, fmt.Errorf("--vip: %q is not a unicast IPv4 address", c.VIP)
+	if err != nil {
+		return cfg, fmt.Errorf("--vip: %q is not an IPv4 address", c.VIP)
 	}
-	cfg.VIP = vip.Unmap()
-	if len(c.Anycast) == 0 && len(c.Multicast) == 0 {
-		return cfg, errors.New("--anycast/--multicast: give at least one service port")
-	}
-	seen := map[uint16]bool{}
-	for _, p := range c.Anycast {
-		if p == 0 {
-			return cfg, errors.New("--anycast: port 0")
-		}
-		seen[p] = true
-	}
-	for _, p := range c.Multicast {
-		if p == 0 {
-			return cfg, errors.New("--multicast: port 0")
-		}
-		if seen[p] {
-			return cfg, fmt.Errorf("--multicast/--anycast: port %d is both multicast and anycast", p)
-		}
-	}
+	cfg.VIP = vip
 	cfg.AnycastPorts, cfg.MulticastPorts = c.Anycast, c.Multicast
-	if len(c.DC) == 0 {
-		return cfg, errors.New("--dc: give at least one DC (name=ip:port[,ip:port...])")
-	}
-	names := map[string]bool{}
-	nodes := map[netip.AddrPort]bool{}
 	for _, s := range c.DC {
-		dc, err := middlebox.ParseDC(s)
+		dc, err := failover.ParseDC(s)
 		if err != nil {
 			return cfg, fmt.Errorf("--dc: %w", err)
 		}
-		if names[dc.Name] {
-			return cfg, fmt.Errorf("--dc: DC %q given twice", dc.Name)
-		}
-		names[dc.Name] = true
-		for _, n := range dc.Nodes {
-			if nodes[n] {
-				return cfg, fmt.Errorf("--dc: node %s given twice", n)
-			}
-			if n.Addr() == cfg.VIP {
-				return cfg, fmt.Errorf("--dc: node %s is the VIP", n)
-			}
-			nodes[n] = true
-		}
 		cfg.DCs = append(cfg.DCs, dc)
 	}
+	// A zero Config field takes its default; as a flag value it is an error.
+	if c.MaxFlows < 1 {
+		return cfg, fmt.Errorf("--max-flows: %d out of range [1, %d]", c.MaxFlows, 1<<24)
+	}
+	if c.MinReplicas < 1 {
+		return cfg, fmt.Errorf("--min-replicas: %d is below 1", c.MinReplicas)
+	}
+	if c.HandshakeTimeout <= 0 || c.BranchTimeout <= 0 {
+		return cfg, errors.New("--handshake-timeout/--branch-timeout: must be positive")
+	}
+	cfg.MaxFlows, cfg.IdleTimeout = c.MaxFlows, c.IdleTimeout
+	cfg.Fork.MinReplicas = c.MinReplicas
+	cfg.Fork.SACK = c.SACK
+	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
+	cfg.Fork.BranchTimeout = c.BranchTimeout
+	if c.Detector != failover.None {
+		det := failover.DefaultConfig()
+		det.Mode = c.Detector
+		cfg.Failover = &middlebox.FailoverConfig{Detector: det, Probe: c.Probe, ProbePort: c.ProbePort, Prober: prober.Config{Interval: c.ProbeInterval}}
+	}
+	if err := cfg.Validate(); err != nil {
+		var fe *middlebox.ConfigError
+		if errors.As(err, &fe) && flagOf[fe.Field] != "" {
+			return cfg, fmt.Errorf("%s: %w", flagOf[fe.Field], fe.Err)
+		}
+		return cfg, err
+	}
+	// Flags with no Config field.
 	if _, err := netip.ParseAddrPort(c.Control); err != nil {
 		if _, _, err2 := net.SplitHostPort(c.Control); err2 != nil {
 			return cfg, fmt.Errorf("--control: %q is not host:port", c.Control)
@@ -119,60 +131,6 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 	if c.MTU < 576 || c.MTU > 65535 {
 		return cfg, fmt.Errorf("--mtu: %d out of range [576, 65535]", c.MTU)
 	}
-	if c.MaxFlows < 1 || c.MaxFlows > 1<<24 {
-		return cfg, fmt.Errorf("--max-flows: %d out of range [1, %d]", c.MaxFlows, 1<<24)
-	}
-	if c.IdleTimeout < time.Second {
-		return cfg, fmt.Errorf("--idle-timeout: %v is shorter than 1s", c.IdleTimeout)
-	}
-	cfg.MaxFlows, cfg.IdleTimeout = c.MaxFlows, c.IdleTimeout
-	if c.MinReplicas < 1 || c.MinReplicas > middlebox.MaxBranches {
-		return cfg, fmt.Errorf("--min-replicas: %d out of range [1, %d]", c.MinReplicas, middlebox.MaxBranches)
-	}
-	if c.MinReplicas > len(cfg.DCs) {
-		return cfg, fmt.Errorf("--min-replicas: %d is more than the %d DCs given", c.MinReplicas, len(cfg.DCs))
-	}
-	if c.HandshakeTimeout <= 0 || c.BranchTimeout <= 0 {
-		return cfg, errors.New("--handshake-timeout/--branch-timeout: must be positive")
-	}
-	if c.Detector != "none" {
-		mode, err := failover.ParseMode(c.Detector)
-		if err != nil {
-			return cfg, fmt.Errorf("--detector: %w", err)
-		}
-		fc := &middlebox.FailoverConfig{Detector: failover.DefaultConfig(), ReadyPort: c.ProbePort, ProbePort: c.ProbePort}
-		fc.Detector.Mode = mode
-		switch c.Probe {
-		case "ready":
-			fc.Probe = middlebox.ProbeReady
-		case "tcp":
-			fc.Probe = middlebox.ProbeTCP
-		}
-		if c.ProbePort == 0 {
-			return cfg, errors.New("--probe-port: 0")
-		}
-		if fc.Probe != middlebox.ProbeNone {
-			for _, dc := range cfg.DCs {
-				for _, n := range dc.Nodes {
-					if n.Port() == c.ProbePort {
-						return cfg, fmt.Errorf("--probe-port: %d is node %s's service port, whose replies go into the TUN", c.ProbePort, n)
-					}
-				}
-			}
-		}
-		if c.ProbeInterval < 10*time.Millisecond {
-			return cfg, fmt.Errorf("--probe-interval: %v is below 10ms", c.ProbeInterval)
-		}
-		fc.Prober.Interval = c.ProbeInterval
-		if err := fc.Detector.Validate(); err != nil {
-			return cfg, fmt.Errorf("--detector: %w", err)
-		}
-		cfg.Failover = fc
-	}
-	cfg.Fork.MinReplicas = c.MinReplicas
-	cfg.Fork.SACK = c.SACK
-	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
-	cfg.Fork.BranchTimeout = c.BranchTimeout
 	return cfg, nil
 }
 

@@ -1,6 +1,6 @@
 // Package prober runs active health probes of kvs nodes for the failover
 // detector: a TCP connect to a node's service address, or an HTTP GET of
-// its readiness endpoint (http://IP:8379/ready: 200 ready, 503 not ready).
+// its readiness endpoint (ReadyURL, on ReadyPort: 200 ready, 503 not ready).
 //
 //	ticker (per target, every Interval) ──► probe goroutine (timeout) ──► report(Result) ──► middlebox ──► Detector.Probe
 //
@@ -24,22 +24,59 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/failover"
 )
 
-// Kind is how a target is probed.
+// Kind is how a target is probed. Its text form ("none", "tcp", "ready")
+// is what the middlebox's --probe flag takes.
 type Kind uint8
 
 const (
+	// None: no probing. A configuration uses it to turn probes off; a
+	// Target of kind None is rejected by New.
+	None Kind = iota
 	// TCP: connect to Addr (host:port) and close; a connection is ready.
-	TCP Kind = iota
-	// HTTP: GET Addr (a URL); 200 is ready, any other status is reachable
-	// but not ready.
+	TCP
+	// HTTP: GET Addr (a URL, normally a node's ReadyURL); 200 is ready,
+	// any other status is reachable but not ready.
 	HTTP
 )
+
+var kindNames = [...]string{None: "none", TCP: "tcp", HTTP: "ready"}
+
+// String returns "none", "tcp" or "ready" (HTTP readiness probes).
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// MarshalText returns the kind's name.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText parses "none", "tcp" or "ready" (also "http").
+func (k *Kind) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "none":
+		*k = None
+	case "tcp":
+		*k = TCP
+	case "ready", "http":
+		*k = HTTP
+	default:
+		return fmt.Errorf("unknown probe kind %q (want ready, tcp or none)", b)
+	}
+	return nil
+}
+
+// ReadyPort is the port of a kvs node's readiness endpoint (/ready), and
+// so the default port of HTTP probes.
+const ReadyPort = 8379
 
 // Target is one node to probe.
 type Target struct {
@@ -49,9 +86,10 @@ type Target struct {
 	Addr string
 }
 
-// ReadyURL returns the readiness URL of a node at ip: http://ip:8379/ready.
-func ReadyURL(ip string) string {
-	return "http://" + net.JoinHostPort(ip, "8379") + "/ready"
+// ReadyURL returns the readiness URL of a node at ip whose readiness
+// endpoint listens on port: http://ip:port/ready.
+func ReadyURL(ip string, port uint16) string {
+	return "http://" + net.JoinHostPort(ip, strconv.Itoa(int(port))) + "/ready"
 }
 
 // Result is the outcome of one probe.

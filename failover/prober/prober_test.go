@@ -240,7 +240,7 @@ func TestConfigAndTargetValidation(t *testing.T) {
 	if _, err := New(Config{}, nil, nil); err == nil {
 		t.Error("nil report accepted")
 	}
-	if got := ReadyURL("10.0.1.1"); got != "http://10.0.1.1:8379/ready" {
+	if got := ReadyURL("10.0.1.1", ReadyPort); got != "http://10.0.1.1:8379/ready" {
 		t.Errorf("ReadyURL = %q", got)
 	}
 }

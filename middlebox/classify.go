@@ -1,0 +1,232 @@
+package middlebox
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/sdnkvs/sdnkvs/ackmerge"
+	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+)
+
+// Drop reasons, the `reason` label of sdnkvs_middlebox_drops_total.
+type Reason int
+
+const (
+	ReasonTruncated            Reason = iota // shorter than its headers say
+	ReasonNotIP                              // IP version neither 4 nor 6
+	ReasonIPv6                               // IPv6 (not supported)
+	ReasonBadIPHeader                        // IPv4 header length/total length wrong
+	ReasonBadIPChecksum                      // IPv4 header checksum wrong
+	ReasonFragment                           // IPv4 fragment
+	ReasonBadTCPHeader                       // TCP header (data offset) wrong
+	ReasonBadTCPChecksum                     // TCP checksum wrong
+	ReasonNotForVIP                          // neither to the VIP nor from a node's service port
+	ReasonUnknownFlow                        // non-SYN for a flow not in the table
+	ReasonTableFull                          // SYN while the table is full (a RST is sent back)
+	ReasonNoLiveNode                         // SYN while no DC has a live node (a RST is sent back)
+	ReasonMulticastUnavailable               // (unused: multicast ports are always served)
+	ReasonReverseCollision                   // SYN whose reply key is taken by another flow
+	ReasonForkRefused                        // ackmerge refused to create the flow
+	ReasonStackRefused                       // the local Stack refused the packet
+	ReasonWriteFailed                        // the Device did not accept the packet
+	ReasonNoBuffer                           // no free buffer for an extra packet
+	numReasons
+)
+
+var reasonNames = [numReasons]string{
+	"truncated", "not_ip", "ipv6", "bad_ip_header", "bad_ip_checksum", "fragment",
+	"bad_tcp_header", "bad_tcp_checksum", "not_for_vip", "unknown_flow", "table_full",
+	"no_live_node", "multicast_unavailable", "reverse_collision", "fork_refused",
+	"stack_refused", "write_failed", "no_buffer",
+}
+
+func (r Reason) String() string {
+	if r >= 0 && r < numReasons {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason(%d)", int(r))
+}
+
+// Port kinds.
+const (
+	portNone uint8 = iota
+	portAnycast
+	portMulticast
+)
+
+type verdict uint8
+
+const (
+	verdictDrop verdict = iota
+	verdictForward
+	verdictLocal
+	verdictConsumed // a forked flow took it; its output is in m.dp.outs
+)
+
+// process classifies and rewrites the packet in buf[m.offset:m.offset+size]
+// (under flows). On verdictForward m.dp.pkt views the packet to write and
+// shift says how far its start moved (payload trims).
+func (m *Middlebox) process(buf []byte, size int) (shift int, v verdict) {
+	off := m.offset
+	b := buf[off : off+size]
+	vnet := virtio.At(buf, off)
+	if len(b) < 1 {
+		m.drop(ReasonTruncated)
+		return 0, verdictDrop
+	}
+	switch b[0] >> 4 {
+	case 4:
+	case 6:
+		m.drop(ReasonIPv6)
+		return 0, verdictDrop
+	default:
+		m.drop(ReasonNotIP)
+		return 0, verdictDrop
+	}
+	if len(b) < 20 {
+		m.drop(ReasonTruncated)
+		return 0, verdictDrop
+	}
+	ihl := int(b[0]&0xf) * 4
+	tot := int(binary.BigEndian.Uint16(b[2:]))
+	if ihl < 20 || tot < ihl {
+		m.drop(ReasonBadIPHeader)
+		return 0, verdictDrop
+	}
+	if ihl > len(b) || tot > len(b) {
+		m.drop(ReasonTruncated)
+		return 0, verdictDrop
+	}
+	if checksum.Checksum(b[:ihl], 0) != 0xffff {
+		m.drop(ReasonBadIPChecksum)
+		return 0, verdictDrop
+	}
+	if binary.BigEndian.Uint16(b[6:])&0x3fff != 0 {
+		m.drop(ReasonFragment)
+		return 0, verdictDrop
+	}
+	b = b[:tot]
+	dst := [4]byte(b[16:20])
+	toVIP := dst == m.vip
+	if b[9] != packet.ProtoTCP {
+		if toVIP {
+			return 0, verdictLocal
+		}
+		m.drop(ReasonNotForVIP)
+		return 0, verdictDrop
+	}
+	p := &m.dp.pkt
+	if err := p.Parse(b, vnet); err != nil {
+		switch err {
+		case packet.ErrTruncated:
+			m.drop(ReasonTruncated)
+		default:
+			m.drop(ReasonBadTCPHeader)
+		}
+		return 0, verdictDrop
+	}
+	if vnet.Flags()&(virtio.FlagNeedsCsum|virtio.FlagDataValid) == 0 && !p.ChecksumsValid() {
+		m.drop(ReasonBadTCPChecksum)
+		return 0, verdictDrop
+	}
+	if toVIP {
+		switch m.ports[p.DstPort()] {
+		case portAnycast, portMulticast:
+			return m.fromClient(p, buf)
+		}
+		return 0, verdictLocal
+	}
+	ni, ok := m.byNode[nodeKey{p.SrcAddr4(), p.SrcPort()}]
+	if !ok {
+		m.drop(ReasonNotForVIP)
+		return 0, verdictDrop
+	}
+	return m.fromNode(p, ni, buf)
+}
+
+// fromClient handles a packet from a client to a service port of the VIP
+// (under flows): it finds or creates the flow and hands the packet to the
+// flow's kind.
+func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
+	t := m.flows.tab
+	k := fwdKey{cli: p.SrcAddr4(), cport: p.SrcPort(), vport: p.DstPort()}
+	fl := p.Flags()
+	syn := fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN
+	i, ok := t.fwd[k]
+	if ok && syn {
+		f := &t.slab[i]
+		if f.state == stClosing || f.finCli || f.finSrv {
+			// Port reuse after a close: start afresh.
+			m.removeFlow(i)
+			ok = false
+		}
+	}
+	if !ok {
+		if !syn || fl&(packet.FlagRST|packet.FlagFIN) != 0 {
+			m.drop(ReasonUnknownFlow)
+			return 0, verdictDrop
+		}
+		var r Reason
+		i, r = m.newFlow(k, p.Seq())
+		if i < 0 {
+			m.drop(r)
+			if r == ReasonTableFull || r == ReasonNoLiveNode {
+				return m.rstToClient(p)
+			}
+			return 0, verdictDrop
+		}
+	}
+	if m.flows.det != nil {
+		m.observeClient(i, p)
+	}
+	f := &t.slab[i]
+	f.last = m.dp.nowUnix
+	f.pktsIn++
+	f.bytesIn += uint64(len(p.Buf))
+	if fl&packet.FlagACK != 0 {
+		if a := p.Ack(); !f.haveCliAck || int32(a-f.cliAck) > 0 {
+			f.cliAck, f.haveCliAck = a, true
+		}
+	}
+	if f.kind == kindForked {
+		m.stepFork(i, buf, p, ackmerge.ToClient)
+		return 0, verdictConsumed
+	}
+	return m.anycastFromClient(i, p)
+}
+
+// fromNode handles a packet from node ni's service port (under flows).
+func (m *Middlebox) fromNode(p *packet.TCP, ni uint16, buf []byte) (int, verdict) {
+	t := m.flows.tab
+	n := m.nodes[ni]
+	rk := revKey{node: n.key.addr, cli: p.DstAddr4(), nport: n.key.port, cport: p.DstPort()}
+	i, ok := t.rev[rk]
+	if !ok {
+		m.drop(ReasonUnknownFlow)
+		return 0, verdictDrop
+	}
+	f := &t.slab[i]
+	f.last = m.dp.nowUnix
+	f.pktsOut++
+	f.bytesOut += uint64(len(p.Buf))
+	fl := p.Flags()
+	if fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && f.state == stSynSent {
+		f.state = stEstablished
+	}
+	br := 0
+	for j := 0; j < int(f.nbranch); j++ {
+		if f.nodes[j] == ni {
+			br = j
+		}
+	}
+	if m.flows.det != nil {
+		m.observeServer(i, br, p)
+	}
+	if f.kind == kindForked {
+		m.stepFork(i, buf, p, br)
+		return 0, verdictConsumed
+	}
+	return m.anycastFromNode(i, p)
+}
