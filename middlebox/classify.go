@@ -32,6 +32,7 @@ const (
 	ReasonStackRefused                       // the local Stack refused the packet
 	ReasonWriteFailed                        // the Device did not accept the packet
 	ReasonNoBuffer                           // no free buffer for an extra packet
+	ReasonNotSequenced                       // sequenced client segment that could not be stamped
 	numReasons
 )
 
@@ -39,7 +40,7 @@ var reasonNames = [numReasons]string{
 	"truncated", "not_ip", "ipv6", "bad_ip_header", "bad_ip_checksum", "fragment",
 	"bad_tcp_header", "bad_tcp_checksum", "not_for_vip", "unknown_flow", "table_full",
 	"no_live_node", "multicast_unavailable", "reverse_collision", "fork_refused",
-	"stack_refused", "write_failed", "no_buffer",
+	"stack_refused", "write_failed", "no_buffer", "not_sequenced",
 }
 
 func (r Reason) String() string {
@@ -191,6 +192,10 @@ func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
 		}
 	}
 	if f.kind == kindForked {
+		if m.seq != nil && !m.seqStamp(i, p) {
+			m.drop(ReasonNotSequenced)
+			return 0, verdictDrop
+		}
 		m.stepFork(i, buf, p, ackmerge.ToClient)
 		return 0, verdictConsumed
 	}

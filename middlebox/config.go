@@ -45,6 +45,10 @@ type Config struct {
 	// liveness changes only through SetNodeLive).
 	Failover *FailoverConfig
 
+	// Sequencing turns on the sequencer for some multicast ports (nil:
+	// off); see SequencingConfig.
+	Sequencing *SequencingConfig
+
 	// Now is the clock (default time.Now); tests pass their own.
 	Now func() time.Time
 }
@@ -109,6 +113,10 @@ func (c Config) withDefaults() Config {
 			fc.ProbePort = prober.ReadyPort
 		}
 		c.Failover = &fc
+	}
+	if c.Sequencing != nil {
+		sc := c.Sequencing.withDefaults()
+		c.Sequencing = &sc
 	}
 	return c
 }
@@ -179,6 +187,11 @@ func (c Config) Validate() error {
 	}
 	if c.Fork.BranchTimeout < 0 {
 		return fieldErr("Fork.BranchTimeout", "%v is negative", c.Fork.BranchTimeout)
+	}
+	if c.Sequencing != nil {
+		if err := c.Sequencing.validate(c.MulticastPorts); err != nil {
+			return err
+		}
 	}
 	if c.Failover != nil {
 		return c.Failover.validate(c.DCs)

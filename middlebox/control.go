@@ -158,6 +158,8 @@ type NodeInfo struct {
 	Since       string  `json:"since,omitempty"`        // time of the last transition
 	ProbeMisses int     `json:"probe_misses,omitempty"` // consecutive
 	SRTTms      float64 `json:"srtt_ms,omitempty"`
+	// With sequencing: the node's order stream.
+	Order *OrderInfo `json:"order,omitempty"`
 }
 
 type DCInfo struct {
@@ -168,6 +170,9 @@ type DCInfo struct {
 	// Transitions are the detector's recent decisions about this DC and
 	// its nodes, oldest first.
 	Transitions []TransitionInfo `json:"transitions,omitempty"`
+	// AppliedG is, with sequencing, the highest sequencer position any
+	// node of the DC reported applied.
+	AppliedG uint64 `json:"applied_g,omitempty"`
 }
 
 // TransitionInfo is one failover decision for /dcs.
@@ -193,12 +198,12 @@ func (m *Middlebox) DCs() []DCInfo {
 	}
 	out := make([]DCInfo, 0, len(m.dcs))
 	for d, dc := range m.dcs {
-		di := DCInfo{Name: dc.Name, Preference: d}
+		di := DCInfo{Name: dc.Name, Preference: d, AppliedG: m.dcAppliedG(d)}
 		for _, ni := range m.dcNode[d] {
 			n := m.nodes[ni]
 			live := n.live.Load()
 			di.Live = di.Live || live
-			info := NodeInfo{Addr: n.ap.String(), Live: live, ActiveFlows: n.flows.Load(), TotalFlows: n.total.Load()}
+			info := NodeInfo{Addr: n.ap.String(), Live: live, ActiveFlows: n.flows.Load(), TotalFlows: n.total.Load(), Order: m.orderInfo(ni)}
 			if st := status[ni]; m.flows.det != nil {
 				info.Cause, info.ProbeMisses, info.SRTTms = st.Cause, st.Misses, float64(st.SRTT)/1e6
 				if !st.Since.IsZero() {
@@ -315,6 +320,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 func (m *Middlebox) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(m), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if m.seq != nil {
+		reg.MustRegister(newSeqCollector(m))
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /flows", func(w http.ResponseWriter, r *http.Request) {

@@ -163,6 +163,9 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32) (int32, Reason) {
 		}
 		f.fork = ff
 		m.flows.forked++
+		if m.seq != nil {
+			m.seqOpen(i)
+		}
 	}
 	t.fwd[k] = i
 	for j := range nb {
@@ -179,6 +182,9 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32) (int32, Reason) {
 func (m *Middlebox) removeFlow(i int32) {
 	t := m.flows.tab
 	f := &t.slab[i]
+	if m.seq != nil {
+		m.seqClose(i)
+	}
 	delete(t.fwd, f.key)
 	for j := 0; j < int(f.nbranch); j++ {
 		if m.flows.det != nil {

@@ -79,6 +79,10 @@ type Middlebox struct {
 	offset int        // packet offset in every buffer (headroom + virtio-net header)
 	prober *prober.Prober
 	log    *slog.Logger
+	// seq is the sequencer (nil without Config.Sequencing); its clock and
+	// per-flow stampers are under flows, each order stream's queue under
+	// its own leaf lock (sequence.go, order.go).
+	seq *sequencing
 
 	c counters // atomics, lock-free
 
@@ -193,8 +197,15 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 		m.dcNode = append(m.dcNode, idx)
 	}
 	m.allocBuffers()
+	if cfg.Sequencing != nil {
+		if err := m.startSequencing(); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	if cfg.Failover != nil {
 		if err := m.startFailover(); err != nil {
+			m.stopSequencing()
 			st.Close()
 			return nil, err
 		}
@@ -298,6 +309,7 @@ func (m *Middlebox) Close() error {
 		}
 		err = m.dev.Close()
 		<-m.sweepDone
+		m.stopSequencing()
 		m.stack.Close()
 	})
 	return err

@@ -1,11 +1,19 @@
 package sequencer
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // DefaultMaxRanges bounds the stamped ranges a flow keeps until every
 // branch has acknowledged them. The client's window already bounds them;
 // this is the backstop against a client that sends many tiny segments.
 const DefaultMaxRanges = 4096
+
+// DefaultRetain is how long a flow keeps ranges every branch has
+// acknowledged, so that a stamp lost with a broken order connection after
+// its bytes were acknowledged is still sent again on the next one.
+const DefaultRetain = 2 * time.Second
 
 // ErrTooManyRanges means a flow holds MaxRanges unacknowledged ranges: the
 // segment must not be forwarded (it gets no stamp); the client retransmits
@@ -24,26 +32,31 @@ type Range struct {
 // position; retransmissions and re-segmented copies of stamped bytes get
 // none. Bytes skipped by a reordered segment are stamped with it (the
 // client had sent them already, which is all the order needs). Ranges stay
-// until every branch has acknowledged them (Ack), so they can be sent again
-// on a reconnected order stream.
+// until every branch has acknowledged them (Ack) and then for the retention
+// time (or until the range bound needs their room), so they can be sent
+// again on a reconnected order stream.
 //
 // The zero Flow is not usable; call Reset. Not safe for concurrent use.
 type Flow struct {
 	isn    uint32  // client's SYN sequence number
 	high   uint64  // end of the stamped bytes
 	acked  uint64  // every branch holds the bytes below
-	max    int     // bound on len(ranges)
-	ranges []Range // stamped, not acknowledged by every branch; ascending, contiguous
+	max    int     // bound on the unacknowledged ranges
+	retain uint64  // ns to keep acknowledged ranges
+	ranges []Range // stamped and retained; ascending, contiguous
 }
 
 // Reset makes f the stamper of a stream whose SYN had sequence number isn
 // and keeps its range buffer for reuse. maxRanges <= 0 means
-// DefaultMaxRanges.
-func (f *Flow) Reset(isn uint32, maxRanges int) {
+// DefaultMaxRanges; retain < 0 means DefaultRetain.
+func (f *Flow) Reset(isn uint32, maxRanges int, retain time.Duration) {
 	if maxRanges <= 0 {
 		maxRanges = DefaultMaxRanges
 	}
-	*f = Flow{isn: isn, max: maxRanges, ranges: f.ranges[:0]}
+	if retain < 0 {
+		retain = DefaultRetain
+	}
+	*f = Flow{isn: isn, max: maxRanges, retain: uint64(retain), ranges: f.ranges[:0]}
 }
 
 // offset unwraps sequence number seq to a 64-bit stream offset near the
@@ -83,7 +96,10 @@ func (f *Flow) Observe(seq uint32, n int, c *Clock, now int64) (Range, bool, err
 		return Range{}, false, nil
 	}
 	if len(f.ranges) >= f.max {
-		return Range{}, false, ErrTooManyRanges
+		f.free(len(f.ranges)) // acknowledged ranges give way first
+		if len(f.ranges) >= f.max {
+			return Range{}, false, ErrTooManyRanges
+		}
 	}
 	g, err := c.Next(now)
 	if err != nil {
@@ -96,26 +112,35 @@ func (f *Flow) Observe(seq uint32, n int, c *Clock, now int64) (Range, bool, err
 }
 
 // Ack records that every branch acknowledged the client's bytes up to
-// sequence number ack (exclusive) and frees the ranges below it.
-func (f *Flow) Ack(ack uint32) {
-	off, ok := f.offset(ack)
-	if !ok || off <= f.acked {
-		return
+// sequence number ack (exclusive) and frees the acknowledged ranges
+// stamped more than the retention time before now (a position is a time
+// in ns, give or take the clock's crawl).
+func (f *Flow) Ack(ack uint32, now int64) {
+	if off, ok := f.offset(ack); ok && off > f.acked {
+		f.acked = min(off, f.high)
 	}
-	f.acked = min(off, f.high)
 	k := 0
-	for k < len(f.ranges) && f.ranges[k].End <= f.acked {
+	for k < len(f.ranges) && f.ranges[k].End <= f.acked && f.ranges[k].G+f.retain < unixNs(now) {
 		k++
 	}
-	if k > 0 {
-		n := copy(f.ranges, f.ranges[k:])
-		f.ranges = f.ranges[:n]
+	f.free(k)
+}
+
+// free drops up to k acknowledged ranges from the front.
+func (f *Flow) free(k int) {
+	n := 0
+	for n < k && n < len(f.ranges) && f.ranges[n].End <= f.acked {
+		n++
+	}
+	if n > 0 {
+		m := copy(f.ranges, f.ranges[n:])
+		f.ranges = f.ranges[:m]
 	}
 }
 
 // Ranges returns the stamped ranges not yet acknowledged by every branch,
-// in stream order. The slice is f's own: valid until the next call that
-// changes f.
+// preceded by the acknowledged ones still retained, in stream order. The
+// slice is f's own: valid until the next call that changes f.
 func (f *Flow) Ranges() []Range { return f.ranges }
 
 // High is the end of the stamped bytes (the highest offset seen).
@@ -139,8 +164,8 @@ func (f *Flow) Export() FlowState {
 }
 
 // Restore makes f continue from an exported state.
-func (f *Flow) Restore(s FlowState, maxRanges int) {
-	f.Reset(s.ISN, maxRanges)
+func (f *Flow) Restore(s FlowState, maxRanges int, retain time.Duration) {
+	f.Reset(s.ISN, maxRanges, retain)
 	f.high, f.acked = s.High, s.Acked
 	f.ranges = append(f.ranges, s.Ranges...)
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 )
 
 // The harness is the network, as in ackmerge's: clients send their streams
@@ -72,7 +73,7 @@ func newSim(t *testing.T, seed uint64, nflows, nbranch int) *sim {
 		for i := range fl.arrived {
 			fl.arrived[i], fl.sentAt[i] = -1, -1
 		}
-		fl.f.Reset(fl.isn, 8+s.rng.IntN(64))
+		fl.f.Reset(fl.isn, 8+s.rng.IntN(64), time.Duration(s.rng.IntN(3))*time.Millisecond)
 		s.flows = append(s.flows, fl)
 	}
 	for range nbranch {
@@ -171,7 +172,7 @@ func (s *sim) arrive(sg simSeg) {
 	}
 	if m > fl.mergeAck {
 		fl.mergeAck = m
-		fl.f.Ack(fl.isn + 1 + uint32(m))
+		fl.f.Ack(fl.isn+1+uint32(m), s.now)
 	}
 }
 
@@ -214,7 +215,7 @@ func (s *sim) restart() {
 	for _, fl := range s.flows {
 		st := fl.f.Export()
 		fl.f = Flow{}
-		fl.f.Restore(st, 8+s.rng.IntN(64))
+		fl.f.Restore(st, 8+s.rng.IntN(64), time.Duration(s.rng.IntN(3))*time.Millisecond)
 	}
 	s.restarts++
 }
@@ -286,6 +287,7 @@ func (s *sim) check() {
 			}
 			all = append(all, stamped{g, fl.sentAt[o], fl.arrived[o]})
 		}
+		fl.f.Ack(fl.isn+1+uint32(fl.length), int64(s.clock.Last())+int64(time.Second))
 		if len(fl.f.Ranges()) != 0 {
 			t.Fatalf("flow %d keeps %d ranges after every branch acknowledged everything", k, len(fl.f.Ranges()))
 		}

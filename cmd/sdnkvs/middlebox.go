@@ -51,6 +51,8 @@ type MiddleboxCmd struct {
 	SACK             bool          `name:"sack" default:"true" negatable:"" help:"Forked flows: keep SACK, offering the client only the blocks every live DC holds (--no-sack strips it, as the paper does)."`
 	HandshakeTimeout time.Duration `name:"handshake-timeout" default:"3s" help:"Forked flows: DCs that have not answered the SYN by then are left out."`
 	BranchTimeout    time.Duration `name:"branch-timeout" default:"10s" help:"Forked flows: a DC lagging the others this long without progress is dropped from the flow."`
+
+	SequencerFlags `embed:""`
 }
 
 // flagOf maps middlebox.Config fields (ConfigError.Field) to the flags
@@ -111,6 +113,9 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 		det := failover.DefaultConfig()
 		det.Mode = c.Detector
 		cfg.Failover = &middlebox.FailoverConfig{Detector: det, Probe: c.Probe, ProbePort: c.ProbePort, Prober: prober.Config{Interval: c.ProbeInterval}}
+	}
+	if cfg.Sequencing, err = c.SequencerFlags.config(cfg.MulticastPorts); err != nil {
+		return cfg, err
 	}
 	if err := cfg.Validate(); err != nil {
 		var fe *middlebox.ConfigError

@@ -1,0 +1,219 @@
+package middlebox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/internal/peerauth"
+	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
+)
+
+// The order stream to one node (docs/design-sequencer.md):
+//
+//	data path (under Middlebox.flows) ─push─► q (bounded) ─► writer goroutine ─► conn ─► node
+//	                                                          reader goroutine ◄─ APPLIED
+//
+// On every (re)connection the writer runs the resync callback, which, under
+// the flow-table lock, replaces the queue with HELLO plus OPEN and the
+// unacknowledged STAMPs of the node's live sequenced flows; only then does
+// the data path append to the queue again. So a frame lost with a broken
+// connection, or dropped because the queue overflowed, is sent again unless
+// every branch acknowledged its bytes more than the retention time
+// (sequencer.DefaultRetain) ago; a node that still lacks a stamp then fails
+// the write instead of guessing a tag.
+
+// orderCluster and the roles are what the order stream's peerauth
+// handshake says.
+const orderCluster = "sdnkvs-order"
+
+// Order stream timing.
+const (
+	orderDialTimeout  = 2 * time.Second
+	orderWriteTimeout = 5 * time.Second
+	orderBackoffMin   = 50 * time.Millisecond
+	orderBackoffMax   = 2 * time.Second
+)
+
+// orderConn is the order stream to one node. push is called by the data
+// path; run owns the connection.
+type orderConn struct {
+	node   uint16 // global node index
+	addr   string // node IP : order port
+	limit  int    // queue bound in bytes
+	secret []byte
+	log    *slog.Logger
+	resync func(o *orderConn) // fills q under the flow-table lock and o.mu
+
+	mu    sync.Mutex // guards q, live, overflowed
+	q     []byte     // encoded frames not yet handed to the writer
+	live  bool       // resynced on a connection: the data path appends
+	over  bool       // the queue overflowed since the last resync
+	spare []byte     // the writer's buffer (swapped with q)
+
+	wake    chan struct{} // cap 1
+	up      atomic.Bool
+	applied atomic.Uint64 // highest G the node reported applied
+	ups     atomic.Uint64 // connections established
+	queued  atomic.Uint64 // frames queued
+	dropped atomic.Uint64 // frames dropped by a queue overflow
+	errs    atomic.Uint64 // connection failures (dial, auth, I/O, bad frame)
+}
+
+func newOrderConn(node uint16, addr string, limit int, secret []byte, log *slog.Logger, resync func(*orderConn)) *orderConn {
+	return &orderConn{
+		node: node, addr: addr, limit: limit, secret: secret, log: log.With("order_node", addr), resync: resync,
+		q: make([]byte, 0, limit), spare: make([]byte, 0, limit), wake: make(chan struct{}, 1),
+	}
+}
+
+// push queues frame f if the stream is live. It never blocks and does not
+// allocate. When the queue is full, the queue is emptied, the stream stops
+// being live and the writer reconnects (resync sends the flows' state
+// again). It reports whether f was queued. Called with Middlebox.flows held.
+func (o *orderConn) push(f *orderwire.Frame) bool {
+	o.mu.Lock()
+	if !o.live {
+		o.mu.Unlock()
+		return false
+	}
+	if len(o.q)+orderwire.MaxFrame > o.limit {
+		o.dropped.Add(1 + uint64(len(o.q)/orderwire.MaxFrame))
+		o.q, o.live, o.over = o.q[:0], false, true
+		o.mu.Unlock()
+		o.signal()
+		return false
+	}
+	o.q, _ = orderwire.Append(o.q, f)
+	o.mu.Unlock()
+	o.queued.Add(1)
+	o.signal()
+	return true
+}
+
+// appendLocked appends f during a resync (o.mu held); the queue may exceed
+// its bound here, once.
+func (o *orderConn) appendLocked(f *orderwire.Frame) {
+	o.q, _ = orderwire.Append(o.q, f)
+	o.queued.Add(1)
+}
+
+func (o *orderConn) signal() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run dials, authenticates, resyncs and writes until ctx is done,
+// reconnecting with exponential backoff.
+func (o *orderConn) run(ctx context.Context) {
+	backoff := orderBackoffMin
+	for ctx.Err() == nil {
+		err := o.session(ctx)
+		o.mu.Lock()
+		o.live, o.q = false, o.q[:0]
+		o.mu.Unlock()
+		if o.up.Swap(false) {
+			o.log.Warn("order stream down", "err", err)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		o.errs.Add(1)
+		if errors.Is(err, errSessionRan) {
+			backoff = orderBackoffMin
+		}
+		d := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		backoff = min(2*backoff, orderBackoffMax)
+	}
+}
+
+// errSessionRan wraps the end of a session that got as far as resyncing,
+// so the next dial starts with the shortest backoff.
+var errSessionRan = errors.New("order stream ended")
+
+func (o *orderConn) session(ctx context.Context) error {
+	d := net.Dialer{Timeout: orderDialTimeout}
+	c, err := d.DialContext(ctx, "tcp", o.addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	peer, err := peerauth.Client(c, o.secret, peerauth.Hello{Cluster: orderCluster, Role: peerauth.RoleSequencer}, time.Now().Add(orderDialTimeout))
+	if err != nil {
+		return err
+	}
+	if peer.Role != peerauth.RoleNode {
+		return fmt.Errorf("order stream: peer role %q, want %q", peer.Role, peerauth.RoleNode)
+	}
+	readErr := make(chan error, 1)
+	go func() { readErr <- o.read(c) }()
+	o.resync(o) // queue HELLO, OPENs, STAMPs; live from here on
+	o.up.Store(true)
+	o.ups.Add(1)
+	o.log.Info("order stream up")
+	o.signal()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-readErr:
+			return fmt.Errorf("%w: read: %v", errSessionRan, err)
+		case <-o.wake:
+		}
+		o.mu.Lock()
+		if o.over {
+			o.over = false
+			o.mu.Unlock()
+			return fmt.Errorf("%w: queue overflow", errSessionRan)
+		}
+		buf := o.q
+		o.q = o.spare[:0]
+		o.mu.Unlock()
+		if len(buf) > 0 {
+			c.SetWriteDeadline(time.Now().Add(orderWriteTimeout))
+			if _, err := c.Write(buf); err != nil {
+				return fmt.Errorf("%w: write: %v", errSessionRan, err)
+			}
+		}
+		if cap(buf) > 2*o.limit { // a large resync: do not keep it
+			buf = make([]byte, 0, o.limit)
+		}
+		o.spare = buf[:0]
+	}
+}
+
+// read consumes the node's frames: APPLIED raises the node's highest
+// applied position; anything else ends the connection.
+func (o *orderConn) read(c net.Conn) error {
+	rd := orderwire.NewReader(c)
+	var f orderwire.Frame
+	for {
+		if err := rd.ReadFrame(&f); err != nil {
+			return err
+		}
+		if f.Type != orderwire.Applied {
+			return fmt.Errorf("unexpected frame type %d from a node", f.Type)
+		}
+		for {
+			cur := o.applied.Load()
+			if f.G <= cur || o.applied.CompareAndSwap(cur, f.G) {
+				break
+			}
+		}
+	}
+}

@@ -1,0 +1,479 @@
+package middlebox
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/internal/peerauth"
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/sequencer"
+	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+var testOrderSecret = []byte("order-secret-0123456789abcdef")
+
+// fakeOrderNode is a node's order listener on loopback: it authenticates
+// the sequencer, records every frame and answers each STAMP with APPLIED.
+type fakeOrderNode struct {
+	t      *testing.T
+	ln     net.Listener
+	mu     sync.Mutex
+	frames []orderwire.Frame
+	conns  []net.Conn
+	hellos int
+	// discard: frames are read but not recorded (allocation tests).
+	discard atomic.Bool
+}
+
+func newFakeOrderNode(t *testing.T) *fakeOrderNode {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &fakeOrderNode{t: t, ln: ln}
+	t.Cleanup(func() { ln.Close(); n.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go n.serve(c)
+		}
+	}()
+	return n
+}
+
+func (n *fakeOrderNode) serve(c net.Conn) {
+	defer c.Close()
+	accept := func(p peerauth.Hello) error {
+		if p.Role != peerauth.RoleSequencer {
+			return errors.New("not a sequencer")
+		}
+		return nil
+	}
+	if _, err := peerauth.Server(c, testOrderSecret, peerauth.Hello{Cluster: orderCluster, Role: peerauth.RoleNode, ID: 1}, accept, time.Now().Add(5*time.Second)); err != nil {
+		return
+	}
+	n.mu.Lock()
+	n.conns = append(n.conns, c)
+	n.mu.Unlock()
+	rd := orderwire.NewReader(c)
+	var f orderwire.Frame
+	var out []byte
+	for rd.ReadFrame(&f) == nil {
+		if n.discard.Load() {
+			continue
+		}
+		n.mu.Lock()
+		n.frames = append(n.frames, f)
+		if f.Type == orderwire.Hello {
+			n.hellos++
+		}
+		n.mu.Unlock()
+		if f.Type == orderwire.Stamp {
+			out, _ = orderwire.Append(out[:0], &orderwire.Frame{Type: orderwire.Applied, G: f.G})
+			c.Write(out)
+		}
+	}
+}
+
+// cut closes the order connections (the middlebox reconnects).
+func (n *fakeOrderNode) cut() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, c := range n.conns {
+		c.Close()
+	}
+	n.conns = nil
+}
+
+func (n *fakeOrderNode) snapshot() ([]orderwire.Frame, int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]orderwire.Frame(nil), n.frames...), n.hellos
+}
+
+// stamps folds a node's STAMP frames into per-flow byte-range stamps,
+// failing on any byte given two different positions.
+func stamps(t *testing.T, frames []orderwire.Frame) map[orderwire.Flow][]sequencer.Range {
+	t.Helper()
+	out := map[orderwire.Flow][]sequencer.Range{}
+	for _, f := range frames {
+		if f.Type != orderwire.Stamp {
+			continue
+		}
+		rs := out[f.Flow]
+		dup := false
+		for _, r := range rs {
+			if f.Start < r.End && r.Start < f.End {
+				if r != (sequencer.Range{Start: f.Start, End: f.End, G: f.G}) {
+					t.Fatalf("flow %v: stamp [%d,%d)=%d overlaps [%d,%d)=%d", f.Flow, f.Start, f.End, f.G, r.Start, r.End, r.G)
+				}
+				dup = true
+			}
+		}
+		if !dup {
+			out[f.Flow] = append(rs, sequencer.Range{Start: f.Start, End: f.End, G: f.G})
+		}
+	}
+	return out
+}
+
+type seqRig struct {
+	*rig
+	nodes map[netip.AddrPort]*fakeOrderNode
+	state string
+}
+
+func newSeqRig(t *testing.T, state string) *seqRig {
+	cfg := testConfig()
+	cfg.MulticastPorts = []uint16{6379}
+	nodes := map[netip.AddrPort]*fakeOrderNode{}
+	for _, dc := range cfg.DCs {
+		for _, ap := range dc.Nodes {
+			nodes[ap] = newFakeOrderNode(t)
+		}
+	}
+	if state == "" {
+		state = filepath.Join(t.TempDir(), "seq.state")
+	}
+	cfg.Sequencing = &SequencingConfig{
+		Ports: []uint16{6379}, StatePath: state, Secret: testOrderSecret,
+		OrderAddr: func(n netip.AddrPort) string { return nodes[n].ln.Addr().String() },
+	}
+	r := newRig(t, cfg, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
+	sr := &seqRig{rig: r, nodes: nodes, state: state}
+	testenv.WaitFor(t, 10*time.Second, "order streams up", func() bool {
+		for _, dc := range r.mb.DCs() {
+			for _, n := range dc.Nodes {
+				if n.Order == nil || !n.Order.Up {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return sr
+}
+
+// exchange writes msg and reads its echo.
+func exchange(t *testing.T, c net.Conn, msg []byte) {
+	t.Helper()
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	back := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, back); err != nil || !bytes.Equal(back, msg) {
+		t.Fatalf("echo: %v", err)
+	}
+}
+
+// servingNodes returns the order nodes of the nodes serving the rig's
+// only flow.
+func (r *seqRig) servingNodes(t *testing.T) []*fakeOrderNode {
+	t.Helper()
+	fl := r.mb.Flows(0)
+	if len(fl) != 1 || len(fl[0].Nodes) != 2 {
+		t.Fatalf("flows %+v, want one forked flow on 2 nodes", fl)
+	}
+	var out []*fakeOrderNode
+	for _, a := range fl[0].Nodes {
+		out = append(out, r.nodes[netip.MustParseAddrPort(a)])
+	}
+	return out
+}
+
+// checkSameStamps checks that every node got contiguous stamps covering
+// [0, total) of the one flow, with increasing positions, identical on
+// every node.
+func checkSameStamps(t *testing.T, nodes []*fakeOrderNode, total uint64) []sequencer.Range {
+	t.Helper()
+	var first []sequencer.Range
+	for k, n := range nodes {
+		frames, _ := n.snapshot()
+		st := stamps(t, frames)
+		if len(st) != 1 {
+			t.Fatalf("node %d: stamps for %d flows, want 1", k, len(st))
+		}
+		for fl, rs := range st {
+			if fl.ClientIP != testClient.As4() || fl.NodePort != 6379 {
+				t.Fatalf("node %d: flow %v", k, fl)
+			}
+			var at, g uint64
+			for _, r := range sortRanges(rs) {
+				if r.Start != at || r.G <= g {
+					t.Fatalf("node %d: ranges %v not contiguous from 0 with increasing G", k, rs)
+				}
+				at, g = r.End, r.G
+			}
+			if at != total {
+				t.Fatalf("node %d: stamps cover [0,%d), want [0,%d)", k, at, total)
+			}
+			rs = sortRanges(rs)
+			if first == nil {
+				first = rs
+			} else if !equalRanges(first, rs) {
+				t.Fatalf("nodes got different stamps:\n%v\n%v", first, rs)
+			}
+		}
+	}
+	return first
+}
+
+func sortRanges(rs []sequencer.Range) []sequencer.Range {
+	out := append([]sequencer.Range(nil), rs...)
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j].Start < out[i].Start {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
+
+func equalRanges(a, b []sequencer.Range) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestSequencedFlowStampsEveryByteOnce: every node of a sequenced forked
+// flow gets OPEN, then STAMPs covering every client byte exactly once with
+// increasing positions (the same on every node), then CLOSE; their
+// APPLIED reports show on /dcs and /metrics.
+func TestSequencedFlowStampsEveryByteOnce(t *testing.T) {
+	r := newSeqRig(t, "")
+	c := r.dial(t, 6379)
+	var total uint64
+	for i := range 20 {
+		msg := []byte(strings.Repeat("x", 1+i*97))
+		exchange(t, c, msg)
+		total += uint64(len(msg))
+	}
+	nodes := r.servingNodes(t)
+	testenv.WaitFor(t, 10*time.Second, "stamps at every node", func() bool {
+		for _, n := range nodes {
+			frames, _ := n.snapshot()
+			var got uint64
+			for _, f := range frames {
+				if f.Type == orderwire.Stamp {
+					got = max(got, f.End)
+				}
+			}
+			if got < total {
+				return false
+			}
+		}
+		return true
+	})
+	rs := checkSameStamps(t, nodes, total)
+	for _, n := range nodes {
+		frames, _ := n.snapshot()
+		if frames[0].Type != orderwire.Hello || frames[1].Type != orderwire.Open {
+			t.Fatalf("first frames %v, %v; want HELLO then OPEN", frames[0].Type, frames[1].Type)
+		}
+	}
+	info, ok := r.mb.Sequencer()
+	if !ok || info.Stamped != uint64(len(rs)) || info.LastG != rs[len(rs)-1].G {
+		t.Fatalf("sequencer %+v; want %d stamped, last G %d", info, len(rs), rs[len(rs)-1].G)
+	}
+	lastG := rs[len(rs)-1].G
+	testenv.WaitFor(t, 10*time.Second, "APPLIED on /dcs", func() bool {
+		for _, dc := range r.mb.DCs() {
+			if dc.AppliedG != lastG {
+				return false
+			}
+		}
+		return true
+	})
+	rec := httptest.NewRecorder()
+	r.mb.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{"sdnkvs_middlebox_sequencer_segments_stamped_total " + itoa(len(rs)), `sdnkvs_middlebox_sequencer_order_up{dc="dublin",node="10.210.2.11:6379"} 1`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	c.Close()
+	testenv.WaitFor(t, 10*time.Second, "CLOSE at every node", func() bool {
+		for _, n := range nodes {
+			frames, _ := n.snapshot()
+			if frames[len(frames)-1].Type != orderwire.Close {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestOrderStreamReconnectResendsState: a node whose order connection
+// breaks is sent HELLO, OPEN and the unacknowledged stamps again on the
+// new connection; stamps never change, and the flow goes on.
+func TestOrderStreamReconnectResendsState(t *testing.T) {
+	r := newSeqRig(t, "")
+	c := r.dial(t, 6379)
+	exchange(t, c, []byte("first"))
+	nodes := r.servingNodes(t)
+	victim := nodes[1]
+	_, hellos := victim.snapshot()
+	victim.cut()
+	testenv.WaitFor(t, 10*time.Second, "reconnect", func() bool {
+		_, h := victim.snapshot()
+		return h > hellos
+	})
+	var total uint64 = 5
+	for i := range 10 {
+		msg := bytes.Repeat([]byte{'a' + byte(i)}, 300)
+		exchange(t, c, msg)
+		total += 300
+	}
+	testenv.WaitFor(t, 10*time.Second, "stamps after reconnect", func() bool {
+		for _, n := range nodes {
+			frames, _ := n.snapshot()
+			var got uint64
+			for _, f := range frames {
+				if f.Type == orderwire.Stamp {
+					got = max(got, f.End)
+				}
+			}
+			if got < total {
+				return false
+			}
+		}
+		return true
+	})
+	frames, _ := victim.snapshot()
+	opens := 0
+	for _, f := range frames {
+		if f.Type == orderwire.Open {
+			opens++
+		}
+	}
+	if opens != 2 {
+		t.Errorf("victim got %d OPENs, want 2 (one per connection)", opens)
+	}
+	checkSameStamps(t, nodes, total)
+}
+
+// TestSequencerRestartNeverGoesBack: a middlebox restarted on the same
+// state file (with its wall clock set back an hour) hands out positions
+// above every position of the previous run.
+func TestSequencerRestartNeverGoesBack(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "seq.state")
+	r := newSeqRig(t, state)
+	c := r.dial(t, 6379)
+	exchange(t, c, []byte("before"))
+	info, _ := r.mb.Sequencer()
+	c.Close()
+	r.mb.Close()
+
+	stored, err := (sequencer.CeilingFile{Path: state}).Load()
+	if err != nil || stored < info.LastG {
+		t.Fatalf("stored ceiling %d (%v) below the last position %d", stored, err, info.LastG)
+	}
+	cfg := testConfig()
+	cfg.MulticastPorts = []uint16{6379}
+	cfg.Now = func() time.Time { return time.Now().Add(-time.Hour) }
+	cfg.Sequencing = &SequencingConfig{Ports: []uint16{6379}, StatePath: state, Secret: testOrderSecret, OrderAddr: func(netip.AddrPort) string { return "127.0.0.1:1" }}
+	m2, err := New(newFakeDev(false, true), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	info2, _ := m2.Sequencer()
+	if info2.LastG <= info.LastG {
+		t.Fatalf("restarted sequencer starts at %d, not above %d", info2.LastG, info.LastG)
+	}
+}
+
+func TestSequencingConfigErrors(t *testing.T) {
+	for name, tc := range map[string]struct {
+		seq  SequencingConfig
+		want string
+	}{
+		"no port":       {SequencingConfig{StatePath: "x", Secret: testOrderSecret}, "no sequenced port"},
+		"not multicast": {SequencingConfig{Ports: []uint16{6380}, StatePath: "x", Secret: testOrderSecret}, "not a multicast port"},
+		"no state":      {SequencingConfig{Ports: []uint16{6379}, Secret: testOrderSecret}, "state file"},
+		"short secret":  {SequencingConfig{Ports: []uint16{6379}, StatePath: "x", Secret: []byte("short")}, "secret shorter"},
+	} {
+		cfg := testConfig()
+		cfg.MulticastPorts = []uint16{6379}
+		cfg.Sequencing = &tc.seq
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Validate() = %v, want an error with %q", name, err, tc.want)
+		}
+	}
+}
+
+// TestSequencedStampDoesNotAllocate: stamping a first-seen client segment
+// and queueing its STAMP to every branch allocates nothing once the flow's
+// range buffer reached its bound (acknowledged ranges give way).
+func TestSequencedStampDoesNotAllocate(t *testing.T) {
+	r := newSeqRig(t, "")
+	c := r.dial(t, 6379)
+	exchange(t, c, []byte("warm"))
+	for _, n := range r.nodes {
+		n.discard.Store(true)
+	}
+	m := r.mb
+	m.flows.Lock()
+	defer m.flows.Unlock()
+	var i int32 = -1
+	for k := range m.flows.tab.slab {
+		if m.flows.tab.slab[k].used {
+			i = int32(k)
+		}
+	}
+	f := &m.flows.tab.slab[i]
+	cli := netip.AddrPortFrom(netip.AddrFrom4(f.key.cli), f.key.cport)
+	seq := f.cliISS + 1 + 4
+	buf := mkTCP(tcpSpec{src: cli, dst: netip.AddrPortFrom(testVIP, 6379), flags: header.TCPFlagAck, seq: seq, ack: 1, payload: make([]byte, 100)})
+	var p packet.TCP
+	if err := p.Parse(buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	sf := &m.seq.flows[i]
+	step := func() {
+		p.SetSeq(seq)
+		if !m.seqStamp(i, &p) {
+			t.Fatal("segment refused")
+		}
+		seq += 100
+		sf.Ack(seq, m.dp.nowUnix)
+		m.flows.Unlock() // let the order writers drain
+		m.flows.Lock()
+	}
+	before := m.seq.stamped.Load()
+	for range sequencer.DefaultMaxRanges + 100 {
+		step()
+	}
+	allocs := testing.AllocsPerRun(1000, step)
+	if allocs != 0 {
+		t.Fatalf("%v allocations per stamped segment, want 0", allocs)
+	}
+	if got := m.seq.stamped.Load() - before; got != sequencer.DefaultMaxRanges+100+1001 {
+		t.Fatalf("%d segments stamped, want every one", got)
+	}
+}
