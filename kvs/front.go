@@ -46,6 +46,9 @@ type batchCmd struct {
 	opEnd    int
 	distinct int // DEL: distinct keys
 	err      string
+	end      uint64 // stream offset just past the command (sequencing)
+	tag      Tag    // the stamped tag of a sequenced write
+	stamped  bool
 }
 
 // clientConn is the state of one client connection. Not safe for
@@ -63,6 +66,7 @@ type clientConn struct {
 	dl     deadline
 	seed   maphash.Seed
 	quit   bool
+	sq     seqConn
 }
 
 const maxBatch = 1024
@@ -78,6 +82,8 @@ func (n *Node) serveClient(c net.Conn) {
 		seed: maphash.MakeSeed(),
 	}
 	defer cc.dl.stop()
+	cc.seqAttach()
+	defer cc.seqDetach()
 	maxBuf := 2*n.cfg.MaxValue + 1<<20
 	start, end := 0, 0
 	for {
@@ -103,6 +109,7 @@ func (n *Node) serveClient(c net.Conn) {
 			return
 		}
 		end += nr
+		cc.sq.read += uint64(nr)
 		proto := false
 		for {
 			used, res := cc.p.next(cc.buf[start:end])
@@ -110,6 +117,7 @@ func (n *Node) serveClient(c net.Conn) {
 			switch res {
 			case resCommand:
 				cc.add(cc.p.args)
+				cc.seqParsed(end - start)
 			case resTooBig:
 				n.stats.BadRequests.Add(1)
 				cc.cmds = append(cc.cmds, batchCmd{kind: cmdTooBig,
@@ -120,6 +128,7 @@ func (n *Node) serveClient(c net.Conn) {
 			if res == resNeedMore || res == resProto || len(cc.cmds) >= maxBatch {
 				if len(cc.cmds) > 0 {
 					cc.run()
+					cc.seqConsume()
 				}
 				if res != resNeedMore && res != resProto {
 					continue
@@ -299,6 +308,9 @@ func (cc *clientConn) startCmd(bc *batchCmd, inGroup bool) bool {
 		return false
 	}
 	writes := bc.kind == cmdSet || bc.kind == cmdDel || bc.kind == cmdMSet
+	if writes && cc.n.seq != nil && !cc.seqStamp(bc) {
+		return true // refused or stamp missing: bc.err says why
+	}
 	for i := 0; i < len(keys); i += step {
 		k := keys[i]
 		if writes {
@@ -328,12 +340,12 @@ func (cc *clientConn) startCmd(bc *batchCmd, inGroup bool) bool {
 		case cmdGet, cmdExists, cmdMGet:
 			cc.n.coord.start(o, opGet, k, nil)
 		case cmdSet:
-			cc.n.coord.start(o, opSet, k, cc.argv[bc.argStart+2])
+			cc.startWrite(o, opSet, k, cc.argv[bc.argStart+2], bc)
 		case cmdMSet:
-			cc.n.coord.start(o, opSet, k, keys[i+1])
+			cc.startWrite(o, opSet, k, keys[i+1], bc)
 		case cmdDel:
 			bc.distinct++
-			cc.n.coord.start(o, opDel, k, nil)
+			cc.startWrite(o, opDel, k, nil, bc)
 		}
 	}
 	bc.opEnd = len(cc.ops)
@@ -366,6 +378,7 @@ func (cc *clientConn) finishCmd(bc *batchCmd) {
 		cc.out = appendErr(cc.out, "ERR "+err.Error())
 		return
 	}
+	cc.seqDone(bc)
 	ops := cc.ops[bc.opStart:bc.opEnd]
 	switch bc.kind {
 	case cmdImmediate:
@@ -529,6 +542,10 @@ func (n *Node) info() string {
 		s.Commands.Load(), s.Errors.Load(), s.BadRequests.Load(), s.QuorumErrors.Load(), s.PeerBad.Load())
 	fmt.Fprintf(&b, "\r\n# Replication\r\nrole:master\r\nsdnkvs_cluster_size:%d\r\nsdnkvs_quorum:%d\r\nsdnkvs_reachable:%d\r\n",
 		n.size, n.quorum, n.reachable())
+	if n.seq != nil {
+		flows, ranges := n.seq.table.size()
+		n.seq.stats.appendInfo(&b, flows, ranges)
+	}
 	return b.String()
 }
 

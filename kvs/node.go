@@ -29,6 +29,13 @@ type Config struct {
 	MaxKey   int           // default 4 KiB
 	MaxValue int           // default 1 MiB
 	Logger   *slog.Logger
+
+	// Sequenced mode (docs/design-sequencer.md): OrderListen is the address
+	// the middlebox's order stream dials; writes then take stamped tags in
+	// one round, and writes not coming through the middlebox are refused.
+	OrderListen      string
+	OrderSecret      []byte        // shared with the middlebox (>= 16 bytes)
+	UnsequencedGrace time.Duration // wait for an unknown flow's OPEN; default 250ms
 }
 
 // Node is one replica and coordinator: it stores key -> (tag, value), serves
@@ -43,6 +50,7 @@ type Node struct {
 	store *Store
 	coord *coordinator
 	peers []*peerClient
+	seq   *seqNode // nil unless sequenced
 
 	respLn, peerLn net.Listener
 	httpSrv        *http.Server
@@ -143,6 +151,11 @@ func Start(cfg Config) (*Node, error) {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go n.httpSrv.Serve(n.httpLn)
+	}
+	if cfg.OrderListen != "" {
+		if err := n.startSequenced(); err != nil {
+			return fail(err)
+		}
 	}
 	for i, a := range others {
 		p := &peerClient{n: n, idx: i, addr: a}
@@ -263,6 +276,9 @@ func (n *Node) Close() error {
 	}
 	if n.peerLn != nil {
 		n.peerLn.Close()
+	}
+	if n.seq != nil {
+		n.seq.ln.Close()
 	}
 	if n.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -1,0 +1,180 @@
+package kvs
+
+// Order listener of a sequenced node (Config.OrderListen): the middlebox
+// dials it, proves the order secret (internal/peerauth, role "sequencer",
+// cluster "sdnkvs-order"), then streams HELLO/OPEN/STAMP/CLOSE frames into
+// the node's stamp table. The node answers with APPLIED frames (the highest
+// G it has applied) at most every AppliedEvery, when that changed.
+//
+//	middlebox --frames--> readOrder (one goroutine per order conn) --> stampTable
+//	middlebox <-APPLIED-- sendApplied (one goroutine per order conn) <-- SeqStats.AppliedG
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/internal/peerauth"
+	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
+)
+
+// OrderCluster is the peerauth cluster name of order-stream connections.
+const OrderCluster = "sdnkvs-order"
+
+// Defaults of sequenced mode.
+const (
+	DefaultUnsequencedGrace = 250 * time.Millisecond
+	AppliedEvery            = 100 * time.Millisecond
+	orderHandshakeTimeout   = 5 * time.Second
+)
+
+// seqNode is the sequenced-mode state of a node (nil in ABD mode).
+type seqNode struct {
+	n      *Node
+	table  *stampTable
+	stats  SeqStats
+	ln     net.Listener
+	secret []byte
+	grace  time.Duration
+}
+
+func (n *Node) startSequenced() error {
+	cfg := n.cfg
+	if len(cfg.OrderSecret) < peerauth.MinSecret {
+		return fmt.Errorf("kvs: --order-listen needs an order secret of at least %d bytes (--order-secret-file)", peerauth.MinSecret)
+	}
+	s := &seqNode{n: n, secret: cfg.OrderSecret, grace: cfg.UnsequencedGrace}
+	if s.grace <= 0 {
+		s.grace = DefaultUnsequencedGrace
+	}
+	s.grace = min(s.grace, cfg.Timeout)
+	s.table = newStampTable(&s.stats)
+	ln, err := net.Listen("tcp", cfg.OrderListen)
+	if err != nil {
+		return fmt.Errorf("kvs: order listen: %w", err)
+	}
+	s.ln = ln
+	n.seq = s
+	n.wg.Add(1)
+	go n.acceptLoop(ln, s.serveOrder)
+	return nil
+}
+
+// OrderAddr is the order-stream listen address ("" if not sequenced).
+func (n *Node) OrderAddr() string {
+	if n.seq == nil {
+		return ""
+	}
+	return n.seq.ln.Addr().String()
+}
+
+// Sequenced reports whether the node runs in sequenced mode: writes take
+// their tags from the middlebox's stamps, and stamped tags (Writer's top bit
+// set) are valid.
+func (n *Node) Sequenced() bool { return n.seq != nil }
+
+// SeqStats returns the sequencer counters (nil if not sequenced).
+func (n *Node) SeqStats() *SeqStats {
+	if n.seq == nil {
+		return nil
+	}
+	return &n.seq.stats
+}
+
+func (s *seqNode) serveOrder(c net.Conn) {
+	self := peerauth.Hello{Cluster: OrderCluster, Role: peerauth.RoleNode, ID: uint64(s.n.cfg.ID)}
+	accept := func(p peerauth.Hello) error {
+		if p.Role != peerauth.RoleSequencer {
+			return fmt.Errorf("role %q may not send the order stream", p.Role)
+		}
+		return nil
+	}
+	peer, err := peerauth.Server(c, s.secret, self, accept, time.Now().Add(orderHandshakeTimeout))
+	if err != nil {
+		s.stats.OrderBad.Add(1)
+		s.n.log.Warn("order stream: handshake failed", "from", c.RemoteAddr(), "err", err)
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	s.stats.OrderConns.Add(1)
+	defer s.stats.OrderConns.Add(-1)
+	s.n.log.Info("order stream connected", "from", c.RemoteAddr(), "sequencer", peer.ID)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		s.sendApplied(c, done)
+	}()
+	defer func() {
+		close(done)
+		c.Close()
+		<-stopped
+	}()
+	if err := s.readOrder(c); err != nil {
+		s.stats.OrderBad.Add(1)
+		s.n.log.Warn("order stream dropped", "from", c.RemoteAddr(), "err", err)
+	}
+}
+
+var errOrderFrame = errors.New("order stream: frame not valid from a sequencer")
+
+// readOrder applies frames until the stream ends; it returns an error for a
+// corrupt stream (nil for a clean or abrupt close by the peer).
+func (s *seqNode) readOrder(c net.Conn) error {
+	rd := orderwire.NewReader(c)
+	var f orderwire.Frame
+	for {
+		if err := rd.ReadFrame(&f); err != nil {
+			var ne net.Error
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne) {
+				return nil
+			}
+			return err
+		}
+		switch f.Type {
+		case orderwire.Hello:
+			s.table.hello(f.Epoch)
+		case orderwire.Open:
+			s.table.open(f.Flow)
+		case orderwire.Stamp:
+			if f.G >= 1<<63 {
+				return fmt.Errorf("%w: stamp G %d out of range", errOrderFrame, f.G)
+			}
+			s.table.stamp(f.Flow, f.Start, f.End, f.G)
+		case orderwire.Close:
+			s.table.close(f.Flow)
+		default:
+			return fmt.Errorf("%w: type %d", errOrderFrame, f.Type)
+		}
+	}
+}
+
+// sendApplied reports the highest applied G every AppliedEvery, when it
+// changed, until done is closed or a write fails.
+func (s *seqNode) sendApplied(c net.Conn, done <-chan struct{}) {
+	t := time.NewTicker(AppliedEvery)
+	defer t.Stop()
+	var sent uint64
+	buf := make([]byte, 0, orderwire.MaxFrame)
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		g := s.stats.AppliedG.Load()
+		if g == sent {
+			continue
+		}
+		b, _ := orderwire.Append(buf[:0], &orderwire.Frame{Type: orderwire.Applied, G: g})
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(b); err != nil {
+			return
+		}
+		sent = g
+	}
+}
