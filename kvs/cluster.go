@@ -31,6 +31,10 @@ type ClusterConfig struct {
 	InMemory     bool
 	Timeout      time.Duration
 	Logger       *slog.Logger
+	// Sequenced mode (see Config.OrderListen): order-stream port of every IP
+	// (IP mode) or of node 1, consecutive (port mode); 0 = ABD mode.
+	OrderPort   int
+	OrderSecret []byte
 }
 
 // Cluster is a set of nodes run in one process. Safe for concurrent use.
@@ -91,7 +95,10 @@ func (cc ClusterConfig) NodeConfigs() ([]Config, error) {
 		cfgs[i] = Config{
 			ID: i + 1, Listen: resp[i], PeerListen: peer[i], HTTPListen: http[i],
 			Peers: peer, Quorum: cc.Quorum, Sync: cc.Sync, InMemory: cc.InMemory,
-			Timeout: cc.Timeout, Logger: cc.Logger,
+			Timeout: cc.Timeout, Logger: cc.Logger, OrderSecret: cc.OrderSecret,
+		}
+		if cc.OrderPort != 0 {
+			cfgs[i].OrderListen = orderAddr(resp[i], cc.OrderPort, i, len(cc.IPs) > 0)
 		}
 		if !cc.InMemory {
 			cfgs[i].Dir = filepath.Join(cc.Dir, fmt.Sprintf("node%d", i+1))
@@ -186,4 +193,14 @@ func (c *Cluster) Close() error {
 		errs = append(errs, c.Stop(i))
 	}
 	return errors.Join(errs...)
+}
+
+// orderAddr is node i's order-stream address: the RESP host on port (IP
+// mode) or on port+i (port mode).
+func orderAddr(resp string, port, i int, ipMode bool) string {
+	host, _, _ := net.SplitHostPort(resp)
+	if !ipMode {
+		port += i
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
 }

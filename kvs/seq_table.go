@@ -344,3 +344,10 @@ func (t *stampTable) size() (flows, ranges int) {
 	}
 	return len(t.flows), ranges
 }
+
+// waiting reports whether a command waits for a stamp (tests).
+func (t *stampTable) waiting() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed != nil
+}

@@ -21,15 +21,17 @@ type KvsCmd struct {
 
 // KvsNodeCmd runs one node.
 type KvsNodeCmd struct {
-	ID         int           `name:"id" required:"" help:"Node id, unique in the cluster (1..65535)."`
-	Listen     string        `name:"listen" default:"127.0.0.1:6379" help:"RESP (Redis protocol) listen address."`
-	PeerListen string        `name:"peer-listen" default:"127.0.0.1:7379" help:"Peer protocol listen address."`
-	HTTP       string        `name:"http" default:"" help:"Readiness HTTP address (/ready, /healthz); default: the --listen IP on port 8379."`
-	Peers      []string      `name:"peers" sep:"," required:"" help:"Peer addresses of every node of the cluster (this node's own is skipped)."`
-	Data       string        `name:"data" required:"" type:"path" help:"Badger data directory."`
-	Quorum     int           `name:"quorum" default:"0" help:"Quorum size; 0 = majority of the cluster (9 nodes: 5)."`
-	Sync       bool          `name:"sync" help:"fsync every commit before acknowledging (survives power loss; much slower). Without it an acknowledged write survives a crash of the process but not of the machine."`
-	Timeout    time.Duration `name:"timeout" default:"2s" help:"Deadline of one client command; a missed deadline is an error reply, never a wrong answer."`
+	ID          int           `name:"id" required:"" help:"Node id, unique in the cluster (1..65535)."`
+	Listen      string        `name:"listen" default:"127.0.0.1:6379" help:"RESP (Redis protocol) listen address."`
+	PeerListen  string        `name:"peer-listen" default:"127.0.0.1:7379" help:"Peer protocol listen address."`
+	HTTP        string        `name:"http" default:"" help:"Readiness HTTP address (/ready, /healthz); default: the --listen IP on port 8379."`
+	Peers       []string      `name:"peers" sep:"," required:"" help:"Peer addresses of every node of the cluster (this node's own is skipped)."`
+	Data        string        `name:"data" required:"" type:"path" help:"Badger data directory."`
+	Quorum      int           `name:"quorum" default:"0" help:"Quorum size; 0 = majority of the cluster (9 nodes: 5)."`
+	Sync        bool          `name:"sync" help:"fsync every commit before acknowledging (survives power loss; much slower). Without it an acknowledged write survives a crash of the process but not of the machine."`
+	Timeout     time.Duration `name:"timeout" default:"2s" help:"Deadline of one client command; a missed deadline is an error reply, never a wrong answer."`
+	OrderListen string        `name:"order-listen" placeholder:"IP:PORT" help:"Sequenced mode: listen for the middlebox's order stream here (port 7380 by convention). Writes then take the middlebox's stamps as tags (one round); writes not coming through the middlebox's sequenced port are refused, reads are served on any connection."`
+	OrderSecret
 }
 
 // Run starts the node and serves until SIGINT/SIGTERM.
@@ -42,7 +44,7 @@ func (c *KvsNodeCmd) Run(g *Globals) error {
 	n, err := kvs.Start(kvs.Config{
 		ID: c.ID, Listen: c.Listen, PeerListen: c.PeerListen, HTTPListen: httpAddr,
 		Peers: c.Peers, Quorum: c.Quorum, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout,
-		Logger: slog.Default(),
+		Logger: slog.Default(), OrderListen: c.OrderListen, OrderSecret: c.Secret,
 	})
 	if err != nil {
 		return err
@@ -66,6 +68,8 @@ type KvsClusterCmd struct {
 	Quorum       int           `name:"quorum" default:"0" help:"Quorum size; 0 = majority."`
 	Sync         bool          `name:"sync" help:"fsync every commit before acknowledging (see 'kvs node --help')."`
 	Timeout      time.Duration `name:"timeout" default:"2s" help:"Deadline of one client command."`
+	OrderPort    int           `name:"order-port" default:"0" help:"Sequenced mode: order-stream port on every IP (IP mode) or of node 1, consecutive (port mode); 0 = ABD mode. See 'kvs node --help' (--order-listen)."`
+	OrderSecret
 }
 
 // Config converts the flags.
@@ -74,6 +78,7 @@ func (c *KvsClusterCmd) Config() kvs.ClusterConfig {
 		Nodes: c.Nodes, Quorum: c.Quorum, BasePort: c.BasePort, PeerBasePort: c.PeerBasePort,
 		HTTPBasePort: c.HTTPBasePort, IPs: c.IPs, Port: c.Port, PeerPort: c.PeerPort,
 		HTTPPort: c.HTTPPort, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout, Logger: slog.Default(),
+		OrderPort: c.OrderPort, OrderSecret: c.Secret,
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"os"
 	"strings"
 	"testing"
 
@@ -74,5 +75,47 @@ func TestKvsBadFlagsNamed(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.flag) {
 			t.Errorf("%v: error %v, want one naming %s", c.args, err, c.flag)
 		}
+	}
+}
+
+func TestKvsOrderFlags(t *testing.T) {
+	dir := t.TempDir()
+	secret := dir + "/order.secret"
+	if err := os.WriteFile(secret, []byte("0123456789abcdef0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"kvs", "--id", "1", "--peers", "127.0.0.1:7379", "--data", dir}
+	cli, _, err := parseArgs(t, append(base, "--order-listen", "127.0.0.1:7380", "--order-secret-file", secret)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cli.Kvs.Node.OrderListen != "127.0.0.1:7380" || string(cli.Kvs.Node.Secret) != "0123456789abcdef0123" {
+		t.Fatalf("parsed %+v", cli.Kvs.Node)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--order-listen", "127.0.0.1:7380"}, "--order-listen needs --order-secret-file"},
+		{[]string{"--order-secret-file", secret}, "--order-secret-file is only meaningful with --order-listen"},
+		{[]string{"--order-listen", "127.0.0.1:7380", "--order-secret-file", dir + "/missing"}, "--order-secret-file"},
+	} {
+		if _, _, err := parseArgs(t, append(base, c.args...)...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err %v, want %q", c.args, err, c.want)
+		}
+	}
+	cli, _, err = parseArgs(t, "kvs", "cluster", "--ips", "10.0.0.1,10.0.0.2", "--data", dir, "--order-port", "7380", "--order-secret-file", secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs, err := cli.Kvs.Cluster.Config().NodeConfigs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfgs[1].OrderListen != "10.0.0.2:7380" || len(cfgs[1].OrderSecret) != 20 {
+		t.Fatalf("node 2 config: order %q secret %d bytes", cfgs[1].OrderListen, len(cfgs[1].OrderSecret))
+	}
+	if _, _, err := parseArgs(t, "kvs", "cluster", "--nodes", "3", "--data", dir, "--order-port", "7380"); err == nil || !strings.Contains(err.Error(), "--order-port needs --order-secret-file") {
+		t.Errorf("cluster without secret: %v", err)
 	}
 }
