@@ -1,7 +1,6 @@
 package ackmerge
 
 import (
-	"encoding/binary"
 	"net/netip"
 
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
@@ -12,13 +11,8 @@ import (
 // into a buffer from out.Alloc, with full checksums and a zero virtio-net
 // header, and emits it. opts must be a multiple of 4 bytes long.
 func (f *Flow) build(out *Out, to int, src, dst netip.AddrPort, seq, ack uint32, flags uint8, wnd uint16, opts []byte) {
-	v6 := src.Addr().Is6()
-	ipl := 20
-	if v6 {
-		ipl = 40
-	}
-	tl := 20 + len(opts)
-	n := out.Offset + ipl + tl
+	fields := packet.Fields{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Window: wnd, Options: opts}
+	n := out.Offset + fields.Len()
 	var buf []byte
 	if out.Alloc != nil {
 		buf = out.Alloc(n)
@@ -28,44 +22,11 @@ func (f *Flow) build(out *Out, to int, src, dst netip.AddrPort, seq, ack uint32,
 		return
 	}
 	buf = buf[:n]
-	vnet := virtio.Hdr(buf[out.Offset-virtio.HdrLen : out.Offset])
-	vnet.Clear()
-	b := buf[out.Offset:]
-	clear(b)
-	if v6 {
-		b[0] = 0x60
-		binary.BigEndian.PutUint16(b[4:], uint16(tl))
-		b[6] = packet.ProtoTCP
-		b[7] = 64
-		s, d := src.Addr().As16(), dst.Addr().As16()
-		copy(b[8:24], s[:])
-		copy(b[24:40], d[:])
-	} else {
-		b[0] = 0x45
-		binary.BigEndian.PutUint16(b[2:], uint16(ipl+tl))
-		binary.BigEndian.PutUint16(b[6:], 0x4000) // DF
-		b[8] = 64
-		b[9] = packet.ProtoTCP
-		s, d := src.Addr().As4(), dst.Addr().As4()
-		copy(b[12:16], s[:])
-		copy(b[16:20], d[:])
-	}
-	t := b[ipl:]
-	binary.BigEndian.PutUint16(t[0:], src.Port())
-	binary.BigEndian.PutUint16(t[2:], dst.Port())
-	binary.BigEndian.PutUint32(t[4:], seq)
-	binary.BigEndian.PutUint32(t[8:], ack)
-	t[12] = byte(tl/4) << 4
-	t[13] = flags
-	binary.BigEndian.PutUint16(t[14:], wnd)
-	copy(t[20:], opts)
 	var p packet.TCP
-	if p.Parse(b, vnet) != nil {
+	if p.Build(buf[out.Offset:], virtio.At(buf, out.Offset), &fields) != nil {
 		f.stats.Invalid++
 		return
 	}
-	p.ComputeIPChecksum()
-	p.ComputeTCPChecksum()
 	out.Pkts = append(out.Pkts, Emit{To: to, Buf: buf})
 	if to == ToClient {
 		f.stats.ToClient++

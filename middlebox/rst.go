@@ -1,7 +1,7 @@
 package middlebox
 
 import (
-	"encoding/binary"
+	"net/netip"
 
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
@@ -15,15 +15,10 @@ import (
 func (m *Middlebox) rstToClient(p *packet.TCP) (int, verdict) {
 	cli, cport, vport := p.SrcAddr4(), p.SrcPort(), p.DstPort()
 	ack := p.Seq() + uint32(p.SeqLen())
-	b := p.Buf[:40]
-	writeTCPHeader(b, m.vip, cli, vport, cport, 0, ack, packet.FlagRST|packet.FlagACK)
-	vnet := p.Vnet
-	vnet.Clear()
-	if err := p.Parse(b, vnet); err != nil {
+	rst := packet.Fields{Src: addrPort4(m.vip, vport), Dst: addrPort4(cli, cport), Ack: ack, Flags: packet.FlagRST | packet.FlagACK}
+	if err := p.Build(p.Buf, p.Vnet, &rst); err != nil {
 		return 0, verdictDrop
 	}
-	p.ComputeIPChecksum()
-	p.ComputeTCPChecksum()
 	m.c.rstSent.Add(1)
 	return 0, verdictForward
 }
@@ -72,34 +67,12 @@ func (m *Middlebox) resetDeadAnycast() {
 // of k with a zero virtio-net header and complete checksums, and returns
 // the buffer cut to the packet's end.
 func (m *Middlebox) buildRST(b []byte, k fwdKey, seq, ack uint32, flags uint8) []byte {
-	off := m.offset
-	vnet := virtio.At(b, off)
-	vnet.Clear()
-	pkt := b[off : off+40]
-	writeTCPHeader(pkt, m.vip, k.cli, k.vport, k.cport, seq, ack, flags)
+	rst := packet.Fields{Src: addrPort4(m.vip, k.vport), Dst: addrPort4(k.cli, k.cport), Seq: seq, Ack: ack, Flags: flags}
 	var p packet.TCP
-	if p.Parse(pkt, vnet) == nil {
-		p.ComputeIPChecksum()
-		p.ComputeTCPChecksum()
-	}
-	return b[:off+40]
+	p.Build(b[m.offset:], virtio.At(b, m.offset), &rst) // cannot fail: b holds a packet header
+	return b[:m.offset+rst.Len()]
 }
 
-// writeTCPHeader writes a 20-byte IPv4 and a 20-byte TCP header (no
-// options, zero window and checksums) into b[:40].
-func writeTCPHeader(b []byte, src, dst [4]byte, sport, dport uint16, seq, ack uint32, flags uint8) {
-	clear(b[:40])
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[2:], 40)
-	b[8] = 64
-	b[9] = packet.ProtoTCP
-	copy(b[12:16], src[:])
-	copy(b[16:20], dst[:])
-	t := b[20:]
-	binary.BigEndian.PutUint16(t[0:], sport)
-	binary.BigEndian.PutUint16(t[2:], dport)
-	binary.BigEndian.PutUint32(t[4:], seq)
-	binary.BigEndian.PutUint32(t[8:], ack)
-	t[12] = 5 << 4
-	t[13] = flags
+func addrPort4(a [4]byte, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4(a), port)
 }
