@@ -32,18 +32,14 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
-	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 )
 
 // Config is one demo run. Zero values take the defaults shown.
 type Config struct {
-	Bin  string // sdnkvs executable (required)
-	Name string // testbed run id ("": fresh)
-
-	Near, Far           string        // DC names: "sydney", "dublin"
-	NearDelay, FarDelay time.Duration // one-way: 5ms, 170ms
-	RateMbps            float64       // link rate: 100 (negative: unlimited)
-	Nodes               int           // kvs nodes per DC: 9
+	Bin string // sdnkvs executable (required)
+	// Topology is the near and the far DC (default: scenario.DefaultDCs).
+	scenario.Topology
 
 	Mode          string   // "sdn" (through the middlebox) or "direct" (baseline)
 	Detector      string   // middlebox --detector: "fast" (or paper, none)
@@ -69,8 +65,6 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultNear     = "sydney"
-	DefaultFar      = "dublin"
 	DefaultDuration = 30 * time.Second
 	DefaultCutAt    = 12 * time.Second
 	// SettleTime is how long the demo watches the middlebox's DC state
@@ -83,32 +77,9 @@ func (c Config) WithDefaults() (Config, error) {
 	if c.Bin == "" {
 		return c, errors.New("demo: no sdnkvs binary")
 	}
-	if c.Near == "" {
-		c.Near = DefaultNear
-	}
-	if c.Far == "" {
-		c.Far = DefaultFar
-	}
-	if c.Near == c.Far {
-		return c, fmt.Errorf("demo: near and far DC are both %q", c.Near)
-	}
-	if c.NearDelay == 0 {
-		c.NearDelay = 5 * time.Millisecond
-	}
-	if c.FarDelay == 0 {
-		c.FarDelay = 170 * time.Millisecond
-	}
-	if c.NearDelay < 0 || c.FarDelay < 0 {
-		return c, errors.New("demo: negative delay")
-	}
-	if c.RateMbps == 0 {
-		c.RateMbps = 100
-	}
-	if c.Nodes == 0 {
-		c.Nodes = 9
-	}
-	if c.Nodes < 1 || c.Nodes > 50 {
-		return c, fmt.Errorf("demo: nodes = %d: want 1..50", c.Nodes)
+	var err error
+	if c.Topology, err = c.Topology.WithDefaults(); err != nil {
+		return c, fmt.Errorf("demo: %w", err)
 	}
 	switch c.Mode {
 	case "":
@@ -165,21 +136,6 @@ func (c Config) WithDefaults() (Config, error) {
 	return c, nil
 }
 
-func (c Config) rateBits() uint64 {
-	if c.RateMbps < 0 {
-		return 0
-	}
-	return uint64(c.RateMbps * 1e6)
-}
-
-// DCs returns the testbed DCs: near first.
-func (c Config) DCs() []testbed.DC {
-	return []testbed.DC{
-		{Name: c.Near, Nodes: c.Nodes, Delay: c.NearDelay, Rate: c.rateBits()},
-		{Name: c.Far, Nodes: c.Nodes, Delay: c.FarDelay, Rate: c.rateBits()},
-	}
-}
-
 // Result is what a run measured. Times are seconds; an RTO of -1 means
 // the service did not resume before the end of the run.
 type Result struct {
@@ -225,8 +181,8 @@ type Result struct {
 	// as "+12.34s sydney NodeDown node (signal): cause".
 	Transitions []string `json:"transitions,omitempty"`
 
-	Files  []string `json:"files,omitempty"`
-	Series []Bin    `json:"-"`
+	Files  []string       `json:"files,omitempty"`
+	Series []scenario.Bin `json:"-"`
 }
 
 // Run runs the demo: environment up, workload, cut, verification, report
@@ -239,13 +195,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	log := cfg.Log
 	setupCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	env, err := NewEnv(setupCtx, EnvConfig{Bin: cfg.Bin, Name: cfg.Name, DCs: cfg.DCs(), DataDir: cfg.DataDir, KVSExtra: cfg.KVSArgs, Log: log})
+	env, err := scenario.NewEnv(setupCtx, scenario.EnvConfig{Bin: cfg.Bin, Name: cfg.Name, DCs: cfg.DCs, DataDir: cfg.DataDir, KVSExtra: cfg.KVSArgs, Log: log})
 	if err != nil {
 		return nil, err
 	}
 	defer env.Close()
 	if cfg.Mode == "sdn" {
-		if err := env.StartMiddlebox(setupCtx, MB{Detector: cfg.Detector, Extra: cfg.MiddleboxArgs}); err != nil {
+		if err := env.StartMiddlebox(setupCtx, scenario.MB{Detector: cfg.Detector, Extra: cfg.MiddleboxArgs}); err != nil {
 			return nil, err
 		}
 		if cfg.Detector != "none" {
@@ -261,29 +217,29 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 // RunIn runs the workload, the cut and the checks in a ready environment
 // (middlebox running in mode sdn). cfg must have passed WithDefaults.
-func RunIn(ctx context.Context, env *Env, cfg Config) (*Result, error) {
+func RunIn(ctx context.Context, env *scenario.Env, cfg Config) (*Result, error) {
 	log := cfg.Log
-	wcfg := WorkloadConfig{
+	wcfg := scenario.WorkloadConfig{
 		Writers: cfg.Writers, Window: cfg.Window, Rate: max(cfg.Rate, 0), Readers: cfg.Readers,
 		ValueSize: cfg.ValueSize, KeyPrefix: "demo:" + env.TB.Name() + ":",
-		DCs: []string{cfg.Near, cfg.Far}, DialTimeout: cfg.DialTimeout, OpTimeout: cfg.OpTimeout,
+		DCs: []string{cfg.Near(), cfg.Far()}, DialTimeout: cfg.DialTimeout, OpTimeout: cfg.OpTimeout,
 		MaxSeconds: int(cfg.Duration/time.Second) + 2,
 	}
 	switch cfg.Mode {
 	case "sdn":
-		wcfg.DialWrite = func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, WritePort) }
-		wcfg.DialRead = func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, ReadPort) }
+		wcfg.DialWrite = func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, scenario.WritePort) }
+		wcfg.DialRead = func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, scenario.ReadPort) }
 	case "direct":
-		node := netip.AddrPortFrom(env.TB.NodeAddrs(cfg.Near)[0], NodePort)
+		node := netip.AddrPortFrom(env.TB.NodeAddrs(cfg.Near())[0], scenario.NodePort)
 		d := func(ctx context.Context) (net.Conn, error) { return env.DialClientTo(ctx, node) }
 		wcfg.DialWrite, wcfg.DialRead = d, d
 	}
-	w, err := NewWorkload(wcfg)
+	w, err := scenario.NewWorkload(wcfg)
 	if err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(log, "workload: %d writers (window %d, %.0f writes/s) via %s, %d readers via %s; cut %s at %v of %v\n",
-		cfg.Writers, cfg.Window, cfg.Rate, writeTarget(cfg), cfg.Readers, readTarget(cfg), cfg.Near, cfg.CutAt, cfg.Duration)
+		cfg.Writers, cfg.Window, cfg.Rate, writeTarget(cfg), cfg.Readers, readTarget(cfg), cfg.Near(), cfg.CutAt, cfg.Duration)
 	w.Start(ctx)
 	stopped := false
 	defer func() {
@@ -311,11 +267,11 @@ loop:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-cutC:
-			if err := env.TB.Cut(cfg.Near); err != nil {
-				return nil, fmt.Errorf("demo: cut %s: %w", cfg.Near, err)
+			if err := env.TB.Cut(cfg.Near()); err != nil {
+				return nil, fmt.Errorf("demo: cut %s: %w", cfg.Near(), err)
 			}
 			cut = w.MarkCut()
-			note = fmt.Sprintf("<< %s cut at %.1fs", cfg.Near, cut.Seconds())
+			note = fmt.Sprintf("<< %s cut at %.1fs", cfg.Near(), cut.Seconds())
 		case <-tick.C:
 			for ; sec < int(w.Now()/time.Second); sec++ {
 				fmt.Fprintln(log, w.ProgressLine(sec, note))
@@ -328,13 +284,13 @@ loop:
 	w.Stop()
 	stopped = true
 	runEnd := w.Now()
-	var trans []Transition
+	var trans []scenario.Transition
 	if cfg.Mode == "sdn" {
 		trans, _ = env.Transitions() // best effort: the report still stands without them
 	}
 
 	res := &Result{
-		Mode: cfg.Mode, Detector: cfg.Detector, Near: cfg.Near, Far: cfg.Far, Nodes: cfg.Nodes,
+		Mode: cfg.Mode, Detector: cfg.Detector, Near: cfg.Near(), Far: cfg.Far(), Nodes: cfg.Nodes(),
 		Duration: runEnd.Seconds(), CutAt: -1, RTORead: -1, RTOWrite: -1,
 	}
 	if cfg.Mode == "direct" {
@@ -395,7 +351,7 @@ loop:
 	// Every acknowledged write must be in the far DC, the survivor.
 	vctx, vcancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer vcancel()
-	chk, err := env.Verify(vctx, cfg.Far, w, ids)
+	chk, err := env.Verify(vctx, cfg.Far(), w, ids)
 	if err != nil {
 		return res, err
 	}
@@ -415,16 +371,16 @@ loop:
 
 func writeTarget(c Config) string {
 	if c.Mode == "direct" {
-		return c.Near + " node 1 (no middlebox)"
+		return c.Near() + " node 1 (no middlebox)"
 	}
-	return fmt.Sprintf("VIP:%d (forked)", WritePort)
+	return fmt.Sprintf("VIP:%d (forked)", scenario.WritePort)
 }
 
 func readTarget(c Config) string {
 	if c.Mode == "direct" {
-		return c.Near + " node 1 (no middlebox)"
+		return c.Near() + " node 1 (no middlebox)"
 	}
-	return fmt.Sprintf("VIP:%d (anycast)", ReadPort)
+	return fmt.Sprintf("VIP:%d (anycast)", scenario.ReadPort)
 }
 
 // maxGap is the longest interval (s) without an event in sorted-or-not

@@ -4,20 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/bench/resp"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
 	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
-
-func dialNever(ctx context.Context) (net.Conn, error) {
-	return nil, errors.New("no network in this test")
-}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -29,7 +26,10 @@ func TestMain(m *testing.M) {
 // short delays.
 func shortConfig(t *testing.T) Config {
 	return Config{
-		Bin: testbedtest.SharedBinary(t), Nodes: 3, NearDelay: 2 * time.Millisecond, FarDelay: 30 * time.Millisecond,
+		Bin: testbedtest.SharedBinary(t), Topology: scenario.Topology{DCs: []testbed.DC{
+			{Name: "sydney", Nodes: 3, Delay: 2 * time.Millisecond, Rate: 100e6},
+			{Name: "dublin", Nodes: 3, Delay: 30 * time.Millisecond, Rate: 100e6},
+		}},
 		Duration: 8 * time.Second, CutAt: 3 * time.Second, Writers: 4, Window: 32, Rate: 800, Readers: 2,
 		DataDir: t.TempDir(), Log: testLog{t},
 	}
@@ -113,8 +113,8 @@ func TestDemoRPOZero(t *testing.T) {
 func TestDemoBinaryJSON(t *testing.T) {
 	testenv.RequireRoot(t)
 	bin := testbedtest.SharedBinary(t)
-	cmd := exec.Command(bin, "demo", "--json", "--nodes", "3", "--near-delay", "2ms", "--far-delay", "30ms",
-		"--duration", "6s", "--cut-at", "2s", "--rate", "400", "--writers", "2", "--window", "32", "--readers", "1",
+	cmd := exec.Command(bin, "demo", "--json", "--nodes", "3", "--delay", "sydney=2ms,dublin=30ms",
+		"--duration", "6s", "--cut-at", "2s", "--write-rate", "400", "--writers", "2", "--window", "32", "--readers", "1",
 		"--out", t.TempDir(), "--data", t.TempDir())
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -138,21 +138,21 @@ func TestDemoBinaryJSON(t *testing.T) {
 
 // readMarker opens a new anycast connection (or uses c) and returns the
 // name of the DC that answered.
-func readMarker(t *testing.T, ctx context.Context, env *Env, c *Client) string {
+func readMarker(t *testing.T, ctx context.Context, env *scenario.Env, c *resp.Client) string {
 	t.Helper()
 	if c == nil {
-		conn, err := env.DialClient(ctx, ReadPort)
+		conn, err := env.DialClient(ctx, scenario.ReadPort)
 		if err != nil {
-			t.Fatalf("dial VIP:%d: %v", ReadPort, err)
+			t.Fatalf("dial VIP:%d: %v", scenario.ReadPort, err)
 		}
-		c = NewClient(conn)
+		c = resp.NewClient(conn)
 		defer c.Close()
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rep, err := c.Do(rctx, []byte("GET"), []byte(MarkerKey))
+	rep, err := c.Do(rctx, []byte("GET"), []byte(scenario.MarkerKey))
 	if err != nil {
-		t.Fatalf("GET marker through VIP:%d: %v", ReadPort, err)
+		t.Fatalf("GET marker through VIP:%d: %v", scenario.ReadPort, err)
 	}
 	return string(rep.Str)
 }
@@ -167,15 +167,15 @@ func TestHealReadmitsOnlyWhenReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	env, err := NewEnv(ctx, EnvConfig{Bin: cfg.Bin, DCs: cfg.DCs(), DataDir: cfg.DataDir, Log: cfg.Log})
+	env, err := scenario.NewEnv(ctx, scenario.EnvConfig{Bin: cfg.Bin, DCs: cfg.DCs, DataDir: cfg.DataDir, Log: cfg.Log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { env.Close() })
-	if err := env.StartMiddlebox(ctx, MB{Detector: "fast", AnycastOnly: true}); err != nil {
+	if err := env.StartMiddlebox(ctx, scenario.MB{Detector: "fast", AnycastOnly: true}); err != nil {
 		t.Fatal(err)
 	}
-	near, far := cfg.Near, cfg.Far
+	near, far := cfg.Near(), cfg.Far()
 	if got := readMarker(t, ctx, env, nil); got != near {
 		t.Fatalf("before the cut a new anycast flow reached %q, want %q", got, near)
 	}
@@ -209,11 +209,11 @@ func TestHealReadmitsOnlyWhenReady(t *testing.T) {
 		}
 	}
 	// A flow opened while the near DC is out.
-	conn, err := env.DialClient(ctx, ReadPort)
+	conn, err := env.DialClient(ctx, scenario.ReadPort)
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := NewClient(conn)
+	old := resp.NewClient(conn)
 	defer old.Close()
 	if got := readMarker(t, ctx, env, old); got != far {
 		t.Fatalf("flow opened during the outage reached %q, want %q", got, far)

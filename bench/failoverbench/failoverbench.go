@@ -38,19 +38,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/bench/demo"
 	"github.com/sdnkvs/sdnkvs/bench/report"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
 // Config configures the experiment. Zero values take the defaults shown.
 type Config struct {
-	Bin                 string        // sdnkvs executable (required)
-	Name                string        // testbed run id ("": fresh)
-	Near, Far           string        // "sydney", "dublin"
-	NearDelay, FarDelay time.Duration // one-way: 5ms, 170ms
-	RateMbps            float64       // 100 (negative: unlimited)
-	Nodes               int           // kvs nodes per DC: 9
+	Bin string // sdnkvs executable (required)
+	// Topology is the near and the far DC (default: scenario.DefaultDCs).
+	scenario.Topology
 
 	Detectors     []string      // middlebox --detector values, one run each: paper, fast
 	MiddleboxArgs []string      // more middlebox flags for every run
@@ -85,12 +82,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Bin == "" {
 		return c, errors.New("failoverbench: no sdnkvs binary")
 	}
-	d := demo.Config{Bin: c.Bin, Near: c.Near, Far: c.Far, NearDelay: c.NearDelay, FarDelay: c.FarDelay, RateMbps: c.RateMbps, Nodes: c.Nodes}
-	d, err := d.WithDefaults()
-	if err != nil {
-		return c, err
+	var err error
+	if c.Topology, err = c.Topology.WithDefaults(); err != nil {
+		return c, fmt.Errorf("failoverbench: %w", err)
 	}
-	c.Near, c.Far, c.NearDelay, c.FarDelay, c.RateMbps, c.Nodes = d.Near, d.Far, d.NearDelay, d.FarDelay, d.RateMbps, d.Nodes
 	if len(c.Detectors) == 0 {
 		c.Detectors = []string{"paper", "fast"}
 	}
@@ -228,10 +223,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	dcfg, _ := demo.Config{Bin: cfg.Bin, Near: cfg.Near, Far: cfg.Far, NearDelay: cfg.NearDelay, FarDelay: cfg.FarDelay, RateMbps: cfg.RateMbps, Nodes: cfg.Nodes}.WithDefaults()
 	setup, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	env, err := demo.NewEnv(setup, demo.EnvConfig{Bin: cfg.Bin, Name: cfg.Name, DCs: dcfg.DCs(), DataDir: cfg.DataDir, Log: cfg.Log})
+	env, err := scenario.NewEnv(setup, scenario.EnvConfig{Bin: cfg.Bin, Name: cfg.Name, DCs: cfg.DCs, DataDir: cfg.DataDir, Log: cfg.Log})
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +234,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	for i := range val {
 		val[i] = byte('a' + i%26)
 	}
-	for _, d := range dcfg.DCs() {
+	for _, d := range cfg.DCs {
 		c, err := env.DialDC(setup, d.Name, 0)
 		if err != nil {
 			return nil, err
@@ -314,20 +308,20 @@ func setClientRTOMin(ctx context.Context, tb *testbed.Testbed, d time.Duration) 
 }
 
 // runDetector runs one middlebox with detector det across one cut.
-func runDetector(ctx context.Context, env *demo.Env, cfg Config, det string) (DetectorRun, error) {
+func runDetector(ctx context.Context, env *scenario.Env, cfg Config, det string) (DetectorRun, error) {
 	r := DetectorRun{Detector: det, RTO: -1, RTOFull: -1, FirstReply: -1, ConnLost: -1, MiddleboxRS: -1, NodeDown: -1, DCDown: -1}
-	if err := env.StartMiddlebox(ctx, demo.MB{Detector: det, Extra: cfg.MiddleboxArgs, AnycastOnly: true}); err != nil {
+	if err := env.StartMiddlebox(ctx, scenario.MB{Detector: det, Extra: cfg.MiddleboxArgs, AnycastOnly: true}); err != nil {
 		return r, err
 	}
 	defer func() {
 		env.StopMiddlebox()
-		env.TB.Heal(cfg.Near)
+		env.TB.Heal(cfg.Near())
 	}()
 	pings := "no PINGs"
 	if cfg.PingEvery > 0 {
 		pings = fmt.Sprintf("a PING every %v", cfg.PingEvery)
 	}
-	fmt.Fprintf(cfg.Log, "detector %s: reading over one anycast connection (%s), %s cut at %v\n", det, pings, cfg.Near, cfg.CutAt)
+	fmt.Fprintf(cfg.Log, "detector %s: reading over one anycast connection (%s), %s cut at %v\n", det, pings, cfg.Near(), cfg.CutAt)
 	start := time.Now()
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -360,13 +354,13 @@ wait:
 			<-done
 			return r, ctx.Err()
 		case <-cutT.C:
-			if err := env.TB.Cut(cfg.Near); err != nil {
+			if err := env.TB.Cut(cfg.Near()); err != nil {
 				stop()
 				<-done
 				return r, err
 			}
 			cut = time.Since(start)
-			fmt.Fprintf(cfg.Log, "  %s cut at %.2fs\n", cfg.Near, cut.Seconds())
+			fmt.Fprintf(cfg.Log, "  %s cut at %.2fs\n", cfg.Near(), cut.Seconds())
 		case <-endT.C:
 			break wait
 		case <-tick.C:
@@ -393,10 +387,10 @@ wait:
 			if d < 0 {
 				continue
 			}
-			if t.Kind == "NodeDown" && t.DC == cfg.Near && r.NodeDown < 0 {
+			if t.Kind == "NodeDown" && t.DC == cfg.Near() && r.NodeDown < 0 {
 				r.NodeDown = d
 			}
-			if t.Kind == "DCDown" && t.DC == cfg.Near && r.DCDown < 0 {
+			if t.Kind == "DCDown" && t.DC == cfg.Near() && r.DCDown < 0 {
 				r.DCDown = d
 			}
 		}
@@ -407,7 +401,7 @@ wait:
 	r.CutAt, r.Samples, r.Resets, r.Reconnects, r.Errors = cut, o.samples, o.st.resets, o.st.reconnects, o.st.errs
 	r.RxBins = bins[:min(len(bins), int(r.End/binWidth)+1)]
 	if cut > 0 {
-		r.summarize(cfg.Far, o.st.lost)
+		r.summarize(cfg.Far(), o.st.lost)
 	}
 	fmt.Fprintf(cfg.Log, "  detector %s: detected after %s (DC down %s), connection lost after %s, RTO %s (first far reply byte; complete value %s), %d resets\n",
 		det, fmtDur(r.NodeDown), fmtDur(r.DCDown), fmtDur(r.ConnLost), fmtDur(r.RTO), fmtDur(r.RTOFull), r.Resets)
@@ -462,22 +456,22 @@ const readKey = "failoverbench:value"
 
 // runCuts cuts the near DC cfg.Cuts times at random moments under forked
 // write load and checks every acknowledged write against the far DC.
-func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error {
-	if err := env.StartMiddlebox(ctx, demo.MB{Detector: "fast", Extra: cfg.MiddleboxArgs}); err != nil {
+func runCuts(ctx context.Context, env *scenario.Env, cfg Config, res *Result) error {
+	if err := env.StartMiddlebox(ctx, scenario.MB{Detector: "fast", Extra: cfg.MiddleboxArgs}); err != nil {
 		return err
 	}
 	defer env.StopMiddlebox()
 	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
-	w, err := demo.NewWorkload(demo.WorkloadConfig{
+	w, err := scenario.NewWorkload(scenario.WorkloadConfig{
 		Writers: cfg.CutsWriters, Window: 64, Rate: cfg.CutsRate, ValueSize: 32,
-		KeyPrefix: "cuts:" + env.TB.Name() + ":", DCs: []string{cfg.Near, cfg.Far},
-		DialWrite:  func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, demo.WritePort) },
+		KeyPrefix: "cuts:" + env.TB.Name() + ":", DCs: []string{cfg.Near(), cfg.Far()},
+		DialWrite:  func(ctx context.Context) (net.Conn, error) { return env.DialClient(ctx, scenario.WritePort) },
 		MaxSeconds: 3600,
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(cfg.Log, "repeated cuts: %d cuts of %s under %.0f writes/s (detector fast), seed %d\n", cfg.Cuts, cfg.Near, cfg.CutsRate, cfg.Seed)
+	fmt.Fprintf(cfg.Log, "repeated cuts: %d cuts of %s under %.0f writes/s (detector fast), seed %d\n", cfg.Cuts, cfg.Near(), cfg.CutsRate, cfg.Seed)
 	w.Start(ctx)
 	defer w.Stop()
 	sleep := func(d time.Duration) error {
@@ -504,7 +498,7 @@ func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error 
 			return err
 		}
 		resetsBefore := w.Totals().WriteResets
-		if err := env.TB.Cut(cfg.Near); err != nil {
+		if err := env.TB.Cut(cfg.Near()); err != nil {
 			return err
 		}
 		at := w.MarkCut()
@@ -515,11 +509,11 @@ func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error 
 		if err := sleep(300 * time.Millisecond); err != nil {
 			return err
 		}
-		if err := env.TB.Heal(cfg.Near); err != nil {
+		if err := env.TB.Heal(cfg.Near()); err != nil {
 			return err
 		}
 		healed := time.Now()
-		if waitFor(30*time.Second, func() bool { live, err := env.DCLive(cfg.Near); return err == nil && live }) {
+		if waitFor(30*time.Second, func() bool { live, err := env.DCLive(cfg.Near()); return err == nil && live }) {
 			cr.Readmitted = time.Since(healed)
 		}
 		cr.WriteResets = w.Totals().WriteResets - resetsBefore
@@ -533,7 +527,7 @@ func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error 
 		}
 		res.Cuts = append(res.Cuts, cr)
 		fmt.Fprintf(cfg.Log, "  cut %d at %.1fs: writes resumed after %s, %s readmitted after %s, %d write resets\n",
-			i, at.Seconds(), fmtDur(cr.RTOWrite), cfg.Near, fmtDur(cr.Readmitted), cr.WriteResets)
+			i, at.Seconds(), fmtDur(cr.RTOWrite), cfg.Near(), fmtDur(cr.Readmitted), cr.WriteResets)
 		if cr.WriteResets > 0 || cr.RTOWrite < 0 {
 			fmt.Fprintf(cfg.Log, "  middlebox decisions around cut %d:\n    %s\n", i, strings.Join(cr.Transitions, "\n    "))
 		}
@@ -547,12 +541,12 @@ func runCuts(ctx context.Context, env *demo.Env, cfg Config, res *Result) error 
 	ids, _ := w.Acked()
 	vctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	chk, err := env.Verify(vctx, cfg.Far, w, ids)
+	chk, err := env.Verify(vctx, cfg.Far(), w, ids)
 	if err != nil {
 		return err
 	}
 	res.AckedWrites, res.RPOLost = len(ids), chk.Lost()
-	fmt.Fprintf(cfg.Log, "repeated cuts: RPO %d lost of %d acknowledged writes (checked in %s)\n", res.RPOLost, res.AckedWrites, cfg.Far)
+	fmt.Fprintf(cfg.Log, "repeated cuts: RPO %d lost of %d acknowledged writes (checked in %s)\n", res.RPOLost, res.AckedWrites, cfg.Far())
 	return nil
 }
 

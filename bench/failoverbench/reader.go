@@ -3,17 +3,15 @@ package failoverbench
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/bench/demo"
+	"github.com/sdnkvs/sdnkvs/bench/resp"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 )
 
 // The Fig. 6 reader keeps one anycast connection busy and pipelined:
@@ -97,87 +95,32 @@ type reply struct {
 const (
 	maxText  = 128
 	maxFirst = 64
-	maxDepth = 4
-	maxElems = 1 << 16
-	maxBulk  = 16 << 20
 )
 
-var errProto = errors.New("failoverbench: RESP protocol error")
+// replyOf keeps of rp what the reader needs.
+func replyOf(rp resp.Reply) reply {
+	r := reply{kind: rp.Kind}
+	if rp.Kind == '+' || rp.Kind == '-' {
+		r.text = string(rp.Str[:min(len(rp.Str), maxText)])
+	}
+	r.addBulks(rp)
+	return r
+}
 
-// readReply reads one reply from br into r, discarding bulk contents
-// except a short first one. Bad input gives an error wrapping errProto.
-func readReply(br *bufio.Reader, r *reply, depth int) error {
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return fmt.Errorf("%w: line too long", errProto)
+func (r *reply) addBulks(rp resp.Reply) {
+	switch {
+	case rp.Kind == '$' && !rp.Nil:
+		if r.nbulk == 0 && len(rp.Str) <= maxFirst {
+			r.first = string(rp.Str)
 		}
-		return err
-	}
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return fmt.Errorf("%w: bad line %q", errProto, line)
-	}
-	kind, body := line[0], line[1:len(line)-2]
-	if depth == 0 {
-		r.kind = kind
-	}
-	switch kind {
-	case '+', '-':
-		if depth == 0 {
-			r.text = string(body[:min(len(body), maxText)])
-		}
-		return nil
-	case ':':
-		if _, err := strconv.ParseInt(string(body), 10, 64); err != nil {
-			return fmt.Errorf("%w: integer %q", errProto, body)
-		}
-		return nil
-	case '$':
-		n, err := strconv.Atoi(string(body))
-		if err != nil || n < -1 || n > maxBulk {
-			return fmt.Errorf("%w: bulk length %q", errProto, body)
-		}
-		if n < 0 {
-			return nil
-		}
-		if r.nbulk == 0 && n <= maxFirst {
-			b, err := br.Peek(n)
-			if err != nil {
-				return err
-			}
-			r.first = string(b)
-		}
-		if _, err := br.Discard(n); err != nil {
-			return err
-		}
-		crlf, err := br.Peek(2)
-		if err != nil {
-			return err
-		}
-		if crlf[0] != '\r' || crlf[1] != '\n' {
-			return fmt.Errorf("%w: bulk not terminated by CRLF", errProto)
-		}
-		br.Discard(2)
 		r.nbulk++
-		r.last = n
-		r.nbytes += n
-		return nil
-	case '*':
-		n, err := strconv.Atoi(string(body))
-		if err != nil || n < -1 || n > maxElems {
-			return fmt.Errorf("%w: array length %q", errProto, body)
+		r.last = len(rp.Str)
+		r.nbytes += len(rp.Str)
+	case rp.Kind == '*':
+		for _, e := range rp.Elems {
+			r.addBulks(e)
 		}
-		if depth >= maxDepth && n > 0 {
-			return fmt.Errorf("%w: arrays nested deeper than %d", errProto, maxDepth)
-		}
-		for range max(n, 0) {
-			if err := readReply(br, r, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
 	}
-	return fmt.Errorf("%w: unknown reply type %q", errProto, kind)
 }
 
 // pending is one command sent and not yet answered.
@@ -214,20 +157,20 @@ type progress struct {
 }
 
 var (
-	mgetCmd = []byte("*3\r\n$4\r\nMGET\r\n$" + strconv.Itoa(len(demo.MarkerKey)) + "\r\n" + demo.MarkerKey + "\r\n$" + strconv.Itoa(len(readKey)) + "\r\n" + readKey + "\r\n")
+	mgetCmd = []byte("*3\r\n$4\r\nMGET\r\n$" + strconv.Itoa(len(scenario.MarkerKey)) + "\r\n" + scenario.MarkerKey + "\r\n$" + strconv.Itoa(len(readKey)) + "\r\n" + readKey + "\r\n")
 	pingCmd = []byte("*1\r\n$4\r\nPING\r\n")
 )
 
 // readLoop reads over one anycast connection at a time until ctx ends,
 // reconnecting to the VIP when the connection fails. Received bytes are
 // added to bins (indexed by binWidth since start).
-func readLoop(ctx context.Context, env *demo.Env, start time.Time, pingEvery time.Duration, pr *progress, bins []int64) ([]Sample, readStats) {
+func readLoop(ctx context.Context, env *scenario.Env, start time.Time, pingEvery time.Duration, pr *progress, bins []int64) ([]Sample, readStats) {
 	var st readStats
 	var samples []Sample
 	far := env.Far()
 	for conns := 0; ctx.Err() == nil; {
 		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		conn, err := env.DialClient(dctx, demo.ReadPort)
+		conn, err := env.DialClient(dctx, scenario.ReadPort)
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -248,7 +191,7 @@ func readLoop(ctx context.Context, env *demo.Env, start time.Time, pingEvery tim
 		conns++
 		if ctx.Err() == nil {
 			st.lost = append(st.lost, time.Since(start))
-			if isReset(err2) {
+			if scenario.IsReset(err2) {
 				st.resets++
 			} else {
 				st.noteErr(err2.Error())
@@ -318,15 +261,16 @@ func runConn(ctx context.Context, conn *timedConn, id int, pingEvery time.Durati
 			return samples, err
 		}
 		first := conn.arrivedAt(conn.total - int64(br.Buffered()))
-		var r reply
-		if err := readReply(br, &r, 0); err != nil {
+		rp, err := resp.ReadReply(br)
+		if err != nil {
 			return samples, err
 		}
+		r := replyOf(rp)
 		done := time.Since(conn.start)
 		mu.Lock()
 		if len(queue) == 0 {
 			mu.Unlock()
-			return samples, fmt.Errorf("%w: reply %q with no command pending", errProto, r.kind)
+			return samples, fmt.Errorf("%w: reply %q with no command pending", resp.ErrProto, r.kind)
 		}
 		p := queue[0]
 		queue = queue[1:]
@@ -360,12 +304,4 @@ func runConn(ctx context.Context, conn *timedConn, id int, pingEvery time.Durati
 			pr.farAt.CompareAndSwap(0, int64(first))
 		}
 	}
-}
-
-func isReset(err error) bool {
-	if err == nil {
-		return false
-	}
-	s := err.Error()
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
 }

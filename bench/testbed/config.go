@@ -40,6 +40,9 @@ type DC struct {
 	QueueBytes int
 }
 
+// MaxNodes is the most node addresses a DC may have.
+const MaxNodes = 200
+
 // Emulated reports whether the link needs the user-space delay line (any
 // delay, rate or loss); otherwise it is a plain veth pair.
 func (d DC) Emulated() bool { return d.Delay > 0 || d.Rate > 0 || d.Loss > 0 }
@@ -68,8 +71,10 @@ func NewRunID() string {
 	return "sk" + hex.EncodeToString(b[:])
 }
 
-// withDefaults fills in the defaults and validates the configuration.
-func (c Config) withDefaults() (Config, error) {
+// WithDefaults fills in the defaults and validates the configuration: the
+// one validator of a topology (the testbed CLI, the demo and the
+// experiments all go through it).
+func (c Config) WithDefaults() (Config, error) {
 	if c.Name == "" {
 		c.Name = NewRunID()
 	}
@@ -104,8 +109,8 @@ func (c Config) withDefaults() (Config, error) {
 		if d.Nodes == 0 {
 			d.Nodes = 1
 		}
-		if d.Nodes < 1 || d.Nodes > 200 {
-			return c, fmt.Errorf("DC %s: nodes = %d: want 1..200", d.Name, d.Nodes)
+		if d.Nodes < 1 || d.Nodes > MaxNodes {
+			return c, fmt.Errorf("DC %s: nodes = %d: want 1..%d", d.Name, d.Nodes, MaxNodes)
 		}
 		if d.Delay < 0 || d.Delay > 10*time.Second {
 			return c, fmt.Errorf("DC %s: delay %v out of range 0..10s", d.Name, d.Delay)

@@ -225,7 +225,7 @@ func TestParse(t *testing.T) {
 		{Name: "bad name", DCs: []DC{{Name: "a"}}},
 		{},
 	} {
-		if _, err := c.withDefaults(); err == nil {
+		if _, err := c.WithDefaults(); err == nil {
 			t.Errorf("config %+v accepted", c)
 		}
 	}

@@ -150,14 +150,14 @@ func (s Spec) Config() (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("--queue: %w", err)
 	}
-	if s.Nodes < 0 {
-		return Config{}, fmt.Errorf("--nodes: %d is negative", s.Nodes)
+	if s.Nodes < 0 || s.Nodes > MaxNodes {
+		return Config{}, fmt.Errorf("--nodes: %d: want 1..%d", s.Nodes, MaxNodes)
 	}
 	cfg := Config{Name: s.Name}
 	for _, n := range names {
 		cfg.DCs = append(cfg.DCs, DC{Name: n, Nodes: s.Nodes, Delay: delays[n], Rate: rates[n], Loss: losses[n], QueueBytes: queues[n]})
 	}
-	c, err := cfg.withDefaults()
+	c, err := cfg.WithDefaults()
 	if err != nil {
 		return Config{}, err
 	}

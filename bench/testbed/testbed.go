@@ -56,7 +56,7 @@ type LinkStatus struct {
 // Up builds the topology described by cfg. On error everything created so
 // far is torn down.
 func Up(cfg Config) (*Testbed, error) {
-	cfg, err := cfg.withDefaults()
+	cfg, err := cfg.WithDefaults()
 	if err != nil {
 		return nil, err
 	}

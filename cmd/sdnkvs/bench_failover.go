@@ -19,25 +19,20 @@ import (
 // DC) and the full-value time side by side; optionally repeated cuts under
 // write load for RPO.
 type BenchFailoverCmd struct {
-	Detectors []string      `name:"detector" default:"paper,fast" help:"Middlebox detectors to compare, one run each (paper, fast, none)."`
-	CutAt     time.Duration `name:"cut-at" default:"5s" help:"When the near DC is cut in each run."`
-	Duration  time.Duration `name:"duration" default:"40s" help:"Longest run per detector."`
-	ReadSize  int           `name:"read-size" default:"65536" help:"Bytes of the value the reader fetches, request after request."`
-	Until     time.Duration `name:"until" default:"5s" help:"End a run this long after the first reply from the far DC (negative: run the whole duration)."`
-	PingEvery time.Duration `name:"ping-every" default:"50ms" help:"The reader also sends a PING this often on its connection, so client data is in flight while replies flow (negative: never)."`
-	RTOMin    time.Duration `name:"client-rto-min" default:"0" help:"Set this rto_min on the client namespace's routes (0: kernel default, 200ms), e.g. 1s to reproduce hosts with a larger RTO floor (Algorithm 1 counts the client's retransmissions)."`
-	Cuts      int           `name:"cuts" default:"0" help:"Then cut the near DC this many times at random moments under forked writes and check RPO (0: skip)."`
-	CutsRate  float64       `name:"cuts-rate" default:"1000" help:"Writes per second during --cuts."`
-	Near      string        `name:"near" default:"sydney" help:"Near DC name."`
-	Far       string        `name:"far" default:"dublin" help:"Far DC name."`
-	NearDelay time.Duration `name:"near-delay" default:"5ms" help:"One-way delay to the near DC."`
-	FarDelay  time.Duration `name:"far-delay" default:"170ms" help:"One-way delay to the far DC."`
-	RateMbps  float64       `name:"link-mbps" default:"100" help:"Rate of each DC link, Mbit/s (negative: unlimited)."`
-	Nodes     int           `name:"nodes" default:"9" help:"kvs nodes per DC."`
-	MBArgs    []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable)."`
-	Seed      uint64        `name:"seed" help:"Seed for the random cut times (0: time-based)."`
-	Bin       string        `name:"bin" type:"path" help:"sdnkvs binary (default: this executable)."`
-	Out       string        `name:"out" default:"bench-out" type:"path" help:"Directory for CSV and PNG (empty: none)."`
+	DCPairFlags `embed:""`
+	Detectors   []string      `name:"detector" default:"paper,fast" help:"Middlebox detectors to compare, one run each (paper, fast, none)."`
+	CutAt       time.Duration `name:"cut-at" default:"5s" help:"When the near DC is cut in each run."`
+	Duration    time.Duration `name:"duration" default:"40s" help:"Longest run per detector."`
+	ReadSize    int           `name:"read-size" default:"65536" help:"Bytes of the value the reader fetches, request after request."`
+	Until       time.Duration `name:"until" default:"5s" help:"End a run this long after the first reply from the far DC (negative: run the whole duration)."`
+	PingEvery   time.Duration `name:"ping-every" default:"50ms" help:"The reader also sends a PING this often on its connection, so client data is in flight while replies flow (negative: never)."`
+	RTOMin      time.Duration `name:"client-rto-min" default:"0" help:"Set this rto_min on the client namespace's routes (0: kernel default, 200ms), e.g. 1s to reproduce hosts with a larger RTO floor (Algorithm 1 counts the client's retransmissions)."`
+	Cuts        int           `name:"cuts" default:"0" help:"Then cut the near DC this many times at random moments under forked writes and check RPO (0: skip)."`
+	CutsRate    float64       `name:"write-rate" default:"1000" help:"Writes per second during --cuts."`
+	MBArgs      []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable)."`
+	Seed        uint64        `name:"seed" help:"Seed for the random cut times (0: time-based)."`
+	Bin         string        `name:"bin" type:"path" help:"sdnkvs binary (default: this executable)."`
+	Out         string        `name:"out" default:"bench-out" type:"path" help:"Directory for CSV and PNG (empty: none)."`
 }
 
 // Config converts the flags.
@@ -50,9 +45,12 @@ func (c *BenchFailoverCmd) Config() (failoverbench.Config, error) {
 		}
 		bin = exe
 	}
+	topo, err := c.Topology()
+	if err != nil {
+		return failoverbench.Config{}, err
+	}
 	return failoverbench.Config{
-		Bin: bin, Near: c.Near, Far: c.Far, NearDelay: c.NearDelay, FarDelay: c.FarDelay, RateMbps: c.RateMbps,
-		Nodes: c.Nodes, Detectors: c.Detectors, MiddleboxArgs: c.MBArgs, CutAt: c.CutAt, Duration: c.Duration,
+		Bin: bin, Topology: topo, Detectors: c.Detectors, MiddleboxArgs: c.MBArgs, CutAt: c.CutAt, Duration: c.Duration,
 		Until: c.Until, PingEvery: c.PingEvery, ClientRTOMin: c.RTOMin, ReadSize: c.ReadSize, Cuts: c.Cuts, CutsRate: c.CutsRate, Seed: c.Seed, Out: c.Out, Log: os.Stdout,
 	}, nil
 }
@@ -76,7 +74,8 @@ func (c *BenchFailoverCmd) Validate() error {
 	if c.Cuts < 0 {
 		return errors.New("--cuts: want 0 or more")
 	}
-	return nil
+	_, err := c.Topology()
+	return err
 }
 
 // Run runs the experiment.

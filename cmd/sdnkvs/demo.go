@@ -18,27 +18,22 @@ import (
 // read through the anycast port, cut the near DC, report RPO and RTO, tear
 // everything down (also on Ctrl-C and on error).
 type DemoCmd struct {
-	Duration  time.Duration `name:"duration" default:"30s" help:"How long the workload runs."`
-	CutAt     time.Duration `name:"cut-at" default:"12s" help:"When the near DC is cut (after the workload starts); negative: never."`
-	Near      string        `name:"near" default:"sydney" help:"Near DC name (preferred, cut)."`
-	Far       string        `name:"far" default:"dublin" help:"Far DC name (survivor)."`
-	NearDelay time.Duration `name:"near-delay" default:"5ms" help:"One-way delay to the near DC."`
-	FarDelay  time.Duration `name:"far-delay" default:"170ms" help:"One-way delay to the far DC."`
-	RateMbps  float64       `name:"link-mbps" default:"100" help:"Rate of each DC link, Mbit/s (negative: unlimited)."`
-	Nodes     int           `name:"nodes" default:"9" help:"kvs nodes per DC."`
-	Detector  string        `name:"detector" default:"fast" enum:"fast,paper,none" help:"Middlebox failure detector: fast (all signals), paper (Algorithm 1 alone), none."`
-	Mode      string        `name:"mode" default:"sdn" enum:"sdn,direct" help:"sdn: through the middlebox; direct: baseline, the client uses one near node, no middlebox."`
-	Writers   int           `name:"writers" default:"8" help:"Write connections (forked port)."`
-	Window    int           `name:"window" default:"128" help:"Writes in flight per write connection."`
-	Rate      float64       `name:"rate" default:"2000" help:"Total writes per second (negative: as fast as the windows allow)."`
-	Readers   int           `name:"readers" default:"4" help:"Read connections (anycast port), one request at a time each."`
-	ValueSize int           `name:"value-size" default:"32" help:"Bytes per value."`
-	OpTimeout time.Duration `name:"op-timeout" default:"0s" help:"Client-side timeout per operation (0: none; rely on the middlebox)."`
-	MBArgs    []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable), e.g. --middlebox-arg=--min-replicas=1."`
-	Bin       string        `name:"bin" type:"path" help:"sdnkvs binary for the stores and the middlebox (default: this executable)."`
-	Data      string        `name:"data" type:"path" help:"Store data directory (default: a temporary one, removed)."`
-	Out       string        `name:"out" default:"demo-out" type:"path" help:"Directory for the CSV and PNG (empty: none)."`
-	JSON      bool          `name:"json" help:"Print one JSON object (progress goes to stderr)."`
+	DCPairFlags `embed:""`
+	Duration    time.Duration `name:"duration" default:"30s" help:"How long the workload runs."`
+	CutAt       time.Duration `name:"cut-at" default:"12s" help:"When the near DC is cut (after the workload starts); negative: never."`
+	Detector    string        `name:"detector" default:"fast" enum:"fast,paper,none" help:"Middlebox failure detector: fast (all signals), paper (Algorithm 1 alone), none."`
+	Mode        string        `name:"mode" default:"sdn" enum:"sdn,direct" help:"sdn: through the middlebox; direct: baseline, the client uses one near node, no middlebox."`
+	Writers     int           `name:"writers" default:"8" help:"Write connections (forked port)."`
+	Window      int           `name:"window" default:"128" help:"Writes in flight per write connection."`
+	Rate        float64       `name:"write-rate" default:"2000" help:"Total writes per second (negative: as fast as the windows allow)."`
+	Readers     int           `name:"readers" default:"4" help:"Read connections (anycast port), one request at a time each."`
+	ValueSize   int           `name:"value-size" default:"32" help:"Bytes per value."`
+	OpTimeout   time.Duration `name:"op-timeout" default:"0s" help:"Client-side timeout per operation (0: none; rely on the middlebox)."`
+	MBArgs      []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable), e.g. --middlebox-arg=--min-replicas=1."`
+	Bin         string        `name:"bin" type:"path" help:"sdnkvs binary for the stores and the middlebox (default: this executable)."`
+	Data        string        `name:"data" type:"path" help:"Store data directory (default: a temporary one, removed)."`
+	Out         string        `name:"out" default:"demo-out" type:"path" help:"Directory for the CSV and PNG (empty: none)."`
+	JSON        bool          `name:"json" help:"Print one JSON object (progress goes to stderr)."`
 }
 
 // Config converts the flags.
@@ -55,9 +50,12 @@ func (c *DemoCmd) Config() (demo.Config, error) {
 	if cut == 0 {
 		cut = -1
 	}
+	topo, err := c.Topology()
+	if err != nil {
+		return demo.Config{}, err
+	}
 	return demo.Config{
-		Bin: bin, Near: c.Near, Far: c.Far, NearDelay: c.NearDelay, FarDelay: c.FarDelay,
-		RateMbps: c.RateMbps, Nodes: c.Nodes, Mode: c.Mode, Detector: c.Detector, MiddleboxArgs: c.MBArgs,
+		Bin: bin, Topology: topo, Mode: c.Mode, Detector: c.Detector, MiddleboxArgs: c.MBArgs,
 		Duration: c.Duration, CutAt: cut, Writers: c.Writers, Window: c.Window, Rate: c.Rate,
 		Readers: c.Readers, ValueSize: c.ValueSize, OpTimeout: c.OpTimeout, DataDir: c.Data, Out: c.Out,
 	}.WithDefaults()
@@ -65,9 +63,6 @@ func (c *DemoCmd) Config() (demo.Config, error) {
 
 // Validate checks the flags before anything is built.
 func (c *DemoCmd) Validate() error {
-	if c.Nodes < 1 {
-		return errors.New("--nodes: want at least 1")
-	}
 	if c.Writers < 0 || c.Readers < 0 || c.Window < 1 && c.Writers > 0 {
 		return errors.New("--writers, --readers, --window: want positive values")
 	}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
@@ -238,4 +239,31 @@ func control(name, verb, dc string) error {
 	}
 	fmt.Printf("testbed %s: %s %s\n", n, verb, dc)
 	return nil
+}
+
+// DCPairFlags describe the near and the far DC of the demo and the
+// failover experiment, in the testbed's vocabulary, parsed and validated
+// by the testbed's own parser.
+type DCPairFlags struct {
+	DC    string `name:"dc" default:"sydney,dublin" help:"The near DC (preferred, the one cut) and the far DC (the survivor), comma-separated."`
+	Nodes int    `name:"nodes" default:"9" help:"kvs nodes per DC."`
+	Delay string `name:"delay" help:"One-way delay of DC links: '20ms' for both, or 'sydney=5ms,dublin=170ms'; default: 5ms near, 170ms far."`
+	Rate  string `name:"rate" default:"100mbit" help:"Rate cap of DC links, each direction: '100mbit' for both, or per DC; 0: unlimited."`
+	Loss  string `name:"loss" help:"Random loss of DC links, each direction: '0.01' or '1%' for both, or per DC."`
+}
+
+// Topology parses the flags; errors name the flag.
+func (f *DCPairFlags) Topology() (scenario.Topology, error) {
+	cfg, err := testbed.Spec{DCs: f.DC, Nodes: f.Nodes, Delay: f.Delay, Rate: f.Rate, Loss: f.Loss}.Config()
+	if err != nil {
+		return scenario.Topology{}, err
+	}
+	if len(cfg.DCs) != 2 {
+		return scenario.Topology{}, fmt.Errorf("--dc %q: want two DCs, the near one then the far one", f.DC)
+	}
+	if f.Delay == "" {
+		def := scenario.DefaultDCs()
+		cfg.DCs[0].Delay, cfg.DCs[1].Delay = def[0].Delay, def[1].Delay
+	}
+	return scenario.Topology{DCs: cfg.DCs}.WithDefaults()
 }

@@ -1,4 +1,4 @@
-package demo
+package scenario
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/bench/resp"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
@@ -285,7 +286,7 @@ func (e *Env) DialClientTo(ctx context.Context, addr netip.AddrPort) (net.Conn, 
 
 // DialDC opens a RESP client from inside DC dc's namespace to its node i
 // (modulo the node count), bypassing the middlebox and the WAN link.
-func (e *Env) DialDC(ctx context.Context, dc string, i int) (*Client, error) {
+func (e *Env) DialDC(ctx context.Context, dc string, i int) (*resp.Client, error) {
 	nodes := e.TB.NodeAddrs(dc)
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("demo: unknown DC %q", dc)
@@ -297,7 +298,7 @@ func (e *Env) DialDC(ctx context.Context, dc string, i int) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: dial %s in %s: %w", addr, dc, err)
 	}
-	return NewClient(c), nil
+	return resp.NewClient(c), nil
 }
 
 // DCState is one DC as the middlebox's /dcs reports it. Fields the

@@ -1,4 +1,8 @@
-package demo
+// Package resp is the benchmarks' one RESP (Redis protocol) client: a
+// reply reader, a command encoder and a minimal synchronous client. The
+// reader bounds what it accepts (bulk strings, array lengths, nesting) and
+// reports input that is not RESP as an error wrapping ErrProto.
+package resp
 
 import (
 	"bufio"
@@ -24,14 +28,18 @@ type Reply struct {
 // IsOK reports whether r is the simple string "OK".
 func (r Reply) IsOK() bool { return r.Kind == '+' && string(r.Str) == "OK" }
 
-// errProto is returned for input that is not RESP.
-var errProto = errors.New("resp: protocol error")
+// ErrProto is returned for input that is not RESP.
+var ErrProto = errors.New("resp: protocol error")
 
-// maxBulk bounds a bulk string the client accepts.
-const maxBulk = 16 << 20
+// Bounds of what the reader accepts.
+const (
+	maxBulk  = 16 << 20 // bytes in a bulk string
+	maxElems = 1 << 20  // elements in an array
+	maxDepth = 8        // arrays nested in arrays
+)
 
-// appendCommand appends args as a RESP array of bulk strings to b.
-func appendCommand(b []byte, args ...[]byte) []byte {
+// AppendCommand appends args as a RESP array of bulk strings to b.
+func AppendCommand(b []byte, args ...[]byte) []byte {
 	b = append(b, '*')
 	b = strconv.AppendInt(b, int64(len(args)), 10)
 	b = append(b, '\r', '\n')
@@ -45,14 +53,16 @@ func appendCommand(b []byte, args ...[]byte) []byte {
 	return b
 }
 
-// readReply reads one reply from r. Bulk contents are freshly allocated.
-func readReply(r *bufio.Reader) (Reply, error) {
+// ReadReply reads one reply from r. Bulk contents are freshly allocated.
+func ReadReply(r *bufio.Reader) (Reply, error) { return readReply(r, 0) }
+
+func readReply(r *bufio.Reader, depth int) (Reply, error) {
 	line, err := readLine(r)
 	if err != nil {
 		return Reply{}, err
 	}
 	if len(line) == 0 {
-		return Reply{}, fmt.Errorf("%w: empty line", errProto)
+		return Reply{}, fmt.Errorf("%w: empty line", ErrProto)
 	}
 	rep := Reply{Kind: line[0]}
 	body := line[1:]
@@ -63,13 +73,13 @@ func readReply(r *bufio.Reader) (Reply, error) {
 	case ':':
 		rep.Int, err = strconv.ParseInt(string(body), 10, 64)
 		if err != nil {
-			return Reply{}, fmt.Errorf("%w: integer %q", errProto, body)
+			return Reply{}, fmt.Errorf("%w: integer %q", ErrProto, body)
 		}
 		return rep, nil
 	case '$':
 		n, err := strconv.ParseInt(string(body), 10, 64)
 		if err != nil || n < -1 || n > maxBulk {
-			return Reply{}, fmt.Errorf("%w: bulk length %q", errProto, body)
+			return Reply{}, fmt.Errorf("%w: bulk length %q", ErrProto, body)
 		}
 		if n == -1 {
 			rep.Nil = true
@@ -80,28 +90,31 @@ func readReply(r *bufio.Reader) (Reply, error) {
 			return Reply{}, err
 		}
 		if buf[n] != '\r' || buf[n+1] != '\n' {
-			return Reply{}, fmt.Errorf("%w: bulk not terminated by CRLF", errProto)
+			return Reply{}, fmt.Errorf("%w: bulk not terminated by CRLF", ErrProto)
 		}
 		rep.Str = buf[:n]
 		return rep, nil
 	case '*':
 		n, err := strconv.ParseInt(string(body), 10, 64)
-		if err != nil || n < -1 || n > 1<<20 {
-			return Reply{}, fmt.Errorf("%w: array length %q", errProto, body)
+		if err != nil || n < -1 || n > maxElems {
+			return Reply{}, fmt.Errorf("%w: array length %q", ErrProto, body)
 		}
 		if n == -1 {
 			rep.Nil = true
 			return rep, nil
 		}
+		if depth >= maxDepth && n > 0 {
+			return Reply{}, fmt.Errorf("%w: arrays nested deeper than %d", ErrProto, maxDepth)
+		}
 		rep.Elems = make([]Reply, n)
 		for i := range rep.Elems {
-			if rep.Elems[i], err = readReply(r); err != nil {
+			if rep.Elems[i], err = readReply(r, depth+1); err != nil {
 				return Reply{}, err
 			}
 		}
 		return rep, nil
 	}
-	return Reply{}, fmt.Errorf("%w: unknown reply type %q", errProto, rep.Kind)
+	return Reply{}, fmt.Errorf("%w: unknown reply type %q", ErrProto, rep.Kind)
 }
 
 // readLine reads one CRLF-terminated line without the CRLF. The slice is
@@ -110,12 +123,12 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 	line, err := r.ReadSlice('\n')
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) {
-			return nil, fmt.Errorf("%w: line too long", errProto)
+			return nil, fmt.Errorf("%w: line too long", ErrProto)
 		}
 		return nil, err
 	}
 	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return nil, fmt.Errorf("%w: line not terminated by CRLF", errProto)
+		return nil, fmt.Errorf("%w: line not terminated by CRLF", ErrProto)
 	}
 	return line[:len(line)-2], nil
 }
@@ -143,11 +156,11 @@ func (c *Client) Do(ctx context.Context, args ...[]byte) (Reply, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	c.buf = appendCommand(c.buf[:0], args...)
+	c.buf = AppendCommand(c.buf[:0], args...)
 	if _, err := c.conn.Write(c.buf); err != nil {
 		return Reply{}, err
 	}
-	return readReply(c.br)
+	return ReadReply(c.br)
 }
 
 // Close closes the connection.

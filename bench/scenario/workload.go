@@ -1,4 +1,4 @@
-package demo
+package scenario
 
 import (
 	"bufio"
@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/resp"
 )
 
 // WorkloadConfig configures the client side of a run.
@@ -232,9 +234,9 @@ func appendValue(b []byte, id uint64, size int) []byte {
 	return b
 }
 
-// isReset reports whether err means the peer reset or closed the
+// IsReset reports whether err means the peer reset or closed the
 // connection (as opposed to our own timeout or shutdown).
-func isReset(err error) bool {
+func IsReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrUnexpectedEOF)
 }
@@ -264,12 +266,21 @@ type pend struct {
 // address whenever it fails.
 func (w *Workload) writer(ctx context.Context, idx int) {
 	st := w.writers[idx]
-	connected := false
 	// Token bucket shared by this writer's successive connections.
 	rate := w.cfg.Rate / float64(w.cfg.Writers)
 	tb := &bucket{rate: rate, burst: float64(w.cfg.Window), last: time.Now()}
+	w.connLoop(ctx, w.cfg.DialWrite, colWriteReconnects, colWriteResets, func(conn net.Conn) error {
+		return w.writeConn(ctx, conn, st, tb)
+	})
+}
+
+// connLoop runs one connection after another until ctx ends: dial, run
+// (which returns when the connection fails), count the failure (and
+// colReset when the peer reset or closed it) and every reconnection.
+func (w *Workload) connLoop(ctx context.Context, dial func(context.Context) (net.Conn, error), colReconnect, colReset int, run func(net.Conn) error) {
+	connected := false
 	for ctx.Err() == nil {
-		conn, err := w.dial(ctx, w.cfg.DialWrite)
+		conn, err := w.dial(ctx, dial)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -279,17 +290,17 @@ func (w *Workload) writer(ctx context.Context, idx int) {
 			continue
 		}
 		if connected {
-			w.add(colWriteReconnects, w.nowNS())
+			w.add(colReconnect, w.nowNS())
 		}
 		connected = true
-		err = w.writeConn(ctx, conn, st, tb)
+		err = run(conn)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			w.add(colErrors, w.nowNS())
-			if isReset(err) {
-				w.add(colWriteResets, w.nowNS())
+			if IsReset(err) {
+				w.add(colReset, w.nowNS())
 			}
 		}
 	}
@@ -339,8 +350,8 @@ func (w *Workload) writeConn(ctx context.Context, conn net.Conn, st *writerState
 			if w.cfg.OpTimeout > 0 && len(pending) > 0 {
 				conn.SetReadDeadline(time.Now().Add(w.cfg.OpTimeout))
 			}
-			var rep Reply
-			rep, err = readReply(br)
+			var rep resp.Reply
+			rep, err = resp.ReadReply(br)
 			if err != nil {
 				break
 			}
@@ -421,7 +432,7 @@ func (w *Workload) writeConn(ctx context.Context, conn net.Conn, st *writerState
 				pending <- pend{id: id, sent: w.nowNS()}
 				key = strconv.AppendUint(append(key[:0], w.cfg.KeyPrefix...), id, 10)
 				val = appendValue(val[:0], id, w.cfg.ValueSize)
-				cmd = appendCommand(cmd[:0], []byte("SET"), key, val)
+				cmd = resp.AppendCommand(cmd[:0], []byte("SET"), key, val)
 				if _, err := bw.Write(cmd); err != nil {
 					return false, err
 				}
@@ -449,31 +460,10 @@ func (w *Workload) writeConn(ctx context.Context, conn net.Conn, st *writerState
 // reader does one MGET(marker, recent key) at a time on a connection,
 // reconnecting whenever it fails.
 func (w *Workload) reader(ctx context.Context, idx int) {
-	connected := false
 	rng := rand.New(rand.NewPCG(uint64(idx), uint64(time.Now().UnixNano())))
-	for ctx.Err() == nil {
-		conn, err := w.dial(ctx, w.cfg.DialRead)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			w.add(colErrors, w.nowNS())
-			pause(ctx, 50*time.Millisecond)
-			continue
-		}
-		if connected {
-			w.add(colReadReconnects, w.nowNS())
-		}
-		connected = true
-		err = w.readConn(ctx, conn, rng)
-		if ctx.Err() != nil {
-			return
-		}
-		w.add(colErrors, w.nowNS())
-		if isReset(err) {
-			w.add(colReadResets, w.nowNS())
-		}
-	}
+	w.connLoop(ctx, w.cfg.DialRead, colReadReconnects, colReadResets, func(conn net.Conn) error {
+		return w.readConn(ctx, conn, rng)
+	})
 }
 
 func (w *Workload) readConn(ctx context.Context, conn net.Conn, rng *rand.Rand) error {
@@ -486,7 +476,7 @@ func (w *Workload) readConn(ctx context.Context, conn net.Conn, rng *rand.Rand) 
 	for {
 		id := w.recent[rng.Uint64N(uint64(len(w.recent)))].Load()
 		key := w.Key(id) // id 0 is never written: a miss is expected
-		cmd = appendCommand(cmd[:0], []byte("MGET"), marker, key)
+		cmd = resp.AppendCommand(cmd[:0], []byte("MGET"), marker, key)
 		sent := w.nowNS()
 		if w.cfg.OpTimeout > 0 {
 			conn.SetDeadline(time.Now().Add(w.cfg.OpTimeout))
@@ -494,7 +484,7 @@ func (w *Workload) readConn(ctx context.Context, conn net.Conn, rng *rand.Rand) 
 		if _, err := conn.Write(cmd); err != nil {
 			return err
 		}
-		rep, err := readReply(br)
+		rep, err := resp.ReadReply(br)
 		if err != nil {
 			return err
 		}
