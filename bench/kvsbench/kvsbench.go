@@ -31,8 +31,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
 // Config configures a run.
@@ -128,40 +129,18 @@ func freePorts(n int) ([]int, error) {
 	return ps, nil
 }
 
-// proc is a child process we started; stop ends it by PID.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  bytes.Buffer
+// start starts a process on this machine (no namespace).
+func start(bin string, args ...string) (*testbed.Process, error) {
+	return testbed.StartProcess("", append([]string{bin}, args...))
 }
 
-func start(name string, bin string, args ...string) (*proc, error) {
-	p := &proc{name: name, cmd: exec.Command(bin, args...)}
-	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	return p, nil
-}
+// stop ends p by PID: SIGTERM, then SIGKILL after 10 s.
+func stop(p *testbed.Process) { p.Stop(10 * time.Second) }
 
-func (p *proc) stop() {
-	if p.cmd.Process == nil {
-		return
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-done
-	}
-}
-
-func (p *proc) rss() RSS {
-	r := RSS{Name: p.name}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+// readRSS reads the peak and current RSS of p from /proc.
+func readRSS(name string, p *testbed.Process) RSS {
+	r := RSS{Name: name}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID()))
 	if err != nil {
 		return r
 	}
@@ -181,21 +160,11 @@ func (p *proc) rss() RSS {
 	return r
 }
 
-func waitHTTP(url string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v", url, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+// waitHTTP waits up to timeout for url to answer 200 while p runs.
+func waitHTTP(ctx context.Context, url string, p *testbed.Process, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return testbed.WaitHTTP(ctx, &http.Client{Timeout: 2 * time.Second}, url, p)
 }
 
 // Run runs the whole comparison and writes results.csv, rss.csv and
@@ -229,10 +198,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	for i := 0; i < cfg.Nodes; i++ {
 		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", ports[cfg.Nodes+i]))
 	}
-	var nodes []*proc
+	var nodes []*testbed.Process
 	stopAll := func() {
 		for _, p := range nodes {
-			p.stop()
+			stop(p)
 		}
 		nodes = nil
 	}
@@ -246,15 +215,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if cfg.Sync {
 			args = append(args, "--sync")
 		}
-		p, err := start(fmt.Sprintf("sdnkvs-node%d", i+1), cfg.Bin, args...)
+		p, err := start(cfg.Bin, args...)
 		if err != nil {
 			return nil, err
 		}
 		nodes = append(nodes, p)
 	}
 	for i := 0; i < cfg.Nodes; i++ {
-		if err := waitHTTP(fmt.Sprintf("http://127.0.0.1:%d/ready", ports[2*cfg.Nodes+i]), 30*time.Second); err != nil {
-			return nil, fmt.Errorf("%w\n%s", err, nodes[i].out.String())
+		if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/ready", ports[2*cfg.Nodes+i]), nodes[i], 30*time.Second); err != nil {
+			return nil, err
 		}
 	}
 	name := fmt.Sprintf("sdnkvs %d nodes q%d", cfg.Nodes, cfg.Quorum)
@@ -266,8 +235,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep.Results = append(rep.Results, rs...)
-	for _, p := range nodes {
-		rep.RSS = append(rep.RSS, p.rss())
+	for i, p := range nodes {
+		rep.RSS = append(rep.RSS, readRSS(fmt.Sprintf("sdnkvs-node%d", i+1), p))
 	}
 	stopAll()
 
@@ -278,19 +247,24 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		p, err := start("redis-server", rbin, "--port", strconv.Itoa(rp[0]), "--bind", "127.0.0.1",
+		p, err := start(rbin, "--port", strconv.Itoa(rp[0]), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", tmp)
 		if err != nil {
 			return nil, err
 		}
-		if err := waitRedis(rp[0]); err == nil {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = p.WaitOutput(wctx, "Ready to accept connections")
+		cancel()
+		if err == nil {
 			rs, err := redisBench(ctx, cfg, "redis-server (1 node, no persistence)", rp[0])
 			if err == nil {
 				rep.Results = append(rep.Results, rs...)
 			}
-			rep.RSS = append(rep.RSS, p.rss())
+			rep.RSS = append(rep.RSS, readRSS("redis-server", p))
+		} else {
+			fmt.Fprintf(cfg.Log, "redis-server: %v\n", err)
 		}
-		p.stop()
+		stop(p)
 	}
 
 	// 3. etcd
@@ -305,21 +279,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	return rep, writeOutputs(cfg.Out, rep)
-}
-
-func waitRedis(port int) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // redisBench runs redis-benchmark SET and GET, unpipelined and pipelined.
@@ -368,17 +327,17 @@ func etcdBench(ctx context.Context, cfg Config, tmp string) ([]Result, []RSS, er
 	for i := 0; i < 3; i++ {
 		initial = append(initial, fmt.Sprintf("e%d=http://127.0.0.1:%d", i, ports[3+i]))
 	}
-	var procs []*proc
+	var procs []*testbed.Process
 	defer func() {
 		for _, p := range procs {
-			p.stop()
+			stop(p)
 		}
 	}()
 	var urls []string
 	for i := 0; i < 3; i++ {
 		client := fmt.Sprintf("http://127.0.0.1:%d", ports[i])
 		peer := fmt.Sprintf("http://127.0.0.1:%d", ports[3+i])
-		p, err := start(fmt.Sprintf("etcd-%d", i), cfg.EtcdBin, "--name", fmt.Sprintf("e%d", i),
+		p, err := start(cfg.EtcdBin, "--name", fmt.Sprintf("e%d", i),
 			"--data-dir", filepath.Join(tmp, fmt.Sprintf("etcd%d", i)),
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -391,8 +350,8 @@ func etcdBench(ctx context.Context, cfg Config, tmp string) ([]Result, []RSS, er
 		urls = append(urls, client)
 	}
 	for i, u := range urls {
-		if err := waitHTTP(u+"/health", 30*time.Second); err != nil {
-			return nil, nil, fmt.Errorf("%w\n%s", err, procs[i].out.String())
+		if err := waitHTTP(ctx, u+"/health", procs[i], 30*time.Second); err != nil {
+			return nil, nil, err
 		}
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients}
@@ -407,8 +366,8 @@ func etcdBench(ctx context.Context, cfg Config, tmp string) ([]Result, []RSS, er
 		out = append(out, r)
 	}
 	var rss []RSS
-	for _, p := range procs {
-		rss = append(rss, p.rss())
+	for i, p := range procs {
+		rss = append(rss, readRSS(fmt.Sprintf("etcd-%d", i), p))
 	}
 	return out, rss, nil
 }
@@ -484,24 +443,6 @@ func etcdLoad(ctx context.Context, cfg Config, hc *http.Client, urls []string, t
 	return Result{System: "etcd 3.4 (3 members)", Test: test, OpsPerS: float64(len(lats)) / el.Seconds(),
 		P50ms: pct(0.50), P99ms: pct(0.99),
 		Driver: fmt.Sprintf("Go HTTP/JSON gateway, %d workers", cfg.Clients)}, nil
-}
-
-// Table renders the report as text.
-func (r *Report) Table() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%-42s %-4s %-4s %12s %9s %9s  %s\n", "system", "op", "pipe", "ops/s", "p50 ms", "p99 ms", "driver")
-	for _, x := range r.Results {
-		pipe := "-"
-		if x.Pipeline > 0 {
-			pipe = strconv.Itoa(x.Pipeline)
-		}
-		fmt.Fprintf(&b, "%-42s %-4s %-4s %12.0f %9.3f %9.3f  %s\n", x.System, x.Test, pipe, x.OpsPerS, x.P50ms, x.P99ms, x.Driver)
-	}
-	fmt.Fprintf(&b, "\n%-20s %10s %10s\n", "process", "peak MiB", "now MiB")
-	for _, m := range r.RSS {
-		fmt.Fprintf(&b, "%-20s %10.1f %10.1f\n", m.Name, m.PeakMiB, m.NowMiB)
-	}
-	return b.String()
 }
 
 // Find returns the first result matching system prefix, test and pipeline.

@@ -1,54 +1,44 @@
 package kvsbench
 
 import (
-	"encoding/csv"
 	"fmt"
-	"image/color"
-	"os"
 	"path/filepath"
 	"strconv"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
+	"github.com/sdnkvs/sdnkvs/bench/report"
 	"gonum.org/v1/plot/vg"
 )
 
-// writeOutputs writes results.csv, rss.csv and kvs.png into dir.
-func writeOutputs(dir string, r *Report) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	rows := [][]string{{"system", "op", "pipeline", "ops_per_s", "p50_ms", "p99_ms", "driver"}}
+// tables returns the results and the memory of a report as tables.
+func (r *Report) tables() (results, rss *report.Table) {
+	results = report.NewTable("system", "op", "pipeline", "ops_per_s", "p50_ms", "p99_ms", "driver")
 	for _, x := range r.Results {
-		rows = append(rows, []string{x.System, x.Test, strconv.Itoa(x.Pipeline),
-			strconv.FormatFloat(x.OpsPerS, 'f', 0, 64), strconv.FormatFloat(x.P50ms, 'f', 3, 64),
-			strconv.FormatFloat(x.P99ms, 'f', 3, 64), x.Driver})
+		results.Add(x.System, x.Test, strconv.Itoa(x.Pipeline), strconv.FormatFloat(x.OpsPerS, 'f', 0, 64),
+			strconv.FormatFloat(x.P50ms, 'f', 3, 64), strconv.FormatFloat(x.P99ms, 'f', 3, 64), x.Driver)
 	}
-	if err := writeCSV(filepath.Join(dir, "kvs-results.csv"), rows); err != nil {
+	rss = report.NewTable("process", "peak_rss_mib", "rss_mib")
+	for _, m := range r.RSS {
+		rss.Add(m.Name, strconv.FormatFloat(m.PeakMiB, 'f', 1, 64), strconv.FormatFloat(m.NowMiB, 'f', 1, 64))
+	}
+	return results, rss
+}
+
+// Table renders the report as text.
+func (r *Report) Table() string {
+	results, rss := r.tables()
+	return results.String() + "\n" + rss.String()
+}
+
+// writeOutputs writes kvs-results.csv, kvs-rss.csv and kvs.png into dir.
+func writeOutputs(dir string, r *Report) error {
+	results, rss := r.tables()
+	if err := results.WriteCSV(filepath.Join(dir, "kvs-results.csv")); err != nil {
 		return err
 	}
-	rows = [][]string{{"process", "peak_rss_mib", "rss_mib"}}
-	for _, m := range r.RSS {
-		rows = append(rows, []string{m.Name, strconv.FormatFloat(m.PeakMiB, 'f', 1, 64), strconv.FormatFloat(m.NowMiB, 'f', 1, 64)})
-	}
-	if err := writeCSV(filepath.Join(dir, "kvs-rss.csv"), rows); err != nil {
+	if err := rss.WriteCSV(filepath.Join(dir, "kvs-rss.csv")); err != nil {
 		return err
 	}
 	return plotBars(filepath.Join(dir, "kvs.png"), r)
-}
-
-func writeCSV(path string, rows [][]string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	w := csv.NewWriter(f)
-	w.WriteAll(rows)
-	if err := w.Error(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // plotBars draws ops/s per test (SET/GET x pipelining), one bar per system.
@@ -74,18 +64,17 @@ func plotBars(path string, r *Report) error {
 			systems = append(systems, x.System)
 		}
 	}
-	p := plot.New()
-	p.Title.Text = "KVS throughput, 50 clients, P = pipeline depth (higher is better; numbers in kvs-results.csv)"
-	p.Y.Label.Text = "operations/s"
-	colors := []color.Color{
-		color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 255},
-		color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 255},
-		color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 255},
-		color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 255},
+	gp := report.GroupedBarPlot{
+		Title:  "KVS throughput, P = pipeline depth (higher is better; numbers in kvs-results.csv)",
+		YLabel: "operations/s",
+		Width:  9 * vg.Inch,
+		Height: 5 * vg.Inch,
 	}
-	w := vg.Points(14)
-	for si, s := range systems {
-		vals := make(plotter.Values, len(cats))
+	for _, c := range cats {
+		gp.Labels = append(gp.Labels, fmt.Sprintf("%s P%d", c.test, c.pipe))
+	}
+	for _, s := range systems {
+		vals := make([]float64, len(cats))
 		for ci, c := range cats {
 			for _, x := range r.Results {
 				if x.System == s && x.Test == c.test && pipeOf(x) == c.pipe {
@@ -93,21 +82,7 @@ func plotBars(path string, r *Report) error {
 				}
 			}
 		}
-		b, err := plotter.NewBarChart(vals, w)
-		if err != nil {
-			return err
-		}
-		b.Color = colors[si%len(colors)]
-		b.LineStyle.Width = 0
-		b.Offset = vg.Length(si-len(systems)/2) * w
-		p.Add(b)
-		p.Legend.Add(s, b)
+		gp.Bars = append(gp.Bars, report.Bars{Name: s, Values: vals})
 	}
-	var names []string
-	for _, c := range cats {
-		names = append(names, fmt.Sprintf("%s P%d", c.test, c.pipe))
-	}
-	p.NominalX(names...)
-	p.Legend.Top = true
-	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+	return gp.Save(path)
 }

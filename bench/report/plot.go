@@ -91,6 +91,53 @@ func (bp BarPlot) Save(path string) error {
 	return save(p, bp.Width, bp.Height, path)
 }
 
+// Bars is one named group member of a [GroupedBarPlot]: Values[i] is
+// its bar at label i.
+type Bars struct {
+	Name   string
+	Values []float64
+}
+
+// GroupedBarPlot describes a bar chart with one group of bars per label,
+// one bar per [Bars] in each group, and a legend.
+type GroupedBarPlot struct {
+	Title, YLabel string
+	Labels        []string
+	Bars          []Bars
+	// Width and Height of the PNG; zero means 16cm x 10cm.
+	Width, Height vg.Length
+}
+
+// Save draws the grouped bar chart to a PNG file at path.
+func (gp GroupedBarPlot) Save(path string) error {
+	if len(gp.Bars) == 0 || len(gp.Labels) == 0 {
+		return errors.New("grouped bar plot: no bars")
+	}
+	p := plot.New()
+	p.Title.Text = gp.Title
+	p.Y.Label.Text = gp.YLabel
+	p.Add(plotter.NewGrid())
+	w := vg.Points(14)
+	for i, bs := range gp.Bars {
+		if len(bs.Values) != len(gp.Labels) {
+			return fmt.Errorf("grouped bar plot: %q has %d values for %d labels", bs.Name, len(bs.Values), len(gp.Labels))
+		}
+		b, err := plotter.NewBarChart(plotter.Values(bs.Values), w)
+		if err != nil {
+			return fmt.Errorf("grouped bar plot: %q: %w", bs.Name, err)
+		}
+		b.Color = plotutil.Color(i)
+		b.LineStyle.Width = 0
+		b.Offset = vg.Length(i-len(gp.Bars)/2) * w
+		p.Add(b)
+		p.Legend.Add(bs.Name, b)
+	}
+	p.NominalX(gp.Labels...)
+	p.Legend.Top = true
+	p.Y.Min = 0
+	return save(p, gp.Width, gp.Height, path)
+}
+
 func save(p *plot.Plot, w, h vg.Length, path string) error {
 	if w == 0 {
 		w = 16 * vg.Centimeter

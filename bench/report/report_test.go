@@ -40,7 +40,10 @@ func TestPlotsWritePNG(t *testing.T) {
 		{Name: "b", X: []float64{0, 1, 2}, Y: []float64{340, 341, 339}},
 	}}
 	bp := BarPlot{Title: "tput", YLabel: "Gbit/s", Labels: []string{"kernel", "offload"}, Values: []float64{12, 7}}
-	for name, save := range map[string]func(string) error{"line.png": lp.Save, "bar.png": bp.Save} {
+	gp := GroupedBarPlot{Title: "ops", YLabel: "ops/s", Labels: []string{"SET", "GET"}, Bars: []Bars{
+		{Name: "sdnkvs", Values: []float64{14800, 27200}}, {Name: "etcd", Values: []float64{7400, 8700}},
+	}}
+	for name, save := range map[string]func(string) error{"line.png": lp.Save, "bar.png": bp.Save, "grouped.png": gp.Save} {
 		p := filepath.Join(dir, name)
 		if err := save(p); err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -58,5 +61,8 @@ func TestPlotsWritePNG(t *testing.T) {
 	}
 	if err := (BarPlot{Labels: []string{"a"}}).Save(filepath.Join(dir, "bad2.png")); err == nil {
 		t.Fatal("bar plot without values accepted")
+	}
+	if err := (GroupedBarPlot{Labels: []string{"a", "b"}, Bars: []Bars{{Name: "x", Values: []float64{1}}}}).Save(filepath.Join(dir, "bad3.png")); err == nil {
+		t.Fatal("grouped bar plot with a short group accepted")
 	}
 }

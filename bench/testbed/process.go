@@ -16,7 +16,8 @@ import (
 // maxOutput bounds the output a Process keeps (the most recent bytes).
 const maxOutput = 1 << 20
 
-// Process is a command started in a namespace by [Testbed.Start]. Its
+// Process is a command started by [Testbed.Start] in a namespace or by
+// [StartProcess]. Its
 // combined stdout and stderr are kept (the last MiB) and can be waited on
 // line by line. Stop kills it by PID. Safe for concurrent use.
 type Process struct {
@@ -30,14 +31,22 @@ type Process struct {
 	waitErr error
 }
 
-func startProcess(ns string, argv []string, env []string) (*Process, error) {
+// StartProcess starts argv in namespace ns ("": this process's own) and
+// returns its handle; the caller stops it. env entries ("K=V") are added
+// to this process's environment.
+func StartProcess(ns string, argv []string, env ...string) (*Process, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("start: empty command")
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	name := strings.Join(argv, " ")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if ns != "" {
+		name = ns + ": " + name
+		cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	}
 	cmd.Env = append(os.Environ(), env...)
 	p := &Process{
-		Name:    ns + ": " + strings.Join(argv, " "),
+		Name:    name,
 		cmd:     cmd,
 		changed: make(chan struct{}),
 		exited:  make(chan struct{}),

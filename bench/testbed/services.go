@@ -112,7 +112,15 @@ func (tb *Testbed) WaitHTTP(ctx context.Context, role, url string, p *Process) e
 	if err != nil {
 		return err
 	}
-	c := HTTPClient(ns, 2*time.Second)
+	if err := WaitHTTP(ctx, HTTPClient(ns, 2*time.Second), url, p); err != nil {
+		return fmt.Errorf("in %s: %w", role, err)
+	}
+	return nil
+}
+
+// WaitHTTP polls url with c until it answers 200, ctx ends, or (when p is
+// not nil) p exits.
+func WaitHTTP(ctx context.Context, c *http.Client, url string, p *Process) error {
 	var last string
 	for {
 		resp, err := c.Get(url)
@@ -132,7 +140,7 @@ func (tb *Testbed) WaitHTTP(ctx context.Context, role, url string, p *Process) e
 		}
 		select {
 		case <-ctx.Done():
-			msg := fmt.Sprintf("GET %s in %s: %v (last: %s)", url, role, ctx.Err(), last)
+			msg := fmt.Sprintf("GET %s: %v (last: %s)", url, ctx.Err(), last)
 			if p != nil {
 				msg += "; output:\n" + tail(p.Output(), 2000)
 			}

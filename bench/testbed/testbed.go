@@ -402,7 +402,7 @@ func (tb *Testbed) Start(role string, argv []string, env ...string) (*Process, e
 		return nil, errors.New("testbed is closed")
 	}
 	tb.mu.Unlock()
-	p, err := startProcess(ns, argv, env)
+	p, err := StartProcess(ns, argv, env...)
 	if err != nil {
 		return nil, err
 	}
