@@ -237,7 +237,7 @@ func TestDelayLineRateCap(t *testing.T) {
 	for attempt := 1; attempt <= 3; attempt++ {
 		bps = iperf(t, tb, "sydney", testbed.NodeAddr(1, 0).String(), 5201+attempt, 4)
 		st := tb.Links()[0]
-		t.Logf("attempt %d: iperf3 through 100mbit/5ms link: %.2f Mbit/s; to testbed.DC %+v; from testbed.DC %+v", attempt, bps/1e6, *st.ToDC, *st.FromDC)
+		t.Logf("attempt %d: iperf3 through 100mbit/5ms link: %.2f Mbit/s; to DC %+v; from DC %+v", attempt, bps/1e6, *st.ToDC, *st.FromDC)
 		if bps >= 0.9*rate && bps <= 1.1*rate {
 			return
 		}
@@ -271,6 +271,6 @@ func TestCutHeal(t *testing.T) {
 		})
 	}
 	if err := tb.Cut("nowhere"); err == nil {
-		t.Error("Cut of an unknown testbed.DC succeeded")
+		t.Error("Cut of an unknown DC succeeded")
 	}
 }
