@@ -9,21 +9,36 @@ import (
 type Mode uint8
 
 const (
-	// Fast uses every signal: the paper's duplicate count, server silence
-	// with unacknowledged client data, branch ack lag, and active probes.
+	// Fast uses every signal without corroboration: the paper's duplicate
+	// count (handshake SYNs excluded), server silence with unacknowledged
+	// client data, branch ack lag, and active probes. Quick on a single
+	// flow, but one client's retransmissions can count: not safe against
+	// hostile clients.
 	Fast Mode = iota
-	// Paper uses the paper's Algorithm 1 alone (duplicate client segments).
-	// Probe results are still used to readmit a node that was declared
-	// down, never to declare one down.
+	// Paper uses the paper's Algorithm 1 alone (duplicate client segments,
+	// SYNs included). Probe results are still used to readmit a node that
+	// was declared down, never to declare one down. For reproducing the
+	// paper only: one client sending a few identical SYNs takes a DC down.
 	Paper
 	// None runs no detector: a configuration uses it to turn detection
 	// off (New rejects it).
 	None
+	// Safe (the default) declares a node down only on evidence no single
+	// client can produce: failed probes (ProbeMisses in a row, or
+	// DCProbeMisses on every live node of a DC), or Algorithm 1's
+	// duplicates from at least MinClients distinct clients on MinFlows
+	// distinct flows (handshake SYNs never count), confirmed by the node's
+	// silence for the silence threshold and by its latest probe failing.
+	// Decisions on such passive evidence never take down the last live DC
+	// and come at most once per PassiveInterval.
+	Safe
 )
 
-// String returns "fast", "paper" or "none".
+// String returns "safe", "fast", "paper" or "none".
 func (m Mode) String() string {
 	switch m {
+	case Safe:
+		return "safe"
 	case Fast:
 		return "fast"
 	case Paper:
@@ -48,9 +63,11 @@ func (m *Mode) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// ParseMode parses "fast", "paper" or "none".
+// ParseMode parses "safe", "fast", "paper" or "none".
 func ParseMode(s string) (Mode, error) {
 	switch s {
+	case "safe":
+		return Safe, nil
 	case "fast":
 		return Fast, nil
 	case "paper":
@@ -58,7 +75,7 @@ func ParseMode(s string) (Mode, error) {
 	case "none":
 		return None, nil
 	}
-	return 0, fmt.Errorf("unknown detector mode %q (want fast, paper or none)", s)
+	return 0, fmt.Errorf("unknown detector mode %q (want safe, fast, paper or none)", s)
 }
 
 // Config tunes the detector. The zero value of a field means "use the
@@ -70,7 +87,8 @@ func ParseMode(s string) (Mode, error) {
 // max(AckLagTimeout, srtt + 2*rto). So a single lost segment (answered
 // after one RTO) never trips them, nor, for silence, two losses in a row.
 type Config struct {
-	// Mode selects the signals (Fast or Paper). Default Fast.
+	// Mode selects the signals. DefaultConfig uses Safe; the zero value
+	// is Fast.
 	Mode Mode
 
 	// Threshold is the paper's count of duplicate client segments, with no
@@ -111,8 +129,19 @@ type Config struct {
 	// InitialRTT is the RTT assumed of a node before its first probe RTT.
 	InitialRTT time.Duration
 
-	// MaxFlows bounds the number of flows tracked; segments of further new
-	// flows are ignored and counted in Stats.FlowsUntracked.
+	// MinClients and MinFlows are Safe mode's corroboration: duplicates
+	// count as evidence against a node only once they come from this many
+	// distinct client addresses (at most 4) and flows.
+	MinClients int
+	MinFlows   int
+
+	// PassiveInterval is Safe mode's rate limit: at most one node is
+	// declared down on passive evidence per interval.
+	PassiveInterval time.Duration
+
+	// MaxFlows bounds the number of flows tracked; a new flow beyond it
+	// evicts the least recently active idle or half-open flow (else the
+	// least recently active flow), counted in Stats.FlowsEvicted.
 	MaxFlows int
 
 	// FlowIdle forgets a flow with no segment for this long (a flow whose
@@ -128,24 +157,28 @@ type Config struct {
 	StartDown bool
 }
 
-// DefaultConfig returns the defaults: fast mode, threshold 5, silence
+// DefaultConfig returns the defaults: safe mode, threshold 5, silence
 // floor 500 ms, ack-lag floor 500 ms, 4 probe misses for one node, 2 for a
 // whole DC, readmission after 2 s ready, MinRTO 200 ms, InitialRTT 100 ms,
+// corroboration by 2 clients on 2 flows, one passive decision per second,
 // 65536 flows, flows forgotten after 5 min idle, 64 transitions kept.
 func DefaultConfig() Config {
 	return Config{
-		Mode:           Fast,
-		Threshold:      5,
-		SilenceTimeout: 500 * time.Millisecond,
-		AckLagTimeout:  500 * time.Millisecond,
-		ProbeMisses:    4,
-		DCProbeMisses:  2,
-		ReadmitAfter:   2 * time.Second,
-		MinRTO:         200 * time.Millisecond,
-		InitialRTT:     100 * time.Millisecond,
-		MaxFlows:       65536,
-		FlowIdle:       5 * time.Minute,
-		History:        64,
+		Mode:            Safe,
+		MinClients:      2,
+		MinFlows:        2,
+		PassiveInterval: time.Second,
+		Threshold:       5,
+		SilenceTimeout:  500 * time.Millisecond,
+		AckLagTimeout:   500 * time.Millisecond,
+		ProbeMisses:     4,
+		DCProbeMisses:   2,
+		ReadmitAfter:    2 * time.Second,
+		MinRTO:          200 * time.Millisecond,
+		InitialRTT:      100 * time.Millisecond,
+		MaxFlows:        65536,
+		FlowIdle:        5 * time.Minute,
+		History:         64,
 	}
 }
 
@@ -179,6 +212,15 @@ func (c Config) withDefaults() Config {
 	if c.MaxFlows == 0 {
 		c.MaxFlows = d.MaxFlows
 	}
+	if c.MinClients == 0 {
+		c.MinClients = d.MinClients
+	}
+	if c.MinFlows == 0 {
+		c.MinFlows = d.MinFlows
+	}
+	if c.PassiveInterval == 0 {
+		c.PassiveInterval = d.PassiveInterval
+	}
 	if c.FlowIdle == 0 {
 		c.FlowIdle = d.FlowIdle
 	}
@@ -194,7 +236,7 @@ func (c Config) Validate() error {
 	switch {
 	case c.Mode == None:
 		return fmt.Errorf("failover: Config.Mode: mode none runs no detector")
-	case c.Mode != Fast && c.Mode != Paper:
+	case c.Mode != Fast && c.Mode != Paper && c.Mode != Safe:
 		return fmt.Errorf("failover: Config.Mode: unknown mode %d", c.Mode)
 	case c.Threshold < 0:
 		return fmt.Errorf("failover: Config.Threshold %d is negative", c.Threshold)
@@ -212,6 +254,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("failover: Config.MinRTO %v is negative", c.MinRTO)
 	case c.InitialRTT < 0:
 		return fmt.Errorf("failover: Config.InitialRTT %v is negative", c.InitialRTT)
+	case c.MinClients < 0 || c.MinClients > 4:
+		return fmt.Errorf("failover: Config.MinClients %d out of range [1, 4]", c.MinClients)
+	case c.MinFlows < 0:
+		return fmt.Errorf("failover: Config.MinFlows %d is negative", c.MinFlows)
+	case c.PassiveInterval < 0:
+		return fmt.Errorf("failover: Config.PassiveInterval %v is negative", c.PassiveInterval)
 	case c.MaxFlows < 0:
 		return fmt.Errorf("failover: Config.MaxFlows %d is negative", c.MaxFlows)
 	case c.FlowIdle < 0:

@@ -232,7 +232,8 @@ func TestTimeNeverGoesBackwards(t *testing.T) {
 	f, _ := New[int](Config{}, testTopo(1))
 	f.ClientSegment(ms(0), 1, 0, seg)
 	f.BranchLag(ms(0), 1, 0, ms(100000))
-	if got := f.flows[1].lagSince; !got.Equal(ms(0)) {
+	i, _ := f.ft.lookup(1)
+	if got := f.ft.ents[i].st.lagSince; !got.Equal(ms(0)) {
 		t.Fatalf("lagSince = %v, want clamped to now", got)
 	}
 }
@@ -242,18 +243,22 @@ func TestFlowBoundsAndExpiry(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		d.ClientSegment(ms(0), i, 0, Segment{Seq: 1, Len: 1})
 	}
-	if d.NumFlows() != 3 || d.Stats().FlowsUntracked != 2 {
-		t.Fatalf("flows %d untracked %d, want 3 and 2", d.NumFlows(), d.Stats().FlowsUntracked)
+	// Full: each new flow evicts the least recently active (0, then 1).
+	if d.NumFlows() != 3 || d.Stats().FlowsEvicted != 2 {
+		t.Fatalf("flows %d evicted %d, want 3 and 2", d.NumFlows(), d.Stats().FlowsEvicted)
+	}
+	if _, ok := d.ft.lookup(0); ok {
+		t.Fatal("flow 0 (least recently active) not evicted")
 	}
 	if d.nodes[0].outstanding != 3 {
 		t.Fatalf("outstanding %d, want 3", d.nodes[0].outstanding)
 	}
-	d.FlowEnded(0)
-	d.FlowEnded(0) // twice is fine
+	d.FlowEnded(4)
+	d.FlowEnded(4) // twice is fine
 	if d.NumFlows() != 2 || d.nodes[0].outstanding != 2 {
 		t.Fatalf("after FlowEnded: flows %d outstanding %d", d.NumFlows(), d.nodes[0].outstanding)
 	}
-	d.BranchLag(ms(1), 1, 0, ms(1))
+	d.BranchLag(ms(1), 3, 0, ms(1))
 	d.Tick(ms(5000))
 	if d.NumFlows() != 2 {
 		t.Fatalf("flows expired too early")
@@ -431,4 +436,71 @@ func BenchmarkObserve(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestEvictionSparesFlowsWithOutstandingData: a full table evicts idle and
+// half-open flows (least recently active first) before a flow whose server
+// has answered and whose client data is outstanding.
+func TestEvictionSparesFlowsWithOutstandingData(t *testing.T) {
+	d, _ := New[int](Config{Mode: Paper, MaxFlows: 3}, testTopo(1))
+	d.ClientSegment(ms(0), 1, 0, Segment{Seq: 1, Len: 10})
+	d.ServerSegment(ms(1), 1, 0, Segment{Ack: 5, Flags: header.TCPFlagAck}) // valued: answered, 6 bytes outstanding
+	for i := 2; i < 100; i++ {
+		d.ClientSegment(ms(float64(i)), i, 0, Segment{Seq: 1, Flags: header.TCPFlagSyn})
+	}
+	if _, ok := d.ft.lookup(1); !ok {
+		t.Fatal("the flow with outstanding data was evicted by a SYN flood")
+	}
+	if d.NumFlows() != 3 || d.Stats().FlowsEvicted != 96 {
+		t.Fatalf("flows %d evicted %d, want 3 and 96", d.NumFlows(), d.Stats().FlowsEvicted)
+	}
+}
+
+// TestFloodThenOutageDetected: 65,536 flows of one client's SYNs (the
+// default table size) do not blind the detector: a real outage afterwards,
+// seen as retransmissions on established flows, is still detected, in
+// paper mode (Algorithm 1) and in safe mode (two clients, a failing probe).
+func TestFloodThenOutageDetected(t *testing.T) {
+	for _, mode := range []Mode{Paper, Safe} {
+		t.Run(mode.String(), func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Mode = mode
+			d, _ := New[int](cfg, testTopo(1))
+			flooder := netip.MustParseAddr("10.66.0.1")
+			for i := range 65536 {
+				if decs := d.ClientSegment(ms(0), 1000+i, 0, Segment{Seq: 1, Flags: header.TCPFlagSyn, Client: flooder}); len(decs) > 0 && mode != Paper {
+					t.Fatalf("flood decided %v", decs)
+				}
+			}
+			// Two legitimate clients with established flows, then n0 dies:
+			// their data is retransmitted unanswered.
+			for f := range 2 {
+				cli := netip.AddrFrom4([4]byte{10, 1, 0, byte(f + 1)})
+				d.ClientSegment(ms(10), f, 0, Segment{Seq: 100, Len: 10, Flags: header.TCPFlagAck, Client: cli})
+				d.ServerSegment(ms(20), f, 0, Segment{Ack: 110, Flags: header.TCPFlagAck})
+			}
+			var down bool
+			for k := 1; k <= 6 && !down; k++ {
+				at := 30 + float64(k)*300
+				for f := range 2 {
+					cli := netip.AddrFrom4([4]byte{10, 1, 0, byte(f + 1)})
+					d.ClientSegment(ms(at), f, 0, Segment{Seq: 110, Len: 10, Flags: header.TCPFlagAck, Client: cli})
+					if f == 0 {
+						d.ClientSegment(ms(at), f, 0, Segment{Seq: 110, Len: 10, Flags: header.TCPFlagAck, Client: cli}) // and once more
+					}
+				}
+				d.Probe(ms(at), 0, ProbeResult{})
+				d.Tick(ms(at))
+				down = !d.NodeUp(0)
+			}
+			if !down {
+				t.Fatalf("outage after the flood not detected: %+v, stats %+v", mustState(d, 0), d.Stats())
+			}
+		})
+	}
+}
+
+func mustState[K comparable](d *Detector[K], n NodeID) NodeStatus {
+	s, _ := d.NodeState(n)
+	return s
 }

@@ -161,7 +161,7 @@ type Stats struct {
 	ServerSegments uint64
 	Probes         uint64
 	Duplicates     uint64 // duplicate client segments counted by Algorithm 1
-	FlowsUntracked uint64 // segments of new flows refused because MaxFlows was reached
+	FlowsEvicted   uint64 // flows forgotten to make room for new ones (MaxFlows reached)
 	FlowsExpired   uint64 // flows forgotten after FlowIdle
 	BadInput       uint64 // observations naming an unknown node, negative lengths, ...
 	NodeDowns      uint64
@@ -169,6 +169,7 @@ type Stats struct {
 	DCDowns        uint64
 	DCUps          uint64
 	TimeWentBack   uint64 // observations whose now was earlier than one already seen
+	PassiveHeld    uint64 // Safe mode: passive decisions held (last live DC, rate limit)
 }
 
 type nodeState struct {
@@ -198,6 +199,16 @@ type nodeState struct {
 
 	srtt, rttvar time.Duration
 	haveRTT      bool
+
+	// Safe mode's evidence in the current epoch (since the node's last
+	// packet): distinct clients and flows that counted a duplicate, and
+	// when the first did.
+	epoch     uint32
+	evClients [4]netip.Addr
+	nClients  int
+	nFlows    int
+	evSince   time.Time
+	probed    bool // a probe result has been seen
 }
 
 type dcState struct {
@@ -227,11 +238,12 @@ type Detector[K comparable] struct {
 	nodes []nodeState
 	dcs   []dcState
 	byAdr map[netip.AddrPort]NodeID
-	flows map[K]flowState
+	ft    *flowTable[K]
 
-	now      time.Time
-	lastGC   time.Time
-	lagTotal int
+	now         time.Time
+	lastGC      time.Time
+	lastPassive time.Time // last NodeDown on passive evidence (Safe mode)
+	lagTotal    int
 
 	out   []Decision
 	hist  []Transition // ring
@@ -254,7 +266,7 @@ func New[K comparable](cfg Config, topo []DC) (*Detector[K], error) {
 	d := &Detector[K]{
 		cfg:   cfg,
 		byAdr: make(map[netip.AddrPort]NodeID),
-		flows: make(map[K]flowState),
+		ft:    newFlowTable[K](),
 		out:   make([]Decision, 0, 16),
 		hist:  make([]Transition, cfg.History),
 	}
@@ -389,7 +401,7 @@ func (d *Detector[K]) Stats() Stats { return d.stats }
 func (d *Detector[K]) Now() time.Time { return d.now }
 
 // NumFlows returns the number of flows tracked.
-func (d *Detector[K]) NumFlows() int { return len(d.flows) }
+func (d *Detector[K]) NumFlows() int { return d.ft.len() }
 
 func (d *Detector[K]) validNode(n NodeID) bool { return n >= 0 && int(n) < len(d.nodes) }
 func (d *Detector[K]) validDC(dc DCID) bool    { return dc >= 0 && int(dc) < len(d.dcs) }
@@ -426,7 +438,7 @@ func (d *Detector[K]) markDown(n NodeID, sig Signal, cause string) {
 	ns.since = d.now
 	ns.cause = cause
 	ns.readySince = time.Time{}
-	ns.dups = 0
+	ns.heardServer()
 	d.stats.NodeDowns++
 	cause = fmt.Sprintf("node %v: %s", ns.info.Addr, cause)
 	d.record(Decision{Kind: NodeDown, Node: n, DC: ns.info.DC, Signal: sig, Cause: cause})
@@ -449,7 +461,7 @@ func (d *Detector[K]) markUp(n NodeID, cause string) {
 	ns.up = true
 	ns.since = d.now
 	ns.cause = cause
-	ns.dups = 0
+	ns.heardServer()
 	ns.misses = 0
 	ns.heard = d.now
 	if ns.outstanding > 0 {

@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -14,6 +15,8 @@ import (
 //   - decisions alternate per node and per DC (never Down twice, never Up
 //     while up), and the state queries agree with the last decision;
 //   - in paper mode only Algorithm 1 takes a node down;
+//   - in safe mode passive evidence never takes the last live DC down, and
+//     one client alone (mode bit 8) never takes a node down passively;
 //   - the clock never goes backwards, whatever now the caller passes.
 func FuzzDetector(f *testing.F) {
 	for _, s := range fuzzSeeds {
@@ -28,6 +31,10 @@ func fuzzRun(t *testing.T, mode byte, ops []byte) int {
 	if mode&2 != 0 {
 		cfg.StartDown = true
 	}
+	if mode&4 != 0 {
+		cfg.Mode = Safe
+	}
+	oneClient := mode&8 != 0
 	const perDC = 2
 	d, err := New[uint8](cfg, testTopo(perDC))
 	if err != nil {
@@ -60,6 +67,10 @@ func fuzzRun(t *testing.T, mode byte, ops []byte) int {
 		switch op % 7 {
 		case 0:
 			seg := Segment{Seq: seqnum.Value(uint32(arg) * 100), Len: int(arg % 3 * 50), Flags: header.TCPFlags(arg>>5) & (header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst)}
+			seg.Client = netip.AddrFrom4([4]byte{10, 9, 0, flow % 3})
+			if oneClient {
+				seg.Client = netip.AddrFrom4([4]byte{10, 9, 0, 1})
+			}
 			got = d.ClientSegment(clock, flow, node, seg)
 		case 1:
 			seg := Segment{Ack: seqnum.Value(uint32(arg) * 100), Flags: header.TCPFlagAck}
@@ -96,6 +107,10 @@ func fuzzRun(t *testing.T, mode byte, ops []byte) int {
 					t.Fatalf("%v for node %d that is already in that state", dec.Kind, dec.Node)
 				}
 				up[dec.Node] = wantUp
+				passive := dec.Signal == SignalDuplicates || dec.Signal == SignalSilence || dec.Signal == SignalAckLag
+				if dec.Kind == NodeDown && cfg.Mode == Safe && passive && (oneClient || d.liveDCs() == 0) {
+					t.Fatalf("safe mode: passive %v took node %d down (one client %v, live DCs %d)", dec.Signal, dec.Node, oneClient, d.liveDCs())
+				}
 				if dec.Kind == NodeDown && cfg.Mode == Paper && dec.Signal != SignalDuplicates {
 					t.Fatalf("paper mode took a node down by %v", dec.Signal)
 				}
@@ -161,12 +176,17 @@ var fuzzSeeds = []struct {
 	{0, []byte{4, 1, 0, 0, 10, 4, 2, 0, 0, 10, 4, 1, 0, 0, 10, 4, 2, 0, 0, 10, 4, 1, 0, 1, 10, 4, 1, 0, 1, 40, 5, 0, 0, 0, 10}},
 	// start down: ready probes admit a node (2)
 	{2, []byte{4, 4, 0, 1, 10, 4, 4, 0, 1, 40, 5, 0, 0, 0, 10}},
+	// safe: node 0 fails a probe; flows 0 and 1 (two clients) retransmit
+	// to it (five duplicates); 1.5 s later a tick takes it down (1)
+	{4, []byte{4, 1, 0, 0, 0, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 5, 0, 0, 0, 150}},
+	// safe, one client: the same input takes nothing down (0)
+	{12, []byte{4, 1, 0, 0, 0, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 0, 1, 0, 10, 1, 0, 1, 1, 10, 1, 5, 0, 0, 0, 150}},
 }
 
 // TestFuzzSeedsDecide: the seeds reach decisions, so the fuzzer starts
 // from inputs that exercise transitions.
 func TestFuzzSeedsDecide(t *testing.T) {
-	for i, want := range []int{1, 0, 1, 5, 2} {
+	for i, want := range []int{1, 0, 1, 5, 2, 1, 0} {
 		if got := fuzzRun(t, fuzzSeeds[i].mode, fuzzSeeds[i].ops); got != want {
 			t.Errorf("seed %d: %d decisions, want %d", i, got, want)
 		}
@@ -179,7 +199,11 @@ func checkCounts[K comparable](t *testing.T, d *Detector[K]) {
 	out := make([]int, len(d.nodes))
 	lag := make([]int, len(d.nodes))
 	total := 0
-	for _, f := range d.flows {
+	for i := range d.ft.ents {
+		if !d.ft.ents[i].used {
+			continue
+		}
+		f := d.ft.ents[i].st
 		if f.outstanding {
 			out[f.node]++
 		}
@@ -192,6 +216,9 @@ func checkCounts[K comparable](t *testing.T, d *Detector[K]) {
 		if d.nodes[i].outstanding != out[i] || d.nodes[i].lagging != lag[i] {
 			t.Fatalf("node %d: outstanding %d lagging %d, flows say %d and %d", i, d.nodes[i].outstanding, d.nodes[i].lagging, out[i], lag[i])
 		}
+	}
+	if n := d.ft.lists[listCheap].n + d.ft.lists[listValued].n; n != d.ft.len() {
+		t.Fatalf("LRU lists hold %d flows, index %d", n, d.ft.len())
 	}
 	if d.lagTotal != total {
 		t.Fatalf("lagTotal %d, flows say %d", d.lagTotal, total)

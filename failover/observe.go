@@ -2,6 +2,7 @@ package failover
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -18,6 +19,9 @@ type Segment struct {
 	Ack   seqnum.Value
 	Len   int
 	Flags header.TCPFlags
+	// Client is the client's address (for client segments). Safe mode
+	// counts duplicates as evidence only from several distinct clients.
+	Client netip.Addr
 }
 
 // ProbeResult is the outcome of one active probe of a node.
@@ -44,11 +48,15 @@ type flowState struct {
 	// previous segment with sequence space. A retransmission counts for
 	// Algorithm 1 only when false.
 	srvSince    bool
+	srvSeen     bool // the server has sent on this flow
 	outstanding bool
-	outSince    time.Time // when outstanding last became true
-	lagSince    time.Time
-	last        time.Time // last segment either way
-	lastClient  time.Time // last client segment
+	// dupEpoch is the node's evidence epoch in which this flow last
+	// counted a duplicate (Safe mode: each flow counts once per epoch).
+	dupEpoch   uint32
+	outSince   time.Time // when outstanding last became true
+	lagSince   time.Time
+	last       time.Time // last segment either way
+	lastClient time.Time // last client segment
 }
 
 // maxRTT bounds an RTT sample, so bad input cannot overflow the estimate.
@@ -67,23 +75,25 @@ func (d *Detector[K]) ClientSegment(now time.Time, flow K, node NodeID, seg Segm
 	if seg.Flags&header.TCPFlagRst != 0 {
 		return d.out // a client reset carries no sequence space
 	}
-	f, ok := d.flows[flow]
-	if ok && f.node != node {
-		d.dropFlow(flow, &f) // the caller moved the flow to another node
+	i, ok := d.ft.lookup(flow)
+	if ok && d.ft.ents[i].st.node != node {
+		d.dropFlow(i) // the caller moved the flow to another node
 		ok = false
 	}
 	if !ok {
-		if len(d.flows) >= d.cfg.MaxFlows {
-			d.stats.FlowsUntracked++
-			return d.out
+		if d.ft.len() >= d.cfg.MaxFlows {
+			d.dropFlow(d.ft.victim())
+			d.stats.FlowsEvicted++
 		}
-		f = flowState{node: node, sndNxt: seg.Seq, srvAck: seg.Seq}
+		i = d.ft.insert(flow, flowState{node: node, sndNxt: seg.Seq, srvAck: seg.Seq})
 	}
+	f := &d.ft.ents[i].st
 	f.last = d.now
 	f.lastClient = d.now
 	ns := &d.nodes[node]
+	syn := seg.Flags&header.TCPFlagSyn != 0
 	l := seg.Len
-	if seg.Flags&header.TCPFlagSyn != 0 {
+	if syn {
 		l++
 	}
 	if seg.Flags&header.TCPFlagFin != 0 {
@@ -91,22 +101,27 @@ func (d *Detector[K]) ClientSegment(now time.Time, flow K, node NodeID, seg Segm
 	}
 	if l > 0 {
 		end := seg.Seq.Add(seqnum.Size(l))
-		if ok && seg.Seq.LessThan(f.sndNxt) && !f.srvSince && ns.up {
+		if syn && d.cfg.Mode != Paper {
+			// The handshake is no evidence outside Paper mode: a client can
+			// send SYNs at will, and a SYN retransmitted inside the
+			// handshake RTT is not a loss. The SYN counts as acknowledged.
+			if f.srvAck.LessThan(end) {
+				f.srvAck = end
+			}
+		} else if ok && seg.Seq.LessThan(f.sndNxt) && !f.srvSince && ns.up {
 			// Algorithm 1: a duplicate client segment, and the server has
 			// sent nothing on this flow since.
-			ns.dups++
-			d.stats.Duplicates++
-			d.checkDups(node)
+			d.countDup(node, f, seg.Client)
 		}
 		f.srvSince = false
 		if f.sndNxt.LessThan(end) {
 			f.sndNxt = end
 		}
 	}
-	d.setOutstanding(&f, f.srvAck.LessThan(f.sndNxt))
-	d.flows[flow] = f
+	d.setOutstanding(f, f.srvAck.LessThan(f.sndNxt))
+	d.ft.touch(i)
 	if d.cfg.Mode == Fast {
-		d.checkSilence(&f)
+		d.checkSilence(f)
 	}
 	return d.out
 }
@@ -122,17 +137,19 @@ func (d *Detector[K]) ServerSegment(now time.Time, flow K, node NodeID, seg Segm
 		return d.out
 	}
 	ns := &d.nodes[node]
-	ns.dups = 0
+	ns.heardServer()
 	ns.lastServer = d.now
 	if seg.Flags&header.TCPFlagRst == 0 {
 		ns.heard = d.now
 	}
-	f, ok := d.flows[flow]
-	if !ok || f.node != node {
+	i, ok := d.ft.lookup(flow)
+	if !ok || d.ft.ents[i].st.node != node {
 		return d.out
 	}
+	f := &d.ft.ents[i].st
 	f.last = d.now
 	f.srvSince = true
+	f.srvSeen = true
 	if seg.Flags&header.TCPFlagAck != 0 {
 		if f.srvAck.LessThan(seg.Ack) {
 			f.srvAck = seg.Ack
@@ -141,15 +158,15 @@ func (d *Detector[K]) ServerSegment(now time.Time, flow K, node NodeID, seg Segm
 			f.sndNxt = f.srvAck // we missed client segments
 		}
 	}
-	d.setOutstanding(&f, f.srvAck.LessThan(f.sndNxt))
-	d.flows[flow] = f
+	d.setOutstanding(f, f.srvAck.LessThan(f.sndNxt))
+	d.ft.touch(i)
 	return d.out
 }
 
 // FlowEnded forgets flow (closed, reset, or moved away by the caller).
 func (d *Detector[K]) FlowEnded(flow K) {
-	if f, ok := d.flows[flow]; ok {
-		d.dropFlow(flow, &f)
+	if i, ok := d.ft.lookup(flow); ok {
+		d.dropFlow(i)
 	}
 }
 
@@ -163,10 +180,11 @@ func (d *Detector[K]) BranchLag(now time.Time, flow K, node NodeID, since time.T
 		d.stats.BadInput++
 		return d.out
 	}
-	f, ok := d.flows[flow]
-	if !ok || f.node != node {
+	i, ok := d.ft.lookup(flow)
+	if !ok || d.ft.ents[i].st.node != node {
 		return d.out // untracked flow: nothing to attach the lag to
 	}
+	f := &d.ft.ents[i].st
 	if since.After(d.now) {
 		since = d.now
 	}
@@ -181,7 +199,6 @@ func (d *Detector[K]) BranchLag(now time.Time, flow K, node NodeID, since time.T
 		d.lagTotal--
 	}
 	f.lagSince = since
-	d.flows[flow] = f
 	if is && d.cfg.Mode == Fast {
 		d.checkLag(node, since)
 	}
@@ -199,6 +216,7 @@ func (d *Detector[K]) Probe(now time.Time, node NodeID, r ProbeResult) []Decisio
 		return d.out
 	}
 	ns := &d.nodes[node]
+	ns.probed = true
 	if r.OK {
 		// Evidence of life for the silence and ack-lag rules, but not a
 		// reset of Algorithm 1: that counts the data path only, exactly as
@@ -223,8 +241,14 @@ func (d *Detector[K]) Probe(now time.Time, node NodeID, r ProbeResult) []Decisio
 		d.checkReadmit(node)
 		return d.out
 	}
-	if d.cfg.Mode != Fast || good {
+	if (d.cfg.Mode != Fast && d.cfg.Mode != Safe) || good {
 		return d.out
+	}
+	if d.cfg.Mode == Safe && ns.dups > 0 {
+		d.checkDups(node) // a failing probe confirms passive evidence
+		if !ns.up {
+			return d.out
+		}
 	}
 	if ns.misses >= d.cfg.ProbeMisses {
 		cause := fmt.Sprintf("%d probes missed", ns.misses)
@@ -253,7 +277,7 @@ func (d *Detector[K]) Tick(now time.Time) []Decision {
 			d.checkReadmit(NodeID(i))
 			continue
 		}
-		if d.cfg.Mode == Fast && ns.dups >= d.cfg.Threshold {
+		if (d.cfg.Mode == Fast || d.cfg.Mode == Safe) && ns.dups >= d.cfg.Threshold {
 			d.checkDups(NodeID(i))
 			if !ns.up {
 				continue
@@ -268,12 +292,13 @@ func (d *Detector[K]) Tick(now time.Time) []Decision {
 		}
 	}
 	if d.cfg.Mode == Fast && (suspects > 0 || d.lagTotal > 0) {
-		for _, f := range d.flows {
-			if !d.nodes[f.node].up {
+		for i := range d.ft.ents {
+			f := &d.ft.ents[i].st
+			if !d.ft.ents[i].used || !d.nodes[f.node].up {
 				continue
 			}
 			if d.nodes[f.node].suspect {
-				d.checkSilence(&f)
+				d.checkSilence(f)
 			}
 			if !f.lagSince.IsZero() {
 				d.checkLag(f.node, f.lagSince)
@@ -282,9 +307,9 @@ func (d *Detector[K]) Tick(now time.Time) []Decision {
 	}
 	if d.now.Sub(d.lastGC) >= time.Second {
 		d.lastGC = d.now
-		for k, f := range d.flows {
-			if d.now.Sub(f.last) >= d.cfg.FlowIdle {
-				d.dropFlow(k, &f)
+		for i := range d.ft.ents {
+			if d.ft.ents[i].used && d.now.Sub(d.ft.ents[i].st.last) >= d.cfg.FlowIdle {
+				d.dropFlow(int32(i))
 				d.stats.FlowsExpired++
 			}
 		}
@@ -337,6 +362,10 @@ func (d *Detector[K]) checkDups(n NodeID) {
 		d.markDCDown(ns.info.DC, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments to node %v", ns.dups, ns.info.Addr))
 		return
 	}
+	if d.cfg.Mode == Safe {
+		d.checkCorroborated(n)
+		return
+	}
 	if ns.lastServer.IsZero() {
 		d.markDown(n, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments, never a packet from the server", ns.dups))
 		return
@@ -348,6 +377,95 @@ func (d *Detector[K]) checkDups(n NodeID) {
 	if quiet := d.now.Sub(ns.lastServer); quiet >= need {
 		d.markDown(n, SignalDuplicates, fmt.Sprintf("paper: %d duplicate client segments, no packet from the server for %v", ns.dups, quiet.Round(time.Millisecond)))
 	}
+}
+
+// checkCorroborated is Safe mode's Algorithm 1: the duplicates must come
+// from at least MinClients distinct clients on MinFlows distinct flows
+// (one client cannot produce them alone), the node must have sent nothing
+// at all for the silence threshold, and, if the node is probed, its latest
+// probe must have failed. Then passiveDown applies its guards.
+func (d *Detector[K]) checkCorroborated(n NodeID) {
+	ns := &d.nodes[n]
+	if ns.nClients < d.cfg.MinClients || ns.nFlows < d.cfg.MinFlows {
+		return
+	}
+	since := ns.lastServer
+	if since.IsZero() {
+		since = ns.evSince
+	}
+	quiet := d.now.Sub(since)
+	if quiet < d.SilenceThreshold(n) {
+		return
+	}
+	if ns.probed && ns.misses == 0 {
+		return // its probes pass: not confirmed
+	}
+	d.passiveDown(n, SignalDuplicates, fmt.Sprintf("%d duplicate client segments from %d clients on %d flows, no packet from the server for %v, probes failing",
+		ns.dups, ns.nClients, ns.nFlows, quiet.Round(time.Millisecond)))
+}
+
+// passiveDown declares node n down on passive evidence (Safe mode) unless
+// that would take down the last live DC, or another passive decision was
+// taken less than PassiveInterval ago; a held decision is counted and
+// retried by later observations and ticks.
+func (d *Detector[K]) passiveDown(n NodeID, sig Signal, cause string) {
+	ns := &d.nodes[n]
+	if d.dcs[ns.info.DC].live == 1 && d.liveDCs() == 1 {
+		d.stats.PassiveHeld++
+		return
+	}
+	if !d.lastPassive.IsZero() && d.now.Sub(d.lastPassive) < d.cfg.PassiveInterval {
+		d.stats.PassiveHeld++
+		return
+	}
+	d.lastPassive = d.now
+	d.markDown(n, sig, cause)
+}
+
+// liveDCs returns the number of DCs with a live node.
+func (d *Detector[K]) liveDCs() int {
+	k := 0
+	for i := range d.dcs {
+		if d.dcs[i].live > 0 {
+			k++
+		}
+	}
+	return k
+}
+
+// countDup counts a duplicate client segment against node n (Algorithm
+// 1), as evidence from client on flow f, and applies the rule.
+func (d *Detector[K]) countDup(n NodeID, f *flowState, client netip.Addr) {
+	ns := &d.nodes[n]
+	ns.dups++
+	d.stats.Duplicates++
+	if ns.evSince.IsZero() {
+		ns.evSince = d.now
+	}
+	if f.dupEpoch != ns.epoch+1 {
+		f.dupEpoch = ns.epoch + 1
+		ns.nFlows++
+	}
+	if client.IsValid() && ns.nClients < len(ns.evClients) {
+		seen := false
+		for _, c := range ns.evClients[:ns.nClients] {
+			seen = seen || c == client
+		}
+		if !seen {
+			ns.evClients[ns.nClients] = client
+			ns.nClients++
+		}
+	}
+	d.checkDups(n)
+}
+
+// heardServer starts a new evidence epoch: any packet from the node resets
+// Algorithm 1's count and Safe mode's evidence.
+func (ns *nodeState) heardServer() {
+	ns.dups = 0
+	ns.epoch++
+	ns.nClients, ns.nFlows = 0, 0
+	ns.evSince = time.Time{}
 }
 
 // checkSilence applies the silence rule to flow f: its client data is
@@ -442,13 +560,14 @@ func (d *Detector[K]) setOutstanding(f *flowState, v bool) {
 	f.outstanding = v
 }
 
-func (d *Detector[K]) dropFlow(k K, f *flowState) {
+func (d *Detector[K]) dropFlow(i int32) {
+	f := &d.ft.ents[i].st
 	d.setOutstanding(f, false)
 	if !f.lagSince.IsZero() {
 		d.nodes[f.node].lagging--
 		d.lagTotal--
 	}
-	delete(d.flows, k)
+	d.ft.remove(i)
 }
 
 // sampleRTT folds an RTT sample into the node's estimate (RFC 6298).

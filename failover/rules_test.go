@@ -156,14 +156,14 @@ at 0   probe n0 ok rtt=10
 at 0   client f n0 seq=1000 len=100
 at 210 client f n0 seq=1000 len=100
 at 300 probe n0 ok rtt=10
-at 400 client g n0 seq=1 flags=S
+at 400 client g n0 seq=1 len=10
 at 420 client f n0 seq=1000 len=100
 at 500 probe n0 ok rtt=10
-at 600 client g n0 seq=1 flags=S
+at 600 client g n0 seq=1 len=10
 at 630 client f n0 seq=1000 len=100
 at 700 probe n0 ok rtt=10
 check up n0
-at 800 client g n0 seq=1 flags=S -> NodeDown n0 duplicates, DCDown sydney nodes`,
+at 800 client g n0 seq=1 len=10 -> NodeDown n0 duplicates, DCDown sydney nodes`,
 	},
 	{
 		name:  "fast/Algorithm 1 in fast mode waits until the server has been quiet for the silence threshold",
@@ -411,6 +411,121 @@ check down n0
 at 5100 probe n0 ok
 at 7099 probe n0 ok
 at 7100 probe n0 ok -> NodeUp n0 ready, DCUp sydney nodes`,
+	},
+	{
+		name: "safe/one client's SYN burst and retransmissions never take a node down", mode: Safe, perDC: 1,
+		script: `
+at 0    probe n0 ok rtt=10
+at 0    client s n0 seq=1 flags=S cli=10.9.0.1
+at 1    client s n0 seq=1 flags=S cli=10.9.0.1
+at 2    client s n0 seq=1 flags=S cli=10.9.0.1
+at 3    client s n0 seq=1 flags=S cli=10.9.0.1
+at 4    client s n0 seq=1 flags=S cli=10.9.0.1
+at 5    client s n0 seq=1 flags=S cli=10.9.0.1
+check dups n0 0
+at 10   client f n0 seq=100 len=10 cli=10.9.0.1
+at 11   client g n0 seq=100 len=10 cli=10.9.0.1
+at 20   client f n0 seq=100 len=10 cli=10.9.0.1
+at 21   client g n0 seq=100 len=10 cli=10.9.0.1
+at 30   client f n0 seq=100 len=10 cli=10.9.0.1
+at 31   client g n0 seq=100 len=10 cli=10.9.0.1
+at 2000 probe n0 fail
+at 2001 client f n0 seq=100 len=10 cli=10.9.0.1
+at 2002 client g n0 seq=100 len=10 cli=10.9.0.1
+at 2100 tick
+check up n0`,
+	},
+	{
+		name: "safe/duplicates from two clients on two flows, the node silent and its probe failing: down", mode: Safe, perDC: 1,
+		script: `
+at 0    probe n0 ok rtt=10
+at 0    server x n0 ack=1
+at 10   client f n0 seq=100 len=10 cli=10.9.0.1
+at 11   client g n0 seq=100 len=10 cli=10.9.0.2
+at 300  client f n0 seq=100 len=10 cli=10.9.0.1
+at 301  client g n0 seq=100 len=10 cli=10.9.0.2
+at 600  client f n0 seq=100 len=10 cli=10.9.0.1
+at 601  client g n0 seq=100 len=10 cli=10.9.0.2
+at 900  client f n0 seq=100 len=10 cli=10.9.0.1
+# Corroborated and quiet for the silence threshold, but the probes pass.
+at 901  client g n0 seq=100 len=10 cli=10.9.0.2
+at 950  probe n0 ok rtt=10
+at 1000 tick
+check up n0
+at 1100 probe n0 fail -> NodeDown n0 duplicates, DCDown sydney nodes`,
+	},
+	{
+		name: "safe/any packet from the node resets the evidence", mode: Safe, perDC: 1,
+		script: `
+at 0    client f n0 seq=100 len=10 cli=10.9.0.1
+at 10   client g n0 seq=100 len=10 cli=10.9.0.2
+at 300  client f n0 seq=100 len=10 cli=10.9.0.1
+at 301  client g n0 seq=100 len=10 cli=10.9.0.2
+at 600  client f n0 seq=100 len=10 cli=10.9.0.1
+at 601  client g n0 seq=100 len=10 cli=10.9.0.2
+at 602  server h n0 ack=7
+at 900  client f n0 seq=100 len=10 cli=10.9.0.1
+at 901  client g n0 seq=100 len=10 cli=10.9.0.2
+at 2000 tick
+check up n0
+check dups n0 2`,
+	},
+	{
+		name: "safe/passive evidence never takes down the last live DC; failed probes do", mode: Safe, perDC: 1,
+		script: `
+at 0    probe n1 fail
+at 100  probe n1 fail
+at 200  probe n1 fail
+at 300  probe n1 fail -> NodeDown n1 probes, DCDown dublin nodes
+at 0    client f n0 seq=100 len=10 cli=10.9.0.1
+at 10   client g n0 seq=100 len=10 cli=10.9.0.2
+at 300  client f n0 seq=100 len=10 cli=10.9.0.1
+at 301  client g n0 seq=100 len=10 cli=10.9.0.2
+at 600  client f n0 seq=100 len=10 cli=10.9.0.1
+at 601  client g n0 seq=100 len=10 cli=10.9.0.2
+at 1500 probe n0 fail
+at 1600 tick
+check up n0
+at 1700 probe n0 fail
+at 1800 probe n0 fail
+at 1900 probe n0 fail -> NodeDown n0 probes, DCDown sydney nodes`,
+	},
+	{
+		name: "safe/passive decisions are rate-limited", mode: Safe, perDC: 2,
+		script: `
+at 0    probe n0 fail
+at 0    probe n1 fail
+at 0    client f n0 seq=100 len=10 cli=10.9.0.1
+at 0    client g n0 seq=100 len=10 cli=10.9.0.2
+at 0    client h n1 seq=100 len=10 cli=10.9.0.1
+at 0    client i n1 seq=100 len=10 cli=10.9.0.2
+at 10   client f n0 seq=100 len=10 cli=10.9.0.1
+at 10   client g n0 seq=100 len=10 cli=10.9.0.2
+at 10   client h n1 seq=100 len=10 cli=10.9.0.1
+at 10   client i n1 seq=100 len=10 cli=10.9.0.2
+at 20   client f n0 seq=100 len=10 cli=10.9.0.1
+at 20   client g n0 seq=100 len=10 cli=10.9.0.2
+at 20   client h n1 seq=100 len=10 cli=10.9.0.1
+at 20   client i n1 seq=100 len=10 cli=10.9.0.2
+at 30   client f n0 seq=100 len=10 cli=10.9.0.1
+at 30   client h n1 seq=100 len=10 cli=10.9.0.1
+# Silence threshold 1.3 s (no RTT sample): both nodes qualify at 1.31 s.
+at 1400 tick -> NodeDown n0 duplicates
+at 2000 tick
+check up n1
+at 2400 tick -> NodeDown n1 duplicates, DCDown sydney nodes`,
+	},
+	{
+		name: "safe/failed probes alone take a node down, a DC's nodes together", mode: Safe, perDC: 2,
+		script: `
+at 0    probe n2 fail
+at 100  probe n2 fail
+at 200  probe n2 fail
+at 300  probe n2 fail -> NodeDown n2 probes
+at 0    probe n0 fail
+at 0    probe n1 fail
+at 100  probe n0 fail
+at 100  probe n1 fail -> NodeDown n0 dc_probes, NodeDown n1 dc_probes, DCDown sydney nodes`,
 	},
 	{
 		name:  "StartDown admits nodes like recovered ones",

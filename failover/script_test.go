@@ -17,7 +17,7 @@ import (
 // produces: "-> NodeDown n0 duplicates, DCDown sydney nodes" lists them,
 // no arrow means none.
 //
-//	at <ms> client <flow> n<id> seq=<n> [len=<n>] [flags=SFR]
+//	at <ms> client <flow> n<id> seq=<n> [len=<n>] [flags=SFR] [cli=<ip>]
 //	at <ms> server <flow> n<id> [ack=<n>] [flags=R]
 //	at <ms> end <flow>
 //	at <ms> lag <flow> n<id> since=<ms>|none
@@ -145,6 +145,9 @@ func runScript(t *testing.T, d *Detector[string], script string) {
 			seg := Segment{Seq: seqnum.Value(atoi(t, lineNo, a["seq"])), Flags: flags(a["flags"]) | header.TCPFlagAck}
 			if l, ok := a["len"]; ok {
 				seg.Len = atoi(t, lineNo, l)
+			}
+			if c, ok := a["cli"]; ok {
+				seg.Client = netip.MustParseAddr(c)
 			}
 			got = d.ClientSegment(now, f[3], parseNode(t, lineNo, f[4]), seg)
 		case "server":

@@ -2,6 +2,7 @@ package middlebox
 
 import (
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -118,10 +119,18 @@ func segOf(p *packet.TCP) failover.Segment {
 	return failover.Segment{Seq: seqnum.Value(p.Seq()), Ack: seqnum.Value(p.Ack()), Len: p.PayloadLen(), Flags: header.TCPFlags(p.Flags())}
 }
 
+// clientSegOf describes client packet p for the detector, with the
+// client's address (Safe mode's corroboration counts distinct clients).
+func clientSegOf(p *packet.TCP) failover.Segment {
+	s := segOf(p)
+	s.Client = netip.AddrFrom4(p.SrcAddr4())
+	return s
+}
+
 // observeClient reports a client segment of flow i (before any rewrite).
 func (m *Middlebox) observeClient(i int32, p *packet.TCP) {
 	f := &m.flows.tab.slab[i]
-	seg := segOf(p)
+	seg := clientSegOf(p)
 	for j := 0; j < int(f.nbranch); j++ {
 		if f.gone&(1<<j) != 0 {
 			continue

@@ -90,8 +90,8 @@ func (c Config) withDefaults() (Config, error) {
 		c.Detectors = []string{"paper", "fast"}
 	}
 	for _, det := range c.Detectors {
-		if det != "paper" && det != "fast" && det != "none" {
-			return c, fmt.Errorf("failoverbench: detector %q: want paper, fast or none", det)
+		if det != "paper" && det != "fast" && det != "safe" && det != "none" {
+			return c, fmt.Errorf("failoverbench: detector %q: want paper, fast, safe or none", det)
 		}
 	}
 	if c.CutAt == 0 {

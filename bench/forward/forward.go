@@ -112,6 +112,7 @@ func runMode(ctx context.Context, cfg Config, mode string) ([]Result, error) {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		_, err := tb.StartMiddlebox(sctx, testbed.MiddleboxOptions{
 			Binary: cfg.Binary, TunMode: mode, Anycast: []uint16{AnycastPort}, NodePort: AnycastPort,
+			Extra: []string{"--detector", "none"}, // iperf3 nodes serve no /ready to probe
 		})
 		cancel()
 		if err != nil {

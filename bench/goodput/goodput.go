@@ -312,7 +312,9 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 func startMiddlebox(ctx context.Context, cfg Config, tb *testbed.Testbed) error {
 	opts := testbed.MiddleboxOptions{
 		Binary: cfg.Binary, TunMode: cfg.TunMode, Multicast: []uint16{MulticastPort}, NodePort: MulticastPort,
-		Control: "127.0.0.1:9090", Extra: cfg.MiddleboxArgs,
+		Control: "127.0.0.1:9090",
+		// The nodes serve no /ready to probe; later flags may override.
+		Extra: append([]string{"--detector", "none"}, cfg.MiddleboxArgs...),
 	}
 	args := tb.MiddleboxArgs(opts)
 	if cfg.RTPriority > 0 {

@@ -42,7 +42,7 @@ type MiddleboxCmd struct {
 	MaxFlows    int           `name:"max-flows" default:"262144" help:"Flow table size; new connections beyond it get a RST."`
 	IdleTimeout time.Duration `name:"idle-timeout" default:"5m" help:"Remove flows idle this long."`
 
-	Detector      failover.Mode `name:"detector" default:"none" help:"Failure detector: none (liveness only via the API), paper (Algorithm 1: duplicate client segments), fast (all signals: duplicates, silence, ack lag, probes)."`
+	Detector      failover.Mode `name:"detector" default:"safe" help:"Failure detector: safe (default: down only on failed probes, or on duplicates from several clients and flows confirmed by the node's silence and a failed probe; never the last live DC on passive evidence), fast (every signal, uncorroborated: one client's retransmissions count), paper (the paper's Algorithm 1 alone; one client's few SYNs take a DC down: for reproduction only), none (liveness only via SetNodeLive)."`
 	Probe         prober.Kind   `name:"probe" default:"ready" help:"Detector probes: ready (HTTP GET http://<node-ip>:<probe-port>/ready), tcp (connect to <node-ip>:<probe-port>), none."`
 	ProbePort     uint16        `name:"probe-port" default:"${ready_port}" help:"Port probed on each node (not the service port: its replies are routed into the TUN)."`
 	ProbeInterval time.Duration `name:"probe-interval" default:"100ms" help:"Interval between probes of one node."`

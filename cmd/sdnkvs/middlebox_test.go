@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/alecthomas/kong"
+	"github.com/sdnkvs/sdnkvs/failover"
+	"github.com/sdnkvs/sdnkvs/failover/prober"
 )
 
 func parseMiddlebox(t *testing.T, args ...string) (*CLI, error) {
@@ -56,8 +58,12 @@ func TestMiddleboxDetectorFlags(t *testing.T) {
 		t.Fatalf("failover config %+v", cfg.Failover)
 	}
 	cli, _ = parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379")
+	if cfg, _ := cli.Middlebox.config(); cfg.Failover == nil || cfg.Failover.Detector.Mode != failover.Safe || cfg.Failover.Probe != prober.HTTP {
+		t.Fatalf("default detector %+v, want safe with readiness probes", cfg.Failover)
+	}
+	cli, _ = parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379", "--detector", "none")
 	if cfg, _ := cli.Middlebox.config(); cfg.Failover != nil {
-		t.Fatal("detector on by default")
+		t.Fatal("--detector none runs a detector")
 	}
 }
 
