@@ -35,6 +35,7 @@ type BenchCmd struct {
 	Kvs      BenchKvsCmd      `cmd:"" help:"KVS throughput and latency: sdnkvs cluster vs redis-server vs etcd."`
 	Goodput  BenchGoodputCmd  `cmd:"" help:"The paper's Fig. 7: goodput of one client forked to 1..N servers."`
 	Failover BenchFailoverCmd `cmd:"" help:"The paper's Fig. 6: an anycast client across a DC outage, RTO for --detector paper and fast."`
+	Race     BenchRaceCmd     `cmd:"" help:"Concurrent forked writers: keys whose value differs between DCs, with and without the sequencer (issue 8)."`
 }
 
 func parser(cli *CLI, opts ...kong.Option) (*kong.Kong, error) {
