@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/bench/demo"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
@@ -21,7 +21,7 @@ const OrderPort = 7380
 // Env is a demo environment (namespaces, one kvs cluster per DC, the
 // middlebox) whose nodes and middlebox run sequenced or not.
 type Env struct {
-	*demo.Env
+	*scenario.Env
 	Sequenced bool
 	dir       string // secret and sequencer state
 	mbExtra   []string
@@ -43,7 +43,7 @@ func NewEnv(ctx context.Context, bin string, dcs []testbed.DC, sequenced bool, m
 		}
 		kvsExtra = []string{"--order-port", strconv.Itoa(OrderPort), "--order-secret-file", e.secretPath()}
 	}
-	de, err := demo.NewEnv(ctx, demo.EnvConfig{Bin: bin, DCs: dcs, KVSExtra: kvsExtra, Log: log, NoMarker: true})
+	de, err := scenario.NewEnv(ctx, scenario.EnvConfig{Bin: bin, DCs: dcs, KVSExtra: kvsExtra, Log: log, NoMarker: true})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -64,10 +64,10 @@ func (e *Env) StatePath() string { return filepath.Join(e.dir, "sequencer.state"
 func (e *Env) StartMiddlebox(ctx context.Context) error {
 	extra := append([]string(nil), e.mbExtra...)
 	if e.Sequenced {
-		extra = append(extra, "--sequenced", strconv.Itoa(demo.WritePort), "--order-port", strconv.Itoa(OrderPort),
+		extra = append(extra, "--sequenced", strconv.Itoa(scenario.WritePort), "--order-port", strconv.Itoa(OrderPort),
 			"--order-secret-file", e.secretPath(), "--sequencer-state", e.StatePath())
 	}
-	if err := e.Env.StartMiddlebox(ctx, demo.MB{Extra: extra}); err != nil {
+	if err := e.Env.StartMiddlebox(ctx, scenario.MB{Extra: extra}); err != nil {
 		return err
 	}
 	if !e.Sequenced {

@@ -16,7 +16,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/bench/demo"
+	"github.com/sdnkvs/sdnkvs/bench/resp"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
@@ -112,17 +113,17 @@ func (e *Env) Race(ctx context.Context, prefix string, writers, rounds int, hook
 	return row, err
 }
 
-func (e *Env) dialWriters(ctx context.Context, n int) ([]*demo.Client, error) {
-	var out []*demo.Client
+func (e *Env) dialWriters(ctx context.Context, n int) ([]*resp.Client, error) {
+	var out []*resp.Client
 	for range n {
-		conn, err := e.DialClient(ctx, demo.WritePort)
+		conn, err := e.DialClient(ctx, scenario.WritePort)
 		if err != nil {
 			for _, c := range out {
 				c.Close()
 			}
 			return nil, fmt.Errorf("race: dial the forked port: %w", err)
 		}
-		out = append(out, demo.NewClient(conn))
+		out = append(out, resp.NewClient(conn))
 	}
 	return out, nil
 }
