@@ -39,6 +39,7 @@ type flowState struct {
 	opened   bool // OPEN (or a STAMP) received
 	closed   bool // CLOSE received
 	conns    int  // RESP connections attached
+	orphan   bool // its connections all left before a CLOSE: this incarnation is over
 	consumed uint64
 	ranges   []stampRange // sorted by start, disjoint
 }
@@ -154,7 +155,7 @@ func (t *stampTable) open(k orderwire.Flow) {
 	if f == nil {
 		return
 	}
-	if f.opened && !f.closed && f.epoch == t.epoch {
+	if f.opened && !f.closed && !f.orphan && f.epoch == t.epoch {
 		return
 	}
 	*f = flowState{epoch: t.epoch, opened: true, conns: f.conns}
@@ -168,12 +169,12 @@ func (t *stampTable) stamp(k orderwire.Flow, start, end, g uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	f := t.flows[k]
-	if f == nil || f.closed || f.epoch != t.epoch {
+	if f == nil || f.closed || f.orphan || f.epoch != t.epoch {
 		// A STAMP without OPEN (OPEN lost with a reconnect) opens the flow.
 		if f = t.entryLocked(k); f == nil {
 			return
 		}
-		if !f.opened || f.closed || f.epoch != t.epoch {
+		if !f.opened || f.closed || f.orphan || f.epoch != t.epoch {
 			*f = flowState{epoch: t.epoch, opened: true, conns: f.conns}
 		}
 	}
@@ -226,6 +227,11 @@ func (t *stampTable) attach(k orderwire.Flow) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if f := t.entryLocked(k); f != nil {
+		if f.orphan {
+			// The 4-tuple is reused by a new connection: the old
+			// incarnation's stamps (its CLOSE lost) must not serve it.
+			*f = flowState{}
+		}
 		f.conns++
 	}
 }
@@ -242,8 +248,13 @@ func (t *stampTable) detach(k orderwire.Flow) {
 	if f.conns > 0 {
 		f.conns--
 	}
-	if f.conns == 0 && (f.closed || !f.opened) {
-		delete(t.flows, k)
+	if f.conns == 0 {
+		if f.closed || !f.opened {
+			delete(t.flows, k)
+		} else {
+			f.orphan = true
+			f.ranges = nil
+		}
 	}
 }
 

@@ -331,6 +331,31 @@ func TestSeqTableBounded(t *testing.T) {
 	if _, res := tb.lookup(f, 185); res != stampPending {
 		t.Fatal("reused 4-tuple sees old stamps")
 	}
+	// The CLOSE of a flow is lost (order stream down): once its connection
+	// left, a new connection on the same 4-tuple never sees its stamps,
+	// whether its OPEN comes before or after it attaches.
+	g := orderwire.Flow{ClientIP: [4]byte{10, 0, 0, 2}, ClientPort: 7, NodePort: 6379}
+	for _, openFirst := range []bool{true, false} {
+		tb.attach(g)
+		tb.open(g)
+		tb.stamp(g, 0, 100, 500)
+		tb.detach(g)
+		if openFirst {
+			tb.open(g)
+			tb.attach(g)
+		} else {
+			tb.attach(g)
+			tb.open(g)
+		}
+		if _, res := tb.lookup(g, 50); res != stampPending {
+			t.Fatalf("openFirst=%v: new incarnation sees old stamps (%v)", openFirst, res)
+		}
+		tb.stamp(g, 0, 10, 600)
+		if v, res := tb.lookup(g, 5); res != stampFound || v != 600 {
+			t.Fatalf("openFirst=%v: new stamp %d %v", openFirst, v, res)
+		}
+		tb.detach(g)
+	}
 	// A new epoch drops the flows of the old one.
 	tb.hello(2)
 	if fl, _ := tb.size(); fl != 0 {
