@@ -414,7 +414,7 @@ func TestNetnsBinaryRoutesRemovedOnExit(t *testing.T) {
 	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 2}, {Name: "dublin", Nodes: 1}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	p, err := tb.StartMiddlebox(ctx, testbed.MiddleboxOptions{Binary: bin, Anycast: []uint16{anyPort}, Extra: []string{"--route-table", "123"}})
+	p, err := tb.StartMiddlebox(ctx, testbed.MiddleboxOptions{Bin: bin, Anycast: []uint16{anyPort}, Extra: []string{"--route-table", "123"}})
 	if err != nil {
 		t.Fatal(err)
 	}

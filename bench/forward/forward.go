@@ -35,9 +35,9 @@ const (
 
 // Config configures a run.
 type Config struct {
-	// Binary is the sdnkvs binary whose middlebox is measured; required
+	// Bin is the sdnkvs binary whose middlebox is measured; required
 	// when Modes is not empty.
-	Binary string
+	Bin string
 	// Modes are middlebox --tun-mode values ("offload", "plain"); empty
 	// measures kernel forwarding only.
 	Modes []string
@@ -57,19 +57,28 @@ type Result struct {
 	Gbps float64 // iperf3 receiver throughput
 }
 
+// withDefaults fills in zero fields and validates c.
+func (c Config) withDefaults() (Config, error) {
+	if c.Duration <= 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Repeat <= 0 {
+		c.Repeat = 1
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	if len(c.Modes) > 0 && c.Bin == "" {
+		return c, fmt.Errorf("forward: a middlebox mode needs the sdnkvs binary")
+	}
+	return c, nil
+}
+
 // Run measures and returns every result, kernel runs included.
 func Run(ctx context.Context, cfg Config) ([]Result, error) {
-	if cfg.Duration <= 0 {
-		cfg.Duration = 10 * time.Second
-	}
-	if cfg.Repeat <= 0 {
-		cfg.Repeat = 1
-	}
-	if cfg.Log == nil {
-		cfg.Log = io.Discard
-	}
-	if len(cfg.Modes) > 0 && cfg.Binary == "" {
-		return nil, fmt.Errorf("forward: a middlebox mode needs the sdnkvs binary")
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	topos := cfg.Modes
 	if len(topos) == 0 {
@@ -111,7 +120,7 @@ func runMode(ctx context.Context, cfg Config, mode string) ([]Result, error) {
 	if mode != "kernel" {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		_, err := tb.StartMiddlebox(sctx, testbed.MiddleboxOptions{
-			Binary: cfg.Binary, TunMode: mode, Anycast: []uint16{AnycastPort}, NodePort: AnycastPort,
+			Bin: cfg.Bin, TunMode: mode, Anycast: []uint16{AnycastPort}, NodePort: AnycastPort,
 			Extra: []string{"--detector", "none"}, // iperf3 nodes serve no /ready to probe
 		})
 		cancel()

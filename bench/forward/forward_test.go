@@ -64,7 +64,7 @@ func TestMiddleboxModes(t *testing.T) {
 	testenv.RequireCommand(t, "iperf3")
 	bin := testbedtest.BuildForTest(t)
 	var log bytes.Buffer
-	rs, err := Run(context.Background(), Config{Binary: bin, Modes: []string{"offload", "plain"}, Duration: 2 * time.Second, Log: &log})
+	rs, err := Run(context.Background(), Config{Bin: bin, Modes: []string{"offload", "plain"}, Duration: 2 * time.Second, Log: &log})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}

@@ -67,8 +67,8 @@ const MaxServers = 8
 
 // Config configures a run. Zero values take the defaults shown.
 type Config struct {
-	// Binary is the sdnkvs binary whose middlebox is measured (required).
-	Binary string
+	// Bin is the sdnkvs binary whose middlebox is measured (required).
+	Bin string
 	// Servers lists the N to measure, in order (default 1..6).
 	Servers []int
 	// Rate caps each DC link, bits per second of IP packets (0: unlimited).
@@ -106,17 +106,21 @@ type Config struct {
 	Log io.Writer
 }
 
-func (c *Config) defaults() error {
+// withDefaults fills in zero fields and validates c.
+func (c Config) withDefaults() (Config, error) {
+	if c.Bin == "" {
+		return c, errors.New("goodput: no sdnkvs binary given")
+	}
 	if len(c.Servers) == 0 {
 		c.Servers = []int{1, 2, 3, 4, 5, 6}
 	}
 	for _, n := range c.Servers {
 		if n < 1 || n > MaxServers {
-			return fmt.Errorf("goodput: %d servers: want 1..%d", n, MaxServers)
+			return c, fmt.Errorf("goodput: %d servers: want 1..%d", n, MaxServers)
 		}
 	}
 	if c.RTT < 0 {
-		return fmt.Errorf("goodput: negative RTT %v", c.RTT)
+		return c, fmt.Errorf("goodput: negative RTT %v", c.RTT)
 	}
 	if c.Duration <= 0 {
 		c.Duration = 10 * time.Second
@@ -125,7 +129,7 @@ func (c *Config) defaults() error {
 		c.Warmup = min(time.Second, c.Duration/5)
 	}
 	if c.Warmup >= c.Duration {
-		return fmt.Errorf("goodput: warm-up %v is not shorter than the duration %v", c.Warmup, c.Duration)
+		return c, fmt.Errorf("goodput: warm-up %v is not shorter than the duration %v", c.Warmup, c.Duration)
 	}
 	if c.Interval <= 0 {
 		c.Interval = 100 * time.Millisecond
@@ -133,7 +137,7 @@ func (c *Config) defaults() error {
 	if c.Log == nil {
 		c.Log = io.Discard
 	}
-	return nil
+	return c, nil
 }
 
 // Sample is the state of one stream at one instant.
@@ -205,11 +209,9 @@ func (r Result) Complete() bool {
 // also "direct-parallel": N independent direct streams at once, one per DC
 // (see parallel).
 func Run(ctx context.Context, cfg Config) ([]Result, error) {
-	if err := cfg.defaults(); err != nil {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		return nil, err
-	}
-	if cfg.Binary == "" {
-		return nil, errors.New("goodput: no sdnkvs binary given")
 	}
 	var out []Result
 	for i, n := range cfg.Servers {
@@ -255,7 +257,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 		// Closed before the parallel streams, which listen on the same port.
 		defer ds.Close()
 		daddr := netip.AddrPortFrom(testbed.NodeAddr(1, 0), DirectPort)
-		r, err := measure(tb, func() (Result, error) { return Stream(ctx, cfg, tb, daddr, []*Sink{ds}) })
+		r, err := measure(tb, func() (Result, error) { return stream(ctx, cfg, tb, daddr, []*Sink{ds}) })
 		r.Kind = "direct"
 		if err != nil {
 			return out, fmt.Errorf("direct baseline: %w", err)
@@ -267,7 +269,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 		if err != nil {
 			return out, err
 		}
-		r, err = measure(tb, func() (Result, error) { return Stream(ctx, cfg, tb, daddr, []*Sink{ds}) })
+		r, err = measure(tb, func() (Result, error) { return stream(ctx, cfg, tb, daddr, []*Sink{ds}) })
 		r.Kind = "direct-nosack"
 		if rerr := restore(); rerr != nil && err == nil {
 			err = rerr
@@ -294,7 +296,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 		return out, err
 	}
 	r, err := measure(tb, func() (Result, error) {
-		return Stream(ctx, cfg, tb, netip.AddrPortFrom(testbed.VIP, MulticastPort), sinks)
+		return stream(ctx, cfg, tb, netip.AddrPortFrom(testbed.VIP, MulticastPort), sinks)
 	})
 	r.Kind = "forked"
 	if err != nil {
@@ -311,7 +313,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 // endpoint answers.
 func startMiddlebox(ctx context.Context, cfg Config, tb *testbed.Testbed) error {
 	opts := testbed.MiddleboxOptions{
-		Binary: cfg.Binary, TunMode: cfg.TunMode, Multicast: []uint16{MulticastPort}, NodePort: MulticastPort,
+		Bin: cfg.Bin, TunMode: cfg.TunMode, Multicast: []uint16{MulticastPort}, NodePort: MulticastPort,
 		Control: "127.0.0.1:9090",
 		// The nodes serve no /ready to probe; later flags may override.
 		Extra: append([]string{"--detector", "none"}, cfg.MiddleboxArgs...),
@@ -357,7 +359,7 @@ func parallel(ctx context.Context, cfg Config, tb *testbed.Testbed, n int) (Resu
 		go func() {
 			defer wg.Done()
 			addr := netip.AddrPortFrom(testbed.NodeAddr(k, 0), DirectPort)
-			parts[k-1], errs[k-1] = Stream(ctx, cfg, tb, addr, sinks[k-1:k])
+			parts[k-1], errs[k-1] = stream(ctx, cfg, tb, addr, sinks[k-1:k])
 		}()
 	}
 	// One sampler for all the streams, so their samples line up.
@@ -398,15 +400,12 @@ func parallel(ctx context.Context, cfg Config, tb *testbed.Testbed, n int) (Resu
 	return res, nil
 }
 
-// Stream opens one connection from the client namespace of tb to dst,
+// stream opens one connection from the client namespace of tb to dst,
 // writes for cfg.Duration while sampling what each sink has received, then
 // closes its side and waits until every sink has read to the end. The
 // sinks must be idle (no other connection) and must be the servers dst
-// reaches.
-func Stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.AddrPort, sinks []*Sink) (Result, error) {
-	if err := cfg.defaults(); err != nil {
-		return Result{}, err
-	}
+// reaches. cfg has its defaults filled in.
+func stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.AddrPort, sinks []*Sink) (Result, error) {
 	r := Result{N: len(sinks)}
 	for _, s := range sinks {
 		s.Reset()

@@ -94,10 +94,10 @@ func TestSummarizeAndReport(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []Config{
-		{Binary: "x", Servers: []int{0}},
-		{Binary: "x", Servers: []int{9}},
-		{Binary: "x", RTT: -time.Second},
-		{Binary: "x", Duration: time.Second, Warmup: 2 * time.Second},
+		{Bin: "x", Servers: []int{0}},
+		{Bin: "x", Servers: []int{9}},
+		{Bin: "x", RTT: -time.Second},
+		{Bin: "x", Duration: time.Second, Warmup: 2 * time.Second},
 		{Servers: []int{1}},
 	} {
 		if _, err := Run(context.Background(), c); err == nil {
@@ -119,7 +119,7 @@ func TestQuickGoodput(t *testing.T) {
 	var log bytes.Buffer
 	// N=3 first: the direct baselines and the parallel streams share
 	// that topology.
-	rs, err := Run(context.Background(), Config{Binary: bin, Servers: []int{3, 1}, Duration: 2 * time.Second, Log: &log})
+	rs, err := Run(context.Background(), Config{Bin: bin, Servers: []int{3, 1}, Duration: 2 * time.Second, Log: &log})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}

@@ -77,7 +77,15 @@ type Report struct {
 	RSS     []RSS
 }
 
-func (c *Config) defaults() {
+// withDefaults fills in zero fields and validates c.
+func (c Config) withDefaults() (Config, error) {
+	if c.Bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return c, fmt.Errorf("kvsbench: no sdnkvs binary: %w", err)
+		}
+		c.Bin = exe
+	}
 	if c.Nodes == 0 {
 		c.Nodes = 9
 	}
@@ -108,6 +116,13 @@ func (c *Config) defaults() {
 	if c.Log == nil {
 		c.Log = io.Discard
 	}
+	if c.Nodes < 1 || c.Quorum <= c.Nodes/2 || c.Quorum > c.Nodes {
+		return c, fmt.Errorf("kvsbench: %d nodes, quorum %d: want n/2 < quorum <= n", c.Nodes, c.Quorum)
+	}
+	if c.Clients < 1 || c.Requests < 1 || c.EtcdReqs < 1 || c.Pipeline < 1 || c.Keyspace < 1 || c.ValueSize < 1 {
+		return c, errors.New("kvsbench: clients, requests, pipeline, keyspace and value size must be positive")
+	}
+	return c, nil
 }
 
 func freePorts(n int) ([]int, error) {
@@ -170,13 +185,9 @@ func waitHTTP(ctx context.Context, url string, p *testbed.Process, timeout time.
 // Run runs the whole comparison and writes results.csv, rss.csv and
 // kvs.png to cfg.Out.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
-	cfg.defaults()
-	if cfg.Bin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, err
-		}
-		cfg.Bin = exe
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	if _, err := exec.LookPath("redis-benchmark"); err != nil {
 		return nil, errors.New("redis-benchmark not found (apt-get install redis-tools)")

@@ -40,3 +40,19 @@ func TestOutputs(t *testing.T) {
 		t.Fatalf("table:\n%s", tab)
 	}
 }
+
+func TestConfigErrors(t *testing.T) {
+	c, err := Config{Bin: "/x"}.withDefaults()
+	if err != nil || c.Nodes != 9 || c.Quorum != 5 || c.Out != "results" {
+		t.Fatalf("defaults: %+v, %v", c, err)
+	}
+	for name, bad := range map[string]Config{
+		"quorum too small": {Bin: "/x", Nodes: 9, Quorum: 4},
+		"quorum too big":   {Bin: "/x", Nodes: 3, Quorum: 4},
+		"clients":          {Bin: "/x", Clients: -1},
+	} {
+		if _, err := bad.withDefaults(); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}

@@ -202,7 +202,7 @@ func (e *Env) MiddleboxOptions(mb MB) testbed.MiddleboxOptions {
 	}
 	ex = append(ex, mb.Extra...)
 	o := testbed.MiddleboxOptions{
-		Binary:    e.cfg.Bin,
+		Bin:       e.cfg.Bin,
 		Multicast: []uint16{WritePort},
 		Anycast:   []uint16{ReadPort},
 		NodePort:  NodePort,

@@ -16,7 +16,7 @@ import (
 // MiddleboxOptions configures [Testbed.StartMiddlebox]. Zero values take
 // the defaults shown.
 type MiddleboxOptions struct {
-	Binary    string   // path to the sdnkvs binary (required)
+	Bin       string   // path to the sdnkvs binary (required)
 	Tun       string   // TUN name, default "sdn0"
 	TunMode   string   // --tun-mode: "offload" or "plain"; "" passes none
 	Multicast []uint16 // VIP ports forked to every DC (--multicast)
@@ -61,7 +61,7 @@ func joinPorts(ps []uint16) string {
 //	  --control 127.0.0.1:9090 --routes [--tun-mode M] [extra...]
 func (tb *Testbed) MiddleboxArgs(o MiddleboxOptions) []string {
 	o = o.withDefaults()
-	args := []string{o.Binary, "middlebox", "--tun", o.Tun, "--vip", VIP.String()}
+	args := []string{o.Bin, "middlebox", "--tun", o.Tun, "--vip", VIP.String()}
 	if len(o.Multicast) > 0 {
 		args = append(args, "--multicast", joinPorts(o.Multicast))
 	}
@@ -89,7 +89,7 @@ func (tb *Testbed) MiddleboxArgs(o MiddleboxOptions) []string {
 // (up to ctx) until its control endpoint answers 200 on ReadyPath. The
 // process is stopped on Close; stop it earlier with Process.Stop.
 func (tb *Testbed) StartMiddlebox(ctx context.Context, o MiddleboxOptions) (*Process, error) {
-	if o.Binary == "" {
+	if o.Bin == "" {
 		return nil, fmt.Errorf("middlebox: no binary given")
 	}
 	o = o.withDefaults()

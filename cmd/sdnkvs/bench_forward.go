@@ -20,8 +20,8 @@ type BenchForwardCmd struct {
 	KernelOnly bool          `name:"kernel-only" help:"Measure kernel forwarding only (no middlebox)."`
 	Duration   time.Duration `default:"10s" help:"Length of each iperf3 run (after a 1 s omitted warm-up)."`
 	Repeat     int           `default:"1" help:"Kernel/middlebox run pairs per mode (medians are reported)."`
-	Out        string        `default:"results" help:"Directory for forward.csv, forward-summary.csv and forward.png."`
-	Binary     string        `help:"sdnkvs binary whose middlebox is measured (default: this one)."`
+	Out        string        `name:"out" default:"results" type:"path" help:"Directory for forward.csv, forward-summary.csv and forward.png."`
+	Bin        string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
 }
 
 // Validate checks the flags.
@@ -41,17 +41,17 @@ func (c *BenchForwardCmd) Validate() error {
 }
 
 func (c *BenchForwardCmd) Run(g *Globals) error {
-	cfg := forward.Config{Duration: c.Duration, Repeat: c.Repeat, Log: os.Stderr, Binary: c.Binary}
+	cfg := forward.Config{Duration: c.Duration, Repeat: c.Repeat, Log: os.Stderr, Bin: c.Bin}
 	if !c.KernelOnly {
 		for _, m := range strings.Split(c.Modes, ",") {
 			cfg.Modes = append(cfg.Modes, strings.TrimSpace(m))
 		}
-		if cfg.Binary == "" {
+		if cfg.Bin == "" {
 			self, err := os.Executable()
 			if err != nil {
 				return err
 			}
-			cfg.Binary = self
+			cfg.Bin = self
 		}
 	}
 	// Ctrl-C: the run stops at the next step and its topology is torn down.

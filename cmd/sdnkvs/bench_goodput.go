@@ -100,7 +100,7 @@ func (c *BenchGoodputCmd) Run(g *Globals) error {
 		}
 	}
 	cfg := goodput.Config{
-		Binary: bin, Servers: c.Servers, Rate: rate, RTT: c.RTT, Duration: c.Duration,
+		Bin: bin, Servers: c.Servers, Rate: rate, RTT: c.RTT, Duration: c.Duration,
 		Warmup: c.Warmup, TunMode: c.TunMode, MiddleboxArgs: c.MbArgs, RTPriority: c.RTPrio, NoDirect: c.NoDirect, NoParallel: c.NoParallel, RcvBuf: rcvbuf, Log: os.Stderr,
 	}
 	// Ctrl-C: the current stream stops and its topology is torn down.

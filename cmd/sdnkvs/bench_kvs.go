@@ -26,6 +26,22 @@ type BenchKvsCmd struct {
 	Out       string `name:"out" default:"results" type:"path" help:"Directory for kvs-results.csv, kvs-rss.csv and kvs.png."`
 }
 
+// Validate checks the flags.
+func (c *BenchKvsCmd) Validate() error {
+	if c.Nodes < 1 {
+		return fmt.Errorf("--nodes %d: want at least 1", c.Nodes)
+	}
+	if c.Quorum <= c.Nodes/2 || c.Quorum > c.Nodes {
+		return fmt.Errorf("--quorum %d: want a majority of --nodes %d (%d..%d)", c.Quorum, c.Nodes, c.Nodes/2+1, c.Nodes)
+	}
+	for flag, v := range map[string]int{"--clients": c.Clients, "--requests": c.Requests, "--etcd-requests": c.EtcdReqs, "--pipeline": c.Pipeline, "--keyspace": c.Keyspace, "--value-size": c.ValueSize} {
+		if v < 1 {
+			return fmt.Errorf("%s %d: want at least 1", flag, v)
+		}
+	}
+	return nil
+}
+
 // Run runs the comparison and prints the table.
 func (c *BenchKvsCmd) Run(g *Globals) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
