@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -35,19 +35,10 @@ func newGHost(t *testing.T, addr netip.Addr) *gHost { return newGHostOpts(t, add
 // newGHostOpts makes a host with the given link MTU (hence MSS) and, if
 // rcvBuf > 0, that receive buffer (hence window scale).
 func newGHostOpts(t *testing.T, addr netip.Addr, mtu, rcvBuf int) *gHost {
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
-	})
-	ep := channel.New(4096, uint32(mtu), "")
-	if err := s.CreateNIC(1, ep); err != nil {
+	s, ep, err := netstackio.NewGVisor(netstackio.GVisorConfig{Addrs: []netip.Addr{addr}, MTU: mtu, QueueLen: 4096})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddrFrom4(addr.As4()).WithPrefix()}, stack.AddressProperties{}); err != nil {
-		t.Fatal(err)
-	}
-	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
 	sack := tcpip.TCPSACKEnabled(true)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		t.Fatal(err)

@@ -21,9 +21,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sdnkvs/sdnkvs/internal/memnet"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/netstacktest"
 )
 
 var (
@@ -42,10 +42,10 @@ const anyPort = 6380
 type rig struct {
 	tr               *tracer
 	mbEnd, routerEnd netstackio.Device
-	net              *memnet.Network
+	net              *netstacktest.Network
 	mb               *Middlebox
-	client           *memnet.Host
-	dcs              map[string]*memnet.Host
+	client           *netstacktest.NetHost
+	dcs              map[string]*netstacktest.NetHost
 	runErr           chan error
 }
 
@@ -63,21 +63,21 @@ func testConfig() Config {
 
 func newRig(t *testing.T, cfg Config, serve func(net.Conn)) *rig {
 	t.Helper()
-	return newRigOpts(t, cfg, serve, memnet.Options{})
+	return newRigOpts(t, cfg, serve, netstacktest.NetworkOptions{})
 }
 
-func newRigOpts(t *testing.T, cfg Config, serve func(net.Conn), opts memnet.Options) *rig {
+func newRigOpts(t *testing.T, cfg Config, serve func(net.Conn), opts netstacktest.NetworkOptions) *rig {
 	t.Helper()
 	tr := &tracer{}
 	opts.Trace = tr.add
-	n := memnet.New(opts)
+	n := netstacktest.NewNetwork(opts)
 	t.Cleanup(n.Close)
-	mbEnd, routerEnd := netstackio.MemPipe(netstackio.PipeOptions{NameA: "mb", NameB: "router"})
+	mbEnd, routerEnd := netstacktest.MemPipe(netstacktest.PipeOptions{NameA: "mb", NameB: "router"})
 	m, err := New(mbEnd, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{mbEnd: mbEnd, routerEnd: routerEnd, tr: tr, net: n, mb: m, dcs: map[string]*memnet.Host{}, runErr: make(chan error, 1)}
+	r := &rig{mbEnd: mbEnd, routerEnd: routerEnd, tr: tr, net: n, mb: m, dcs: map[string]*netstacktest.NetHost{}, runErr: make(chan error, 1)}
 	go func() { r.runErr <- m.Run() }()
 	t.Cleanup(func() {
 		m.Close()
@@ -199,7 +199,7 @@ func TestAnycastTransferThroughMemnet(t *testing.T) {
 	if err != nil {
 		r.tr.dump(t)
 		t.Logf("now %s (trace above)", time.Now().Format("05.000"))
-		for _, h := range append([]*memnet.Host{r.client}, r.dcs["sydney"], r.dcs["dublin"]) {
+		for _, h := range append([]*netstacktest.NetHost{r.client}, r.dcs["sydney"], r.dcs["dublin"]) {
 			st := h.Stack.Stats()
 			t.Logf("%s: tcp csum errors %d invalid %d retransmits %d timeouts %d segs sent %d recv %d; ip malformed %d", h.Name,
 				st.TCP.ChecksumErrors.Value(), st.TCP.InvalidSegmentsReceived.Value(), st.TCP.Retransmits.Value(), st.TCP.Timeouts.Value(),
@@ -443,7 +443,7 @@ func TestFailoverCutMovesAnycastClients(t *testing.T) {
 	cfg := testConfig()
 	// The rig's network is built inside newRig; probes dial through a
 	// "gw" host added to it, so the prober's DialContext is set after.
-	var gw atomic.Pointer[memnet.Host]
+	var gw atomic.Pointer[netstacktest.NetHost]
 	cfg.Failover = &FailoverConfig{
 		Detector: failover.Config{Mode: failover.Fast, ReadmitAfter: 300 * time.Millisecond},
 		Probe:    prober.HTTP,
@@ -455,7 +455,7 @@ func TestFailoverCutMovesAnycastClients(t *testing.T) {
 			return h.DialTCP(ctx, netip.MustParseAddrPort(addr))
 		}},
 	}
-	r := newRigOpts(t, cfg, whoServer, memnet.Options{Filter: filter})
+	r := newRigOpts(t, cfg, whoServer, netstacktest.NetworkOptions{Filter: filter})
 	g, err := r.net.AddHost("gw", netip.MustParseAddr("10.200.0.1"))
 	if err != nil {
 		t.Fatal(err)

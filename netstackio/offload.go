@@ -35,19 +35,21 @@ type StatsReporter interface {
 	Stats() Stats
 }
 
-// counters is the atomic form of Stats, embedded by devices.
-type counters struct {
-	rx, tx, rxGSO, txSegs, dropped, invalid atomic.Uint64
+// Counters is the atomic form of Stats, embedded by devices (here and in
+// netstacktest), which so implement StatsReporter.
+type Counters struct {
+	Rx, Tx, RxGSO, TxSegs, Dropped, Invalid atomic.Uint64
 }
 
-func (c *counters) snapshot() Stats {
+// Stats returns a snapshot of the counters.
+func (c *Counters) Stats() Stats {
 	return Stats{
-		RxPackets: c.rx.Load(),
-		TxPackets: c.tx.Load(),
-		RxGSO:     c.rxGSO.Load(),
-		TxSegs:    c.txSegs.Load(),
-		Dropped:   c.dropped.Load(),
-		Invalid:   c.invalid.Load(),
+		RxPackets: c.Rx.Load(),
+		TxPackets: c.Tx.Load(),
+		RxGSO:     c.RxGSO.Load(),
+		TxSegs:    c.TxSegs.Load(),
+		Dropped:   c.Dropped.Load(),
+		Invalid:   c.Invalid.Load(),
 	}
 }
 

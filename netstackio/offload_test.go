@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/sdnkvs/sdnkvs/netstackio/packet/packettest"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -16,8 +17,8 @@ func TestCompleteChecksumMatchesFullRecomputation(t *testing.T) {
 		v6 := i%2 == 1
 		plen := r.IntN(1500)
 		opt := 4 * r.IntN(11)
-		h, pkt := tcpPacket(r, v6, plen, opt, true, 0)
-		if tcpChecksumOK(pkt) && plen > 0 {
+		h, pkt := packettest.TCPPacket(r, v6, plen, opt, true, 0)
+		if packettest.TCPChecksumOK(pkt) && plen > 0 {
 			// A partial sum is almost never a valid checksum; make sure the
 			// test is not vacuous.
 			continue
@@ -25,7 +26,7 @@ func TestCompleteChecksumMatchesFullRecomputation(t *testing.T) {
 		if err := CompleteChecksum(h, pkt); err != nil {
 			t.Fatalf("packet %d: %v", i, err)
 		}
-		if !tcpChecksumOK(pkt) {
+		if !packettest.TCPChecksumOK(pkt) {
 			t.Fatalf("packet %d (v6=%v len=%d opt=%d): checksum invalid after CompleteChecksum", i, v6, plen, opt)
 		}
 		if h.NeedsCsum() {
@@ -42,7 +43,7 @@ func TestSoftwareGSOSegments(t *testing.T) {
 		mss := 500 + r.IntN(900)
 		plen := r.IntN(60000)
 		opt := 4 * r.IntN(4)
-		h, pkt := tcpPacket(r, v6, plen, opt, i%3 != 0, mss)
+		h, pkt := packettest.TCPPacket(r, v6, plen, opt, i%3 != 0, mss)
 		orig := append([]byte(nil), pkt...)
 		ipLen := header.IPv4MinimumSize
 		if v6 {
@@ -53,7 +54,7 @@ func TestSoftwareGSOSegments(t *testing.T) {
 		var got []byte
 		nseg := 0
 		err := SoftwareOffload(h, pkt, scratch, func(seg []byte) error {
-			if !tcpChecksumOK(seg) {
+			if !packettest.TCPChecksumOK(seg) {
 				t.Fatalf("packet %d segment %d: bad checksum", i, nseg)
 			}
 			if len(seg)-hdrLen > mss {
@@ -96,7 +97,7 @@ func TestSoftwareOffloadRejectsBadInput(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	scratch := make([]byte, 1500)
 	emit := func([]byte) error { return nil }
-	h, pkt := tcpPacket(r, false, 3000, 0, true, 1000)
+	h, pkt := packettest.TCPPacket(r, false, 3000, 0, true, 1000)
 
 	bad := virtio.Hdr(append([]byte(nil), h...))
 	bad.SetGSOSize(0)
@@ -142,7 +143,7 @@ func TestSoftwareOffloadRejectsBadInput(t *testing.T) {
 
 func TestSoftwareOffloadAllocatesNothing(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
-	h, pkt := tcpPacket(r, false, 20000, 12, true, 1448)
+	h, pkt := packettest.TCPPacket(r, false, 20000, 12, true, 1448)
 	scratch := make([]byte, 1500)
 	n := 0
 	emit := func(seg []byte) error { n += len(seg); return nil }

@@ -15,8 +15,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // OutputFunc receives each packet the Stack emits. The packet is
@@ -26,9 +24,6 @@ import (
 // the Stack and is valid only during the call: copy what you keep. It is
 // called from the Stack's single output goroutine, one packet at a time.
 type OutputFunc func(buf []byte, offset int)
-
-// stackNIC is the NIC id of the Stack's only interface.
-const stackNIC tcpip.NICID = 1
 
 // Stack is the middlebox's own gVisor network stack for traffic addressed
 // to the VIP itself (ICMP echo today; probes and local services later). The
@@ -73,31 +68,10 @@ func NewStack(vip netip.Addr, mtu int) (*Stack, error) {
 		return nil, fmt.Errorf("netstackio: stack MTU %d out of range [576, %d]", mtu, MaxPacket)
 	}
 	vip = vip.Unmap()
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
-	})
-	ep := channel.New(1024, uint32(mtu), "")
-	if err := s.CreateNIC(stackNIC, ep); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("netstackio: create NIC: %s", err)
+	s, ep, err := NewGVisor(GVisorConfig{Addrs: []netip.Addr{vip}, MTU: mtu})
+	if err != nil {
+		return nil, err
 	}
-	proto := ipv4.ProtocolNumber
-	if vip.Is6() {
-		proto = ipv6.ProtocolNumber
-	}
-	pa := tcpip.ProtocolAddress{
-		Protocol:          proto,
-		AddressWithPrefix: tcpip.AddrFromSlice(vip.AsSlice()).WithPrefix(),
-	}
-	if err := s.AddProtocolAddress(stackNIC, pa, stack.AddressProperties{}); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("netstackio: add VIP %s: %s", vip, err)
-	}
-	s.SetRouteTable([]tcpip.Route{
-		{Destination: header.IPv4EmptySubnet, NIC: stackNIC},
-		{Destination: header.IPv6EmptySubnet, NIC: stackNIC},
-	})
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &Stack{vip: vip, mtu: mtu, s: s, ep: ep, cancel: cancel, done: make(chan struct{})}
 	go st.outputLoop(ctx)

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/netstackio"
-	"github.com/sdnkvs/sdnkvs/netstackio/gvhost"
+	"github.com/sdnkvs/sdnkvs/netstackio/netstacktest"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -30,9 +30,9 @@ func TestStackTCPProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	a, b := netstackio.MemPipe(netstackio.PipeOptions{})
+	a, b := netstacktest.MemPipe(netstacktest.PipeOptions{})
 	defer a.Close()
-	host, err := gvhost.New(b, gvhost.Options{Addrs: []netip.Addr{node.Addr()}})
+	host, err := netstacktest.NewHost(b, netstacktest.HostOptions{Addrs: []netip.Addr{node.Addr()}})
 	if err != nil {
 		t.Fatal(err)
 	}

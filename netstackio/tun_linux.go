@@ -75,7 +75,7 @@ type offloadTUN struct {
 	file   *os.File
 	rc     syscall.RawConn
 	closed atomic.Bool
-	counters
+	Counters
 
 	// Read state, used by readFn inside rc.Read (Read is not reentrant).
 	rbufs  [][]byte
@@ -154,7 +154,7 @@ func (t *offloadTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, rerr := t.rn, t.rerr
 	t.rbufs, t.rsizes = nil, nil
 	if n > 0 {
-		t.rx.Add(uint64(n))
+		t.Rx.Add(uint64(n))
 		return n, nil
 	}
 	if t.closed.Load() {
@@ -179,11 +179,11 @@ func (t *offloadTUN) readBatch(fd uintptr) bool {
 			t.rerr = err
 			return true
 		case n <= virtio.HdrLen:
-			t.invalid.Add(1)
+			t.Invalid.Add(1)
 			continue
 		}
 		if virtio.Hdr(b).IsGSO() {
-			t.rxGSO.Add(1)
+			t.RxGSO.Add(1)
 		}
 		t.rsizes[t.rn] = n - virtio.HdrLen
 		t.rn++
@@ -206,7 +206,7 @@ func (t *offloadTUN) Write(bufs [][]byte, offset int) (int, error) {
 	err := t.rc.Write(t.writeFn)
 	n, werr := t.wn, t.werr
 	t.wbufs = nil
-	t.tx.Add(uint64(n))
+	t.Tx.Add(uint64(n))
 	if t.closed.Load() {
 		return n, ErrClosed
 	}
@@ -221,16 +221,16 @@ func (t *offloadTUN) writeBatch(fd uintptr) bool {
 		_, err := unix.Write(int(fd), t.wbufs[t.wi][t.woff-virtio.HdrLen:])
 		switch err {
 		case nil:
-			t.txSegs.Add(1)
+			t.TxSegs.Add(1)
 		case unix.EAGAIN:
 			return false
 		case unix.EINTR:
 			continue
 		case unix.EINVAL, unix.EFAULT, unix.EMSGSIZE, unix.ENOMEM, unix.ENOBUFS:
-			t.invalid.Add(1)
+			t.Invalid.Add(1)
 		case unix.EIO:
 			// The interface is down: the packet is lost like on a wire.
-			t.dropped.Add(1)
+			t.Dropped.Add(1)
 		default:
 			t.werr = err
 			return true
@@ -245,7 +245,6 @@ func (t *offloadTUN) BatchSize() int { return t.batch }
 func (t *offloadTUN) MTU() int       { return t.mtu }
 func (t *offloadTUN) Offload() bool  { return true }
 func (t *offloadTUN) Name() string   { return t.name }
-func (t *offloadTUN) Stats() Stats   { return t.snapshot() }
 
 // Close removes the interface and unblocks a pending Read.
 func (t *offloadTUN) Close() error {
@@ -261,7 +260,7 @@ type plainTUN struct {
 	mtu    int
 	ifce   *water.Interface
 	closed atomic.Bool
-	counters
+	Counters
 
 	scratch []byte // Write side only
 	emitFn  func([]byte) error
@@ -307,12 +306,12 @@ func (t *plainTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			return 0, err
 		}
 		if n == 0 {
-			t.invalid.Add(1)
+			t.Invalid.Add(1)
 			continue
 		}
 		clear(bufs[0][offset-virtio.HdrLen : offset])
 		sizes[0] = n
-		t.rx.Add(1)
+		t.Rx.Add(1)
 		return 1, nil
 	}
 }
@@ -334,7 +333,7 @@ func (t *plainTUN) Write(bufs [][]byte, offset int) (int, error) {
 		if !NeedsSoftwareOffload(h) {
 			err = t.emit(b[offset:])
 		} else if err = SoftwareOffload(h, b[offset:], t.scratch, t.emitFn); err != nil && !isFatal(err) {
-			t.invalid.Add(1)
+			t.Invalid.Add(1)
 			err = nil
 		}
 		if err != nil {
@@ -343,7 +342,7 @@ func (t *plainTUN) Write(bufs [][]byte, offset int) (int, error) {
 			}
 			return i, err
 		}
-		t.tx.Add(1)
+		t.Tx.Add(1)
 	}
 	return len(bufs), nil
 }
@@ -363,14 +362,14 @@ func (t *plainTUN) emit(pkt []byte) error {
 	_, err := t.ifce.Write(pkt)
 	switch {
 	case err == nil:
-		t.txSegs.Add(1)
+		t.TxSegs.Add(1)
 		return nil
 	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.EFAULT), errors.Is(err, unix.EMSGSIZE),
 		errors.Is(err, unix.ENOMEM), errors.Is(err, unix.ENOBUFS):
-		t.invalid.Add(1)
+		t.Invalid.Add(1)
 		return nil
 	case errors.Is(err, unix.EIO):
-		t.dropped.Add(1)
+		t.Dropped.Add(1)
 		return nil
 	}
 	return fatalErr{err}
@@ -380,7 +379,6 @@ func (t *plainTUN) BatchSize() int { return 1 }
 func (t *plainTUN) MTU() int       { return t.mtu }
 func (t *plainTUN) Offload() bool  { return false }
 func (t *plainTUN) Name() string   { return t.name }
-func (t *plainTUN) Stats() Stats   { return t.snapshot() }
 
 // Close removes the interface and unblocks a pending Read.
 func (t *plainTUN) Close() error {

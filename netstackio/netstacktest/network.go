@@ -1,16 +1,4 @@
-// Package memnet is an in-memory IPv4 network of gVisor hosts for tests
-// that need no root: each host is a gVisor stack on a link/channel
-// endpoint, and a tiny router plays the gateway kernel of
-// docs/design.md section 3.
-//
-//	host ──► router ─┬─ to the VIP, or from a policy (node service) port ─► middlebox Device
-//	                 └─ otherwise: by destination address ─► host
-//	middlebox Device ─► router ─► by destination address ─► host
-//
-// Hosts validate received checksums (no RX checksum offload), so a bad
-// rewrite in the middlebox shows up as a stalled connection. A Network and
-// its Hosts are safe for concurrent use.
-package memnet
+package netstacktest
 
 import (
 	"context"
@@ -36,8 +24,21 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// Options configures a Network. Zero fields take defaults.
-type Options struct {
+// Network is an in-memory IPv4 network of gVisor hosts for tests that
+// need no root: each host is a gVisor stack on a link/channel
+// endpoint, and a tiny router plays the gateway kernel of
+// docs/design.md section 3.
+//
+//	host ──► router ─┬─ to the VIP, or from a policy (node service) port ─► middlebox Device
+//	                 └─ otherwise: by destination address ─► host
+//	middlebox Device ─► router ─► by destination address ─► host
+//
+// Hosts validate received checksums (no RX checksum offload), so a bad
+// rewrite in the middlebox shows up as a stalled connection. A Network and
+// its Hosts are safe for concurrent use.
+
+// NetworkOptions configures a Network. Zero fields take defaults.
+type NetworkOptions struct {
 	MTU      int // link MTU of every host (default 1500)
 	QueueLen int // per-host channel queue (default and minimum 1024)
 	// Trace, if set, sees every packet the router handles (from is "host"
@@ -56,11 +57,11 @@ type policyKey struct {
 
 // Network is the router and its hosts.
 type Network struct {
-	opts Options
+	opts NetworkOptions
 
 	mu     sync.RWMutex
-	hosts  map[[4]byte]*Host
-	all    []*Host
+	hosts  map[[4]byte]*NetHost
+	all    []*NetHost
 	mb     netstackio.Device
 	vip    [4]byte
 	policy map[policyKey]bool
@@ -76,8 +77,8 @@ type Network struct {
 	routed, noRoute, toMB, fromMB, badCsum, filtered atomic.Uint64
 }
 
-// Stats counts what the router did.
-type Stats struct {
+// NetworkStats counts what the router did.
+type NetworkStats struct {
 	Routed  uint64 // packets delivered to a host
 	NoRoute uint64 // packets for no known host (dropped)
 	ToMB    uint64 // packets written into the middlebox Device
@@ -85,11 +86,11 @@ type Stats struct {
 	// BadChecksum counts packets from the middlebox whose IPv4 or TCP
 	// checksum is wrong (still delivered: the receiving host drops them).
 	BadChecksum uint64
-	Filtered    uint64 // packets Options.Filter dropped
+	Filtered    uint64 // packets NetworkOptions.Filter dropped
 }
 
-// New returns an empty Network. Close releases it.
-func New(opts Options) *Network {
+// NewNetwork returns an empty Network. Close releases it.
+func NewNetwork(opts NetworkOptions) *Network {
 	if opts.MTU <= 0 {
 		opts.MTU = 1500
 	}
@@ -99,7 +100,7 @@ func New(opts Options) *Network {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Network{
 		opts:   opts,
-		hosts:  map[[4]byte]*Host{},
+		hosts:  map[[4]byte]*NetHost{},
 		policy: map[policyKey]bool{},
 		ctx:    ctx,
 		cancel: cancel,
@@ -107,8 +108,8 @@ func New(opts Options) *Network {
 	}
 }
 
-// Host is one gVisor stack attached to the Network.
-type Host struct {
+// NetHost is one gVisor stack attached to the Network.
+type NetHost struct {
 	Name  string
 	Addrs []netip.Addr
 	Stack *stack.Stack
@@ -116,18 +117,27 @@ type Host struct {
 	ep    *channel.Endpoint
 }
 
-const nicID tcpip.NICID = 1
-
 // AddHost creates a host owning addrs (IPv4) with a default route to the
 // router.
-func (n *Network) AddHost(name string, addrs ...netip.Addr) (*Host, error) {
+func (n *Network) AddHost(name string, addrs ...netip.Addr) (*NetHost, error) {
 	if len(addrs) == 0 {
-		return nil, errors.New("memnet: host needs an address")
+		return nil, errors.New("netstacktest: host needs an address")
 	}
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, icmp.NewProtocol4},
-	})
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.Is4() {
+			return nil, fmt.Errorf("netstacktest: %s is not IPv4", a)
+		}
+		if _, dup := n.hosts[a.As4()]; dup {
+			return nil, fmt.Errorf("netstacktest: address %s already taken", a)
+		}
+	}
+	s, ep, err := netstackio.NewGVisor(netstackio.GVisorConfig{Addrs: addrs, MTU: n.opts.MTU, QueueLen: n.opts.QueueLen})
+	if err != nil {
+		return nil, err
+	}
 	// RACK loss detection stalls gVisor TCP after a loss when the RTT is
 	// almost zero (google/gvisor#6113: the sender then only moves on its
 	// retransmission timer); in-memory links have such RTTs, so hosts use
@@ -135,34 +145,14 @@ func (n *Network) AddHost(name string, addrs ...netip.Addr) (*Host, error) {
 	rec := tcpip.TCPRecovery(0)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rec); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("memnet: TCP recovery option: %s", err)
+		s.Wait()
+		ep.Close()
+		return nil, fmt.Errorf("netstacktest: TCP recovery option: %s", err)
 	}
-	ep := channel.New(n.opts.QueueLen, uint32(n.opts.MTU), "")
-	if err := s.CreateNIC(nicID, ep); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("memnet: create NIC: %s", err)
-	}
-	h := &Host{Name: name, Stack: s, net: n, ep: ep}
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	h := &NetHost{Name: name, Stack: s, net: n, ep: ep}
 	for _, a := range addrs {
-		a = a.Unmap()
-		if !a.Is4() {
-			s.Close()
-			return nil, fmt.Errorf("memnet: %s is not IPv4", a)
-		}
-		if _, dup := n.hosts[a.As4()]; dup {
-			s.Close()
-			return nil, fmt.Errorf("memnet: address %s already taken", a)
-		}
-		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddrFrom4(a.As4()).WithPrefix()}
-		if err := s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("memnet: add %s: %s", a, err)
-		}
-		h.Addrs = append(h.Addrs, a)
+		h.Addrs = append(h.Addrs, a.Unmap())
 	}
-	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
 	for _, a := range h.Addrs {
 		n.hosts[a.As4()] = h
 	}
@@ -190,8 +180,8 @@ func (n *Network) AttachMiddlebox(dev netstackio.Device, vip netip.Addr, policy 
 }
 
 // Stats returns the router's counters.
-func (n *Network) Stats() Stats {
-	return Stats{Routed: n.routed.Load(), NoRoute: n.noRoute.Load(), ToMB: n.toMB.Load(), FromMB: n.fromMB.Load(), BadChecksum: n.badCsum.Load(), Filtered: n.filtered.Load()}
+func (n *Network) Stats() NetworkStats {
+	return NetworkStats{Routed: n.routed.Load(), NoRoute: n.noRoute.Load(), ToMB: n.toMB.Load(), FromMB: n.fromMB.Load(), BadChecksum: n.badCsum.Load(), Filtered: n.filtered.Load()}
 }
 
 // Close stops the router and every host and waits for them. Idempotent.
@@ -200,7 +190,7 @@ func (n *Network) Close() {
 		n.cancel()
 		n.mu.RLock()
 		mb := n.mb
-		hosts := append([]*Host(nil), n.all...)
+		hosts := append([]*NetHost(nil), n.all...)
 		n.mu.RUnlock()
 		if mb != nil {
 			mb.Close()
@@ -215,7 +205,7 @@ func (n *Network) Close() {
 }
 
 // hostLoop routes what host h sends.
-func (n *Network) hostLoop(h *Host) {
+func (n *Network) hostLoop(h *NetHost) {
 	defer n.wg.Done()
 	buf := make([]byte, netstackio.MaxPacket)
 	for {
@@ -319,17 +309,13 @@ func (n *Network) route(pkt []byte, fromHost bool) {
 	n.routed.Add(1)
 }
 
-func fullAddr(ap netip.AddrPort) tcpip.FullAddress {
-	return tcpip.FullAddress{Addr: tcpip.AddrFrom4(ap.Addr().Unmap().As4()), Port: ap.Port()}
-}
-
 // DialTCP connects from h to dst.
-func (h *Host) DialTCP(ctx context.Context, dst netip.AddrPort) (*gonet.TCPConn, error) {
+func (h *NetHost) DialTCP(ctx context.Context, dst netip.AddrPort) (*gonet.TCPConn, error) {
 	return gonet.DialContextTCP(ctx, h.Stack, fullAddr(dst), ipv4.ProtocolNumber)
 }
 
 // ListenTCP listens on addr (an address of h, or unspecified) and port.
-func (h *Host) ListenTCP(addr netip.AddrPort) (*gonet.TCPListener, error) {
+func (h *NetHost) ListenTCP(addr netip.AddrPort) (*gonet.TCPListener, error) {
 	fa := tcpip.FullAddress{Port: addr.Port()}
 	if addr.Addr().IsValid() && !addr.Addr().IsUnspecified() {
 		fa = fullAddr(addr)
@@ -339,11 +325,11 @@ func (h *Host) ListenTCP(addr netip.AddrPort) (*gonet.TCPListener, error) {
 
 // Ping sends one ICMP echo request from h to dst and waits for the reply
 // until ctx ends. It returns the round-trip time.
-func (h *Host) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
+func (h *NetHost) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
 	var wq waiter.Queue
 	ep, terr := h.Stack.NewEndpoint(icmp.ProtocolNumber4, ipv4.ProtocolNumber, &wq)
 	if terr != nil {
-		return 0, fmt.Errorf("memnet: ping endpoint: %s", terr)
+		return 0, fmt.Errorf("netstacktest: ping endpoint: %s", terr)
 	}
 	defer ep.Close()
 	we, ch := waiter.NewChannelEntry(waiter.ReadableEvents)
@@ -359,7 +345,7 @@ func (h *Host) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) 
 	var r bytesReader
 	r.b = req
 	if _, terr := ep.Write(&r, tcpip.WriteOptions{To: &to}); terr != nil {
-		return 0, fmt.Errorf("memnet: ping write: %s", terr)
+		return 0, fmt.Errorf("netstacktest: ping write: %s", terr)
 	}
 	for {
 		var w sinkWriter
@@ -371,12 +357,12 @@ func (h *Host) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) 
 			continue
 		}
 		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
-			return 0, fmt.Errorf("memnet: ping read: %s", terr)
+			return 0, fmt.Errorf("netstacktest: ping read: %s", terr)
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return 0, fmt.Errorf("memnet: ping %s: %w", dst, ctx.Err())
+			return 0, fmt.Errorf("netstacktest: ping %s: %w", dst, ctx.Err())
 		}
 	}
 }

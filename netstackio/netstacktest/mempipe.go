@@ -1,9 +1,10 @@
-package netstackio
+package netstacktest
 
 import (
 	"fmt"
 	"sync"
 
+	"github.com/sdnkvs/sdnkvs/netstackio"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
@@ -29,10 +30,12 @@ type PipeOptions struct {
 // carry no offloads: Read returns a zero virtio-net header, Write finishes
 // requested checksums and TCP segmentation in software.
 //
-// Close on one end makes its Read and Write return ErrClosed (unblocking a
-// waiting Read); packets the peer then writes towards it are dropped and
-// counted. Each end follows the Device concurrency rules.
-func MemPipe(opts PipeOptions) (a, b Device) {
+// Close on one end makes its Read and Write return netstackio.ErrClosed
+// (unblocking a waiting Read); packets the peer then writes towards it are
+// dropped and counted. Each end follows the netstackio.Device concurrency
+// rules and reports netstackio.Stats, where Dropped counts packets this end
+// wrote that the peer's queue refused.
+func MemPipe(opts PipeOptions) (a, b netstackio.Device) {
 	if opts.MTU <= 0 {
 		opts.MTU = 1500
 	}
@@ -110,14 +113,14 @@ type pipeEnd struct {
 	mtu     int
 	batch   int
 	in, out *pipeQueue
-	counters
+	netstackio.Counters
 
 	// Write-side scratch, used only by Write (not concurrent with itself).
 	scratch []byte
 	emitFn  func([]byte) error
 }
 
-var _ Device = (*pipeEnd)(nil)
+var _ netstackio.Device = (*pipeEnd)(nil)
 
 func (e *pipeEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < virtio.HdrLen {
@@ -128,7 +131,7 @@ func (e *pipeEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		q.mu.Lock()
 		if q.closed {
 			q.mu.Unlock()
-			return 0, ErrClosed
+			return 0, netstackio.ErrClosed
 		}
 		if q.count > 0 {
 			n := 0
@@ -137,7 +140,7 @@ func (e *pipeEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 				b := bufs[n]
 				if len(b) < offset+len(slot) {
 					// Caller's buffer too small: drop rather than truncate.
-					e.invalid.Add(1)
+					e.Invalid.Add(1)
 				} else {
 					clear(b[offset-virtio.HdrLen : offset])
 					sizes[n] = copy(b[offset:], slot)
@@ -148,7 +151,7 @@ func (e *pipeEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 			q.mu.Unlock()
 			if n > 0 {
-				e.rx.Add(uint64(n))
+				e.Rx.Add(uint64(n))
 				return n, nil
 			}
 			continue
@@ -169,18 +172,18 @@ func (e *pipeEnd) Write(bufs [][]byte, offset int) (int, error) {
 	closed := e.in.closed
 	e.in.mu.Unlock()
 	if closed {
-		return 0, ErrClosed
+		return 0, netstackio.ErrClosed
 	}
 	for _, b := range bufs {
 		h := virtio.At(b, offset)
 		pkt := b[offset:]
-		if !NeedsSoftwareOffload(h) {
+		if !netstackio.NeedsSoftwareOffload(h) {
 			e.emit(pkt)
-		} else if err := SoftwareOffload(h, pkt, e.scratch, e.emitFn); err != nil {
-			e.invalid.Add(1)
+		} else if err := netstackio.SoftwareOffload(h, pkt, e.scratch, e.emitFn); err != nil {
+			e.Invalid.Add(1)
 			continue
 		}
-		e.tx.Add(1)
+		e.Tx.Add(1)
 	}
 	return len(bufs), nil
 }
@@ -189,11 +192,11 @@ func (e *pipeEnd) Write(bufs [][]byte, offset int) (int, error) {
 func (e *pipeEnd) emit(pkt []byte) error {
 	switch {
 	case len(pkt) > e.mtu:
-		e.invalid.Add(1)
+		e.Invalid.Add(1)
 	case !e.out.push(pkt):
-		e.dropped.Add(1)
+		e.Dropped.Add(1)
 	default:
-		e.txSegs.Add(1)
+		e.TxSegs.Add(1)
 	}
 	return nil
 }
@@ -202,10 +205,6 @@ func (e *pipeEnd) BatchSize() int { return e.batch }
 func (e *pipeEnd) MTU() int       { return e.mtu }
 func (e *pipeEnd) Offload() bool  { return false }
 func (e *pipeEnd) Name() string   { return e.name }
-
-// Stats returns the end's counters; Dropped counts packets this end wrote
-// that the peer's queue refused.
-func (e *pipeEnd) Stats() Stats { return e.snapshot() }
 
 func (e *pipeEnd) Close() error {
 	q := e.in

@@ -1,4 +1,4 @@
-package memnet
+package netstacktest
 
 import (
 	"bytes"
@@ -29,7 +29,7 @@ func TestTransferWithLoss(t *testing.T) {
 }
 
 func testTransfer(t *testing.T, filter func(string, []byte) bool) {
-	n := New(Options{Filter: filter})
+	n := NewNetwork(NetworkOptions{Filter: filter})
 	defer n.Close()
 	a, err := n.AddHost("a", netip.MustParseAddr("10.0.0.1"))
 	if err != nil {
@@ -90,7 +90,7 @@ func testTransfer(t *testing.T, filter func(string, []byte) bool) {
 }
 
 func TestPingAcrossHosts(t *testing.T) {
-	n := New(Options{})
+	n := NewNetwork(NetworkOptions{})
 	defer n.Close()
 	a, _ := n.AddHost("a", netip.MustParseAddr("10.0.0.1"))
 	if _, err := n.AddHost("b", netip.MustParseAddr("10.0.0.2")); err != nil {

@@ -1,19 +1,8 @@
-// Package gvhost is a test double: a whole gVisor TCP/IP host whose only
-// network interface is a netstackio.Device (usually one end of a
-// netstackio.MemPipe), so clients and servers can talk to the middlebox
-// in-process, without root.
-//
-//	gVisor stack ──► channel endpoint ──► tx goroutine ──► Device.Write
-//	Device.Read ──► rx goroutine ──► channel endpoint ──► gVisor stack
-//
-// gVisor validates received checksums, so a host is also a rewrite-bug
-// detector.
-package gvhost
+package netstacktest
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"sync"
 
@@ -22,20 +11,25 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
-const nic tcpip.NICID = 1
+// Host is a test double: a whole gVisor TCP/IP host whose only
+// network interface is a netstackio.Device (usually one end of a
+// MemPipe), so clients and servers can talk to the middlebox
+// in-process, without root.
+//
+//	gVisor stack ──► channel endpoint ──► tx goroutine ──► Device.Write
+//	Device.Read ──► rx goroutine ──► channel endpoint ──► gVisor stack
+//
+// gVisor validates received checksums, so a host is also a rewrite-bug
+// detector.
 
-// Options configures a Host.
-type Options struct {
+// HostOptions configures a Host.
+type HostOptions struct {
 	// Addrs are the addresses the host owns (at least one).
 	Addrs []netip.Addr
 	// Promiscuous accepts packets for any destination address and lets the
@@ -60,43 +54,19 @@ type Host struct {
 	err error
 }
 
-// New creates a Host on dev and starts its two pump goroutines.
-func New(dev netstackio.Device, opts Options) (*Host, error) {
+// NewHost creates a Host on dev and starts its two pump goroutines.
+func NewHost(dev netstackio.Device, opts HostOptions) (*Host, error) {
 	if len(opts.Addrs) == 0 {
-		return nil, errors.New("gvhost: no address")
+		return nil, errors.New("netstacktest: no address")
 	}
-	if opts.QueueLen <= 0 {
-		opts.QueueLen = 1024
-	}
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
-	})
-	ep := channel.New(opts.QueueLen, uint32(dev.MTU()), "")
-	if err := s.CreateNIC(nic, ep); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("gvhost: create NIC: %s", err)
-	}
-	for _, a := range opts.Addrs {
-		a = a.Unmap()
-		proto := ipv4.ProtocolNumber
-		if a.Is6() {
-			proto = ipv6.ProtocolNumber
-		}
-		pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: tcpip.AddrFromSlice(a.AsSlice()).WithPrefix()}
-		if err := s.AddProtocolAddress(nic, pa, stack.AddressProperties{}); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("gvhost: add %s: %s", a, err)
-		}
+	s, ep, err := netstackio.NewGVisor(netstackio.GVisorConfig{Addrs: opts.Addrs, MTU: dev.MTU(), QueueLen: opts.QueueLen, UDP: true})
+	if err != nil {
+		return nil, err
 	}
 	if opts.Promiscuous {
-		s.SetPromiscuousMode(nic, true)
-		s.SetSpoofing(nic, true)
+		s.SetPromiscuousMode(netstackio.GVisorNIC, true)
+		s.SetSpoofing(netstackio.GVisorNIC, true)
 	}
-	s.SetRouteTable([]tcpip.Route{
-		{Destination: header.IPv4EmptySubnet, NIC: nic},
-		{Destination: header.IPv6EmptySubnet, NIC: nic},
-	})
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{s: s, ep: ep, dev: dev, cancel: cancel}
 	h.wg.Add(2)
@@ -126,7 +96,7 @@ func (h *Host) Listen(addr netip.AddrPort) (*gonet.TCPListener, error) {
 }
 
 func fullAddr(ap netip.AddrPort) tcpip.FullAddress {
-	return tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFromSlice(ap.Addr().Unmap().AsSlice()), Port: ap.Port()}
+	return tcpip.FullAddress{NIC: netstackio.GVisorNIC, Addr: tcpip.AddrFromSlice(ap.Addr().Unmap().AsSlice()), Port: ap.Port()}
 }
 
 func proto(a netip.Addr) tcpip.NetworkProtocolNumber {

@@ -1,4 +1,4 @@
-package netstackio
+package netstacktest
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/packet/packettest"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
@@ -73,7 +75,7 @@ func TestMemPipeBatchesAndCopies(t *testing.T) {
 	if n, _ := b.Read(bufs, sizes, testOff); n != 3 {
 		t.Fatalf("second Read = %d, want the remaining 3", n)
 	}
-	if st := a.(StatsReporter).Stats(); st.TxPackets != 15 || st.Dropped != 0 {
+	if st := a.(netstackio.StatsReporter).Stats(); st.TxPackets != 15 || st.Dropped != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -88,7 +90,7 @@ func TestMemPipeBoundedQueueDropsAndCounts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st := a.(StatsReporter).Stats(); st.Dropped != 100 || st.TxSegs != 1024 {
+	if st := a.(netstackio.StatsReporter).Stats(); st.Dropped != 100 || st.TxSegs != 1024 {
 		t.Fatalf("stats %+v: want 100 dropped and 1024 queued", st)
 	}
 	bufs, sizes := readBufs(256, 100)
@@ -107,7 +109,7 @@ func TestMemPipeBoundedQueueDropsAndCounts(t *testing.T) {
 	if _, err := a.Write([][]byte{numbered(2, 1501)}, testOff); err != nil {
 		t.Fatal(err)
 	}
-	if st := a.(StatsReporter).Stats(); st.Invalid != 1 {
+	if st := a.(netstackio.StatsReporter).Stats(); st.Invalid != 1 {
 		t.Fatalf("oversize not counted: %+v", st)
 	}
 }
@@ -124,20 +126,20 @@ func TestMemPipeCloseUnblocksReader(t *testing.T) {
 	b.Close()
 	select {
 	case err := <-errc:
-		if !errors.Is(err, ErrClosed) {
-			t.Fatalf("Read after Close: %v, want ErrClosed", err)
+		if !errors.Is(err, netstackio.ErrClosed) {
+			t.Fatalf("Read after Close: %v, want netstackio.ErrClosed", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not unblock Read")
 	}
-	if _, err := b.Write([][]byte{numbered(0, 60)}, testOff); !errors.Is(err, ErrClosed) {
+	if _, err := b.Write([][]byte{numbered(0, 60)}, testOff); !errors.Is(err, netstackio.ErrClosed) {
 		t.Fatalf("Write on closed end: %v", err)
 	}
 	// The peer's writes towards the closed end are dropped and counted.
 	if _, err := a.Write([][]byte{numbered(0, 60)}, testOff); err != nil {
 		t.Fatalf("peer Write: %v", err)
 	}
-	if st := a.(StatsReporter).Stats(); st.Dropped != 1 {
+	if st := a.(netstackio.StatsReporter).Stats(); st.Dropped != 1 {
 		t.Fatalf("peer stats %+v: want 1 dropped", st)
 	}
 	if err := b.Close(); err != nil {
@@ -150,8 +152,8 @@ func TestMemPipeSegmentsGSOInSoftware(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	r := rand.New(rand.NewPCG(9, 10))
-	h, pkt := tcpPacket(r, false, 10000, 0, true, 1460)
-	if n, err := a.Write([][]byte{withHeadroom(h, pkt, testOff)}, testOff); n != 1 || err != nil {
+	h, pkt := packettest.TCPPacket(r, false, 10000, 0, true, 1460)
+	if n, err := a.Write([][]byte{packettest.WithHeadroom(h, pkt, testOff)}, testOff); n != 1 || err != nil {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
 	bufs, sizes := readBufs(64, 1500)
@@ -165,8 +167,8 @@ func TestMemPipeSegmentsGSOInSoftware(t *testing.T) {
 	var payload []byte
 	for i := 0; i < n; i++ {
 		seg := bufs[i][testOff : testOff+sizes[i]]
-		if len(seg) > 1500 || !tcpChecksumOK(seg) {
-			t.Fatalf("segment %d: len %d, checksum ok %v", i, len(seg), tcpChecksumOK(seg))
+		if len(seg) > 1500 || !packettest.TCPChecksumOK(seg) {
+			t.Fatalf("segment %d: len %d, checksum ok %v", i, len(seg), packettest.TCPChecksumOK(seg))
 		}
 		payload = append(payload, seg[40:]...)
 	}
@@ -175,8 +177,8 @@ func TestMemPipeSegmentsGSOInSoftware(t *testing.T) {
 	}
 	// A bad offload header is dropped and counted; the pipe keeps working.
 	h.SetGSOSize(0)
-	a.Write([][]byte{withHeadroom(h, pkt, testOff)}, testOff)
-	if st := a.(StatsReporter).Stats(); st.Invalid != 1 {
+	a.Write([][]byte{packettest.WithHeadroom(h, pkt, testOff)}, testOff)
+	if st := a.(netstackio.StatsReporter).Stats(); st.Invalid != 1 {
 		t.Fatalf("bad header not counted: %+v", st)
 	}
 }
@@ -238,8 +240,8 @@ func TestMemPipeConcurrentReaderWriter(t *testing.T) {
 		sent++
 		// Back off while the queue is nearly full, so nothing is dropped.
 		testenv.WaitFor(t, 10*time.Second, "queue space", func() bool {
-			st := a.(StatsReporter).Stats()
-			return st.Dropped == 0 && int(st.TxSegs)-int(b.(StatsReporter).Stats().RxPackets) < 4000
+			st := a.(netstackio.StatsReporter).Stats()
+			return st.Dropped == 0 && int(st.TxSegs)-int(b.(netstackio.StatsReporter).Stats().RxPackets) < 4000
 		})
 	}
 	select {

@@ -1,4 +1,8 @@
-package netstackio
+// Package packettest builds test packets with gVisor's header encoders,
+// independently of netstackio/packet, so tests can check the middlebox's
+// rewrites against a reference. It is test support: nothing in the
+// production binary imports it.
+package packettest
 
 import (
 	"encoding/binary"
@@ -10,11 +14,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// tcpPacket builds an IPv4 or IPv6 TCP packet with a complete checksum
+// TCPPacket builds an IPv4 or IPv6 TCP packet with a complete checksum
 // (partial=false) or with the pseudo-header sum only (partial=true, as an
 // offload device delivers it), and the virtio-net header that goes with
 // it. gso > 0 marks it as a TCP GSO packet with that segment size.
-func tcpPacket(r *rand.Rand, v6 bool, payloadLen, optLen int, partial bool, gso int) (virtio.Hdr, []byte) {
+func TCPPacket(r *rand.Rand, v6 bool, payloadLen, optLen int, partial bool, gso int) (virtio.Hdr, []byte) {
 	ipLen := header.IPv4MinimumSize
 	if v6 {
 		ipLen = header.IPv6MinimumSize
@@ -88,8 +92,8 @@ func tcpPacket(r *rand.Rand, v6 bool, payloadLen, optLen int, partial bool, gso 
 	return h, pkt
 }
 
-// tcpChecksumOK verifies the IP (v4) and TCP checksums of pkt from scratch.
-func tcpChecksumOK(pkt []byte) bool {
+// TCPChecksumOK verifies the IP (v4) and TCP checksums of pkt from scratch.
+func TCPChecksumOK(pkt []byte) bool {
 	var src, dst tcpip.Address
 	var tcp header.TCP
 	if pkt[0]>>4 == 4 {
@@ -106,8 +110,8 @@ func tcpChecksumOK(pkt []byte) bool {
 	return checksum.Checksum(tcp, pseudo) == 0xffff
 }
 
-// withHeadroom returns a buffer holding h and pkt at offset.
-func withHeadroom(h virtio.Hdr, pkt []byte, offset int) []byte {
+// WithHeadroom returns a buffer holding h and pkt at offset.
+func WithHeadroom(h virtio.Hdr, pkt []byte, offset int) []byte {
 	b := make([]byte, offset+len(pkt))
 	copy(b[offset-virtio.HdrLen:], h)
 	copy(b[offset:], pkt)

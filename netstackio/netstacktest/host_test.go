@@ -1,4 +1,4 @@
-package gvhost
+package netstacktest
 
 import (
 	"bytes"
@@ -12,18 +12,17 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
-	"github.com/sdnkvs/sdnkvs/netstackio"
 )
 
 func TestTwoHostsTalkTCPOverMemPipe(t *testing.T) {
 	before := runtime.NumGoroutine()
-	a, b := netstackio.MemPipe(netstackio.PipeOptions{MTU: 1500})
+	a, b := MemPipe(PipeOptions{MTU: 1500})
 	ca, sa := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
-	client, err := New(a, Options{Addrs: []netip.Addr{ca}})
+	client, err := NewHost(a, HostOptions{Addrs: []netip.Addr{ca}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	server, err := New(b, Options{Addrs: []netip.Addr{sa}})
+	server, err := NewHost(b, HostOptions{Addrs: []netip.Addr{sa}})
 	if err != nil {
 		t.Fatal(err)
 	}
