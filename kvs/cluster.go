@@ -1,6 +1,7 @@
 package kvs
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,12 @@ type ClusterConfig struct {
 	// (IP mode) or of node 1, consecutive (port mode); 0 = ABD mode.
 	OrderPort   int
 	OrderSecret []byte
+
+	Cluster       string // cluster id (default "sdnkvs")
+	PeerSecret    []byte // nil: a random secret shared by this process's nodes only
+	InsecurePeers bool   // no peer authentication at all
+	RequirePass   []byte // RESP AUTH password for every node
+	DebugListen   string // pprof of node 1 on this loopback address
 }
 
 // Cluster is a set of nodes run in one process. Safe for concurrent use.
@@ -90,12 +97,25 @@ func (cc ClusterConfig) NodeConfigs() ([]Config, error) {
 			http = append(http, net.JoinHostPort(host, strconv.Itoa(hb+i)))
 		}
 	}
+	secret := cc.PeerSecret
+	if secret == nil && !cc.InsecurePeers && len(resp) > 1 {
+		// All nodes run in this process: a random secret admits exactly
+		// them (and no external peer) to their peer ports.
+		secret = make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, err
+		}
+	}
 	cfgs := make([]Config, len(resp))
 	for i := range resp {
 		cfgs[i] = Config{
 			ID: i + 1, Listen: resp[i], PeerListen: peer[i], HTTPListen: http[i],
 			Peers: peer, Quorum: cc.Quorum, Sync: cc.Sync, InMemory: cc.InMemory,
 			Timeout: cc.Timeout, Logger: cc.Logger, OrderSecret: cc.OrderSecret,
+			Cluster: cc.Cluster, PeerSecret: secret, InsecurePeers: cc.InsecurePeers, RequirePass: cc.RequirePass,
+		}
+		if i == 0 {
+			cfgs[i].DebugListen = cc.DebugListen
 		}
 		if cc.OrderPort != 0 {
 			cfgs[i].OrderListen = orderAddr(resp[i], cc.OrderPort, i, len(cc.IPs) > 0)

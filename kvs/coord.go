@@ -48,6 +48,8 @@ var (
 	// ErrBusy is returned when too many operations are in flight.
 	ErrBusy    = errors.New("too many operations in flight")
 	errStorage = errors.New("storage error")
+	// errIDCollision refuses writes on a node whose id another process uses.
+	errIDCollision = errors.New("node id collision: writes refused")
 )
 
 // op is one quorum operation. Its fields are guarded by mu; key, val and
@@ -70,6 +72,11 @@ type op struct {
 
 	err  error
 	done chan struct{}
+
+	// senders counts peer goroutines still sending this op's phase 2 from
+	// key and val after unlocking mu; release waits for them, so the op's
+	// buffers are never reused under a sender.
+	senders sync.WaitGroup
 }
 
 // Found reports whether a finished GET found a live value.
@@ -94,6 +101,7 @@ func newCoordinator(n *Node) *coordinator {
 
 // release returns o to the pool; late answers to it are ignored.
 func (c *coordinator) release(o *op) {
+	o.senders.Wait()
 	o.mu.Lock()
 	o.gen++
 	o.phase = phaseIdle
@@ -210,6 +218,20 @@ func (c *coordinator) deliverRead(id uint64, ok bool, t Tag, flags byte, val []b
 		}
 		wt, wf, wv = o.best, o.bestFlags, o.bestVal
 	case opSet, opDel:
+		if c.n.collision.Load() {
+			c.finish(o, errIDCollision)
+			o.mu.Unlock()
+			return
+		}
+		if o.best.Counter >= MaxCounter {
+			// Replicas refuse counters above MaxCounter, so this only
+			// happens at the very end of the counter space: fail rather
+			// than wrap (a wrapped tag would lose to the stored one while
+			// the client is told +OK).
+			c.finish(o, errTagExhaust)
+			o.mu.Unlock()
+			return
+		}
 		seq, err := c.n.store.NextWriter()
 		if err != nil {
 			c.finish(o, err)
@@ -230,8 +252,10 @@ func (c *coordinator) deliverRead(id uint64, ok bool, t Tag, flags byte, val []b
 	o.acks, o.fails = 0, 0
 	id2 := opID(o)
 	k := o.key
+	o.senders.Add(1)
 	o.mu.Unlock()
 	c.sendWrite(id2, k, wt, wf, wv)
+	o.senders.Done()
 }
 
 // sendWrite sends phase 2 to every replica. k and v stay valid until the op

@@ -13,6 +13,7 @@ package kvs
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -35,6 +36,7 @@ const (
 	cmdMSet
 	cmdTooBig
 	cmdQuit
+	cmdOK // answered +OK (AUTH that succeeded)
 )
 
 // batchCmd is one parsed command of a batch; its args alias the read buffer.
@@ -67,6 +69,7 @@ type clientConn struct {
 	seed   maphash.Seed
 	quit   bool
 	sq     seqConn
+	authed bool // AUTH succeeded (or no password is required)
 }
 
 const maxBatch = 1024
@@ -183,6 +186,12 @@ func (cc *clientConn) add(args [][]byte) {
 	bc.argEnd = len(cc.argv)
 	name := args[0]
 	nargs := len(args)
+	if cc.n.cfg.RequirePass != nil && !cc.authed && !eq(name, "auth") && !eq(name, "hello") && !eq(name, "ping") && !eq(name, "quit") {
+		bc.kind, bc.err = cmdImmediate, "NOAUTH Authentication required."
+		cc.n.stats.AuthFail.Add(1)
+		cc.cmds = append(cc.cmds, bc)
+		return
+	}
 	arity := func(ok bool) bool {
 		if !ok {
 			bc.kind = cmdImmediate
@@ -220,10 +229,23 @@ func (cc *clientConn) add(args [][]byte) {
 		}
 	case eq(name, "quit"):
 		bc.kind = cmdQuit
+	case eq(name, "hello") && cc.n.cfg.RequirePass != nil:
+		bc.kind = cmdImmediate
+		if nargs >= 5 && eq(args[2], "auth") {
+			bc.err = cc.auth(args[3:5])
+		} else if !cc.authed {
+			bc.err = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"
+		}
+	case eq(name, "auth"):
+		// Decided now, not when the batch runs, so that commands pipelined
+		// behind AUTH see its outcome (as in Redis).
+		if arity(nargs == 2 || nargs == 3) {
+			bc.kind, bc.err = cmdOK, cc.auth(args[1:])
+		}
 	default:
 		bc.kind = cmdImmediate
 	}
-	if bc.err == "" && bc.kind != cmdImmediate && bc.kind != cmdQuit {
+	if bc.err == "" && bc.kind != cmdImmediate && bc.kind != cmdQuit && bc.kind != cmdOK {
 		for _, k := range cc.keys(bc) {
 			if len(k) > cc.n.cfg.MaxKey {
 				bc.kind = cmdImmediate
@@ -245,6 +267,25 @@ func (cc *clientConn) keys(bc batchCmd) [][]byte {
 		return a[:1]
 	}
 	return a
+}
+
+// auth checks AUTH's arguments ([user] password); it returns "" on
+// success, else the error reply.
+func (cc *clientConn) auth(args [][]byte) string {
+	want := cc.n.cfg.RequirePass
+	if want == nil {
+		return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+	}
+	user, pass := []byte("default"), args[0]
+	if len(args) == 2 {
+		user, pass = args[0], args[1]
+	}
+	if string(user) != "default" || subtle.ConstantTimeCompare(pass, want) != 1 {
+		cc.n.stats.AuthFail.Add(1)
+		return "WRONGPASS invalid username-password pair or user is disabled."
+	}
+	cc.authed = true
+	return ""
 }
 
 // run executes the batch and appends every reply to out.
@@ -296,7 +337,7 @@ func (cc *clientConn) collides(keys [][]byte, step int) bool {
 func (cc *clientConn) startCmd(bc *batchCmd, inGroup bool) bool {
 	bc.opStart = len(cc.ops)
 	bc.opEnd = bc.opStart
-	if bc.kind == cmdImmediate || bc.kind == cmdTooBig || bc.kind == cmdQuit {
+	if bc.kind == cmdImmediate || bc.kind == cmdTooBig || bc.kind == cmdQuit || bc.kind == cmdOK {
 		return true
 	}
 	keys := cc.keys(*bc)
@@ -386,6 +427,8 @@ func (cc *clientConn) finishCmd(bc *batchCmd) {
 	case cmdQuit:
 		cc.out = redcon.AppendOK(cc.out)
 		cc.quit = true
+	case cmdOK:
+		cc.out = redcon.AppendOK(cc.out)
 	case cmdGet:
 		if ops[0].found() {
 			cc.out = redcon.AppendBulk(cc.out, ops[0].bestVal)

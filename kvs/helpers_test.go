@@ -50,6 +50,7 @@ func testCluster(t testing.TB, n, q int, timeout time.Duration) *Cluster {
 			ID: i + 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i]), PeerListen: peers[i],
 			HTTPListen: fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]), Peers: peers, Quorum: q,
 			Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: timeout, Logger: log,
+			PeerSecret: testSecret,
 		}
 	}
 	c, err := StartNodes(cfgs)
@@ -70,3 +71,6 @@ func client(t testing.TB, c *Cluster, i int) *redis.Client {
 }
 
 var bg = context.Background()
+
+// testSecret is the peer secret of test clusters.
+var testSecret = []byte("kvs-test-cluster-secret-0123456789")

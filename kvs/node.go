@@ -7,23 +7,30 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sdnkvs/sdnkvs/internal/peerauth"
 )
 
 // Config configures one store node.
 type Config struct {
-	ID         int      // unique in the cluster, 1..65535
-	Listen     string   // RESP address, e.g. 10.210.1.13:6379
-	PeerListen string   // peer protocol address, e.g. 10.210.1.13:7379
-	HTTPListen string   // readiness/health HTTP address; "" disables it
-	Peers      []string // peer addresses of the cluster (own PeerListen is skipped)
-	Quorum     int      // 0: majority of the cluster
-	Dir        string   // Badger directory
-	Sync       bool     // fsync every commit before acknowledging
-	InMemory   bool     // tests: no files
+	ID          int      // unique in the cluster, 1..MaxNodeID
+	Listen      string   // RESP address, e.g. 10.210.1.13:6379
+	PeerListen  string   // peer protocol address, e.g. 10.210.1.13:7379
+	HTTPListen  string   // readiness/health HTTP address; "" disables it
+	DebugListen string   // pprof HTTP address, loopback only; "" disables it
+	Peers       []string // every node of the cluster, this one included ("addr" = node i+1, or "id=addr")
+
+	Cluster       string // cluster id, checked in the peer handshake; default "sdnkvs"
+	PeerSecret    []byte // cluster secret for the peer handshake (>= 16 bytes)
+	InsecurePeers bool   // allow a multi-node cluster without PeerSecret (no peer authentication)
+	RequirePass   []byte // RESP AUTH password; nil: no AUTH required
+	Quorum        int    // 0: majority of the cluster
+	Dir           string // Badger directory
+	Sync          bool   // fsync every commit before acknowledging
+	InMemory      bool   // tests: no files
 
 	Timeout  time.Duration // per client command; default 2s
 	MaxKey   int           // default 4 KiB
@@ -47,13 +54,16 @@ type Node struct {
 	quorum int
 	log    *slog.Logger
 
-	store *Store
-	coord *coordinator
-	peers []*peerClient
-	seq   *seqNode // nil unless sequenced
+	store   *Store
+	coord   *coordinator
+	peers   []*peerClient
+	members []member // the whole cluster, this node included, by id
+	seq     *seqNode // nil unless sequenced
 
 	respLn, peerLn net.Listener
 	httpSrv        *http.Server
+	debugSrv       *http.Server
+	debugLn        net.Listener
 	httpLn         net.Listener
 
 	mu      sync.Mutex
@@ -62,7 +72,8 @@ type Node struct {
 	wg      sync.WaitGroup
 	closed  bool
 
-	stats Stats
+	stats     Stats
+	collision atomic.Bool // another process claimed this node's id
 }
 
 // Stats are a node's counters, safe for concurrent use.
@@ -72,14 +83,21 @@ type Stats struct {
 	BadRequests  atomic.Uint64 // unknown commands, wrong arity, oversized, protocol errors
 	QuorumErrors atomic.Uint64 // no quorum or timeout
 	PeerBad      atomic.Uint64 // malformed peer frames (connection dropped)
+	PeerAuthFail atomic.Uint64 // peer handshakes that failed (either direction)
+	BadTags      atomic.Uint64 // peer writes or answers with a non-member writer or an out-of-range counter
+	IDCollisions atomic.Uint64 // handshakes where a peer claimed an id it does not own
+	AuthFail     atomic.Uint64 // client commands refused with NOAUTH or WRONGPASS
 	Clients      atomic.Int64  // open client connections
 }
 
 // Start opens storage, listens on the configured addresses and starts
 // serving. Peers are connected in the background (with retries).
 func Start(cfg Config) (*Node, error) {
-	if cfg.ID < 1 || cfg.ID > 65535 {
-		return nil, fmt.Errorf("kvs: node id %d out of range 1..65535", cfg.ID)
+	if cfg.ID < 1 || cfg.ID > MaxNodeID {
+		return nil, fmt.Errorf("kvs: node id %d out of range 1..%d", cfg.ID, MaxNodeID)
+	}
+	if cfg.Cluster == "" {
+		cfg.Cluster = "sdnkvs"
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
@@ -96,13 +114,35 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	var others []string
-	for _, p := range cfg.Peers {
-		if p != "" && p != cfg.PeerListen {
-			others = append(others, p)
+	members, err := parseMembers(cfg.Peers)
+	if err != nil {
+		return nil, err
+	}
+	if len(members) == 0 {
+		members = []member{{id: uint64(cfg.ID), addr: cfg.PeerListen}}
+	}
+	var others []member
+	self := false
+	for _, m := range members {
+		if m.id == uint64(cfg.ID) {
+			self = true
+			if err := sameListen(m.addr, cfg.PeerListen); err != nil {
+				return nil, fmt.Errorf("kvs: node %d: %w (wrong --id, or a peer list that differs from the other nodes')", cfg.ID, err)
+			}
+		} else {
+			others = append(others, m)
 		}
 	}
-	n := &Node{cfg: cfg, size: len(others) + 1, log: cfg.Logger.With("node", cfg.ID),
+	if !self {
+		return nil, fmt.Errorf("kvs: node id %d is not in the peer list (entry %d, or \"%d=addr\")", cfg.ID, cfg.ID, cfg.ID)
+	}
+	if len(others) > 0 && cfg.PeerSecret == nil && !cfg.InsecurePeers {
+		return nil, errors.New("kvs: a cluster of several nodes needs a peer secret (--peer-secret-file), or --insecure-peers to run without peer authentication")
+	}
+	if cfg.PeerSecret != nil && len(cfg.PeerSecret) < peerauth.MinSecret {
+		return nil, fmt.Errorf("kvs: peer secret shorter than %d bytes", peerauth.MinSecret)
+	}
+	n := &Node{cfg: cfg, size: len(others) + 1, members: members, log: cfg.Logger.With("node", cfg.ID),
 		conns: map[net.Conn]struct{}{}, closing: make(chan struct{})}
 	n.quorum = cfg.Quorum
 	if n.quorum == 0 {
@@ -140,6 +180,11 @@ func Start(cfg Config) (*Node, error) {
 		})
 		mux.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
 			up, q := n.reachable(), n.quorum
+			if n.collision.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintf(w, "not ready: node id %d collision (another process claims it)\n", n.cfg.ID)
+				return
+			}
 			if up < q {
 				w.WriteHeader(http.StatusServiceUnavailable)
 				fmt.Fprintf(w, "not ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
@@ -147,8 +192,6 @@ func Start(cfg Config) (*Node, error) {
 			}
 			fmt.Fprintf(w, "ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
 		})
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go n.httpSrv.Serve(n.httpLn)
 	}
@@ -157,8 +200,13 @@ func Start(cfg Config) (*Node, error) {
 			return fail(err)
 		}
 	}
-	for i, a := range others {
-		p := &peerClient{n: n, idx: i, addr: a}
+	if cfg.DebugListen != "" {
+		if err := n.startDebug(cfg.DebugListen); err != nil {
+			return fail(err)
+		}
+	}
+	for i, m := range others {
+		p := &peerClient{n: n, idx: i, id: m.id, addr: m.addr}
 		n.peers = append(n.peers, p)
 	}
 	for _, p := range n.peers {
@@ -201,7 +249,7 @@ func (n *Node) reachable() int {
 
 // Ready reports whether the node can currently reach a quorum (itself
 // included), i.e. whether it can serve reads and writes.
-func (n *Node) Ready() bool { return n.reachable() >= n.quorum }
+func (n *Node) Ready() bool { return !n.collision.Load() && n.reachable() >= n.quorum }
 
 // LocalGet returns this replica's own record for key (no quorum): for tests
 // and diagnostics.
@@ -280,10 +328,12 @@ func (n *Node) Close() error {
 	if n.seq != nil {
 		n.seq.ln.Close()
 	}
-	if n.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		n.httpSrv.Shutdown(ctx)
-		cancel()
+	for _, srv := range []*http.Server{n.httpSrv, n.debugSrv} {
+		if srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			srv.Shutdown(ctx)
+			cancel()
+		}
 	}
 	for _, p := range n.peers {
 		p.stop()
@@ -323,6 +373,12 @@ func (n *Node) servePeer(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	peer, err := n.acceptPeer(c)
+	if err != nil {
+		n.stats.PeerAuthFail.Add(1)
+		n.log.Warn("peer handshake refused", "peer", c.RemoteAddr(), "err", err)
+		return
+	}
 	sc := &serverConn{w: newBatchWriter(c, 32<<20)}
 	defer sc.w.close()
 	fr := newFrameReader(c, n.maxFrame())
@@ -358,6 +414,11 @@ func (n *Node) servePeer(c net.Conn) {
 				vbuf = nil
 			}
 		case kindWrite:
+			if err := n.checkTag(req.tag); err != nil {
+				n.stats.BadTags.Add(1)
+				n.log.Warn("peer write refused; dropping connection", "peer", c.RemoteAddr(), "id", peer.ID, "tag", req.tag, "err", err)
+				return
+			}
 			n.store.Put(req.key, req.tag, req.flags, req.val, req.id, sc)
 		}
 	}
@@ -371,6 +432,7 @@ func (n *Node) servePeer(c net.Conn) {
 type peerClient struct {
 	n    *Node
 	idx  int
+	id   uint64 // the member this client dials
 	addr string
 	w    atomic.Pointer[batchWriter]
 
@@ -446,6 +508,20 @@ func (p *peerClient) run() {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
+		if err := p.n.dialPeer(c, p.id); err != nil {
+			p.n.stats.PeerAuthFail.Add(1)
+			p.n.log.Warn("peer handshake failed", "peer", p.addr, "err", err)
+			c.Close()
+			p.mu.Lock()
+			p.conn = nil
+			p.mu.Unlock()
+			select {
+			case <-p.n.closing:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
+		}
 		w := newBatchWriter(c, 32<<20)
 		p.w.Store(w)
 		p.n.log.Debug("peer connected", "peer", p.addr)
@@ -471,6 +547,11 @@ func (p *peerClient) readLoop(c net.Conn) {
 			return
 		}
 		ok := r.status == statusOK
+		if err := p.n.checkTag(r.tag); err != nil {
+			p.n.stats.BadTags.Add(1)
+			p.n.log.Warn("peer answer with a bad tag; dropping connection", "peer", p.addr, "tag", r.tag, "err", err)
+			return
+		}
 		switch r.kind {
 		case kindRead, kindReadTag:
 			p.n.coord.deliverRead(r.id, ok, r.tag, r.flags, r.val)

@@ -35,7 +35,7 @@ func seqCluster(t testing.TB, n int, timeout time.Duration) *Cluster {
 		cfgs[i] = Config{
 			ID: i + 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i]), PeerListen: peers[i],
 			Peers: peers, Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: timeout, Logger: log,
-			OrderListen: fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]), OrderSecret: testOrderSecret,
+			OrderListen: fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]), OrderSecret: testOrderSecret, PeerSecret: testSecret,
 			UnsequencedGrace: 100 * time.Millisecond,
 		}
 	}

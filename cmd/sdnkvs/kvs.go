@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/internal/peerauth"
 	"github.com/sdnkvs/sdnkvs/kvs"
 )
 
@@ -32,10 +33,46 @@ type KvsNodeCmd struct {
 	Timeout     time.Duration `name:"timeout" default:"2s" help:"Deadline of one client command; a missed deadline is an error reply, never a wrong answer."`
 	OrderListen string        `name:"order-listen" placeholder:"IP:PORT" help:"Sequenced mode: listen for the middlebox's order stream here (port 7380 by convention). Writes then take the middlebox's stamps as tags (one round); writes not coming through the middlebox's sequenced port are refused, reads are served on any connection."`
 	OrderSecret
+	KvsSecurityFlags
+}
+
+// KvsSecurityFlags are the authentication flags of nodes.
+type KvsSecurityFlags struct {
+	ClusterID       string `name:"cluster-id" default:"sdnkvs" help:"Cluster id; peers with another id are refused."`
+	PeerSecretFile  string `name:"peer-secret-file" type:"path" help:"File holding the cluster secret (at least 16 bytes) that authenticates peers. Required for a cluster of several nodes unless --insecure-peers. 'kvs cluster' without it uses a random secret known only to its own nodes."`
+	InsecurePeers   bool   `name:"insecure-peers" help:"Run a multi-node cluster without peer authentication: anyone reaching the peer port can read and overwrite every key. For isolated test networks only."`
+	RequirepassFile string `name:"requirepass-file" type:"path" help:"File holding the password clients must give with AUTH (like Redis requirepass); before AUTH every command but AUTH, HELLO and PING answers -NOAUTH."`
+	DebugListen     string `name:"debug-listen" help:"Serve pprof on this loopback address (e.g. 127.0.0.1:6060); off by default."`
+}
+
+// load reads the secret files.
+func (f KvsSecurityFlags) loadSecrets() (secret, pass []byte, err error) {
+	if f.PeerSecretFile != "" {
+		if f.InsecurePeers {
+			return nil, nil, fmt.Errorf("--peer-secret-file and --insecure-peers exclude each other")
+		}
+		if secret, err = peerauth.LoadSecret(f.PeerSecretFile); err != nil {
+			return nil, nil, fmt.Errorf("--peer-secret-file: %w", err)
+		}
+	}
+	if f.RequirepassFile != "" {
+		b, err := os.ReadFile(f.RequirepassFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--requirepass-file: %w", err)
+		}
+		if pass = []byte(strings.TrimRight(string(b), "\r\n")); len(pass) == 0 {
+			return nil, nil, fmt.Errorf("--requirepass-file: %s is empty", f.RequirepassFile)
+		}
+	}
+	return secret, pass, nil
 }
 
 // Run starts the node and serves until SIGINT/SIGTERM.
 func (c *KvsNodeCmd) Run(g *Globals) error {
+	secret, pass, err := c.loadSecrets()
+	if err != nil {
+		return err
+	}
 	httpAddr := c.HTTP
 	if httpAddr == "" {
 		host := c.Listen[:max(0, strings.LastIndex(c.Listen, ":"))]
@@ -45,6 +82,8 @@ func (c *KvsNodeCmd) Run(g *Globals) error {
 		ID: c.ID, Listen: c.Listen, PeerListen: c.PeerListen, HTTPListen: httpAddr,
 		Peers: c.Peers, Quorum: c.Quorum, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout,
 		Logger: slog.Default(), OrderListen: c.OrderListen, OrderSecret: c.Secret,
+		Cluster: c.ClusterID, PeerSecret: secret, InsecurePeers: c.InsecurePeers,
+		RequirePass: pass, DebugListen: c.DebugListen,
 	})
 	if err != nil {
 		return err
@@ -70,22 +109,33 @@ type KvsClusterCmd struct {
 	Timeout      time.Duration `name:"timeout" default:"2s" help:"Deadline of one client command."`
 	OrderPort    int           `name:"order-port" default:"0" help:"Sequenced mode: order-stream port on every IP (IP mode) or of node 1, consecutive (port mode); 0 = ABD mode. See 'kvs node --help' (--order-listen)."`
 	OrderSecret
+	KvsSecurityFlags
 }
 
 // Config converts the flags.
-func (c *KvsClusterCmd) Config() kvs.ClusterConfig {
+func (c *KvsClusterCmd) Config() (kvs.ClusterConfig, error) {
+	secret, pass, err := c.loadSecrets()
+	if err != nil {
+		return kvs.ClusterConfig{}, err
+	}
 	return kvs.ClusterConfig{
-		Nodes: c.Nodes, Quorum: c.Quorum, BasePort: c.BasePort, PeerBasePort: c.PeerBasePort,
+		Cluster: c.ClusterID, PeerSecret: secret, InsecurePeers: c.InsecurePeers, RequirePass: pass,
+		DebugListen: c.DebugListen,
+		Nodes:       c.Nodes, Quorum: c.Quorum, BasePort: c.BasePort, PeerBasePort: c.PeerBasePort,
 		HTTPBasePort: c.HTTPBasePort, IPs: c.IPs, Port: c.Port, PeerPort: c.PeerPort,
 		HTTPPort: c.HTTPPort, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout, Logger: slog.Default(),
 		OrderPort: c.OrderPort, OrderSecret: c.Secret,
-	}
+	}, nil
 }
 
 // Run starts the cluster, prints one line per node and "cluster ready" once
 // every node reaches all its peers, and serves until SIGINT/SIGTERM.
 func (c *KvsClusterCmd) Run(g *Globals) error {
-	cl, err := kvs.StartCluster(c.Config())
+	cfg, err := c.Config()
+	if err != nil {
+		return err
+	}
+	cl, err := kvs.StartCluster(cfg)
 	if err != nil {
 		return err
 	}

@@ -3,10 +3,12 @@ package main
 import (
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/alecthomas/kong"
+	"github.com/sdnkvs/sdnkvs/kvs"
 )
 
 func parseArgs(t *testing.T, args ...string) (*CLI, *kong.Context, error) {
@@ -46,7 +48,7 @@ func TestKvsClusterFlags(t *testing.T) {
 	if ctx.Command() != "kvs cluster" {
 		t.Fatalf("selected %q", ctx.Command())
 	}
-	cfg := cli.Kvs.Cluster.Config()
+	cfg, _ := cli.Kvs.Cluster.Config()
 	if cfg.Nodes != 9 || cfg.BasePort != 16379 || cfg.Dir != "/tmp/c" || len(cfg.IPs) != 0 {
 		t.Fatalf("config %+v", cfg)
 	}
@@ -54,7 +56,7 @@ func TestKvsClusterFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg := cli.Kvs.Cluster.Config(); len(cfg.IPs) != 2 || cfg.Port != 6379 || cfg.PeerPort != 7379 || cfg.HTTPPort != 8379 {
+	if cfg, _ := cli.Kvs.Cluster.Config(); len(cfg.IPs) != 2 || cfg.Port != 6379 || cfg.PeerPort != 7379 || cfg.HTTPPort != 8379 {
 		t.Fatalf("IP mode config %+v", cfg)
 	}
 }
@@ -70,6 +72,7 @@ func TestKvsBadFlagsNamed(t *testing.T) {
 		{[]string{"kvs", "--id", "1", "--peers", "a:1", "--data", "/tmp/x", "--quorum", "five"}, "--quorum"},
 		{[]string{"kvs", "cluster", "--nodes", "nine", "--data", "/tmp/x"}, "--nodes"},
 		{[]string{"kvs", "--id", "1", "--peers", "a:1", "--data", "/tmp/x", "--timeout", "soon"}, "--timeout"},
+		{[]string{"kvs", "--id", "1", "--peers", "a:1", "--data", "/tmp/x", "--insecure-peers=maybe"}, "--insecure-peers"},
 	} {
 		_, _, err := parseArgs(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.flag) {
@@ -108,7 +111,7 @@ func TestKvsOrderFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgs, err := cli.Kvs.Cluster.Config().NodeConfigs()
+	cfgs, err := func() ([]kvs.Config, error) { cc, _ := cli.Kvs.Cluster.Config(); return cc.NodeConfigs() }()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,5 +120,31 @@ func TestKvsOrderFlags(t *testing.T) {
 	}
 	if _, _, err := parseArgs(t, "kvs", "cluster", "--nodes", "3", "--data", dir, "--order-port", "7380"); err == nil || !strings.Contains(err.Error(), "--order-port needs --order-secret-file") {
 		t.Errorf("cluster without secret: %v", err)
+	}
+}
+
+// Secret files: errors name the flag.
+func TestKvsSecretFlags(t *testing.T) {
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, []byte("abc\n"), 0o600)
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("0123456789abcdef0123\n"), 0o600)
+	for _, c := range []struct {
+		flags KvsSecurityFlags
+		want  string
+	}{
+		{KvsSecurityFlags{PeerSecretFile: short}, "--peer-secret-file"},
+		{KvsSecurityFlags{PeerSecretFile: filepath.Join(dir, "none")}, "--peer-secret-file"},
+		{KvsSecurityFlags{PeerSecretFile: good, InsecurePeers: true}, "--insecure-peers"},
+		{KvsSecurityFlags{RequirepassFile: filepath.Join(dir, "none")}, "--requirepass-file"},
+	} {
+		if _, _, err := c.flags.loadSecrets(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %s", c.flags, err, c.want)
+		}
+	}
+	secret, pass, err := KvsSecurityFlags{PeerSecretFile: good, RequirepassFile: good}.loadSecrets()
+	if err != nil || string(secret) != "0123456789abcdef0123" || string(pass) != "0123456789abcdef0123" {
+		t.Fatalf("good files: %q %q %v", secret, pass, err)
 	}
 }

@@ -239,6 +239,8 @@ func withDeadline(c net.Conn, deadline time.Time) func() {
 
 // Client runs the handshake as the connecting side. It returns the
 // authenticated peer's hello, or an error; on error the caller must close c.
+// When an authenticated server refuses the client (ErrRefused after its
+// proof verified), the server's hello is returned with the error.
 // The deadline bounds the whole handshake.
 func Client(c net.Conn, secret []byte, self Hello, deadline time.Time) (Hello, error) {
 	if len(secret) < MinSecret {
@@ -287,7 +289,7 @@ func Client(c net.Conn, secret []byte, self Hello, deadline time.Time) (Hello, e
 	}
 	switch {
 	case typ == msgRefuse:
-		return Hello{}, refusal(p)
+		return peer, refusal(p) // the server proved itself: who refused us
 	case typ != msgWelcome || len(p) != macSize:
 		return Hello{}, ErrMalformed
 	case !hmac.Equal(p, t.mac(secret, "welcome")):

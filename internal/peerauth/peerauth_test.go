@@ -83,6 +83,9 @@ func TestAcceptRefuses(t *testing.T) {
 	if !errors.Is(cr.err, ErrRefused) || !strings.Contains(cr.err.Error(), "not a member") {
 		t.Fatalf("client: %v, want a refusal naming the reason", cr.err)
 	}
+	if cr.peer != nodeB {
+		t.Fatalf("refused client learns the server %+v, want %+v", cr.peer, nodeB)
+	}
 	if !errors.Is(sr.err, ErrRefused) {
 		t.Fatalf("server: %v", sr.err)
 	}
