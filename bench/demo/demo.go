@@ -33,6 +33,7 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
 	"github.com/sdnkvs/sdnkvs/bench/scenario"
+	"github.com/sdnkvs/sdnkvs/failover"
 )
 
 // Config is one demo run. Zero values take the defaults shown.
@@ -42,7 +43,7 @@ type Config struct {
 	scenario.Topology
 
 	Mode          string   // "sdn" (through the middlebox) or "direct" (baseline)
-	Detector      string   // middlebox --detector: "fast" (or paper, none)
+	Detector      string   // middlebox --detector: "fast" (or safe, paper, none)
 	MiddleboxArgs []string // more middlebox flags
 	KVSArgs       []string // more `kvs cluster` flags
 
@@ -90,6 +91,9 @@ func (c Config) WithDefaults() (Config, error) {
 	}
 	if c.Detector == "" {
 		c.Detector = "fast"
+	}
+	if _, err := failover.ParseMode(c.Detector); err != nil {
+		return c, fmt.Errorf("demo: %w", err)
 	}
 	if c.Duration == 0 {
 		c.Duration = DefaultDuration

@@ -32,6 +32,7 @@ func TestConfigValidate(t *testing.T) {
 		"cut late":  {Bin: "/x", Duration: 5 * time.Second, CutAt: 6 * time.Second},
 		"nodes":     {Bin: "/x", Topology: scenario.Topology{DCs: []testbed.DC{{Name: "a", Nodes: 500}, {Name: "b"}}}},
 		"value":     {Bin: "/x", ValueSize: 4},
+		"detector":  {Bin: "/x", Detector: "psychic"},
 	} {
 		if _, err := bad.WithDefaults(); err == nil {
 			t.Errorf("%s: no error", name)

@@ -41,6 +41,7 @@ import (
 	"github.com/sdnkvs/sdnkvs/bench/report"
 	"github.com/sdnkvs/sdnkvs/bench/scenario"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/failover"
 )
 
 // Config configures the experiment. Zero values take the defaults shown.
@@ -90,8 +91,8 @@ func (c Config) withDefaults() (Config, error) {
 		c.Detectors = []string{"paper", "fast"}
 	}
 	for _, det := range c.Detectors {
-		if det != "paper" && det != "fast" && det != "safe" && det != "none" {
-			return c, fmt.Errorf("failoverbench: detector %q: want paper, fast, safe or none", det)
+		if _, err := failover.ParseMode(det); err != nil {
+			return c, fmt.Errorf("failoverbench: %w", err)
 		}
 	}
 	if c.CutAt == 0 {

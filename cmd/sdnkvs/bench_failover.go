@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/failoverbench"
+	"github.com/sdnkvs/sdnkvs/failover"
 )
 
 // BenchFailoverCmd is the paper's Fig. 6: an anycast client reading over
@@ -20,7 +21,7 @@ import (
 // write load for RPO.
 type BenchFailoverCmd struct {
 	DCPairFlags `embed:""`
-	Detectors   []string      `name:"detector" default:"paper,fast" help:"Middlebox detectors to compare, one run each (paper, fast, none)."`
+	Detectors   []string      `name:"detector" default:"paper,fast" help:"Middlebox detectors to compare, one run each (safe, fast, paper, none)."`
 	CutAt       time.Duration `name:"cut-at" default:"5s" help:"When the near DC is cut in each run."`
 	Duration    time.Duration `name:"duration" default:"40s" help:"Longest run per detector."`
 	ReadSize    int           `name:"read-size" default:"65536" help:"Bytes of the value the reader fetches, request after request."`
@@ -58,8 +59,8 @@ func (c *BenchFailoverCmd) Config() (failoverbench.Config, error) {
 // Validate checks the flags.
 func (c *BenchFailoverCmd) Validate() error {
 	for _, d := range c.Detectors {
-		if d != "paper" && d != "fast" && d != "none" {
-			return fmt.Errorf("--detector %q: want paper, fast or none", d)
+		if _, err := failover.ParseMode(d); err != nil {
+			return fmt.Errorf("--detector: %w", err)
 		}
 	}
 	if c.CutAt <= 0 || c.CutAt >= c.Duration {

@@ -21,7 +21,7 @@ type DemoCmd struct {
 	DCPairFlags `embed:""`
 	Duration    time.Duration `name:"duration" default:"30s" help:"How long the workload runs."`
 	CutAt       time.Duration `name:"cut-at" default:"12s" help:"When the near DC is cut (after the workload starts); negative: never."`
-	Detector    string        `name:"detector" default:"fast" enum:"fast,paper,none" help:"Middlebox failure detector: fast (all signals), paper (Algorithm 1 alone), none."`
+	Detector    string        `name:"detector" default:"fast" enum:"safe,fast,paper,none" help:"Middlebox failure detector (sdnkvs middlebox --detector): fast (every signal), safe (corroborated signals only), paper (Algorithm 1 alone), none."`
 	Mode        string        `name:"mode" default:"sdn" enum:"sdn,direct" help:"sdn: through the middlebox; direct: baseline, the client uses one near node, no middlebox."`
 	Writers     int           `name:"writers" default:"8" help:"Write connections (forked port)."`
 	Window      int           `name:"window" default:"128" help:"Writes in flight per write connection."`
