@@ -1,15 +1,13 @@
 package ackmerge
 
 import (
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/internal/script"
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 )
 
@@ -33,99 +31,23 @@ import (
 //	remove K              (failover removes branch K)
 //	state
 
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected traces of testdata/*.txt")
-
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) { runScript(t, file) })
-	}
+	script.RunDir(t, "testdata/*.txt", func() func(*script.Cmd) []string {
+		var h *harness
+		return func(c *script.Cmd) []string { return runCommand(c, &h) }
+	})
 }
 
-func runScript(t *testing.T, file string) {
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(string(raw), "\n")
-	var out strings.Builder
-	var h *harness
-	for i := 0; i < len(lines); {
-		line := lines[i]
-		i++
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			out.WriteString(line + "\n")
-			continue
-		}
-		cmd := line
-		if i >= len(lines) || lines[i] != "----" {
-			t.Fatalf("%s:%d: command without ---- separator", file, i)
-		}
-		i++
-		var want []string
-		for i < len(lines) && lines[i] != "" {
-			want = append(want, lines[i])
-			i++
-		}
-		got := runCommand(t, &h, cmd)
-		out.WriteString(cmd + "\n----\n")
-		for _, g := range got {
-			out.WriteString(g + "\n")
-		}
-		if !*rewrite && strings.Join(got, "\n") != strings.Join(want, "\n") {
-			t.Errorf("%s: %s\n got:\n%s\nwant:\n%s", file, cmd, strings.Join(got, "\n"), strings.Join(want, "\n"))
-		}
-	}
-	if *rewrite {
-		s := strings.TrimRight(out.String(), "\n") + "\n"
-		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func runCommand(t *testing.T, hp **harness, cmd string) []string {
-	f := strings.Fields(cmd)
-	args := map[string]string{}
-	var pos []string
-	for _, a := range f[1:] {
-		if k, v, ok := strings.Cut(a, "="); ok {
-			args[k] = v
-		} else {
-			pos = append(pos, a)
-		}
-	}
-	num := func(k string, def int) int {
-		v, ok := args[k]
-		if !ok {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatalf("%q: bad %s=%s", cmd, k, v)
-		}
-		return n
-	}
-	dur := func(k string) time.Duration {
-		d, _ := time.ParseDuration(args[k])
-		return d
-	}
-	has := func(w string) bool {
-		for _, p := range pos {
-			if p == w {
-				return true
-			}
-		}
-		return false
-	}
+func runCommand(c *script.Cmd, hp **harness) []string {
+	t := c.T
+	num := c.Int
+	dur := func(k string) time.Duration { return c.Duration(k, 0) }
+	has := c.Has
 	payload := func() []byte {
-		if d, ok := args["data"]; ok {
+		if d, ok := c.Arg("data"); ok {
 			s, err := strconv.Unquote(`"` + d + `"`)
 			if err != nil {
-				t.Fatalf("%q: bad data", cmd)
+				c.Fatalf("bad data")
 			}
 			return []byte(s)
 		}
@@ -141,9 +63,10 @@ func runCommand(t *testing.T, hp **harness, cmd string) []string {
 		}
 		return fl
 	}
+	pos := c.Pos
 	h := *hp
 	var segs []seg
-	switch f[0] {
+	switch c.Name {
 	case "flow":
 		*hp = newHarness(t, num("n", 1), Config{MinReplicas: num("min", 0), HandshakeTimeout: dur("handshake"),
 			BranchTimeout: dur("lag"), Linger: dur("linger")})
@@ -161,11 +84,11 @@ func runCommand(t *testing.T, hp **harness, cmd string) []string {
 	case "branch":
 		k, err := strconv.Atoi(pos[0])
 		if err != nil {
-			t.Fatalf("%q: branch index", cmd)
+			c.Fatalf("branch index")
 		}
 		if has("synack") {
 			ws := 7
-			if args["ws"] == "none" {
+			if v, _ := c.Arg("ws"); v == "none" {
 				ws = -1
 			} else {
 				ws = num("ws", 7)
@@ -177,7 +100,7 @@ func runCommand(t *testing.T, hp **harness, cmd string) []string {
 	case "tick":
 		d, err := time.ParseDuration(pos[0])
 		if err != nil {
-			t.Fatalf("%q: duration", cmd)
+			c.Fatalf("duration")
 		}
 		segs = h.tick(d)
 	case "remove":
@@ -191,7 +114,7 @@ func runCommand(t *testing.T, hp **harness, cmd string) []string {
 		}
 		return r
 	default:
-		t.Fatalf("unknown command %q", cmd)
+		c.Fatalf("unknown command")
 	}
 	var r []string
 	for _, s := range segs {
