@@ -15,6 +15,7 @@ package kvsbench
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"encoding/base64"
 	"encoding/csv"
 	"encoding/json"
@@ -197,6 +198,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
+	// The nodes authenticate each other with a random secret of this run.
+	secret := filepath.Join(tmp, "peer-secret")
+	if err := os.WriteFile(secret, []byte(crand.Text()), 0o600); err != nil {
+		return nil, err
+	}
 	rep := &Report{}
 
 	// 1. sdnkvs
@@ -222,7 +228,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			"--listen", fmt.Sprintf("127.0.0.1:%d", ports[i]), "--peer-listen", peers[i],
 			"--http", fmt.Sprintf("127.0.0.1:%d", ports[2*cfg.Nodes+i]),
 			"--peers", strings.Join(peers, ","), "--data", filepath.Join(tmp, fmt.Sprintf("node%d", i+1)),
-			"--quorum", strconv.Itoa(cfg.Quorum)}
+			"--quorum", strconv.Itoa(cfg.Quorum), "--peer-secret-file", secret}
 		if cfg.Sync {
 			args = append(args, "--sync")
 		}

@@ -1,11 +1,15 @@
 package kvsbench
 
 import (
+	"context"
 	"encoding/csv"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
 func TestOutputs(t *testing.T) {
@@ -54,5 +58,32 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+// TestRunSmall runs the comparison for real, briefly (no etcd): every
+// sdnkvs and redis-server test yields a rate, and every process its RSS.
+func TestRunSmall(t *testing.T) {
+	testenv.RequireCommand(t, "redis-benchmark", "redis-server")
+	bin := testbedtest.BuildForTest(t)
+	out := t.TempDir()
+	rep, err := Run(context.Background(), Config{Bin: bin, Nodes: 3, Quorum: 2, Clients: 4, Requests: 500, Pipeline: 4, EtcdBin: "", Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sys := range []string{"sdnkvs", "redis-server"} {
+		for _, test := range []string{"SET", "GET"} {
+			for _, pipe := range []int{1, 4} {
+				if r, ok := rep.Find(sys, test, pipe); !ok || r.OpsPerS <= 0 {
+					t.Errorf("%s %s -P %d: %+v, found %v", sys, test, pipe, r, ok)
+				}
+			}
+		}
+	}
+	if len(rep.RSS) != 4 || rep.RSS[0].PeakMiB <= 0 {
+		t.Errorf("RSS: %+v, want 3 nodes and redis-server with a peak", rep.RSS)
+	}
+	if _, err := os.Stat(filepath.Join(out, "kvs.png")); err != nil {
+		t.Error(err)
 	}
 }
