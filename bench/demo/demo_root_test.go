@@ -16,11 +16,7 @@ import (
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbedtest.RemoveSharedBinary()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbedtest.Main(m) }
 
 // shortConfig is a small, quick topology for tests: 3 nodes per DC,
 // short delays.
@@ -31,13 +27,9 @@ func shortConfig(t *testing.T) Config {
 			{Name: "dublin", Nodes: 3, Delay: 30 * time.Millisecond, Rate: 100e6},
 		}},
 		Duration: 8 * time.Second, CutAt: 3 * time.Second, Writers: 4, Window: 32, Rate: 800, Readers: 2,
-		DataDir: t.TempDir(), Log: testLog{t},
+		DataDir: t.TempDir(), Log: testbedtest.Log(t),
 	}
 }
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(b []byte) (int, error) { l.t.Logf("%s", b); return len(b), nil }
 
 // The baseline without the middlebox: writes acknowledged by the near DC
 // alone are lost when it is cut, and the client never recovers. This shows
@@ -52,7 +44,7 @@ func TestDirectBaselineLosesWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res.Print(testLog{t})
+	res.Print(testbedtest.Log(t))
 	if res.AckedBeforeCut == 0 {
 		t.Fatalf("no write acknowledged before the cut")
 	}
@@ -79,7 +71,7 @@ func TestDemoRPOZero(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res.Print(testLog{t})
+	res.Print(testbedtest.Log(t))
 	if res.AckedBeforeCut == 0 || res.AckedAfterCut == 0 {
 		t.Fatalf("acknowledged writes before/after the cut: %d/%d, want both > 0", res.AckedBeforeCut, res.AckedAfterCut)
 	}

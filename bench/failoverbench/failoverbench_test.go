@@ -19,15 +19,7 @@ import (
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbedtest.RemoveSharedBinary()
-	os.Exit(code)
-}
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(b []byte) (int, error) { l.t.Logf("%s", b); return len(b), nil }
+func TestMain(m *testing.M) { testbedtest.Main(m) }
 
 func TestConfigDefaults(t *testing.T) {
 	c, err := Config{Bin: "/x"}.withDefaults()
@@ -70,12 +62,12 @@ func TestFailoverAndCuts(t *testing.T) {
 			{Name: "dublin", Nodes: 3, Delay: 20 * time.Millisecond, Rate: 100e6},
 		}},
 		Detectors: []string{"paper", "fast"}, CutAt: 2 * time.Second, Duration: 20 * time.Second, Until: time.Second,
-		Cuts: 2, CutsRate: 300, DataDir: t.TempDir(), Out: out, Log: testLog{t}, Seed: 1,
+		Cuts: 2, CutsRate: 300, DataDir: t.TempDir(), Out: out, Log: testbedtest.Log(t), Seed: 1,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res.Print(testLog{t})
+	res.Print(testbedtest.Log(t))
 	if len(res.Runs) != 2 {
 		t.Fatalf("%d detector runs, want 2", len(res.Runs))
 	}

@@ -3,7 +3,6 @@ package race
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -12,22 +11,14 @@ import (
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbedtest.RemoveSharedBinary()
-	os.Exit(code)
-}
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(b []byte) (int, error) { l.t.Logf("%s", b); return len(b), nil }
+func TestMain(m *testing.M) { testbedtest.Main(m) }
 
 func newTestEnv(t *testing.T, dcs []testbed.DC) *Env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	e, err := NewEnv(ctx, testbedtest.SharedBinary(t), dcs, true, nil, testLog{t})
+	e, err := NewEnv(ctx, testbedtest.SharedBinary(t), dcs, true, nil, testbedtest.Log(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@
 package testbedtest
 
 import (
+	"io"
 	"os"
 	"sync"
 	"testing"
@@ -81,3 +82,19 @@ func failOrSkip(t testing.TB, err error) {
 	}
 	t.Skipf("skipping: %v", err)
 }
+
+// Main runs the tests of a package that uses SharedBinary and then removes
+// the binary: call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	RemoveSharedBinary()
+	os.Exit(code)
+}
+
+// Log returns a writer that sends each write to t.Logf, for the progress
+// output of a run under test.
+func Log(t testing.TB) io.Writer { return logWriter{t} }
+
+type logWriter struct{ t testing.TB }
+
+func (l logWriter) Write(b []byte) (int, error) { l.t.Logf("%s", b); return len(b), nil }
