@@ -57,8 +57,8 @@ import (
 
 // Ports used by the benchmark.
 const (
-	MulticastPort = 6379 // VIP multicast port; every node's sink listens on it
-	DirectPort    = 5201 // dc1's sink for the direct baseline (not a VIP port)
+	MulticastPort = testbed.DefaultNodePort // VIP multicast port; every node's sink listens on it
+	DirectPort    = 5201                    // dc1's sink for the direct baseline (not a VIP port)
 )
 
 // MaxServers is the largest N (the testbed gives each DC a /24 of its own;
@@ -314,7 +314,7 @@ func runN(ctx context.Context, cfg Config, n int, direct bool) ([]Result, error)
 func startMiddlebox(ctx context.Context, cfg Config, tb *testbed.Testbed) error {
 	opts := testbed.MiddleboxOptions{
 		Bin: cfg.Bin, TunMode: cfg.TunMode, Multicast: []uint16{MulticastPort}, NodePort: MulticastPort,
-		Control: "127.0.0.1:9090",
+		Control: testbed.DefaultControl,
 		// The nodes serve no /ready to probe; later flags may override.
 		Extra: append([]string{"--detector", "none"}, cfg.MiddleboxArgs...),
 	}

@@ -23,12 +23,12 @@ import (
 // Service ports of the demo topology: writes go to the forked (multicast)
 // port, reads to the anycast port; both map to the nodes' RESP port.
 const (
-	WritePort = 6379
+	WritePort = testbed.DefaultNodePort
 	ReadPort  = 6380
-	NodePort  = 6379
+	NodePort  = testbed.DefaultNodePort
 	// ControlAddr is the middlebox's control listener in the gateway
 	// namespace.
-	ControlAddr = "127.0.0.1:9090"
+	ControlAddr = testbed.DefaultControl
 	// MarkerKey is written directly into each DC's store before a run with
 	// the DC's name as its value, so a read through the anycast port tells
 	// which DC served it.

@@ -13,6 +13,16 @@ import (
 	"time"
 )
 
+// Defaults of the services the testbed starts (the sdnkvs commands'
+// defaults).
+const (
+	// DefaultNodePort is a kvs node's RESP port.
+	DefaultNodePort = 6379
+	// DefaultControl is the middlebox's control listener, in the gateway
+	// namespace.
+	DefaultControl = "127.0.0.1:9090"
+)
+
 // MiddleboxOptions configures [Testbed.StartMiddlebox]. Zero values take
 // the defaults shown.
 type MiddleboxOptions struct {
@@ -21,8 +31,8 @@ type MiddleboxOptions struct {
 	TunMode   string   // --tun-mode: "offload" or "plain"; "" passes none
 	Multicast []uint16 // VIP ports forked to every DC (--multicast)
 	Anycast   []uint16 // VIP ports sent to one DC (--anycast)
-	NodePort  uint16   // node service port in the --dc lists, default 6379
-	Control   string   // control listener in the gw namespace, default 127.0.0.1:9090
+	NodePort  uint16   // node service port in the --dc lists, default DefaultNodePort
+	Control   string   // control listener in the gw namespace, default DefaultControl
 	NoRoutes  bool     // do not pass --routes
 	Extra     []string // more flags, appended
 	// ReadyPath is polled on the control listener until it answers 200;
@@ -35,10 +45,10 @@ func (o MiddleboxOptions) withDefaults() MiddleboxOptions {
 		o.Tun = "sdn0"
 	}
 	if o.NodePort == 0 {
-		o.NodePort = 6379
+		o.NodePort = DefaultNodePort
 	}
 	if o.Control == "" {
-		o.Control = "127.0.0.1:9090"
+		o.Control = DefaultControl
 	}
 	if o.ReadyPath == "" {
 		o.ReadyPath = "/dcs"
