@@ -192,7 +192,7 @@ func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
 		}
 	}
 	if f.kind == kindForked {
-		if m.seq != nil && !m.seqStamp(i, p) {
+		if m.seq != nil && !m.seqStamp(i, p, m.dp.nowUnix) {
 			m.drop(ReasonNotSequenced)
 			return 0, verdictDrop
 		}

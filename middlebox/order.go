@@ -51,10 +51,11 @@ type orderConn struct {
 	log    *slog.Logger
 	resync func(o *orderConn) // fills q under the flow-table lock and o.mu
 
-	mu    sync.Mutex // guards q, live, overflowed
+	mu    sync.Mutex // guards q, live, over, cur
 	q     []byte     // encoded frames not yet handed to the writer
 	live  bool       // resynced on a connection: the data path appends
 	over  bool       // the queue overflowed since the last resync
+	cur   net.Conn   // the session's connection (closed on overflow)
 	spare []byte     // the writer's buffer (swapped with q)
 
 	wake    chan struct{} // cap 1
@@ -84,9 +85,17 @@ func (o *orderConn) push(f *orderwire.Frame) bool {
 		return false
 	}
 	if len(o.q)+orderwire.MaxFrame > o.limit {
+		// The node does not keep up: drop the queue and the connection
+		// (a writer blocked on it returns at once); the next session's
+		// resync sends what the node may still need.
 		o.dropped.Add(1 + uint64(len(o.q)/orderwire.MaxFrame))
 		o.q, o.live, o.over = o.q[:0], false, true
+		c := o.cur
+		o.cur = nil
 		o.mu.Unlock()
+		if c != nil {
+			go c.Close()
+		}
 		o.signal()
 		return false
 	}
@@ -160,6 +169,14 @@ func (o *orderConn) session(ctx context.Context) error {
 	if peer.Role != peerauth.RoleNode {
 		return fmt.Errorf("order stream: peer role %q, want %q", peer.Role, peerauth.RoleNode)
 	}
+	o.mu.Lock()
+	o.cur = c
+	o.mu.Unlock()
+	defer func() {
+		o.mu.Lock()
+		o.cur = nil
+		o.mu.Unlock()
+	}()
 	readErr := make(chan error, 1)
 	go func() { readErr <- o.read(c) }()
 	o.resync(o) // queue HELLO, OPENs, STAMPs; live from here on

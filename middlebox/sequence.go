@@ -158,7 +158,7 @@ func (m *Middlebox) seqOpen(i int32) {
 // must be dropped because no stamp could be given (the clock's ceiling is
 // not persisted yet, or too many ranges are unacknowledged). Called with
 // flows held, before the segment is forwarded; does not allocate.
-func (m *Middlebox) seqStamp(i int32, p *packet.TCP) bool {
+func (m *Middlebox) seqStamp(i int32, p *packet.TCP, now int64) bool {
 	s := m.seq
 	if int(i) >= len(s.on) || !s.on[i] {
 		return true
@@ -170,8 +170,8 @@ func (m *Middlebox) seqStamp(i int32, p *packet.TCP) bool {
 	f := &m.flows.tab.slab[i]
 	sf := &s.flows[i]
 	cb, _ := f.fork.Acked()
-	sf.Ack(f.cliISS+1+cb, m.dp.nowUnix)
-	r, ok, err := sf.Observe(p.Seq(), n, s.clock, m.dp.nowUnix)
+	sf.Ack(f.cliISS+1+cb, now)
+	r, ok, err := sf.Observe(p.Seq(), n, s.clock, now)
 	if err != nil {
 		s.refused.Add(1)
 		select {

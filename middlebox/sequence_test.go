@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,6 +37,9 @@ type fakeOrderNode struct {
 	hellos int
 	// discard: frames are read but not recorded (allocation tests).
 	discard atomic.Bool
+	// stall: a new connection is not read until release is closed.
+	stall   atomic.Bool
+	release chan struct{}
 }
 
 func newFakeOrderNode(t *testing.T) *fakeOrderNode {
@@ -43,7 +47,7 @@ func newFakeOrderNode(t *testing.T) *fakeOrderNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &fakeOrderNode{t: t, ln: ln}
+	n := &fakeOrderNode{t: t, ln: ln, release: make(chan struct{})}
 	t.Cleanup(func() { ln.Close(); n.cut() })
 	go func() {
 		for {
@@ -71,6 +75,9 @@ func (n *fakeOrderNode) serve(c net.Conn) {
 	n.mu.Lock()
 	n.conns = append(n.conns, c)
 	n.mu.Unlock()
+	if n.stall.Load() {
+		<-n.release
+	}
 	rd := orderwire.NewReader(c)
 	var f orderwire.Frame
 	var out []byte
@@ -460,11 +467,11 @@ func TestSequencedStampDoesNotAllocate(t *testing.T) {
 	sf := &m.seq.flows[i]
 	step := func() {
 		p.SetSeq(seq)
-		if !m.seqStamp(i, &p) {
+		if !m.seqStamp(i, &p, time.Now().UnixNano()) {
 			t.Fatal("segment refused")
 		}
 		seq += 100
-		sf.Ack(seq, m.dp.nowUnix)
+		sf.Ack(seq, time.Now().UnixNano())
 		m.flows.Unlock() // let the order writers drain
 		m.flows.Lock()
 	}
@@ -478,5 +485,140 @@ func TestSequencedStampDoesNotAllocate(t *testing.T) {
 	}
 	if got := m.seq.stamped.Load() - before; got != sequencer.DefaultMaxRanges+100+1001 {
 		t.Fatalf("%d segments stamped, want every one", got)
+	}
+}
+
+// TestOrderQueueOverflowResyncs: a node that stops reading its order
+// stream makes its queue overflow; the middlebox drops the queue and the
+// connection (never blocking the data path), reconnects, and the resync
+// gives the node every stamp the flow retains, identical to the ones it
+// would have had.
+func TestOrderQueueOverflowResyncs(t *testing.T) {
+	r := newSeqRig(t, "")
+	c := r.dial(t, 6379)
+	exchange(t, c, []byte("warm"))
+	victim := r.servingNodes(t)[1]
+	victim.stall.Store(true)
+	victim.cut() // the next connection stalls
+	m := r.mb
+	var o *orderConn
+	for _, oc := range m.seq.conns {
+		if oc.addr == victim.ln.Addr().String() {
+			o = oc
+		}
+	}
+	testenv.WaitFor(t, 10*time.Second, "a stalled connection", func() bool { return o.ups.Load() == 2 && o.up.Load() })
+	m.flows.Lock()
+	var i int32
+	for k := range m.flows.tab.slab {
+		if m.flows.tab.slab[k].used {
+			i = int32(k)
+		}
+	}
+	f := &m.flows.tab.slab[i]
+	cli := netip.AddrPortFrom(netip.AddrFrom4(f.key.cli), f.key.cport)
+	seq := f.cliISS + 1 + 4
+	buf := mkTCP(tcpSpec{src: cli, dst: netip.AddrPortFrom(testVIP, 6379), flags: header.TCPFlagAck, seq: seq, ack: 1, payload: make([]byte, 100)})
+	var p packet.TCP
+	if err := p.Parse(buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Stamp until the queue overflowed (socket buffers fill first).
+	for n := 0; o.dropped.Load() == 0; n++ {
+		if n > 2_000_000 {
+			t.Fatal("queue never overflowed")
+		}
+		p.SetSeq(seq)
+		if !m.seqStamp(i, &p, time.Now().UnixNano()) {
+			t.Fatal("segment refused")
+		}
+		seq += 100
+		m.seq.flows[i].Ack(seq, time.Now().UnixNano()) // acknowledged, still retained
+		if n%64 == 0 {
+			m.flows.Unlock()
+			m.flows.Lock()
+		}
+	}
+	high := m.seq.flows[i].High()
+	m.flows.Unlock()
+	victim.stall.Store(false)
+	close(victim.release)
+	testenv.WaitFor(t, 20*time.Second, "reconnect after the overflow", func() bool { return o.ups.Load() >= 3 && o.up.Load() })
+	testenv.WaitFor(t, 20*time.Second, "resynced stamps", func() bool {
+		frames, _ := victim.snapshot()
+		for _, f := range frames {
+			if f.Type == orderwire.Stamp && f.End == high {
+				return true
+			}
+		}
+		return false
+	})
+	frames, _ := victim.snapshot()
+	last := 0
+	for k, f := range frames {
+		if f.Type == orderwire.Hello {
+			last = k
+		}
+	}
+	if frames[last+1].Type != orderwire.Open {
+		t.Fatalf("after the overflow's reconnection: %v, want OPEN after HELLO", frames[last+1].Type)
+	}
+	// Every stamp the victim holds equals the other node's (which never
+	// lost a frame), and the resync covered the retained ranges up to the
+	// highest offset.
+	other := r.servingNodes(t)[0]
+	testenv.WaitFor(t, 20*time.Second, "the other node's stamps", func() bool {
+		fr, _ := other.snapshot()
+		return len(fr) > 0 && fr[len(fr)-1].Type == orderwire.Stamp && fr[len(fr)-1].End == high
+	})
+	ofr, _ := other.snapshot()
+	want := map[uint64]orderwire.Frame{}
+	for _, f := range ofr {
+		if f.Type == orderwire.Stamp {
+			want[f.Start] = f
+		}
+	}
+	n := 0
+	for _, f := range frames[last:] {
+		if f.Type != orderwire.Stamp {
+			continue
+		}
+		w, ok := want[f.Start]
+		if !ok || w.End != f.End || w.G != f.G {
+			t.Fatalf("victim's resynced stamp [%d,%d)=%d differs from the other node's %+v", f.Start, f.End, f.G, w)
+		}
+		n++
+	}
+	t.Logf("%d frames dropped by the overflow, %d stamps resynced", o.dropped.Load(), n)
+}
+
+// TestSequencerStateUnwritableRefusesToStart: a state file that cannot be
+// written stops New with an error naming it: no position is handed out
+// before its ceiling is durable.
+func TestSequencerStateUnwritableRefusesToStart(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.MulticastPorts = []uint16{6379}
+	state := filepath.Join(blocker, "seq.state") // a file as its directory
+	cfg.Sequencing = &SequencingConfig{Ports: []uint16{6379}, StatePath: state, Secret: testOrderSecret}
+	m, err := New(newFakeDev(false, true), cfg)
+	if err == nil {
+		m.Close()
+		t.Fatal("New succeeded with an unwritable sequencer state file")
+	}
+	if !strings.Contains(err.Error(), state) {
+		t.Fatalf("error %q does not name the state file", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bad.state"), []byte("garbage\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Sequencing.StatePath = filepath.Join(dir, "bad.state")
+	if m, err := New(newFakeDev(false, true), cfg); err == nil {
+		m.Close()
+		t.Fatal("New succeeded with a damaged sequencer state file")
 	}
 }
