@@ -218,7 +218,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		rs, err := runN(ctx, cfg, n, i == 0 && !cfg.NoDirect)
 		out = append(out, rs...)
 		if err != nil {
-			return out, fmt.Errorf("N=%d: %w", n, err)
+			return out, fmt.Errorf("goodput: %d servers: %w", n, err)
 		}
 	}
 	return out, nil

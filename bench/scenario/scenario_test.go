@@ -9,11 +9,11 @@ import (
 )
 
 func TestValueDeterministic(t *testing.T) {
-	w, err := NewWorkload(WorkloadConfig{Readers: 1, DialRead: nil, ValueSize: 32, KeyPrefix: "p:"})
+	_, err := NewWorkload(WorkloadConfig{Readers: 1, DialRead: nil, ValueSize: 32, KeyPrefix: "p:"})
 	if err == nil {
 		t.Fatal("NewWorkload without a dialer: no error")
 	}
-	w, err = NewWorkload(WorkloadConfig{Writers: 1, DialWrite: dialNever, ValueSize: 32, KeyPrefix: "p:"})
+	w, err := NewWorkload(WorkloadConfig{Writers: 1, DialWrite: dialNever, ValueSize: 32, KeyPrefix: "p:"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -127,7 +127,7 @@ type TestbedDownCmd struct {
 }
 
 func (c *TestbedDownCmd) Run(g *Globals) error {
-	names := []string{c.Name}
+	var names []string
 	if c.All {
 		var err error
 		if names, err = testbed.ListStates(); err != nil {
