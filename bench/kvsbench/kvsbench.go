@@ -112,7 +112,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.ValueSize = 16
 	}
 	if c.Out == "" {
-		c.Out = "results"
+		c.Out = "bench-out"
 	}
 	if c.Log == nil {
 		c.Log = io.Discard

@@ -47,7 +47,7 @@ func TestOutputs(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	c, err := Config{Bin: "/x"}.withDefaults()
-	if err != nil || c.Nodes != 9 || c.Quorum != 5 || c.Out != "results" {
+	if err != nil || c.Nodes != 9 || c.Quorum != 5 || c.Out != "bench-out" {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
 	for name, bad := range map[string]Config{

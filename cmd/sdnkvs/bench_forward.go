@@ -20,7 +20,7 @@ type BenchForwardCmd struct {
 	KernelOnly bool          `name:"kernel-only" help:"Measure kernel forwarding only (no middlebox)."`
 	Duration   time.Duration `default:"10s" help:"Length of each iperf3 run (after a 1 s omitted warm-up)."`
 	Repeat     int           `default:"1" help:"Kernel/middlebox run pairs per mode (medians are reported)."`
-	Out        string        `name:"out" default:"results" type:"path" help:"Directory for forward.csv, forward-summary.csv and forward.png."`
+	Out        string        `name:"out" default:"bench-out" type:"path" help:"Directory for forward.csv, forward-summary.csv and forward.png."`
 	Bin        string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
 }
 

@@ -30,7 +30,7 @@ type BenchGoodputCmd struct {
 	NoDirect   bool          `name:"no-direct" help:"Skip the direct (no middlebox) single-stream baselines."`
 	NoParallel bool          `name:"no-parallel" help:"Skip the N parallel direct streams (one per DC, no middlebox) measured for each N > 1."`
 	RcvBuf     string        `name:"rcvbuf" default:"auto" help:"SO_RCVBUF of every server socket, e.g. 512k (caps the receive window; the kernel doubles it); auto: twice the link's bandwidth-delay product with --rate, else the kernel's autotuning; 0: autotuning."`
-	Out        string        `name:"out" default:"results" type:"path" help:"Directory for goodput.csv, goodput-summary.csv and goodput.png."`
+	Out        string        `name:"out" default:"bench-out" type:"path" help:"Directory for goodput.csv, goodput-summary.csv and goodput.png."`
 	Bin        string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
 }
 

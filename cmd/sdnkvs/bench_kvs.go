@@ -23,7 +23,7 @@ type BenchKvsCmd struct {
 	ValueSize int    `name:"value-size" default:"16" help:"Value size in bytes (redis-benchmark -d)."`
 	Sync      bool   `name:"sync" help:"Run sdnkvs with --sync (fsync per commit)."`
 	Etcd      string `name:"etcd" default:"/usr/bin/etcd" help:"etcd binary; empty skips etcd."`
-	Out       string `name:"out" default:"results" type:"path" help:"Directory for kvs-results.csv, kvs-rss.csv and kvs.png."`
+	Out       string `name:"out" default:"bench-out" type:"path" help:"Directory for kvs-results.csv, kvs-rss.csv and kvs.png."`
 }
 
 // Validate checks the flags.
