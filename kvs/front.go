@@ -551,6 +551,8 @@ func (cc *clientConn) immediate(args [][]byte) {
 		} else {
 			out = appendErr(out, "ERR DB index is out of range")
 		}
+	case eq(name, "sdnkvs.digest"), eq(name, "sdnkvs.scan"):
+		out = cc.adminCmd(out, args) // divergence scan (kvs/seq_diff.go)
 	case eq(name, "command"):
 		out = redcon.AppendArray(out, 0)
 	default:

@@ -18,6 +18,7 @@ import (
 type KvsCmd struct {
 	Node    KvsNodeCmd    `cmd:"" default:"withargs" help:"Run one node (the default)."`
 	Cluster KvsClusterCmd `cmd:"" help:"Run a whole DC of nodes in this process (development, benchmarks, testbed)."`
+	Diff    KvsDiffCmd    `cmd:"" help:"Divergence scan: list every key whose records differ between two DCs (exit status 1 if any)."`
 }
 
 // KvsNodeCmd runs one node.
