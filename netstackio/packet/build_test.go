@@ -46,8 +46,8 @@ func TestBuildMatchesGVisor(t *testing.T) {
 		ipl := IPv4MinLen
 		if v6 {
 			ipl = IPv6Len
-			if ip := header.IPv6(pkt); ip.HopLimit() != 64 || ip.TransportProtocol() != header.TCPProtocolNumber {
-				t.Fatalf("IPv6 header: hop limit %d, protocol %d", ip.HopLimit(), ip.TransportProtocol())
+			if ip := header.IPv6(pkt); ip.HopLimit() != 64 || ip.NextHeader() != uint8(header.TCPProtocolNumber) {
+				t.Fatalf("IPv6 header: hop limit %d, protocol %d", ip.HopLimit(), ip.NextHeader())
 			}
 		} else if ip := header.IPv4(pkt); ip.TTL() != 64 || ip.Flags() != header.IPv4FlagDontFragment || ip.HeaderLength() != 20 {
 			t.Fatalf("IPv4 header: ttl %d, flags %d, length %d", ip.TTL(), ip.Flags(), ip.HeaderLength())
