@@ -37,21 +37,20 @@ func (q *eventQueue) Pop() any {
 }
 
 type simConfig struct {
-	mode        Mode
-	perDC       int
-	loss        float64       // per packet, each direction
-	probes      bool          // run active probes
-	probeEvery  time.Duration // probe interval
-	flowsPerN   int           // anycast-like flows per node
-	forked      bool          // a forked client on n0 and the first dublin node
-	duration    time.Duration
-	cutAt       time.Duration // sydney cut at this time (0: never)
-	healAt      time.Duration // sydney healed at this time (0: never)
-	dcRTT       [2]time.Duration
-	minRTO      time.Duration
-	probeMinTO  time.Duration
-	seed        uint64
-	stopOnEvent bool
+	mode       Mode
+	perDC      int
+	loss       float64       // per packet, each direction
+	probes     bool          // run active probes
+	probeEvery time.Duration // probe interval
+	flowsPerN  int           // anycast-like flows per node
+	forked     bool          // a forked client on n0 and the first dublin node
+	duration   time.Duration
+	cutAt      time.Duration // sydney cut at this time (0: never)
+	healAt     time.Duration // sydney healed at this time (0: never)
+	dcRTT      [2]time.Duration
+	minRTO     time.Duration
+	probeMinTO time.Duration
+	seed       uint64
 }
 
 type sim struct {
@@ -118,7 +117,7 @@ func (s *sim) startProbes(n NodeID) {
 	timeout := s.cfg.probeMinTO + 2*s.cfg.dcRTT[dc]
 	var probe func()
 	probe = func() {
-		if s.lost(dc) || s.lost(dc) {
+		if reqLost := s.lost(dc); reqLost || s.lost(dc) { // the request, else the reply
 			s.at(timeout, func() { s.collect(s.d.Probe(t0.Add(s.now), n, ProbeResult{})) })
 		} else {
 			r := s.rtt(dc)
