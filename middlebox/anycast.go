@@ -7,14 +7,17 @@ import "github.com/sdnkvs/sdnkvs/netstackio/packet"
 // SNAT back to the VIP), follows the close and forgets the flow after it.
 
 // anycastFromClient rewrites a client packet of anycast flow i towards
-// its node (under flows).
-func (m *Middlebox) anycastFromClient(i int32, p *packet.TCP) (int, verdict) {
+// its node (under flows); reset (an acceptable RST) removes the flow.
+func (m *Middlebox) anycastFromClient(i int32, p *packet.TCP, reset bool) (int, verdict) {
 	f := &m.flows.tab.slab[i]
+	if f.state == stSynRecv && p.Flags()&(packet.FlagSYN|packet.FlagRST) == 0 && p.Flags()&packet.FlagACK != 0 {
+		m.establish(i) // the client acknowledged the node's SYN-ACK
+	}
 	m.trackClose(f, p, true)
 	n := m.nodes[f.nodes[0]]
 	p.SetDstAddr(n.ap.Addr())
 	p.SetDstPort(n.key.port)
-	if p.Flags()&packet.FlagRST != 0 {
+	if reset {
 		m.removeFlow(i)
 		m.c.flowsReset.Add(1)
 	}

@@ -33,6 +33,9 @@ const (
 	ReasonWriteFailed                        // the Device did not accept the packet
 	ReasonNoBuffer                           // no free buffer for an extra packet
 	ReasonNotSequenced                       // sequenced client segment that could not be stamped
+	ReasonHalfOpenQuota                      // SYN from a source with MaxHalfOpenPerSource half-open flows
+	ReasonSpoofedNode                        // to the VIP from a node's address (forged, from the client side)
+	ReasonRSTOutOfWindow                     // client RST behind the node's acknowledgement, or not exact on a forked flow (RFC 5961)
 	numReasons
 )
 
@@ -41,6 +44,7 @@ var reasonNames = [numReasons]string{
 	"bad_tcp_header", "bad_tcp_checksum", "not_for_vip", "unknown_flow", "table_full",
 	"no_live_node", "multicast_unavailable", "reverse_collision", "fork_refused",
 	"stack_refused", "write_failed", "no_buffer", "not_sequenced",
+	"half_open_quota", "spoofed_node", "rst_out_of_window",
 }
 
 func (r Reason) String() string {
@@ -133,6 +137,10 @@ func (m *Middlebox) process(buf []byte, size int) (shift int, v verdict) {
 		return 0, verdictDrop
 	}
 	if toVIP {
+		if m.nodeAddr[[4]byte(b[12:16])] {
+			m.drop(ReasonSpoofedNode)
+			return 0, verdictDrop
+		}
 		switch m.ports[p.DstPort()] {
 		case portAnycast, portMulticast:
 			return m.fromClient(p, buf)
@@ -165,17 +173,15 @@ func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
 		}
 	}
 	if !ok {
-		if !syn || fl&(packet.FlagRST|packet.FlagFIN) != 0 {
-			m.drop(ReasonUnknownFlow)
-			return 0, verdictDrop
+		var v verdict
+		if i, v = m.unknownFromClient(k, p); i < 0 {
+			return 0, v
 		}
-		var r Reason
-		i, r = m.newFlow(k, p.Seq())
-		if i < 0 {
-			m.drop(r)
-			if r == ReasonTableFull || r == ReasonNoLiveNode {
-				return m.rstToClient(p)
-			}
+	}
+	reset := false
+	if fl&packet.FlagRST != 0 {
+		var pass bool
+		if pass, reset = m.rstVerdict(i, p); !pass {
 			return 0, verdictDrop
 		}
 	}
@@ -199,7 +205,7 @@ func (m *Middlebox) fromClient(p *packet.TCP, buf []byte) (int, verdict) {
 		m.stepFork(i, buf, p, ackmerge.ToClient)
 		return 0, verdictConsumed
 	}
-	return m.anycastFromClient(i, p)
+	return m.anycastFromClient(i, p, reset)
 }
 
 // fromNode handles a packet from node ni's service port (under flows).
@@ -217,8 +223,18 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16, buf []byte) (int, verdict
 	f.pktsOut++
 	f.bytesOut += uint64(len(p.Buf))
 	fl := p.Flags()
-	if fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && f.state == stSynSent {
-		f.state = stEstablished
+	if f.kind == kindAnycast {
+		switch {
+		case fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN|packet.FlagACK && f.state == stSynSent:
+			f.state = stSynRecv // established only when the client acknowledges it
+		case fl&packet.FlagRST == 0 && f.state == stAdopted:
+			m.establish(i) // the node knows the connection
+		}
+		if fl&packet.FlagACK != 0 {
+			if a := p.Ack(); !f.haveSrvAck || int32(a-f.srvAck) > 0 {
+				f.srvAck, f.haveSrvAck = a, true
+			}
+		}
 	}
 	br := 0
 	for j := 0; j < int(f.nbranch); j++ {
@@ -234,4 +250,75 @@ func (m *Middlebox) fromNode(p *packet.TCP, ni uint16, buf []byte) (int, verdict
 		return 0, verdictConsumed
 	}
 	return m.anycastFromNode(i, p)
+}
+
+// unknownFromClient handles a client packet of no flow (under flows): a
+// SYN creates a half-open flow; on an anycast port any other packet but a
+// RST re-adopts the flow (after a restart, or an eviction) from the
+// deterministic node choice, half-open until the node answers; on a
+// forked port it gets a RST (the forked connection cannot be resumed).
+// It returns the flow, or -1 and the verdict for the packet.
+func (m *Middlebox) unknownFromClient(k fwdKey, p *packet.TCP) (int32, verdict) {
+	fl := p.Flags()
+	syn := fl&(packet.FlagSYN|packet.FlagACK) == packet.FlagSYN
+	var i int32
+	var r Reason
+	switch {
+	case fl&packet.FlagRST != 0, syn && fl&packet.FlagFIN != 0, !syn && fl&packet.FlagACK == 0:
+		m.drop(ReasonUnknownFlow)
+		return -1, verdictDrop
+	case syn:
+		i, r = m.newFlow(k, p.Seq(), stSynSent)
+	case m.ports[k.vport] == portAnycast:
+		i, r = m.newFlow(k, p.Seq()-1, stAdopted)
+		if i >= 0 {
+			m.c.flowsAdopted.Add(1)
+		}
+	default:
+		m.drop(ReasonUnknownFlow)
+		_, v := m.rstUnknown(p)
+		return -1, v
+	}
+	if i >= 0 {
+		return i, verdictForward
+	}
+	if !syn && r != ReasonHalfOpenQuota {
+		r = ReasonUnknownFlow // not adopted: it stays unknown
+	}
+	m.drop(r)
+	if syn && (r == ReasonTableFull || r == ReasonNoLiveNode) {
+		_, v := m.rstToClient(p)
+		return -1, v
+	}
+	return -1, verdictDrop
+}
+
+// rstVerdict applies RFC 5961 to a client RST on flow i (under flows):
+// pass says whether to pass it on, reset whether it ends the flow.
+// A RST is acted on only at exactly the node's rcv.nxt (the last
+// acknowledgement seen from it; the SYN's next sequence number before
+// any). On an anycast flow a RST ahead of it is passed to the node
+// without removing the flow: the node's stack answers with a challenge
+// ACK, to which a client that did reset answers with an exact RST. A RST
+// behind it, and any inexact RST on a forked flow, is dropped and counted.
+func (m *Middlebox) rstVerdict(i int32, p *packet.TCP) (pass, reset bool) {
+	f := &m.flows.tab.slab[i]
+	want, known := f.cliISS+1, f.state != stAdopted
+	switch {
+	case f.kind == kindForked:
+		cb, _ := f.fork.Acked()
+		want += cb
+	case f.haveSrvAck:
+		want, known = f.srvAck, true
+	}
+	seq := p.Seq()
+	switch {
+	case known && seq == want:
+		return true, true
+	case f.kind == kindAnycast && (!known || int32(seq-want) > 0):
+		m.c.rstPassed.Add(1)
+		return true, false
+	}
+	m.drop(ReasonRSTOutOfWindow)
+	return false, false
 }

@@ -28,6 +28,14 @@ type Config struct {
 	// FinLinger keeps a flow whose both FINs were seen around this long
 	// for late retransmits (default DefaultFinLinger).
 	FinLinger time.Duration
+	// HalfOpenTimeout removes a flow whose handshake has not completed
+	// this long after its SYN (default DefaultHalfOpenTimeout): SYN_SENT
+	// and SYN_RECV do not live the idle timeout.
+	HalfOpenTimeout time.Duration
+	// MaxHalfOpenPerSource bounds the half-open flows of one client
+	// address (default DefaultMaxHalfOpenPerSource); its further SYNs are
+	// dropped, so a flood from few addresses holds little state.
+	MaxHalfOpenPerSource int
 	// BatchSize caps the packets per Device call (default: the device's).
 	BatchSize int
 	// Headroom is free space in front of the virtio-net header in each
@@ -59,7 +67,10 @@ const (
 	DefaultIdleTimeout  = 5 * time.Minute
 	DefaultFinLinger    = 2 * time.Second
 	DefaultTickInterval = 100 * time.Millisecond
-	defaultHeadroom     = 22
+
+	DefaultHalfOpenTimeout      = 5 * time.Second
+	DefaultMaxHalfOpenPerSource = 256
+	defaultHeadroom             = 22
 )
 
 // MaxBranches is the largest number of branches (DCs) of a forked flow.
@@ -97,6 +108,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FinLinger == 0 {
 		c.FinLinger = DefaultFinLinger
+	}
+	if c.HalfOpenTimeout == 0 {
+		c.HalfOpenTimeout = DefaultHalfOpenTimeout
+	}
+	if c.MaxHalfOpenPerSource == 0 {
+		c.MaxHalfOpenPerSource = DefaultMaxHalfOpenPerSource
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = DefaultTickInterval
@@ -175,6 +192,12 @@ func (c Config) Validate() error {
 	}
 	if c.FinLinger < 0 {
 		return fieldErr("FinLinger", "%v is negative", c.FinLinger)
+	}
+	if c.HalfOpenTimeout < 0 {
+		return fieldErr("HalfOpenTimeout", "%v is negative", c.HalfOpenTimeout)
+	}
+	if c.MaxHalfOpenPerSource < 0 {
+		return fieldErr("MaxHalfOpenPerSource", "%d is negative", c.MaxHalfOpenPerSource)
 	}
 	if c.Fork.MinReplicas < 0 || c.Fork.MinReplicas > MaxBranches {
 		return fieldErr("Fork.MinReplicas", "%d out of range [1, %d]", c.Fork.MinReplicas, MaxBranches)

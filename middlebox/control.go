@@ -132,6 +132,10 @@ func (m *Middlebox) Flows(limit int) []FlowInfo {
 			fi.State = "half-closed"
 		case f.state == stEstablished:
 			fi.State = "established"
+		case f.state == stSynRecv:
+			fi.State = "syn-received"
+		case f.state == stAdopted:
+			fi.State = "adopted"
 		default:
 			fi.State = "syn-sent"
 		}

@@ -50,7 +50,7 @@ func TestBadInputThroughMemPipe(t *testing.T) {
 		{ReasonBadIPChecksum, func() []byte { b := clone(good); b[11]++; return b }()},
 		{ReasonFragment, frag},
 		{ReasonBadTCPChecksum, badTCP},
-		{ReasonUnknownFlow, mkTCP(tcpSpec{src: netip.MustParseAddrPort("10.200.1.2:998"), dst: vipAny, flags: header.TCPFlagAck | header.TCPFlagPsh, payload: []byte("hi")})},
+		{ReasonUnknownFlow, mkTCP(tcpSpec{src: netip.MustParseAddrPort("10.200.1.2:998"), dst: vipAny, flags: header.TCPFlagRst, seq: 5})},
 		{ReasonUnknownFlow, mkTCP(tcpSpec{src: dub1, dst: netip.MustParseAddrPort("10.200.1.2:997"), flags: header.TCPFlagAck})},
 	}
 	want := map[Reason]uint64{}

@@ -12,11 +12,16 @@ const (
 	kindForked
 )
 
-// Flow states.
+// Flow states. Flows in stSynSent, stSynRecv and stAdopted are half-open:
+// on the table's half-open list, counted against their source's quota,
+// removed HalfOpenTimeout after creation, and evicted first when the table
+// is full.
 const (
-	stSynSent uint8 = iota + 1 // client SYN seen, node has not answered
-	stEstablished
-	stClosing // both FINs seen: lingering
+	stSynSent     uint8 = iota + 1 // client SYN seen, node has not answered
+	stSynRecv                      // anycast: the node's SYN-ACK seen, not yet the client's ACK
+	stAdopted                      // anycast: a packet of an unknown flow, re-adopted; the node has not answered
+	stEstablished                  // anycast: the client acknowledged the node's SYN-ACK (or the node answered an adopted flow); forked: ackmerge says so
+	stClosing                      // both FINs seen: lingering
 )
 
 // fwdKey identifies a flow as the client sends it: client address and port,
@@ -66,8 +71,13 @@ type flow struct {
 	cliISS      uint32 // the client's SYN sequence number
 	cliAck      uint32 // the client's highest acknowledgement (its rcv.nxt)
 	haveCliAck  bool
+	srvAck      uint32 // anycast: the node's highest acknowledgement (its rcv.nxt)
+	haveSrvAck  bool
 	fork        *ackmerge.Flow
 	gone        uint8 // bitmask of branches the fork removed
+	// The half-open list (oldest first), while halfOpen.
+	halfOpen       bool
+	hoPrev, hoNext int32
 }
 
 // flowTable is the bounded flow table. It is guarded by Middlebox.flows.
@@ -78,6 +88,10 @@ type flowTable struct {
 	fwd   map[fwdKey]int32
 	rev   map[revKey]int32
 	count int
+	// Half-open flows: a list in creation order and a count per source.
+	hoHead, hoTail int32
+	hoCount        int
+	hoBySrc        map[[4]byte]int32
 }
 
 func newFlowTable(max int) *flowTable {
@@ -88,6 +102,54 @@ func newFlowTable(max int) *flowTable {
 		free: make([]int32, 0, hint),
 		fwd:  make(map[fwdKey]int32, hint),
 		rev:  make(map[revKey]int32, hint),
+
+		hoHead:  -1,
+		hoTail:  -1,
+		hoBySrc: make(map[[4]byte]int32),
+	}
+}
+
+// addHalfOpen puts flow i at the end of the half-open list and counts it
+// against its source.
+func (t *flowTable) addHalfOpen(i int32) {
+	f := &t.slab[i]
+	if f.halfOpen {
+		return
+	}
+	f.halfOpen, f.hoPrev, f.hoNext = true, t.hoTail, -1
+	if t.hoTail >= 0 {
+		t.slab[t.hoTail].hoNext = i
+	} else {
+		t.hoHead = i
+	}
+	t.hoTail = i
+	t.hoCount++
+	t.hoBySrc[f.key.cli]++
+}
+
+// dropHalfOpen takes flow i off the half-open list (it is established or
+// going away).
+func (t *flowTable) dropHalfOpen(i int32) {
+	f := &t.slab[i]
+	if !f.halfOpen {
+		return
+	}
+	if f.hoPrev >= 0 {
+		t.slab[f.hoPrev].hoNext = f.hoNext
+	} else {
+		t.hoHead = f.hoNext
+	}
+	if f.hoNext >= 0 {
+		t.slab[f.hoNext].hoPrev = f.hoPrev
+	} else {
+		t.hoTail = f.hoPrev
+	}
+	f.halfOpen, f.hoPrev, f.hoNext = false, -1, -1
+	t.hoCount--
+	if n := t.hoBySrc[f.key.cli] - 1; n > 0 {
+		t.hoBySrc[f.key.cli] = n
+	} else {
+		delete(t.hoBySrc, f.key.cli)
 	}
 }
 
@@ -115,10 +177,16 @@ func (t *flowTable) release(i int32) {
 	t.count--
 }
 
-// newFlow creates a flow for a client SYN; it returns -1 and a reason when
-// it cannot. Under flows, on the data path.
-func (m *Middlebox) newFlow(k fwdKey, iss uint32) (int32, Reason) {
+// newFlow creates a half-open flow, in state st (stSynSent for a client
+// SYN, stAdopted for an anycast packet of an unknown flow); it returns -1
+// and a reason when it cannot: the source's half-open quota is used up,
+// or the table is full of established flows (a full table evicts the
+// oldest half-open flow first). Under flows, on the data path.
+func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 	t := m.flows.tab
+	if int(t.hoBySrc[k.cli]) >= m.cfg.MaxHalfOpenPerSource {
+		return -1, ReasonHalfOpenQuota
+	}
 	forked := m.ports[k.vport] == portMulticast
 	var nodes [MaxBranches]uint16
 	nb := 0
@@ -142,12 +210,18 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32) (int32, Reason) {
 		}
 	}
 	i := t.alloc()
+	if i < 0 && t.hoHead >= 0 {
+		m.removeFlow(t.hoHead)
+		m.c.halfOpenEvicted.Add(1)
+		i = t.alloc()
+	}
 	if i < 0 {
 		return -1, ReasonTableFull
 	}
 	now := m.dp.nowUnix
 	f := &t.slab[i]
-	*f = flow{used: true, kind: kindAnycast, state: stSynSent, key: k, nodes: nodes, nbranch: uint8(nb), created: now, last: now, cliISS: iss}
+	*f = flow{used: true, kind: kindAnycast, state: st, key: k, nodes: nodes, nbranch: uint8(nb), created: now, last: now, cliISS: iss}
+	t.addHalfOpen(i)
 	if forked {
 		f.kind = kindForked
 		targets := &m.dp.targets
@@ -199,7 +273,26 @@ func (m *Middlebox) removeFlow(i int32) {
 	if f.kind == kindForked {
 		m.flows.forked--
 	}
+	t.dropHalfOpen(i)
 	t.release(i)
+}
+
+// establish marks flow i established: off the half-open list.
+func (m *Middlebox) establish(i int32) {
+	m.flows.tab.slab[i].state = stEstablished
+	m.flows.tab.dropHalfOpen(i)
+}
+
+// expireHalfOpen removes half-open flows created HalfOpenTimeout or more
+// before now (the list is in creation order) and returns how many.
+func (m *Middlebox) expireHalfOpen(now int64) int {
+	t := m.flows.tab
+	n := 0
+	for t.hoHead >= 0 && now-t.slab[t.hoHead].created >= int64(m.cfg.HalfOpenTimeout) {
+		m.removeFlow(t.hoHead)
+		n++
+	}
+	return n
 }
 
 func addr4(a netip.Addr) [4]byte { return a.Unmap().As4() }

@@ -50,7 +50,7 @@ func (m *Middlebox) drainFork(i int32, out *ackmerge.Out, outs [][]byte) [][]byt
 	for _, ev := range out.Events {
 		switch ev.Kind {
 		case ackmerge.EvEstablished:
-			f.state = stEstablished
+			m.establish(i)
 		case ackmerge.EvBranchRemoved:
 			if ev.Branch >= 0 && ev.Branch < int(f.nbranch) && f.gone&(1<<ev.Branch) == 0 {
 				f.gone |= 1 << ev.Branch

@@ -56,6 +56,8 @@ type counters struct {
 	branchesRemoved, forkResets            atomic.Uint64
 	nodeDowns, nodeUps, failoverRSTs       atomic.Uint64
 	probesLost                             atomic.Uint64
+	flowsAdopted, halfOpenEvicted          atomic.Uint64
+	halfOpenExpired, rstPassed             atomic.Uint64
 	drops                                  [numReasons]atomic.Uint64
 }
 
@@ -75,10 +77,12 @@ type Middlebox struct {
 	dcs    []failover.DC
 	nodes  []*node // every DC's nodes, DC 0's first (index = failover.NodeID)
 	byNode map[nodeKey]uint16
-	dcNode [][]uint16 // per DC: global node indexes
-	offset int        // packet offset in every buffer (headroom + virtio-net header)
-	prober *prober.Prober
-	log    *slog.Logger
+	// nodeAddr holds every node's address: no client sends from one.
+	nodeAddr map[[4]byte]bool
+	dcNode   [][]uint16 // per DC: global node indexes
+	offset   int        // packet offset in every buffer (headroom + virtio-net header)
+	prober   *prober.Prober
+	log      *slog.Logger
 	// seq is the sequencer (nil without Config.Sequencing); its clock and
 	// per-flow stampers are under flows, each order stream's queue under
 	// its own leaf lock (sequence.go, order.go).
@@ -143,8 +147,13 @@ type Middlebox struct {
 }
 
 // tickPoolSize is the number of buffers for packets forked flows' timers
-// make (RSTs, SYN-ACKs after a handshake timeout).
-const tickPoolSize = 16
+// make (RSTs, SYN-ACKs after a handshake timeout); a timer pass writes
+// what it has made when fewer than tickReserve (what one flow's timers
+// can make at most) are left.
+const (
+	tickPoolSize = 32
+	tickReserve  = 2*MaxBranches + 2
+)
 
 // New makes a Middlebox that reads and writes dev. It creates the
 // middlebox's own Stack for traffic to the VIP (ping, RSTs for other
@@ -171,6 +180,7 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 		ports:     new([65536]uint8),
 		dcs:       cfg.DCs,
 		byNode:    map[nodeKey]uint16{},
+		nodeAddr:  map[[4]byte]bool{},
 		offset:    cfg.Headroom + virtio.HdrLen,
 		closed:    make(chan struct{}),
 		sweepDone: make(chan struct{}),
@@ -192,6 +202,7 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 			i := uint16(len(m.nodes))
 			m.nodes = append(m.nodes, n)
 			m.byNode[n.key] = i
+			m.nodeAddr[n.key.addr] = true
 			idx = append(idx, i)
 		}
 		m.dcNode = append(m.dcNode, idx)

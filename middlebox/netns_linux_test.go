@@ -228,7 +228,9 @@ func testNetnsKernelTCP(t *testing.T, mode netstackio.TUNMode) {
 		smallDoff := clone(good)
 		smallDoff[32] = 0x30
 		fixTCPChecksum(smallDoff)
-		unknown := mkTCP(tcpSpec{src: src, dst: dst, flags: header.TCPFlagAck | header.TCPFlagPsh, seq: 9, ack: 9, payload: []byte("hello?")})
+		// A RST of no flow (other packets of unknown anycast flows are
+		// re-adopted).
+		unknown := mkTCP(tcpSpec{src: src, dst: dst, flags: header.TCPFlagRst, seq: 9})
 		bad := []struct {
 			reason Reason
 			pkt    []byte

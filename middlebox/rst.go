@@ -13,9 +13,24 @@ import (
 // rstToClient turns the client's SYN in m.dp.pkt into a RST+ACK from the
 // VIP back to the client, in place (RFC 793: seq 0, ack = SYN's seq + len).
 func (m *Middlebox) rstToClient(p *packet.TCP) (int, verdict) {
+	return m.rstInPlace(p, 0, p.Seq()+uint32(p.SeqLen()), packet.FlagRST|packet.FlagACK)
+}
+
+// rstUnknown answers the client's packet in m.dp.pkt, of a connection the
+// middlebox does not know, with the RST RFC 793 prescribes, in place: seq
+// = its ack if it has one, else seq 0 and an ack of it.
+func (m *Middlebox) rstUnknown(p *packet.TCP) (int, verdict) {
+	if p.Flags()&packet.FlagACK != 0 {
+		return m.rstInPlace(p, p.Ack(), 0, packet.FlagRST)
+	}
+	return m.rstToClient(p)
+}
+
+// rstInPlace rewrites the client's packet in m.dp.pkt into a RST from the
+// VIP back to the client.
+func (m *Middlebox) rstInPlace(p *packet.TCP, seq, ack uint32, flags uint8) (int, verdict) {
 	cli, cport, vport := p.SrcAddr4(), p.SrcPort(), p.DstPort()
-	ack := p.Seq() + uint32(p.SeqLen())
-	rst := packet.Fields{Src: addrPort4(m.vip, vport), Dst: addrPort4(cli, cport), Ack: ack, Flags: packet.FlagRST | packet.FlagACK}
+	rst := packet.Fields{Src: addrPort4(m.vip, vport), Dst: addrPort4(cli, cport), Seq: seq, Ack: ack, Flags: flags}
 	if err := p.Build(p.Buf, p.Vnet, &rst); err != nil {
 		return 0, verdictDrop
 	}
@@ -23,8 +38,7 @@ func (m *Middlebox) rstToClient(p *packet.TCP) (int, verdict) {
 	return 0, verdictForward
 }
 
-// rstBufs is how many RSTs one timer pass sends at most; more wait for
-// the next pass (which is scheduled at once).
+// rstBufs is how many failover RSTs are made before they are written.
 const rstBufs = 1024
 
 // resetDeadAnycast sends every anycast flow on a dead node a RST towards
@@ -43,8 +57,7 @@ func (m *Middlebox) resetDeadAnycast() {
 			continue
 		}
 		if len(tm.rstPool) == 0 {
-			m.wakeReset() // continue in the next pass
-			return
+			m.flushTimerOutput() // write these, reuse their buffers
 		}
 		b := tm.rstPool[len(tm.rstPool)-1]
 		tm.rstPool = tm.rstPool[:len(tm.rstPool)-1]

@@ -4,7 +4,9 @@ import "time"
 
 // Timer passes run on the sweeper goroutine (tests call Expire directly).
 // Each takes timers, then flows; the packets it makes go to timers.outs
-// and are written after flows is released.
+// and are written when its buffers run short (so a pass delivers every
+// packet it makes, however many flows need one) and after flows is
+// released.
 
 // Expire removes flows idle for longer than the idle timeout and closed
 // flows whose linger has passed, as of now. It returns how many it
@@ -15,8 +17,10 @@ func (m *Middlebox) Expire(now time.Time) int {
 	m.timers.Lock() // owns the timer buffers until they are written
 	defer m.timers.Unlock()
 	m.flows.Lock()
-	removed := 0
 	m.timers.outs = m.timers.outs[:0]
+	ho := m.expireHalfOpen(nu)
+	m.c.halfOpenExpired.Add(uint64(ho))
+	removed := 0
 	t := m.flows.tab
 	for i := range t.slab {
 		f := &t.slab[i]
@@ -29,10 +33,14 @@ func (m *Middlebox) Expire(now time.Time) int {
 			continue
 		}
 		if f.kind == kindForked {
+			if len(m.timers.pool.free) < tickReserve {
+				m.flushTimerOutput()
+			}
 			m.tickFork(int32(i), now)
 		}
 	}
 	m.c.flowsExpired.Add(uint64(removed))
+	removed += ho
 	if m.flows.det != nil {
 		m.detectorTimers(now)
 	}
@@ -57,12 +65,13 @@ func (m *Middlebox) probeTimers(now time.Time) {
 	m.flushTimerOutput()
 }
 
-// flushTimerOutput writes what a timer pass produced and returns its
-// buffers (under timers).
+// flushTimerOutput writes what a timer pass produced so far and returns
+// its buffers (under timers).
 func (m *Middlebox) flushTimerOutput() {
 	tm := &m.timers
 	if len(tm.outs) > 0 {
 		m.write(tm.outs)
+		tm.outs = tm.outs[:0]
 	}
 	tm.pool.releaseAll()
 	tm.rstPool = append(tm.rstPool, tm.rstInUse...)

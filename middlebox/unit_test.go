@@ -186,8 +186,15 @@ func TestRewriteAndLifecycle(t *testing.T) {
 	if got := netip.AddrFrom4(header.IPv4(pkt).SourceAddress().As4()); got != testVIP || tcp.SourcePort() != anyPort {
 		t.Fatalf("reply source %s:%d, want %s", got, tcp.SourcePort(), vipAny)
 	}
-	if fl := m.Flows(0); len(fl) != 1 || fl[0].State != "established" || fl[0].Kind != "anycast" || fl[0].DC != "sydney" {
+	// The node's SYN-ACK alone does not establish the flow; the client's
+	// ACK does.
+	if fl := m.Flows(0); len(fl) != 1 || fl[0].State != "syn-received" || fl[0].Kind != "anycast" || fl[0].DC != "sydney" {
 		t.Fatalf("flows = %+v", fl)
+	}
+	feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagAck, seq: 101, ack: 5001}))
+	dev.take()
+	if fl := m.Flows(0); len(fl) != 1 || fl[0].State != "established" {
+		t.Fatalf("after the client's ACK: flows = %+v", fl)
 	}
 
 	// Idle timeout.
@@ -205,14 +212,29 @@ func TestRewriteAndLifecycle(t *testing.T) {
 		t.Fatalf("idle flow not expired (%d)", n)
 	}
 	dev.take()
-	// After expiry the flow is unknown.
+	// After expiry the flow is unknown: its next packet re-adopts it on
+	// the same node (the choice is a hash), half-open until the node
+	// answers; unanswered, it goes after the half-open timeout.
 	feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagAck, seq: 102, ack: 5001}))
-	if d := m.Drop(ReasonUnknownFlow); d != 1 || len(dev.take()) != 0 {
-		t.Fatalf("packet of an expired flow: unknown_flow = %d, want 1 and nothing written", d)
+	out = dev.take()
+	if len(out) != 1 {
+		t.Fatalf("packet of an expired flow: %d packets written, want 1 (re-adopted)", len(out))
+	}
+	if got := netip.AddrFrom4(header.IPv4(out[0][virtio.HdrLen:]).DestinationAddress().As4()); got != node.Addr() {
+		t.Fatalf("re-adopted flow sent to %s, want %s", got, node.Addr())
+	}
+	if fl := m.Flows(0); len(fl) != 1 || fl[0].State != "adopted" || m.c.flowsAdopted.Load() != 1 {
+		t.Fatalf("re-adopted: flows %+v, adopted %d", fl, m.c.flowsAdopted.Load())
+	}
+	clk.Add(DefaultHalfOpenTimeout)
+	if n := m.Expire(clk.Now()); n != 1 {
+		t.Fatalf("unanswered adopted flow not removed after the half-open timeout (%d)", n)
 	}
 
 	// FIN both ways, then linger.
 	feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagSyn, seq: 100}))
+	feed(m, nil, mkTCP(tcpSpec{src: node, dst: cliAP, flags: header.TCPFlagSyn | header.TCPFlagAck, seq: 5000, ack: 101}))
+	feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagAck, seq: 101, ack: 5001}))
 	feed(m, nil, mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagFin | header.TCPFlagAck, seq: 101, ack: 5001}))
 	feed(m, nil, mkTCP(tcpSpec{src: node, dst: cliAP, flags: header.TCPFlagFin | header.TCPFlagAck, seq: 5001, ack: 102}))
 	if fl := m.Flows(0); len(fl) != 1 || fl[0].State != "half-closed" {
@@ -345,8 +367,14 @@ func TestBadPacketsAreCountedUnit(t *testing.T) {
 		}},
 		{"doff", ReasonBadTCPHeader, func() []byte { b := clone(good); b[32] = 0x20; fixTCPChecksum(b); return b }},
 		{"tcpcsum", ReasonBadTCPChecksum, func() []byte { b := clone(good); b[36] ^= 1; return b }},
-		{"unknown", ReasonUnknownFlow, func() []byte {
-			return mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagAck, seq: 1, ack: 1})
+		{"unknown-rst", ReasonUnknownFlow, func() []byte {
+			return mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagRst, seq: 1})
+		}},
+		{"unknown-no-ack", ReasonUnknownFlow, func() []byte {
+			return mkTCP(tcpSpec{src: cliAP, dst: vipAny, flags: header.TCPFlagPsh, seq: 1, payload: []byte("x")})
+		}},
+		{"spoofed-node", ReasonSpoofedNode, func() []byte {
+			return mkTCP(tcpSpec{src: netip.AddrPortFrom(syd1.Addr(), 40000), dst: vipAny, flags: header.TCPFlagSyn, seq: 1})
 		}},
 		{"unknown-reply", ReasonUnknownFlow, func() []byte {
 			return mkTCP(tcpSpec{src: syd1, dst: cliAP, flags: header.TCPFlagAck, seq: 1, ack: 1})
