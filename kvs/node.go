@@ -170,6 +170,11 @@ func Start(cfg Config) (*Node, error) {
 	if n.respLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return fail(fmt.Errorf("kvs: listen: %w", err))
 	}
+	if cfg.OrderListen != "" {
+		if err := n.startSequenced(); err != nil {
+			return fail(err)
+		}
+	}
 	if cfg.HTTPListen != "" {
 		if n.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 			return fail(fmt.Errorf("kvs: http listen: %w", err))
@@ -192,13 +197,9 @@ func Start(cfg Config) (*Node, error) {
 			}
 			fmt.Fprintf(w, "ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
 		})
+		mux.Handle("/metrics", n.metricsHandler())
 		n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go n.httpSrv.Serve(n.httpLn)
-	}
-	if cfg.OrderListen != "" {
-		if err := n.startSequenced(); err != nil {
-			return fail(err)
-		}
 	}
 	if cfg.DebugListen != "" {
 		if err := n.startDebug(cfg.DebugListen); err != nil {

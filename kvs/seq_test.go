@@ -1,7 +1,10 @@
 package kvs
 
 import (
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -392,4 +395,32 @@ func TestSeqOrderStreamRejects(t *testing.T) {
 		}
 	}
 	testenv.WaitFor(t, 5*time.Second, "refused handshakes counted", func() bool { return n.SeqStats().OrderBad.Load() == 4 })
+}
+
+// The sequencer metrics are served on the node's HTTP port.
+func TestSeqMetrics(t *testing.T) {
+	ports := freePorts(t, 4)
+	n, err := Start(Config{ID: 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[0]), PeerListen: fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		HTTPListen: fmt.Sprintf("127.0.0.1:%d", ports[2]), OrderListen: fmt.Sprintf("127.0.0.1:%d", ports[3]),
+		OrderSecret: testOrderSecret, InMemory: true, UnsequencedGrace: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	rc := dialRaw(t, n)
+	rc.write(respCmd("SET", "m", "1"))
+	if got := rc.reply(); !strings.Contains(got, "unsequenced") {
+		t.Fatalf("SET: %q", got)
+	}
+	resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"sdnkvs_kvs_seq_unsequenced_refused_total 1", "sdnkvs_kvs_seq_stamp_wait_seconds_bucket", "sdnkvs_kvs_seq_applied_g 0"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
+	}
 }
