@@ -424,3 +424,44 @@ func TestSeqMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A command spread over many segments (a value larger than the read
+// buffer, sent in pieces) takes the stamp of the segment holding its last
+// byte; the offsets survive buffer growth and partial reads.
+func TestSeqLargeValueManySegments(t *testing.T) {
+	c := seqCluster(t, 3, 5*time.Second)
+	n := c.Node(0)
+	seq := newFakeSeq(t, 1, 1000)
+	seq.connect(n)
+	rc := dialRaw(t, n)
+	seq.send(n, openFrame(rc.flow))
+	small := respCmd("SET", "before", "x")
+	big := respCmd("SET", "big", strings.Repeat("v", 100_000))
+	after := respCmd("SET", "after", "y")
+	stream := append(append(append([]byte{}, small...), big...), after...)
+	const seg = 1448
+	g := uint64(2000)
+	var gOfEnd = map[int]uint64{} // stream end offset of each command -> its stamp
+	ends := []int{len(small), len(small) + len(big), len(stream)}
+	for off := 0; off < len(stream); off += seg {
+		end := min(off+seg, len(stream))
+		g++
+		for _, e := range ends {
+			if e-1 >= off && e-1 < end {
+				gOfEnd[e] = g
+			}
+		}
+		seq.send(n, stampFrame(rc.flow, uint64(off), uint64(end), g))
+		rc.write(stream[off:end])
+	}
+	for i := 0; i < 3; i++ {
+		if got := rc.reply(); got != "+OK" {
+			t.Fatalf("reply %d: %q", i, got)
+		}
+	}
+	waitRecord(t, c, 0, "before", stampedTag(gOfEnd[ends[0]], uint64(ends[0])), "x")
+	waitRecord(t, c, 0, "big", stampedTag(gOfEnd[ends[1]], uint64(ends[1])), strings.Repeat("v", 100_000))
+	waitRecord(t, c, 0, "after", stampedTag(gOfEnd[ends[2]], uint64(ends[2])), "y")
+	// Everything consumed: the flow holds no stamps any more.
+	testenv.WaitFor(t, 5*time.Second, "stamps freed", func() bool { _, r := n.seq.table.size(); return r == 0 })
+}
