@@ -32,19 +32,15 @@ type BenchFailoverCmd struct {
 	CutsRate    float64       `name:"write-rate" default:"1000" help:"Writes per second during --cuts."`
 	MBArgs      []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable)."`
 	Seed        uint64        `name:"seed" help:"Seed for the random cut times (0: time-based)."`
-	Bin         string        `name:"bin" type:"path" help:"sdnkvs binary (default: this executable)."`
-	Out         string        `name:"out" default:"bench-out" type:"path" help:"Directory for CSV and PNG (empty: none)."`
+	BinFlag     `embed:""`
+	Out         string `name:"out" default:"bench-out" type:"path" help:"Directory for CSV and PNG (empty: none)."`
 }
 
 // Config converts the flags.
 func (c *BenchFailoverCmd) Config() (failoverbench.Config, error) {
-	bin := c.Bin
-	if bin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return failoverbench.Config{}, fmt.Errorf("--bin: %w", err)
-		}
-		bin = exe
+	bin, err := c.binary()
+	if err != nil {
+		return failoverbench.Config{}, err
 	}
 	topo, err := c.Topology()
 	if err != nil {

@@ -21,7 +21,7 @@ type BenchForwardCmd struct {
 	Duration   time.Duration `default:"10s" help:"Length of each iperf3 run (after a 1 s omitted warm-up)."`
 	Repeat     int           `default:"1" help:"Kernel/middlebox run pairs per mode (medians are reported)."`
 	Out        string        `name:"out" default:"bench-out" type:"path" help:"Directory for forward.csv, forward-summary.csv and forward.png."`
-	Bin        string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
+	BinFlag    `embed:""`
 }
 
 // Validate checks the flags.
@@ -46,13 +46,11 @@ func (c *BenchForwardCmd) Run(g *Globals) error {
 		for _, m := range strings.Split(c.Modes, ",") {
 			cfg.Modes = append(cfg.Modes, strings.TrimSpace(m))
 		}
-		if cfg.Bin == "" {
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			cfg.Bin = self
+		bin, err := c.binary()
+		if err != nil {
+			return err
 		}
+		cfg.Bin = bin
 	}
 	// Ctrl-C: the run stops at the next step and its topology is torn down.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -31,7 +31,7 @@ type BenchGoodputCmd struct {
 	NoParallel bool          `name:"no-parallel" help:"Skip the N parallel direct streams (one per DC, no middlebox) measured for each N > 1."`
 	RcvBuf     string        `name:"rcvbuf" default:"auto" help:"SO_RCVBUF of every server socket, e.g. 512k (caps the receive window; the kernel doubles it); auto: twice the link's bandwidth-delay product with --rate, else the kernel's autotuning; 0: autotuning."`
 	Out        string        `name:"out" default:"bench-out" type:"path" help:"Directory for goodput.csv, goodput-summary.csv and goodput.png."`
-	Bin        string        `name:"bin" type:"path" help:"sdnkvs binary whose middlebox is measured (default: this executable)."`
+	BinFlag    `embed:""`
 }
 
 // Validate checks the flags.
@@ -93,11 +93,9 @@ func (c *BenchGoodputCmd) Run(g *Globals) error {
 	if c.RcvBuf == "auto" && rcvbuf > 0 {
 		fmt.Fprintf(os.Stderr, "server SO_RCVBUF %d bytes (--rcvbuf auto: twice the bandwidth-delay product)\n", rcvbuf)
 	}
-	bin := c.Bin
-	if bin == "" {
-		if bin, err = os.Executable(); err != nil {
-			return fmt.Errorf("--bin: %w", err)
-		}
+	bin, err := c.binary()
+	if err != nil {
+		return err
 	}
 	cfg := goodput.Config{
 		Bin: bin, Servers: c.Servers, Rate: rate, RTT: c.RTT, Duration: c.Duration,

@@ -29,8 +29,8 @@ type BenchRaceCmd struct {
 	Load        time.Duration `name:"load" default:"0s" help:"Then a closed-loop SET phase of this length per mode, for throughput and latency (0: none)."`
 	LoadClients int           `name:"load-clients" default:"16" help:"Connections of the --load phase."`
 	MBArgs      []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable)."`
-	Bin         string        `name:"bin" type:"path" help:"sdnkvs binary (default: this executable)."`
-	Out         string        `name:"out" default:"bench-out" type:"path" help:"Directory for race.csv, race.png, race-load.csv (empty: none)."`
+	BinFlag     `embed:""`
+	Out         string `name:"out" default:"bench-out" type:"path" help:"Directory for race.csv, race.png, race-load.csv (empty: none)."`
 }
 
 // config converts the flags; errors name the flag.
@@ -79,10 +79,8 @@ func (c *BenchRaceCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	if cfg.Bin = c.Bin; cfg.Bin == "" {
-		if cfg.Bin, err = os.Executable(); err != nil {
-			return fmt.Errorf("--bin: %w", err)
-		}
+	if cfg.Bin, err = c.binary(); err != nil {
+		return err
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()

@@ -30,21 +30,17 @@ type DemoCmd struct {
 	ValueSize   int           `name:"value-size" default:"32" help:"Bytes per value."`
 	OpTimeout   time.Duration `name:"op-timeout" default:"0s" help:"Client-side timeout per operation (0: none; rely on the middlebox)."`
 	MBArgs      []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable), e.g. --middlebox-arg=--min-replicas=1."`
-	Bin         string        `name:"bin" type:"path" help:"sdnkvs binary for the stores and the middlebox (default: this executable)."`
-	Data        string        `name:"data" type:"path" help:"Store data directory (default: a temporary one, removed)."`
-	Out         string        `name:"out" default:"demo-out" type:"path" help:"Directory for the CSV and PNG (empty: none)."`
-	JSON        bool          `name:"json" help:"Print one JSON object (progress goes to stderr)."`
+	BinFlag     `embed:""`
+	Data        string `name:"data" type:"path" help:"Store data directory (default: a temporary one, removed)."`
+	Out         string `name:"out" default:"demo-out" type:"path" help:"Directory for the CSV and PNG (empty: none)."`
+	JSON        bool   `name:"json" help:"Print one JSON object (progress goes to stderr)."`
 }
 
 // Config converts the flags.
 func (c *DemoCmd) Config() (demo.Config, error) {
-	bin := c.Bin
-	if bin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return demo.Config{}, fmt.Errorf("--bin: cannot find this executable: %w", err)
-		}
-		bin = exe
+	bin, err := c.binary()
+	if err != nil {
+		return demo.Config{}, err
 	}
 	cut := c.CutAt
 	if cut == 0 {
