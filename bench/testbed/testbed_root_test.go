@@ -231,18 +231,20 @@ func TestDelayLineRateCap(t *testing.T) {
 	testenv.RequireCommand(t, "iperf3", "nice")
 	const rate = 100e6
 	tb := testbedtest.ForTest(t, testbed.Config{DCs: []testbed.DC{{Name: "sydney", Delay: 5 * time.Millisecond, Rate: rate}}})
-	// Up to three attempts: a loaded CI machine can disturb one 4 s run;
-	// every attempt is logged.
+	// The cap must hold (at most 10% over) and the link must not be
+	// throttled far below it (at least 75%: a rate or unit error halves or
+	// worse, while a loaded 2-core machine measured 79-90 Mbit/s). Up to
+	// three attempts: load can disturb one 4 s run; every attempt is logged.
 	var bps float64
 	for attempt := 1; attempt <= 3; attempt++ {
 		bps = iperf(t, tb, "sydney", testbed.NodeAddr(1, 0).String(), 5201+attempt, 4)
 		st := tb.Links()[0]
 		t.Logf("attempt %d: iperf3 through 100mbit/5ms link: %.2f Mbit/s; to DC %+v; from DC %+v", attempt, bps/1e6, *st.ToDC, *st.FromDC)
-		if bps >= 0.9*rate && bps <= 1.1*rate {
+		if bps >= 0.75*rate && bps <= 1.1*rate {
 			return
 		}
 	}
-	t.Errorf("throughput %.2f Mbit/s, want within 10%% of %.0f", bps/1e6, rate/1e6)
+	t.Errorf("throughput %.2f Mbit/s, want 75%%..110%% of %.0f", bps/1e6, rate/1e6)
 }
 
 func TestCutHeal(t *testing.T) {
