@@ -374,6 +374,9 @@ func (m *Middlebox) processBatch(n int) {
 		}
 	}
 	m.flows.Unlock()
+	if m.seq != nil {
+		m.seqFlush() // wake the order writers once per batch
+	}
 	if len(dp.outs) > 0 {
 		m.write(dp.outs)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/internal/peerauth"
@@ -17,8 +18,15 @@ import (
 
 // The order stream to one node (docs/design-sequencer.md):
 //
-//	data path (under Middlebox.flows) ─push─► q (bounded) ─► writer goroutine ─► conn ─► node
+//	data path (under Middlebox.flows) ─push─► q (bounded)
+//	data path, end of batch ─flush─► one non-blocking write of q ─► conn ─► node
+//	                                  (or, if that cannot finish) writer goroutine ─► conn
 //	                                                          reader goroutine ◄─ APPLIED
+//
+// The flush writes from the data path when it can do so without waiting,
+// so a STAMP leaves before the batch's segments are written towards the
+// DCs and the node rarely waits for it; the writer goroutine takes over
+// whatever would block.
 //
 // On every (re)connection the writer runs the resync callback, which, under
 // the flow-table lock, replaces the queue with HELLO plus OPEN and the
@@ -56,9 +64,19 @@ type orderConn struct {
 	live  bool       // resynced on a connection: the data path appends
 	over  bool       // the queue overflowed since the last resync
 	cur   net.Conn   // the session's connection (closed on overflow)
-	spare []byte     // the writer's buffer (swapped with q)
+	raw   syscall.RawConn
+	spare []byte // the writer's buffer (swapped with q)
+
+	// wmu serialises writes to the connection (the writer goroutine's
+	// swap-and-write, the data path's direct flush), so frames keep their
+	// order. The data path only tries it.
+	wmu     sync.Mutex
+	writeFn func(fd uintptr) bool // one write of q into wn, werr (made once: no allocation per flush)
+	wn      int
+	werr    error
 
 	wake    chan struct{} // cap 1
+	pending atomic.Bool   // frames queued since the last flush
 	up      atomic.Bool
 	applied atomic.Uint64 // highest G the node reported applied
 	ups     atomic.Uint64 // connections established
@@ -68,14 +86,22 @@ type orderConn struct {
 }
 
 func newOrderConn(node uint16, addr string, limit int, secret []byte, log *slog.Logger, resync func(*orderConn)) *orderConn {
-	return &orderConn{
+	o := &orderConn{
 		node: node, addr: addr, limit: limit, secret: secret, log: log.With("order_node", addr), resync: resync,
 		q: make([]byte, 0, limit), spare: make([]byte, 0, limit), wake: make(chan struct{}, 1),
 	}
+	o.writeFn = func(fd uintptr) bool {
+		o.wn, o.werr = syscall.Write(int(fd), o.q)
+		if o.wn < 0 {
+			o.wn = 0
+		}
+		return true // one attempt: never wait on the data path
+	}
+	return o
 }
 
-// push queues frame f if the stream is live. It never blocks and does not
-// allocate. When the queue is full, the queue is emptied, the stream stops
+// push queues frame f if the stream is live; the writer is woken by the
+// next flush (once per batch). It never blocks and does not allocate. When the queue is full, the queue is emptied, the stream stops
 // being live and the writer reconnects (resync sends the flows' state
 // again). It reports whether f was queued. Called with Middlebox.flows held.
 func (o *orderConn) push(f *orderwire.Frame) bool {
@@ -102,8 +128,45 @@ func (o *orderConn) push(f *orderwire.Frame) bool {
 	o.q, _ = orderwire.Append(o.q, f)
 	o.mu.Unlock()
 	o.queued.Add(1)
-	o.signal()
+	o.pending.Store(true)
 	return true
+}
+
+// flush sends the frames queued since the last flush: at once, with one
+// non-blocking write, when nobody else is writing and the socket takes
+// them all; otherwise it wakes the writer. It never blocks.
+func (o *orderConn) flush() {
+	if !o.pending.Load() || !o.pending.Swap(false) {
+		return
+	}
+	if !o.writeNow() {
+		o.signal()
+	}
+}
+
+// writeNow tries one non-blocking write of the whole queue; it reports
+// whether the queue is empty afterwards.
+func (o *orderConn) writeNow() bool {
+	if !o.wmu.TryLock() {
+		return false
+	}
+	defer o.wmu.Unlock()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.live || o.raw == nil {
+		return false
+	}
+	if len(o.q) == 0 {
+		return true
+	}
+	o.wn, o.werr = 0, nil
+	if err := o.raw.Write(o.writeFn); err != nil || (o.werr != nil && o.werr != syscall.EAGAIN) {
+		return false // the writer meets the error and reconnects
+	}
+	if o.wn > 0 {
+		o.q = o.q[:copy(o.q, o.q[o.wn:])]
+	}
+	return len(o.q) == 0
 }
 
 // appendLocked appends f during a resync (o.mu held); the queue may exceed
@@ -169,12 +232,16 @@ func (o *orderConn) session(ctx context.Context) error {
 	if peer.Role != peerauth.RoleNode {
 		return fmt.Errorf("order stream: peer role %q, want %q", peer.Role, peerauth.RoleNode)
 	}
+	var raw syscall.RawConn
+	if sc, ok := c.(syscall.Conn); ok {
+		raw, _ = sc.SyscallConn()
+	}
 	o.mu.Lock()
-	o.cur = c
+	o.cur, o.raw = c, raw
 	o.mu.Unlock()
 	defer func() {
 		o.mu.Lock()
-		o.cur = nil
+		o.cur, o.raw = nil, nil
 		o.mu.Unlock()
 	}()
 	readErr := make(chan error, 1)
@@ -192,26 +259,37 @@ func (o *orderConn) session(ctx context.Context) error {
 			return fmt.Errorf("%w: read: %v", errSessionRan, err)
 		case <-o.wake:
 		}
-		o.mu.Lock()
-		if o.over {
-			o.over = false
-			o.mu.Unlock()
-			return fmt.Errorf("%w: queue overflow", errSessionRan)
+		if err := o.writeQueue(c); err != nil {
+			return err
 		}
-		buf := o.q
-		o.q = o.spare[:0]
-		o.mu.Unlock()
-		if len(buf) > 0 {
-			c.SetWriteDeadline(time.Now().Add(orderWriteTimeout))
-			if _, err := c.Write(buf); err != nil {
-				return fmt.Errorf("%w: write: %v", errSessionRan, err)
-			}
-		}
-		if cap(buf) > 2*o.limit { // a large resync: do not keep it
-			buf = make([]byte, 0, o.limit)
-		}
-		o.spare = buf[:0]
 	}
+}
+
+// writeQueue swaps the queue out and writes it, blocking (bounded by the
+// write timeout), holding wmu so the data path's flush cannot interleave.
+func (o *orderConn) writeQueue(c net.Conn) error {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	o.mu.Lock()
+	if o.over {
+		o.over = false
+		o.mu.Unlock()
+		return fmt.Errorf("%w: queue overflow", errSessionRan)
+	}
+	buf := o.q
+	o.q = o.spare[:0]
+	o.mu.Unlock()
+	if len(buf) > 0 {
+		c.SetWriteDeadline(time.Now().Add(orderWriteTimeout))
+		if _, err := c.Write(buf); err != nil {
+			return fmt.Errorf("%w: write: %v", errSessionRan, err)
+		}
+	}
+	if cap(buf) > 2*o.limit { // a large resync: do not keep it
+		buf = make([]byte, 0, o.limit)
+	}
+	o.spare = buf[:0]
+	return nil
 }
 
 // read consumes the node's frames: APPLIED raises the node's highest

@@ -195,8 +195,17 @@ func (m *Middlebox) seqStamp(i int32, p *packet.TCP, now int64) bool {
 	return true
 }
 
-// seqClose queues CLOSE for flow i, which is being removed. Called with
-// flows held.
+// seqFlush wakes the order writers that have frames queued; the data path
+// calls it once per batch, after releasing flows.
+func (m *Middlebox) seqFlush() {
+	for _, o := range m.seq.conns {
+		o.flush()
+	}
+}
+
+// seqClose queues CLOSE for flow i, which is being removed, and wakes the
+// writers (flows are also removed by timers, outside a batch). Called
+// with flows held.
 func (m *Middlebox) seqClose(i int32) {
 	s := m.seq
 	if int(i) >= len(s.on) || !s.on[i] {
@@ -211,6 +220,7 @@ func (m *Middlebox) seqClose(i int32) {
 		n := m.nodes[f.nodes[j]]
 		s.frame = orderwire.Frame{Type: orderwire.Close, Flow: m.flowOf(f, n)}
 		s.conns[f.nodes[j]].push(&s.frame)
+		s.conns[f.nodes[j]].flush()
 	}
 }
 

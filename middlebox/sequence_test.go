@@ -473,6 +473,7 @@ func TestSequencedStampDoesNotAllocate(t *testing.T) {
 		seq += 100
 		sf.Ack(seq, time.Now().UnixNano())
 		m.flows.Unlock() // let the order writers drain
+		m.seqFlush()
 		m.flows.Lock()
 	}
 	before := m.seq.stamped.Load()
@@ -536,11 +537,13 @@ func TestOrderQueueOverflowResyncs(t *testing.T) {
 		m.seq.flows[i].Ack(seq, time.Now().UnixNano()) // acknowledged, still retained
 		if n%64 == 0 {
 			m.flows.Unlock()
+			m.seqFlush()
 			m.flows.Lock()
 		}
 	}
 	high := m.seq.flows[i].High()
 	m.flows.Unlock()
+	m.seqFlush()
 	victim.stall.Store(false)
 	close(victim.release)
 	testenv.WaitFor(t, 20*time.Second, "reconnect after the overflow", func() bool { return o.ups.Load() >= 3 && o.up.Load() })
