@@ -16,7 +16,7 @@ import (
 // through the middlebox's anycast VIP port vs plain kernel forwarding on
 // the same namespace topology, for each TUN mode.
 type BenchForwardCmd struct {
-	Modes      string        `default:"offload,plain" help:"Middlebox TUN modes to measure (--tun-mode values), comma-separated."`
+	Modes      string        `name:"tun-mode" default:"offload,plain" help:"Middlebox TUN modes to measure (the middlebox's --tun-mode values), comma-separated."`
 	KernelOnly bool          `name:"kernel-only" help:"Measure kernel forwarding only (no middlebox)."`
 	Duration   time.Duration `default:"10s" help:"Length of each iperf3 run (after a 1 s omitted warm-up)."`
 	Repeat     int           `default:"1" help:"Kernel/middlebox run pairs per mode (medians are reported)."`
@@ -34,7 +34,7 @@ func (c *BenchForwardCmd) Validate() error {
 	}
 	for _, m := range strings.Split(c.Modes, ",") {
 		if m = strings.TrimSpace(m); m != "offload" && m != "plain" {
-			return fmt.Errorf("--modes: unknown TUN mode %q (want offload, plain)", m)
+			return fmt.Errorf("--tun-mode: unknown TUN mode %q (want offload, plain)", m)
 		}
 	}
 	return nil

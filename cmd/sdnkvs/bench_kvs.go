@@ -24,6 +24,7 @@ type BenchKvsCmd struct {
 	Sync      bool   `name:"sync" help:"Run sdnkvs with --sync (fsync per commit)."`
 	Etcd      string `name:"etcd" default:"/usr/bin/etcd" help:"etcd binary; empty skips etcd."`
 	Out       string `name:"out" default:"bench-out" type:"path" help:"Directory for kvs-results.csv, kvs-rss.csv and kvs.png."`
+	BinFlag   `embed:""`
 }
 
 // Validate checks the flags.
@@ -46,8 +47,12 @@ func (c *BenchKvsCmd) Validate() error {
 func (c *BenchKvsCmd) Run(g *Globals) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
+	bin, err := c.binary()
+	if err != nil {
+		return err
+	}
 	rep, err := kvsbench.Run(ctx, kvsbench.Config{
-		Nodes: c.Nodes, Quorum: c.Quorum, Clients: c.Clients, Requests: c.Requests, EtcdReqs: c.EtcdReqs,
+		Bin: bin, Nodes: c.Nodes, Quorum: c.Quorum, Clients: c.Clients, Requests: c.Requests, EtcdReqs: c.EtcdReqs,
 		Pipeline: c.Pipeline, Keyspace: c.Keyspace, ValueSize: c.ValueSize, Sync: c.Sync,
 		EtcdBin: c.Etcd, Out: c.Out, Log: os.Stderr,
 	})
