@@ -3,6 +3,7 @@ package resp
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -55,4 +56,33 @@ func TestReadReplyBadInput(t *testing.T) {
 	if !errors.Is(err, ErrProto) {
 		t.Errorf("unknown type: err = %v, want ErrProto", err)
 	}
+}
+
+// FuzzReadReply: any input gives a reply or an error, never a panic, and
+// a reply stays within the reader's bounds; reading the same input again
+// gives the same reply.
+func FuzzReadReply(f *testing.F) {
+	for _, s := range []string{"+OK\r\n", "-ERR x\r\n", ":42\r\n", "$3\r\nabc\r\n", "$-1\r\n", "*2\r\n$1\r\na\r\n:1\r\n", "*-1\r\n", "*1\r\n*1\r\n+x\r\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		rep, err := ReadReply(bufio.NewReader(strings.NewReader(string(in))))
+		if err != nil {
+			return
+		}
+		var check func(r Reply, depth int)
+		check = func(r Reply, depth int) {
+			if depth > maxDepth || len(r.Str) > maxBulk || len(r.Elems) > maxElems {
+				t.Fatalf("reply out of bounds at depth %d: %d bytes, %d elements", depth, len(r.Str), len(r.Elems))
+			}
+			for _, e := range r.Elems {
+				check(e, depth+1)
+			}
+		}
+		check(rep, 0)
+		again, err := ReadReply(bufio.NewReader(strings.NewReader(string(in))))
+		if err != nil || fmt.Sprint(again) != fmt.Sprint(rep) {
+			t.Fatalf("%q read twice: %+v then %+v, %v", in, rep, again, err)
+		}
+	})
 }
