@@ -84,71 +84,98 @@ type BranchInfo struct {
 	Window   uint32 `json:"window"`
 }
 
-// Flows returns the flow table (for /flows), at most limit entries
-// (limit <= 0: all).
+// MaxFlowsPage caps the flows one /flows request returns.
+const MaxFlowsPage = 1000
+
+// flowsChunk is how many table slots FlowsPage visits per hold of the
+// flow table's lock, so the data path never waits longer than one chunk.
+const flowsChunk = 256
+
+// Flows returns the flow table, at most limit entries (limit <= 0: all),
+// taking the table's lock one chunk at a time.
 func (m *Middlebox) Flows(limit int) []FlowInfo {
-	now := m.cfg.Now().UnixNano()
-	m.flows.Lock()
-	defer m.flows.Unlock()
-	out := make([]FlowInfo, 0, min(m.flows.tab.count, 1024))
-	for i := range m.flows.tab.slab {
-		f := &m.flows.tab.slab[i]
-		if !f.used {
-			continue
-		}
-		if limit > 0 && len(out) >= limit {
-			break
-		}
-		fi := FlowInfo{
-			Client:   netip.AddrPortFrom(netip.AddrFrom4(f.key.cli), f.key.cport).String(),
-			VIPPort:  f.key.vport,
-			Kind:     "anycast",
-			AgeSec:   float64(now-f.created) / 1e9,
-			IdleSec:  float64(now-f.last) / 1e9,
-			BytesIn:  f.bytesIn,
-			BytesOut: f.bytesOut,
-			PktsIn:   f.pktsIn,
-			PktsOut:  f.pktsOut,
-		}
-		if f.kind == kindForked {
-			fi.Kind = "forked"
-			st := f.fork.Stats()
-			fi.Fork = &st
-			fi.State = f.fork.State().String()
-			for k := range f.fork.NumBranches() {
-				b := f.fork.Branch(k)
-				bi := BranchInfo{Node: b.Target.Addr.String(), Live: b.Live, Answered: b.Answered, Acked: b.Acked, Covered: b.Covered, Window: b.Window}
-				if !b.Live {
-					bi.Cause = b.Cause.String()
-				}
-				fi.Branches = append(fi.Branches, bi)
-			}
-		}
-		switch {
-		case fi.State != "":
-		case f.state == stClosing:
-			fi.State = "closing"
-		case f.finCli || f.finSrv:
-			fi.State = "half-closed"
-		case f.state == stEstablished:
-			fi.State = "established"
-		case f.state == stSynRecv:
-			fi.State = "syn-received"
-		case f.state == stAdopted:
-			fi.State = "adopted"
-		default:
-			fi.State = "syn-sent"
-		}
-		for j := 0; j < int(f.nbranch); j++ {
-			n := m.nodes[f.nodes[j]]
-			fi.Nodes = append(fi.Nodes, n.ap.String())
-			if j == 0 {
-				fi.DC = m.dcs[n.dc].Name
-			}
-		}
-		out = append(out, fi)
-	}
+	out, _ := m.FlowsPage(0, limit)
 	return out
+}
+
+// FlowsPage returns up to limit flows (limit <= 0: all) from table
+// position from on, and the position to continue from (-1 at the end). It
+// holds the flow table's lock for at most flowsChunk slots at a time: a
+// page is not a snapshot, flows created or removed meanwhile may be
+// missed or seen.
+func (m *Middlebox) FlowsPage(from, limit int) (out []FlowInfo, next int) {
+	now := m.cfg.Now().UnixNano()
+	i := max(from, 0)
+	for {
+		m.flows.Lock()
+		slab := m.flows.tab.slab
+		end := min(i+flowsChunk, len(slab))
+		for ; i < end && (limit <= 0 || len(out) < limit); i++ {
+			if slab[i].used {
+				out = append(out, m.flowInfo(&slab[i], now))
+			}
+		}
+		atEnd := i >= len(slab)
+		m.flows.Unlock()
+		switch {
+		case atEnd:
+			return out, -1
+		case limit > 0 && len(out) >= limit:
+			return out, i
+		}
+	}
+}
+
+// flowInfo describes flow f (under flows).
+func (m *Middlebox) flowInfo(f *flow, now int64) FlowInfo {
+	fi := FlowInfo{
+		Client:   netip.AddrPortFrom(netip.AddrFrom4(f.key.cli), f.key.cport).String(),
+		VIPPort:  f.key.vport,
+		Kind:     "anycast",
+		AgeSec:   float64(now-f.created) / 1e9,
+		IdleSec:  float64(now-f.last) / 1e9,
+		BytesIn:  f.bytesIn,
+		BytesOut: f.bytesOut,
+		PktsIn:   f.pktsIn,
+		PktsOut:  f.pktsOut,
+	}
+	if f.kind == kindForked {
+		fi.Kind = "forked"
+		st := f.fork.Stats()
+		fi.Fork = &st
+		fi.State = f.fork.State().String()
+		for k := range f.fork.NumBranches() {
+			b := f.fork.Branch(k)
+			bi := BranchInfo{Node: b.Target.Addr.String(), Live: b.Live, Answered: b.Answered, Acked: b.Acked, Covered: b.Covered, Window: b.Window}
+			if !b.Live {
+				bi.Cause = b.Cause.String()
+			}
+			fi.Branches = append(fi.Branches, bi)
+		}
+	}
+	switch {
+	case fi.State != "":
+	case f.state == stClosing:
+		fi.State = "closing"
+	case f.finCli || f.finSrv:
+		fi.State = "half-closed"
+	case f.state == stEstablished:
+		fi.State = "established"
+	case f.state == stSynRecv:
+		fi.State = "syn-received"
+	case f.state == stAdopted:
+		fi.State = "adopted"
+	default:
+		fi.State = "syn-sent"
+	}
+	for j := 0; j < int(f.nbranch); j++ {
+		n := m.nodes[f.nodes[j]]
+		fi.Nodes = append(fi.Nodes, n.ap.String())
+		if j == 0 {
+			fi.DC = m.dcs[n.dc].Name
+		}
+	}
+	return fi
 }
 
 // NodeInfo and DCInfo describe the DCs for /dcs.
@@ -239,6 +266,8 @@ type collector struct {
 	nodeFlows, nodeTotal, nodeLive                 *prometheus.Desc
 	nodeDowns, nodeUps, failoverRST, branchRemoved *prometheus.Desc
 	forkResets, probesLost                         *prometheus.Desc
+	adopted, hoEvicted, hoExpired, rstPassed       *prometheus.Desc
+	detTracked, detEvicted, detHeld                *prometheus.Desc
 }
 
 func newCollector(m *Middlebox) *collector {
@@ -267,11 +296,18 @@ func newCollector(m *Middlebox) *collector {
 		branchRemoved: d("fork_branches_removed_total", "Branches removed from forked flows (failover, lag, RST, divergence)."),
 		forkResets:    d("fork_client_resets_total", "Forked flows whose client was reset (fewer live branches than min replicas)."),
 		probesLost:    d("failover_probes_lost_total", "Probe results dropped because the queue to the detector was full."),
+		adopted:       d("flows_adopted_total", "Anycast flows re-adopted from a packet of an unknown flow (after a restart or an eviction)."),
+		hoEvicted:     d("half_open_evicted_total", "Half-open flows evicted from a full table for a new one."),
+		hoExpired:     d("half_open_expired_total", "Half-open flows removed after the half-open timeout."),
+		rstPassed:     d("rst_passed_total", "Client RSTs not at the node's rcv.nxt passed to the node (challenge ACK) with the flow kept (RFC 5961)."),
+		detTracked:    d("failover_flows_tracked", "Flows (branches) the failure detector tracks."),
+		detEvicted:    d("failover_flows_evicted_total", "Flows the failure detector forgot to make room (its table full), idle and half-open first."),
+		detHeld:       d("failover_passive_held_total", "Passive down decisions held (the last live DC, or the rate limit)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.forkResets, c.probesLost} {
+	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.forkResets, c.probesLost, c.adopted, c.hoEvicted, c.hoExpired, c.rstPassed, c.detTracked, c.detEvicted, c.detHeld} {
 		ch <- d
 	}
 }
@@ -301,6 +337,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(c.branchRemoved, m.c.branchesRemoved.Load())
 	cnt(c.forkResets, m.c.forkResets.Load())
 	cnt(c.probesLost, m.c.probesLost.Load())
+	cnt(c.adopted, m.c.flowsAdopted.Load())
+	cnt(c.hoEvicted, m.c.halfOpenEvicted.Load())
+	cnt(c.hoExpired, m.c.halfOpenExpired.Load())
+	cnt(c.rstPassed, m.c.rstPassed.Load())
+	if m.flows.det != nil {
+		m.flows.Lock()
+		ds, tracked := m.flows.det.Stats(), m.flows.det.NumFlows()
+		m.flows.Unlock()
+		ch <- prometheus.MustNewConstMetric(c.detTracked, prometheus.GaugeValue, float64(tracked))
+		cnt(c.detEvicted, ds.FlowsEvicted)
+		cnt(c.detHeld, ds.PassiveHeld)
+	}
 	for _, n := range m.nodes {
 		dc, addr := m.dcs[n.dc].Name, n.ap.String()
 		ch <- prometheus.MustNewConstMetric(c.nodeFlows, prometheus.GaugeValue, float64(n.flows.Load()), dc, addr)
@@ -316,7 +364,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // Handler serves the control API:
 //
 //	/metrics   Prometheus text (counters, drops by reason, flows, per-node flows)
-//	/flows     JSON list of flows (?limit=N, default 10000)
+//	/flows     JSON list of flows, a page at a time: ?limit=N (default and
+//	           at most MaxFlowsPage), ?from=P (P from the X-Flows-Next
+//	           header of the previous page; absent on the last page)
 //	/dcs       JSON list of DCs in preference order with node liveness
 //	/healthz   "ok"
 //
@@ -330,16 +380,31 @@ func (m *Middlebox) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /flows", func(w http.ResponseWriter, r *http.Request) {
-		limit := 10000
-		if s := r.URL.Query().Get("limit"); s != "" {
+		limit, from := MaxFlowsPage, 0
+		q := r.URL.Query()
+		if s := q.Get("limit"); s != "" {
 			v, err := strconv.Atoi(s)
-			if err != nil {
-				http.Error(w, "bad limit", http.StatusBadRequest)
+			if err != nil || v < 0 {
+				http.Error(w, "limit: want a number >= 0", http.StatusBadRequest)
 				return
 			}
-			limit = v
+			if v > 0 {
+				limit = min(v, MaxFlowsPage)
+			}
 		}
-		writeJSON(w, m.Flows(limit))
+		if s := q.Get("from"); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil || v < 0 {
+				http.Error(w, "from: want a position from X-Flows-Next", http.StatusBadRequest)
+				return
+			}
+			from = v
+		}
+		page, next := m.FlowsPage(from, limit)
+		if next >= 0 {
+			w.Header().Set("X-Flows-Next", strconv.Itoa(next))
+		}
+		writeJSON(w, page)
 	})
 	mux.HandleFunc("GET /dcs", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, m.DCs()) })
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

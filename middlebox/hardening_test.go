@@ -1,7 +1,9 @@
 package middlebox
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -342,5 +344,59 @@ func TestSYNBurstDetectors(t *testing.T) {
 				t.Fatalf("victim's flow on %s gone: %+v", victim, m.Flows(0))
 			}
 		})
+	}
+}
+
+// /flows pages the table one chunk of the lock at a time and caps limit
+// (issue 11: /flows?limit=0 at a full table held the data path 149 ms).
+func TestFlowsPagesAndCapsLimit(t *testing.T) {
+	cfg := testConfig()
+	dev := newFakeDev(false, false)
+	m, _ := newUnit(t, cfg, dev)
+	const n = 1300
+	for i := range n {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 77, byte(i / 200), byte(i % 200)}), 40000)
+		feed(m, nil, synFrom(src, vipAny, 1))
+	}
+	seen := map[string]bool{}
+	from, pages := 0, 0
+	for from >= 0 {
+		var page []FlowInfo
+		page, from = m.FlowsPage(from, 300)
+		if len(page) > 300 {
+			t.Fatalf("page of %d flows, limit 300", len(page))
+		}
+		for _, f := range page {
+			if seen[f.Client] {
+				t.Fatalf("flow %s on two pages", f.Client)
+			}
+			seen[f.Client] = true
+		}
+		pages++
+	}
+	if len(seen) != n || pages != 5 {
+		t.Fatalf("%d flows in %d pages, want %d in 5", len(seen), pages, n)
+	}
+	h := m.Handler()
+	get := func(url string) (int, []FlowInfo, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", url, nil))
+		var fl []FlowInfo
+		json.Unmarshal(rec.Body.Bytes(), &fl)
+		return rec.Code, fl, rec.Header().Get("X-Flows-Next")
+	}
+	for _, url := range []string{"/flows", "/flows?limit=0", "/flows?limit=100000"} {
+		if code, fl, next := get(url); code != 200 || len(fl) != MaxFlowsPage || next == "" {
+			t.Fatalf("%s: %d, %d flows, next %q; want 200, %d flows and a next page", url, code, len(fl), next, MaxFlowsPage)
+		}
+	}
+	_, _, next := get("/flows")
+	if code, fl, last := get("/flows?from=" + next); code != 200 || len(fl) != n-MaxFlowsPage || last != "" {
+		t.Fatalf("second page: %d, %d flows, next %q", code, len(fl), last)
+	}
+	for _, url := range []string{"/flows?limit=-1", "/flows?limit=x", "/flows?from=-2"} {
+		if code, _, _ := get(url); code != 400 {
+			t.Fatalf("%s: %d, want 400", url, code)
+		}
 	}
 }

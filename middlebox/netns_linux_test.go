@@ -429,7 +429,7 @@ func TestNetnsBinaryRoutesRemovedOnExit(t *testing.T) {
 		return string(out)
 	}
 	rules := ipOut("rule", "list")
-	for _, n := range []string{"10.210.1.11", "10.210.1.12", "10.210.2.11"} {
+	for _, n := range []string{"10.210.1.11 iif dc1", "10.210.1.12 iif dc1", "10.210.2.11 iif dc2"} {
 		if !strings.Contains(rules, "from "+n+" ipproto tcp sport 6379 lookup 123") {
 			t.Errorf("no policy rule for %s:\n%s", n, rules)
 		}

@@ -22,11 +22,15 @@ import (
 //	sysctl -w net.ipv4.conf.sdn0.rp_filter=0
 //	ip route add 10.200.100.1/32 dev sdn0
 //	ip route add default dev sdn0 table 100
-//	ip rule add from 10.210.1.11 ipproto tcp sport 6379 lookup 100
-//	ip rule add from 10.210.2.11 ipproto tcp sport 6379 lookup 100
+//	ip rule add iif veth-dc1 from 10.210.1.11 ipproto tcp sport 6379 lookup 100
+//	ip rule add iif veth-dc2 from 10.210.2.11 ipproto tcp sport 6379 lookup 100
 //
 // The first route sends client traffic for the VIP into the middlebox; the
-// rules send the nodes' replies (and nothing else from them) into it too.
+// rules send the nodes' replies (and nothing else from them) into it too,
+// only as they arrive from the DC-facing interface (iif: the interface of
+// the route to the node, or RouteConfig.DCIface), so replies forged on the
+// client side are never taken for the nodes' (the middlebox also drops,
+// and counts, packets to the VIP from a node's address).
 // Packets the middlebox writes back are routed by the main table. Undo
 // with the same commands, `del` for `add`. Also keep conntrack/NAT rules
 // out of the gateway's path (docs/design.md section 9).
@@ -36,6 +40,9 @@ type RouteConfig struct {
 	VIP   netip.Addr
 	Nodes []netip.AddrPort
 	Table int // policy routing table for node replies
+	// DCIface is the interface node replies arrive on ("": for each node,
+	// the interface of the gateway's route to it).
+	DCIface string
 }
 
 // InstallRoutes applies rc (sysctls, VIP route, reply table, one policy
@@ -106,11 +113,39 @@ func InstallRoutes(rc RouteConfig) (undo func() error, err error) {
 			continue
 		}
 		seen[n] = true
-		if err := add("rule", "add", "from", n.Addr().Unmap().String(), "ipproto", "tcp", "sport", strconv.Itoa(int(n.Port())), "lookup", table); err != nil {
+		iif := rc.DCIface
+		if iif == "" {
+			if iif, err = rc.routeDev(n.Addr().Unmap()); err != nil {
+				return fail(err)
+			}
+		}
+		if err := add("rule", "add", "iif", iif, "from", n.Addr().Unmap().String(), "ipproto", "tcp", "sport", strconv.Itoa(int(n.Port())), "lookup", table); err != nil {
 			return fail(err)
 		}
 	}
 	return undo, nil
+}
+
+// routeDev returns the interface of the route to a ("ip route get").
+func (rc RouteConfig) routeDev(a netip.Addr) (string, error) {
+	args := []string{"route", "get", a.String()}
+	if rc.Netns != "" {
+		args = append([]string{"-n", rc.Netns}, args...)
+	}
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("middlebox: ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	f := strings.Fields(string(out))
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "dev" {
+			if f[i+1] == rc.TUN {
+				break // the route to the node is the TUN: no DC-facing interface
+			}
+			return f[i+1], nil
+		}
+	}
+	return "", fmt.Errorf("middlebox: no DC-facing interface for node %s (ip route get: %s); set the DC interface", a, strings.TrimSpace(string(out)))
 }
 
 func (rc RouteConfig) ip(args ...string) error {

@@ -37,6 +37,7 @@ type MiddleboxCmd struct {
 	Control     string        `name:"control" default:"127.0.0.1:9090" help:"Control HTTP listener (/metrics, /flows, /dcs, /healthz)."`
 	Routes      bool          `name:"routes" help:"Install (and remove on exit) the VIP route, node-reply policy rules and sysctls."`
 	RouteTable  int           `name:"route-table" default:"100" help:"Routing table for node replies (with --routes)."`
+	DCIface     string        `name:"dc-iface" help:"Interface node replies arrive on; the reply rules match only it (with --routes; default: the interface of the route to each node)."`
 	TUNMode     string        `name:"tun-mode" enum:"offload,plain" default:"offload" help:"TUN I/O: offload (virtio-net headers, TSO, batched) or plain (one packet per call)."`
 	MTU         int           `name:"mtu" default:"1500" help:"TUN MTU."`
 	MaxFlows    int           `name:"max-flows" default:"262144" help:"Flow table size; new connections beyond it get a RST."`
@@ -172,7 +173,7 @@ func (c *MiddleboxCmd) Run(g *Globals) error {
 		for _, dc := range cfg.DCs {
 			nodes = append(nodes, dc.Nodes...)
 		}
-		undo, err := middlebox.InstallRoutes(middlebox.RouteConfig{TUN: c.TUN, VIP: cfg.VIP, Nodes: nodes, Table: c.RouteTable})
+		undo, err := middlebox.InstallRoutes(middlebox.RouteConfig{TUN: c.TUN, VIP: cfg.VIP, Nodes: nodes, Table: c.RouteTable, DCIface: c.DCIface})
 		if err != nil {
 			return err
 		}
