@@ -194,12 +194,13 @@ func (c *Cluster) Restart(i int) error {
 	return err
 }
 
-// AllReady reports whether every running node can reach a quorum.
+// AllReady reports whether every node runs, votes and reaches all its
+// peers.
 func (c *Cluster) AllReady() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, n := range c.nodes {
-		if n == nil || n.reachable() < n.size {
+		if n == nil || n.reachable() < n.size || !n.voter.Load() {
 			return false
 		}
 	}

@@ -142,7 +142,7 @@ func (c *coordinator) start(o *op, kind opKind, key, val []byte) {
 	}
 	// Local replica (k is stable: o cannot be restarted before release).
 	t, flags, v, err := c.n.store.Get(k, rk == kindRead, c.localBuf())
-	c.deliverRead(id, err == nil, t, flags, v)
+	c.deliverRead(id, err == nil && c.n.voter.Load(), t, flags, v)
 	c.putLocalBuf(v)
 }
 
@@ -270,7 +270,7 @@ func (c *coordinator) sendWrite(id uint64, k []byte, t Tag, flags byte, v []byte
 }
 
 // writeDone is the local replica's answer to phase 2.
-func (c *coordinator) writeDone(id uint64, ok bool, _ Tag) { c.deliverAck(id, ok) }
+func (c *coordinator) writeDone(id uint64, ok bool, _ Tag) { c.deliverAck(id, ok && c.n.voter.Load()) }
 
 // deliverAck handles one phase-2 answer.
 func (c *coordinator) deliverAck(id uint64, ok bool) {

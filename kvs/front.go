@@ -585,8 +585,10 @@ func (n *Node) info() string {
 		n.cfg.Sync, n.store.Commits.Load(), n.store.Writes.Load())
 	fmt.Fprintf(&b, "\r\n# Stats\r\ntotal_commands_processed:%d\r\nsdnkvs_errors:%d\r\nsdnkvs_bad_requests:%d\r\nsdnkvs_quorum_errors:%d\r\nsdnkvs_peer_bad_frames:%d\r\n",
 		s.Commands.Load(), s.Errors.Load(), s.BadRequests.Load(), s.QuorumErrors.Load(), s.PeerBad.Load())
-	fmt.Fprintf(&b, "\r\n# Replication\r\nrole:master\r\nsdnkvs_cluster_size:%d\r\nsdnkvs_quorum:%d\r\nsdnkvs_reachable:%d\r\n",
-		n.size, n.quorum, n.reachable())
+	fmt.Fprintf(&b, "\r\n# Replication\r\nrole:master\r\nsdnkvs_cluster_size:%d\r\nsdnkvs_quorum:%d\r\nsdnkvs_reachable:%d\r\nsdnkvs_state:%s\r\n",
+		n.size, n.quorum, n.reachable(), n.state())
+	fmt.Fprintf(&b, "\r\n# Safety\r\nsdnkvs_peer_auth_failures:%d\r\nsdnkvs_bad_tags:%d\r\nsdnkvs_id_collisions:%d\r\nsdnkvs_auth_failures:%d\r\nsdnkvs_promotions:%d\r\nsdnkvs_damaged_reads:%d\r\nsdnkvs_damaged_at_open:%d\r\n",
+		s.PeerAuthFail.Load(), s.BadTags.Load(), s.IDCollisions.Load(), s.AuthFail.Load(), s.Promotions.Load(), n.store.Damaged.Load(), s.DamageOpen.Load())
 	if n.seq != nil {
 		flows, ranges := n.seq.table.size()
 		n.seq.stats.appendInfo(&b, flows, ranges)

@@ -27,6 +27,7 @@ type Config struct {
 	PeerSecret    []byte // cluster secret for the peer handshake (>= 16 bytes)
 	InsecurePeers bool   // allow a multi-node cluster without PeerSecret (no peer authentication)
 	RequirePass   []byte // RESP AUTH password; nil: no AUTH required
+	Reconfigure   bool   // accept a peer list that differs from the stored membership (and store it)
 	Quorum        int    // 0: majority of the cluster
 	Dir           string // Badger directory
 	Sync          bool   // fsync every commit before acknowledging
@@ -74,6 +75,11 @@ type Node struct {
 
 	stats     Stats
 	collision atomic.Bool // another process claimed this node's id
+
+	ident      *identityStore
+	voter      atomic.Bool // counts toward quorums (see learner.go)
+	repairing  atomic.Bool // pulling records from a quorum of voters
+	mustRepair atomic.Bool // was a voter and lost data: only the repair path leads back
 }
 
 // Stats are a node's counters, safe for concurrent use.
@@ -87,6 +93,8 @@ type Stats struct {
 	BadTags      atomic.Uint64 // peer writes or answers with a non-member writer or an out-of-range counter
 	IDCollisions atomic.Uint64 // handshakes where a peer claimed an id it does not own
 	AuthFail     atomic.Uint64 // client commands refused with NOAUTH or WRONGPASS
+	Promotions   atomic.Uint64 // learner -> voter
+	DamageOpen   atomic.Uint64 // stores found damaged at open (moved aside, rebuilt)
 	Clients      atomic.Int64  // open client connections
 }
 
@@ -154,11 +162,9 @@ func Start(cfg Config) (*Node, error) {
 	if !cfg.InMemory && cfg.Dir == "" {
 		return nil, errors.New("kvs: a data directory is required")
 	}
-	st, err := OpenStore(StoreOptions{Dir: cfg.Dir, Sync: cfg.Sync, InMemory: cfg.InMemory})
-	if err != nil {
+	if err := n.openStorage(); err != nil {
 		return nil, err
 	}
-	n.store = st
 	n.coord = newCoordinator(n)
 	fail := func(err error) (*Node, error) {
 		n.Close()
@@ -190,12 +196,19 @@ func Start(cfg Config) (*Node, error) {
 				fmt.Fprintf(w, "not ready: node id %d collision (another process claims it)\n", n.cfg.ID)
 				return
 			}
+			if !n.voter.Load() {
+				up-- // this node's own answers do not count
+			}
+			state := n.state()
+			if d := n.store.Damaged.Load(); d > 0 {
+				state += fmt.Sprintf(", %d damaged reads", d)
+			}
 			if up < q {
 				w.WriteHeader(http.StatusServiceUnavailable)
-				fmt.Fprintf(w, "not ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
+				fmt.Fprintf(w, "not ready: %d of %d replicas reachable, quorum %d; %s\n", up, n.size, q, state)
 				return
 			}
-			fmt.Fprintf(w, "ready: %d of %d replicas reachable, quorum %d\n", up, n.size, q)
+			fmt.Fprintf(w, "ready: %d of %d replicas reachable, quorum %d; %s\n", up, n.size, q, state)
 		})
 		mux.Handle("/metrics", n.metricsHandler())
 		n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -213,6 +226,16 @@ func Start(cfg Config) (*Node, error) {
 	for _, p := range n.peers {
 		n.wg.Add(1)
 		go p.run()
+	}
+	if !n.voter.Load() {
+		if len(n.peers) == 0 {
+			if err := n.becomeVoter(); err != nil {
+				return fail(err)
+			}
+		} else {
+			n.wg.Add(1)
+			go n.learnerLoop()
+		}
 	}
 	n.wg.Add(2)
 	go n.acceptLoop(n.peerLn, n.servePeer)
@@ -353,6 +376,7 @@ func (n *Node) Close() error {
 // connection's reader goroutine; writes go to the store's committer, which
 // answers through writeDone. Safe for concurrent use.
 type serverConn struct {
+	n *Node
 	w *batchWriter
 }
 
@@ -360,6 +384,8 @@ func (s *serverConn) writeDone(id uint64, ok bool, held Tag) {
 	st := statusOK
 	if !ok {
 		st = statusErr
+	} else if !s.n.voter.Load() {
+		st = statusLearner
 	}
 	b, live := s.w.lock()
 	if !live {
@@ -368,7 +394,7 @@ func (s *serverConn) writeDone(id uint64, ok bool, held Tag) {
 	s.w.unlock(appendResp(b, kindWrite, id, st, held, 0, nil))
 }
 
-func (n *Node) maxFrame() int { return n.cfg.MaxKey + n.cfg.MaxValue + 64 }
+func (n *Node) maxFrame() int { return n.cfg.MaxKey + n.cfg.MaxValue + 64 + scanBatch }
 
 func (n *Node) servePeer(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
@@ -380,7 +406,7 @@ func (n *Node) servePeer(c net.Conn) {
 		n.log.Warn("peer handshake refused", "peer", c.RemoteAddr(), "err", err)
 		return
 	}
-	sc := &serverConn{w: newBatchWriter(c, 32<<20)}
+	sc := &serverConn{n: n, w: newBatchWriter(c, 32<<20)}
 	defer sc.w.close()
 	fr := newFrameReader(c, n.maxFrame())
 	var req request
@@ -393,18 +419,39 @@ func (n *Node) servePeer(c net.Conn) {
 			}
 			return
 		}
-		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey || len(req.val) > n.cfg.MaxValue {
+		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey+9 || len(req.val) > n.cfg.MaxValue {
 			n.stats.PeerBad.Add(1)
 			n.log.Warn("malformed peer request; dropping connection", "peer", c.RemoteAddr())
 			return
 		}
 		switch req.kind {
+		case kindStatus, kindScan:
+			var st, f byte
+			var v []byte
+			if req.kind == kindStatus {
+				st, f = n.serveStatus(req.key, peer.ID)
+			} else {
+				st, f, v = n.serveScan(req.key, vbuf[:0])
+				vbuf = v
+			}
+			b, live := sc.w.lock()
+			if !live {
+				return
+			}
+			sc.w.unlock(appendResp(b, req.kind, req.id, st, Tag{}, f, v))
+			continue
 		case kindRead, kindReadTag:
+			if len(req.key) > n.cfg.MaxKey {
+				n.stats.PeerBad.Add(1)
+				return
+			}
 			t, f, v, err := n.store.Get(req.key, req.kind == kindRead, vbuf[:0])
 			vbuf = v
 			st := statusOK
 			if err != nil {
 				st = statusErr
+			} else if !n.voter.Load() {
+				st = statusLearner
 			}
 			b, live := sc.w.lock()
 			if !live {
@@ -415,6 +462,10 @@ func (n *Node) servePeer(c net.Conn) {
 				vbuf = nil
 			}
 		case kindWrite:
+			if len(req.key) > n.cfg.MaxKey {
+				n.stats.PeerBad.Add(1)
+				return
+			}
 			if err := n.checkTag(req.tag); err != nil {
 				n.stats.BadTags.Add(1)
 				n.log.Warn("peer write refused; dropping connection", "peer", c.RemoteAddr(), "id", peer.ID, "tag", req.tag, "err", err)
@@ -440,6 +491,10 @@ type peerClient struct {
 	mu   sync.Mutex
 	conn net.Conn
 	quit bool
+
+	callSeq atomic.Uint64
+	callMu  sync.Mutex
+	calls   map[uint64]chan response
 }
 
 func (p *peerClient) sendRead(kind byte, id uint64, key []byte) bool {
@@ -546,6 +601,10 @@ func (p *peerClient) readLoop(c net.Conn) {
 		if err := decodeResp(body, &r); err != nil {
 			p.n.stats.PeerBad.Add(1)
 			return
+		}
+		if r.id&callBit != 0 {
+			p.deliverCall(&r)
+			continue
 		}
 		ok := r.status == statusOK
 		if err := p.n.checkTag(r.tag); err != nil {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 // Store is one replica's durable map key -> (tag, flags, value) over Badger.
@@ -50,6 +51,10 @@ type Store struct {
 
 	Commits atomic.Uint64 // transactions committed
 	Writes  atomic.Uint64 // write requests applied (stored or superseded)
+	Damaged atomic.Uint64 // reads that found damaged data (checksum mismatch, corrupt record)
+
+	onDamage func(error) // called once per damaged read (set before use)
+	full     atomic.Bool // free disk space below the floor: writes refused
 }
 
 // completion is told the outcome of a queued write: the tag the replica holds
@@ -99,11 +104,21 @@ func OpenStore(o StoreOptions) (*Store, error) {
 		WithValueLogFileSize(64 << 20).
 		WithDetectConflicts(false).
 		WithNumVersionsToKeep(1).
+		// Damage is detected, never served as "not found": every table is
+		// verified before open (verifyTables), every block and every value
+		// on read.
+		WithChecksumVerificationMode(options.OnBlockRead).
+		WithVerifyValueChecksum(true).
 		WithLogger(nil)
 	if o.InMemory {
 		opts.Dir, opts.ValueDir = "", ""
 	}
-	db, err := badger.Open(opts)
+	if !o.InMemory {
+		if err := verifyTables(o.Dir); err != nil {
+			return nil, err
+		}
+	}
+	db, err := openBadger(opts)
 	if err != nil {
 		return nil, fmt.Errorf("kvs: open badger in %q: %w", o.Dir, err)
 	}
@@ -153,7 +168,8 @@ func (s *Store) reserveWriters() error {
 
 func (s *Store) reserveWritersLocked() error {
 	if s.dir == "" {
-		s.writerNext, s.writerEnd = s.writerEnd, s.writerEnd+writerBlock
+		start := max(s.writerEnd, writerClock())
+		s.writerNext, s.writerEnd = start, start+writerBlock
 		return nil
 	}
 	path := filepath.Join(s.dir, "writer-seq")
@@ -165,6 +181,12 @@ func (s *Store) reserveWritersLocked() error {
 	}
 	if start < s.writerEnd {
 		start = s.writerEnd
+	}
+	// A lost writer-seq file must not restart the sequence: never start
+	// below the clock (10 µs ticks since 2025), which moves faster than
+	// the sequence at up to 100,000 writes per second per node.
+	if t := writerClock(); start < t {
+		start = t
 	}
 	end := start + writerBlock
 	if end >= 1<<48 {
@@ -224,7 +246,7 @@ func (s *Store) dbGet(key []byte, withValue bool, dst []byte) (t Tag, flags byte
 		}
 		return item.Value(func(v []byte) error {
 			if len(v) < recordHeader {
-				return errors.New("kvs: corrupt record")
+				return errCorruptRecord
 			}
 			t = DecodeTag(v)
 			flags = v[TagSize]
@@ -236,6 +258,8 @@ func (s *Store) dbGet(key []byte, withValue bool, dst []byte) (t Tag, flags byte
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		err = nil
+	} else if err != nil {
+		s.noteDamage(err)
 	}
 	return t, flags, val, err
 }

@@ -20,10 +20,20 @@ const (
 	kindRead    byte = 1
 	kindReadTag byte = 2
 	kindWrite   byte = 3
+	kindStatus  byte = 4 // key: statusQuery or statusRegister; answer flags: statusVoter, statusKnowsYou
+	kindScan    byte = 5 // key: 0 | nothing (from the start) or 1 | last key; answer value: Scan records, flags: scanMore
 	kindResp    byte = 0x80
 
-	statusOK  byte = 0
-	statusErr byte = 1
+	statusOK      byte = 0
+	statusErr     byte = 1
+	statusLearner byte = 2 // the replica is a learner: its answer does not count toward a quorum
+
+	statusQuery    byte = 0 // kindStatus: what is your state, do you know me as a voter
+	statusRegister byte = 1 // kindStatus: remember me as a voter (persisted before the answer)
+
+	flagVoter    byte = 1 // kindStatus answer: the replica votes
+	flagKnowsYou byte = 2 // kindStatus answer: the replica has seen the asker become a voter
+	flagScanMore byte = 1 // kindScan answer: more records follow
 
 	reqHeader  = 1 + 8 + 2
 	respHeader = 1 + 8 + 1 + TagSize + 1 + 4
@@ -103,7 +113,7 @@ func decodeReq(b []byte, r *request) error {
 	r.key, b = b[:kl], b[kl:]
 	r.tag, r.flags, r.val = Tag{}, 0, nil
 	switch r.kind {
-	case kindRead, kindReadTag:
+	case kindRead, kindReadTag, kindStatus, kindScan:
 		if len(b) != 0 {
 			return errBadFrame
 		}
@@ -150,7 +160,7 @@ func decodeResp(b []byte, r *response) error {
 		return errBadFrame
 	}
 	r.val = b[respHeader:]
-	if r.kind < kindRead || r.kind > kindWrite {
+	if r.kind < kindRead || r.kind > kindScan {
 		return errBadFrame
 	}
 	return nil
