@@ -42,6 +42,7 @@ type ClusterConfig struct {
 	InsecurePeers bool   // no peer authentication at all
 	RequirePass   []byte // RESP AUTH password for every node
 	DebugListen   string // pprof of node 1 on this loopback address
+	Reconfigure   bool   // accept a changed membership (see Config.Reconfigure)
 }
 
 // Cluster is a set of nodes run in one process. Safe for concurrent use.
@@ -113,6 +114,7 @@ func (cc ClusterConfig) NodeConfigs() ([]Config, error) {
 			Peers: peer, Quorum: cc.Quorum, Sync: cc.Sync, InMemory: cc.InMemory,
 			Timeout: cc.Timeout, Logger: cc.Logger, OrderSecret: cc.OrderSecret,
 			Cluster: cc.Cluster, PeerSecret: secret, InsecurePeers: cc.InsecurePeers, RequirePass: cc.RequirePass,
+			Reconfigure: cc.Reconfigure,
 		}
 		if i == 0 {
 			cfgs[i].DebugListen = cc.DebugListen

@@ -44,6 +44,7 @@ type KvsSecurityFlags struct {
 	InsecurePeers   bool   `name:"insecure-peers" help:"Run a multi-node cluster without peer authentication: anyone reaching the peer port can read and overwrite every key. For isolated test networks only."`
 	RequirepassFile string `name:"requirepass-file" type:"path" help:"File holding the password clients must give with AUTH (like Redis requirepass); before AUTH every command but AUTH, HELLO and PING answers -NOAUTH."`
 	DebugListen     string `name:"debug-listen" help:"Serve pprof on this loopback address (e.g. 127.0.0.1:6060); off by default."`
+	Reconfigure     bool   `name:"reconfigure" help:"Accept a --peers list that differs from the membership stored in the data directory, and store it. Without it a node refuses to start on a changed list (a node restarted with only itself would otherwise serve a quorum of one)."`
 }
 
 // load reads the secret files.
@@ -84,7 +85,7 @@ func (c *KvsNodeCmd) Run(g *Globals) error {
 		Peers: c.Peers, Quorum: c.Quorum, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout,
 		Logger: slog.Default(), OrderListen: c.OrderListen, OrderSecret: c.Secret,
 		Cluster: c.ClusterID, PeerSecret: secret, InsecurePeers: c.InsecurePeers,
-		RequirePass: pass, DebugListen: c.DebugListen,
+		RequirePass: pass, DebugListen: c.DebugListen, Reconfigure: c.Reconfigure,
 	})
 	if err != nil {
 		return err
@@ -121,8 +122,8 @@ func (c *KvsClusterCmd) Config() (kvs.ClusterConfig, error) {
 	}
 	return kvs.ClusterConfig{
 		Cluster: c.ClusterID, PeerSecret: secret, InsecurePeers: c.InsecurePeers, RequirePass: pass,
-		DebugListen: c.DebugListen,
-		Nodes:       c.Nodes, Quorum: c.Quorum, BasePort: c.BasePort, PeerBasePort: c.PeerBasePort,
+		DebugListen: c.DebugListen, Reconfigure: c.Reconfigure,
+		Nodes: c.Nodes, Quorum: c.Quorum, BasePort: c.BasePort, PeerBasePort: c.PeerBasePort,
 		HTTPBasePort: c.HTTPBasePort, IPs: c.IPs, Port: c.Port, PeerPort: c.PeerPort,
 		HTTPPort: c.HTTPPort, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout, Logger: slog.Default(),
 		OrderPort: c.OrderPort, OrderSecret: c.Secret,
