@@ -8,25 +8,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdnkvs/sdnkvs/internal/script"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 )
 
-// The rule tests are scripts, one command per line, run against a
-// Detector with a fake clock. Every line asserts the decisions it
-// produces: "-> NodeDown n0 duplicates, DCDown sydney nodes" lists them,
-// no arrow means none.
+// The rule tests are data-driven scripts (testdata/*.txt, run by
+// internal/script; -rewrite regenerates the output), run against a
+// Detector with a fake clock. Each command prints what it produced: the
+// decisions of an event ("NodeDown n0 duplicates", one a line), or the
+// state asked for.
 //
+//	detector mode=safe|fast|paper perdc=<k> [startdown]
 //	at <ms> client <flow> n<id> seq=<n> [len=<n>] [flags=SFR] [cli=<ip>]
 //	at <ms> server <flow> n<id> [ack=<n>] [flags=R]
 //	at <ms> end <flow>
 //	at <ms> lag <flow> n<id> since=<ms>|none
 //	at <ms> probe n<id> ok|fail|notready [rtt=<ms>]
 //	at <ms> tick
-//	check up|down n<id> | dcup|dcdown <dc> | preferred <dc>|none
-//	check dups n<id> <n> | misses n<id> <n> | live <dc> <n>
-//
-// Lines starting with # are comments.
+//	node n<id> | dc <dc> | preferred | dups n<id> | misses n<id> | live <dc>
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
@@ -111,139 +111,146 @@ func flags(s string) header.TCPFlags {
 	return f
 }
 
-// runScript runs script against d, failing t on the first line whose
-// decisions or check differ.
-func runScript(t *testing.T, d *Detector[string], script string) {
-	t.Helper()
-	for i, raw := range strings.Split(script, "\n") {
-		lineNo := i + 1
-		line := strings.TrimSpace(raw)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		want := ""
-		if cmd, exp, ok := strings.Cut(line, "->"); ok {
-			line, want = strings.TrimSpace(cmd), strings.TrimSpace(exp)
-		}
-		f := strings.Fields(line)
-		if f[0] == "check" {
-			runCheck(t, d, lineNo, f[1:])
-			continue
-		}
-		if f[0] != "at" || len(f) < 3 {
-			t.Fatalf("line %d: bad command %q", lineNo, line)
-		}
-		msv, err := strconv.ParseFloat(f[1], 64)
-		if err != nil {
-			t.Fatalf("line %d: %v", lineNo, err)
-		}
-		now := ms(msv)
-		var got []Decision
-		switch f[2] {
-		case "client":
-			a := kv(f[5:])
-			seg := Segment{Seq: seqnum.Value(atoi(t, lineNo, a["seq"])), Flags: flags(a["flags"]) | header.TCPFlagAck}
-			if l, ok := a["len"]; ok {
-				seg.Len = atoi(t, lineNo, l)
-			}
-			if c, ok := a["cli"]; ok {
-				seg.Client = netip.MustParseAddr(c)
-			}
-			got = d.ClientSegment(now, f[3], parseNode(t, lineNo, f[4]), seg)
-		case "server":
-			a := kv(f[5:])
-			seg := Segment{Flags: flags(a["flags"])}
-			if ack, ok := a["ack"]; ok {
-				seg.Ack = seqnum.Value(atoi(t, lineNo, ack))
-				seg.Flags |= header.TCPFlagAck
-			}
-			got = d.ServerSegment(now, f[3], parseNode(t, lineNo, f[4]), seg)
-		case "end":
-			d.FlowEnded(f[3])
-		case "lag":
-			a := kv(f[5:])
-			var since time.Time
-			if a["since"] != "none" {
-				since = ms(float64(atoi(t, lineNo, a["since"])))
-			}
-			got = d.BranchLag(now, f[3], parseNode(t, lineNo, f[4]), since)
-		case "probe":
-			a := kv(f[4:])
-			var r ProbeResult
-			switch {
-			case hasKey(a, "ok"):
-				r = ProbeResult{OK: true, Ready: true}
-			case hasKey(a, "notready"):
-				r = ProbeResult{OK: true}
-			case hasKey(a, "fail"):
-			default:
-				t.Fatalf("line %d: probe wants ok|fail|notready", lineNo)
-			}
-			if v, ok := a["rtt"]; ok {
-				r.RTT = time.Duration(atoi(t, lineNo, v)) * time.Millisecond
-			}
-			got = d.Probe(now, parseNode(t, lineNo, f[3]), r)
-		case "tick":
-			got = d.Tick(now)
-		default:
-			t.Fatalf("line %d: unknown command %q", lineNo, f[2])
-		}
-		if s := renderDecisions(d, got); s != want {
-			t.Fatalf("line %d: %s\n got: %q\nwant: %q", lineNo, line, s, want)
-		}
-		for _, dec := range got {
-			if dec.Cause == "" {
-				t.Fatalf("line %d: decision %+v has no cause", lineNo, dec)
-			}
-		}
-	}
-}
-
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
 
-func runCheck(t *testing.T, d *Detector[string], lineNo int, f []string) {
+// step runs one "at <ms> <event> ..." line (f is its words) against d and
+// returns the decisions it produced.
+func step(t *testing.T, d *Detector[string], lineNo int, f []string) []Decision {
 	t.Helper()
+	if len(f) < 3 {
+		t.Fatalf("line %d: bad command %q", lineNo, strings.Join(f, " "))
+	}
+	msv, err := strconv.ParseFloat(f[1], 64)
+	if err != nil {
+		t.Fatalf("line %d: %v", lineNo, err)
+	}
+	now := ms(msv)
+	switch f[2] {
+	case "client":
+		a := kv(f[5:])
+		seg := Segment{Seq: seqnum.Value(atoi(t, lineNo, a["seq"])), Flags: flags(a["flags"]) | header.TCPFlagAck}
+		if l, ok := a["len"]; ok {
+			seg.Len = atoi(t, lineNo, l)
+		}
+		if c, ok := a["cli"]; ok {
+			seg.Client = netip.MustParseAddr(c)
+		}
+		return d.ClientSegment(now, f[3], parseNode(t, lineNo, f[4]), seg)
+	case "server":
+		a := kv(f[5:])
+		seg := Segment{Flags: flags(a["flags"])}
+		if ack, ok := a["ack"]; ok {
+			seg.Ack = seqnum.Value(atoi(t, lineNo, ack))
+			seg.Flags |= header.TCPFlagAck
+		}
+		return d.ServerSegment(now, f[3], parseNode(t, lineNo, f[4]), seg)
+	case "end":
+		d.FlowEnded(f[3])
+		return nil
+	case "lag":
+		a := kv(f[5:])
+		var since time.Time
+		if a["since"] != "none" {
+			since = ms(float64(atoi(t, lineNo, a["since"])))
+		}
+		return d.BranchLag(now, f[3], parseNode(t, lineNo, f[4]), since)
+	case "probe":
+		a := kv(f[4:])
+		var r ProbeResult
+		switch {
+		case hasKey(a, "ok"):
+			r = ProbeResult{OK: true, Ready: true}
+		case hasKey(a, "notready"):
+			r = ProbeResult{OK: true}
+		case hasKey(a, "fail"):
+		default:
+			t.Fatalf("line %d: probe wants ok|fail|notready", lineNo)
+		}
+		if v, ok := a["rtt"]; ok {
+			r.RTT = time.Duration(atoi(t, lineNo, v)) * time.Millisecond
+		}
+		return d.Probe(now, parseNode(t, lineNo, f[3]), r)
+	case "tick":
+		return d.Tick(now)
+	}
+	t.Fatalf("line %d: unknown event %q", lineNo, f[2])
+	return nil
+}
+
+// runRule runs one command of a rule script (testdata/*.txt, see
+// TestRules) against *dp, creating the detector on "detector", and
+// returns its output lines: the decisions taken, or the state asked for.
+func runRule(c *script.Cmd, dp **Detector[string]) []string {
+	t := c.T.(*testing.T)
+	t.Helper()
+	if c.Name == "detector" {
+		cfg := DefaultConfig()
+		mode, err := ParseMode(c.Args["mode"])
+		if err != nil {
+			c.Fatalf("%v", err)
+		}
+		cfg.Mode, cfg.StartDown = mode, c.Has("startdown")
+		d, err := New[string](cfg, testTopo(c.Int("perdc", 1)))
+		if err != nil {
+			c.Fatalf("%v", err)
+		}
+		*dp = d
+		return nil
+	}
+	d := *dp
+	if d == nil {
+		c.Fatalf("no detector yet")
+	}
+	defer checkInvariants(t, d)
 	dcID := func(name string) DCID {
 		id, ok := d.DCByName(name)
 		if !ok {
-			t.Fatalf("line %d: no DC %q", lineNo, name)
+			c.Fatalf("no DC %q", name)
 		}
 		return id
 	}
-	switch f[0] {
-	case "up", "down":
-		if up := d.NodeUp(parseNode(t, lineNo, f[1])); up != (f[0] == "up") {
-			t.Fatalf("line %d: check %s %s: node up = %v", lineNo, f[0], f[1], up)
+	arg := func() string {
+		if len(c.Pos) == 0 {
+			c.Fatalf("missing argument")
 		}
-	case "dcup", "dcdown":
-		if up := d.DCUp(dcID(f[1])); up != (f[0] == "dcup") {
-			t.Fatalf("line %d: check %s %s: DC up = %v", lineNo, f[0], f[1], up)
+		return c.Pos[0]
+	}
+	updown := func(up bool) []string {
+		if up {
+			return []string{"up"}
 		}
+		return []string{"down"}
+	}
+	switch c.Name {
+	case "at":
+		var out []string
+		for _, dec := range step(t, d, c.Line, strings.Fields(c.Text)) {
+			if dec.Cause == "" {
+				c.Fatalf("decision %+v has no cause", dec)
+			}
+			out = append(out, renderDecisions(d, []Decision{dec}))
+		}
+		return out
+	case "node":
+		return updown(d.NodeUp(parseNode(t, c.Line, arg())))
+	case "dc":
+		return updown(d.DCUp(dcID(arg())))
 	case "preferred":
 		dc, ok := d.PreferredDC()
-		got := "none"
-		if ok {
-			s, _ := d.DCState(dc)
-			got = s.Name
+		if !ok {
+			return []string{"none"}
 		}
-		if got != f[1] {
-			t.Fatalf("line %d: preferred DC = %s, want %s", lineNo, got, f[1])
-		}
+		s, _ := d.DCState(dc)
+		return []string{s.Name}
 	case "dups", "misses":
-		s, _ := d.NodeState(parseNode(t, lineNo, f[1]))
-		got := s.Dups
-		if f[0] == "misses" {
-			got = s.Misses
+		s, _ := d.NodeState(parseNode(t, c.Line, arg()))
+		if c.Name == "misses" {
+			return []string{strconv.Itoa(s.Misses)}
 		}
-		if want := atoi(t, lineNo, f[2]); got != want {
-			t.Fatalf("line %d: %s of %s = %d, want %d", lineNo, f[0], f[1], got, want)
-		}
+		return []string{strconv.Itoa(s.Dups)}
 	case "live":
-		live := d.LiveNodes(dcID(f[1]), nil)
-		if want := atoi(t, lineNo, f[2]); len(live) != want {
-			t.Fatalf("line %d: live nodes of %s = %v, want %d", lineNo, f[1], live, want)
-		}
-	default:
-		t.Fatalf("line %d: unknown check %q", lineNo, f[0])
+		return []string{strconv.Itoa(len(d.LiveNodes(dcID(arg()), nil)))}
 	}
+	c.Fatalf("unknown command")
+	return nil
 }
