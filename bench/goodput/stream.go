@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
-	"golang.org/x/sys/unix"
 )
 
 // stream opens one connection from the client namespace of tb to dst,
@@ -40,11 +39,7 @@ func stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.Addr
 	}
 	acked := func() int64 {
 		var v int64 = -1
-		raw.Control(func(fd uintptr) {
-			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-				v = max(0, int64(ti.Bytes_acked)-1) // bytes_acked counts the SYN
-			}
-		})
+		raw.Control(func(fd uintptr) { v = bytesAcked(fd) })
 		return v
 	}
 

@@ -258,7 +258,7 @@ func (l *DelayLine) writer() {
 	defer l.wg.Done()
 	runtime.LockOSThread()
 	realtimeThread()
-	_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+	fineTimerSlack()
 	for {
 		l.mu.Lock()
 		for l.n == 0 {
@@ -282,8 +282,7 @@ func (l *DelayLine) writer() {
 				return
 			}
 			d = min(d, int64(5*time.Millisecond))
-			ts := unix.NsecToTimespec(d)
-			_ = unix.Nanosleep(&ts, nil)
+			nanosleep(d)
 		}
 		if l.cut.Load() {
 			l.ctr.dropCut.Add(1)
@@ -304,13 +303,6 @@ func (l *DelayLine) writer() {
 		l.n--
 		l.mu.Unlock()
 	}
-}
-
-// realtimeThread moves the calling OS thread to SCHED_FIFO priority 10
-// when allowed (root); otherwise it leaves it alone.
-func realtimeThread() {
-	attr := unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}
-	_ = unix.SchedSetAttr(0, &attr, 0)
 }
 
 // errPollTimeout is returned by tunFD.Read when no packet came within the

@@ -54,7 +54,7 @@ func StartProcess(ns string, argv []string, env ...string) (*Process, error) {
 	cmd.Stdout, cmd.Stderr = p, p
 	// ip netns exec execs the command in place, so the PID is the
 	// command's, and it dies with us if we die.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", p.Name, err)
 	}
