@@ -28,7 +28,7 @@ func (m *Middlebox) tickFork(i int32, now time.Time) {
 	f := &m.flows.tab.slab[i]
 	tm := &m.timers
 	for j := 0; j < int(f.nbranch); j++ {
-		if f.gone&(1<<j) == 0 && !m.nodes[f.nodes[j]].live.Load() {
+		if f.gone&(1<<j) == 0 && (!m.nodes[f.nodes[j]].live.Load() || m.seqUnreachable(i, j, now)) {
 			f.fork.RemoveBranch(j, ackmerge.CauseFailover, now, &tm.out)
 			tm.outs = m.drainFork(i, &tm.out, tm.outs)
 			if !f.used {

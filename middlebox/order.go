@@ -57,7 +57,8 @@ type orderConn struct {
 	limit  int    // queue bound in bytes
 	secret []byte
 	log    *slog.Logger
-	resync func(o *orderConn) // fills q under the flow-table lock and o.mu
+	resync func(o *orderConn)
+	now    func() int64 // Unix ns (the middlebox's clock) // fills q under the flow-table lock and o.mu
 
 	mu    sync.Mutex // guards q, live, over, cur
 	q     []byte     // encoded frames not yet handed to the writer
@@ -78,6 +79,7 @@ type orderConn struct {
 	wake    chan struct{} // cap 1
 	pending atomic.Bool   // frames queued since the last flush
 	up      atomic.Bool
+	down    atomic.Int64  // Unix ns since when the stream is not live (0: live)
 	applied atomic.Uint64 // highest G the node reported applied
 	ups     atomic.Uint64 // connections established
 	queued  atomic.Uint64 // frames queued
@@ -85,11 +87,13 @@ type orderConn struct {
 	errs    atomic.Uint64 // connection failures (dial, auth, I/O, bad frame)
 }
 
-func newOrderConn(node uint16, addr string, limit int, secret []byte, log *slog.Logger, resync func(*orderConn)) *orderConn {
+func newOrderConn(node uint16, addr string, limit int, secret []byte, log *slog.Logger, resync func(*orderConn), now int64) *orderConn {
 	o := &orderConn{
 		node: node, addr: addr, limit: limit, secret: secret, log: log.With("order_node", addr), resync: resync,
 		q: make([]byte, 0, limit), spare: make([]byte, 0, limit), wake: make(chan struct{}, 1),
 	}
+	o.now = func() int64 { return time.Now().UnixNano() }
+	o.down.Store(now)
 	o.writeFn = func(fd uintptr) bool {
 		o.wn, o.werr = syscall.Write(int(fd), o.q)
 		if o.wn < 0 {
@@ -194,6 +198,7 @@ func (o *orderConn) run(ctx context.Context) {
 		o.mu.Unlock()
 		if o.up.Swap(false) {
 			o.log.Warn("order stream down", "err", err)
+			o.down.CompareAndSwap(0, o.now())
 		}
 		if ctx.Err() != nil {
 			return
@@ -248,6 +253,7 @@ func (o *orderConn) session(ctx context.Context) error {
 	go func() { readErr <- o.read(c) }()
 	o.resync(o) // queue HELLO, OPENs, STAMPs; live from here on
 	o.up.Store(true)
+	o.down.Store(0)
 	o.ups.Add(1)
 	o.log.Info("order stream up")
 	o.signal()

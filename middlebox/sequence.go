@@ -71,7 +71,8 @@ func (m *Middlebox) startSequencing() error {
 		if cfg.OrderAddr != nil {
 			addr = cfg.OrderAddr(n.ap)
 		}
-		o := newOrderConn(uint16(i), addr, cfg.QueueBytes, cfg.Secret, m.log, m.orderResync)
+		o := newOrderConn(uint16(i), addr, cfg.QueueBytes, cfg.Secret, m.log, m.orderResync, now)
+		o.now = func() int64 { return m.cfg.Now().UnixNano() }
 		s.conns = append(s.conns, o)
 	}
 	m.seq = s
@@ -201,6 +202,19 @@ func (m *Middlebox) seqFlush() {
 	for _, o := range m.seq.conns {
 		o.flush()
 	}
+}
+
+// seqUnreachable reports whether branch j of sequenced flow i must be
+// removed because its node's order stream has been down longer than
+// OrderDownTimeout: the node cannot get the flow's stamps, and would fail
+// its writes. Under flows (timer pass).
+func (m *Middlebox) seqUnreachable(i int32, j int, now time.Time) bool {
+	s := m.seq
+	if s == nil || int(i) >= len(s.on) || !s.on[i] {
+		return false
+	}
+	d := s.conns[m.flows.tab.slab[i].nodes[j]].down.Load()
+	return d != 0 && now.UnixNano()-d > int64(s.cfg.OrderDownTimeout)
 }
 
 // seqClose queues CLOSE for flow i, which is being removed, and wakes the

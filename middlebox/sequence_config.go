@@ -29,6 +29,12 @@ type SequencingConfig struct {
 	// OrderAddr maps a node to its order-stream address (default: the
 	// node's IP and OrderPort). Tests point it at loopback.
 	OrderAddr func(node netip.AddrPort) string
+	// OrderDownTimeout removes a node's branch from its sequenced flows
+	// once its order stream has been down this long (default
+	// DefaultOrderDownTimeout): the node could not stamp those flows'
+	// writes and would fail them, so the flow goes on without it, as
+	// with a DC declared down.
+	OrderDownTimeout time.Duration
 	// Lead is how far ahead the persisted ceiling is reserved (default
 	// sequencer.DefaultLead).
 	Lead time.Duration
@@ -38,6 +44,10 @@ type SequencingConfig struct {
 const (
 	DefaultOrderPort       = 7380
 	DefaultOrderQueueBytes = 1 << 20
+	// DefaultOrderDownTimeout is below the nodes' default command
+	// deadline (2 s), so a branch is removed before its node fails writes
+	// for want of a stamp.
+	DefaultOrderDownTimeout = time.Second
 )
 
 // withDefaults fills zero fields with their defaults.
@@ -47,6 +57,9 @@ func (s SequencingConfig) withDefaults() SequencingConfig {
 	}
 	if s.QueueBytes == 0 {
 		s.QueueBytes = DefaultOrderQueueBytes
+	}
+	if s.OrderDownTimeout == 0 {
+		s.OrderDownTimeout = DefaultOrderDownTimeout
 	}
 	return s
 }
@@ -69,6 +82,9 @@ func (s *SequencingConfig) validate(multicast []uint16) error {
 	}
 	if s.QueueBytes < 4096 {
 		return fieldErr("Sequencing.QueueBytes", "order queue of %d bytes is below 4096", s.QueueBytes)
+	}
+	if s.OrderDownTimeout < 0 {
+		return fieldErr("Sequencing.OrderDownTimeout", "%v is negative", s.OrderDownTimeout)
 	}
 	if s.Lead < 0 {
 		return fieldErr("Sequencing.Lead", "%v is negative", s.Lead)

@@ -159,7 +159,7 @@ func newSeqRig(t *testing.T, state string) *seqRig {
 		state = filepath.Join(t.TempDir(), "seq.state")
 	}
 	cfg.Sequencing = &SequencingConfig{
-		Ports: []uint16{6379}, StatePath: state, Secret: testOrderSecret,
+		Ports: []uint16{6379}, StatePath: state, Secret: testOrderSecret, OrderDownTimeout: 300 * time.Millisecond,
 		OrderAddr: func(n netip.AddrPort) string { return nodes[n].ln.Addr().String() },
 	}
 	r := newRig(t, cfg, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
@@ -623,5 +623,32 @@ func TestSequencerStateUnwritableRefusesToStart(t *testing.T) {
 	if m, err := New(newFakeDev(false, true), cfg); err == nil {
 		m.Close()
 		t.Fatal("New succeeded with a damaged sequencer state file")
+	}
+}
+
+// TestOrderStreamDownRemovesBranch: a node whose order stream stays down
+// (its listener gone) longer than OrderDownTimeout is removed from the
+// sequenced flows it serves, before it would fail their writes for want
+// of stamps; the flow goes on with the other DC.
+func TestOrderStreamDownRemovesBranch(t *testing.T) {
+	r := newSeqRig(t, "")
+	c := r.dial(t, 6379)
+	exchange(t, c, []byte("before"))
+	nodes := r.servingNodes(t)
+	victim := nodes[1]
+	victimAddr := r.mb.Flows(0)[0].Nodes[1]
+	victim.ln.Close()
+	victim.cut()
+	testenv.WaitFor(t, 10*time.Second, "the victim's branch removed", func() bool {
+		for _, b := range r.mb.Flows(0)[0].Branches {
+			if b.Node == victimAddr && !b.Live {
+				return true
+			}
+		}
+		return false
+	})
+	exchange(t, c, []byte("after: served by the other DC alone"))
+	if b := r.mb.Flows(0)[0].Branches; b[0].Live == b[1].Live {
+		t.Fatalf("branches %+v, want exactly the victim's removed", b)
 	}
 }

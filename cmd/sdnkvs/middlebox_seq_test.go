@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMiddleboxSequencedFlags(t *testing.T) {
@@ -24,7 +25,7 @@ func TestMiddleboxSequencedFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := cfg.Sequencing
-	if s == nil || len(s.Ports) != 1 || s.Ports[0] != 6379 || s.StatePath != state || s.OrderPort != 7390 || string(s.Secret) != "0123456789abcdef-order" {
+	if s == nil || len(s.Ports) != 1 || s.Ports[0] != 6379 || s.StatePath != state || s.OrderPort != 7390 || s.OrderDownTimeout != time.Second || string(s.Secret) != "0123456789abcdef-order" {
 		t.Fatalf("sequencing config %+v", s)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -53,6 +54,7 @@ func TestMiddleboxSequencedBadFlagsNameTheFlag(t *testing.T) {
 		{[]string{"--sequenced", "6379", "--order-secret-file", filepath.Join(dir, "missing")}, "--order-secret-file"},
 		{[]string{"--sequenced", "6379", "--order-secret-file", good, "--order-port", "0"}, "--order-port"},
 		{[]string{"--sequenced", "6379", "--order-secret-file", good, "--sequencer-state", ""}, "--sequencer-state"},
+		{[]string{"--sequenced", "6379", "--order-secret-file", good, "--order-down-timeout", "0s"}, "--order-down-timeout"},
 	} {
 		_, err := parseMiddlebox(t, append(append([]string(nil), base...), tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.flag) {
