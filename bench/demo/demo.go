@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package demo is the disaster demo (docs/design.md section 7): it builds the
 // namespace testbed with a near and a far DC, starts a kvs cluster in each
 // and the middlebox at the edge, drives writes through the forked port and

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package failoverbench is the paper's Fig. 6 experiment and more: an
 // anycast client reading over one connection, request after request,
 // across a cut of the near DC; RTT and throughput over time; the recovery

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package forward is the forwarding benchmark: single-stream TCP
 // throughput (iperf3) from the client namespace to a DC node through the
 // middlebox's anycast VIP port, side by side with plain kernel forwarding

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package goodput is the paper's Fig. 7 benchmark: the goodput of one client
 // whose single TCP connection is forked by the middlebox to N servers, one in
 // each of N DCs, for N = 1..6; and, in the same run, a direct single-server

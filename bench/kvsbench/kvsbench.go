@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package kvsbench measures the sdnkvs store against redis-server (the speed
 // ceiling, no replication) and a 3-member etcd cluster (what users pick for
 // linearizable storage), all on this machine in the same run.

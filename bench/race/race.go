@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package race measures whether concurrent forked writes leave the DCs in
 // agreement: W clients, barrier-synchronised, each SET the same key through
 // the middlebox's forked port in every round; then every key is read inside

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package testbed builds the SDN-KVS topology (docs/design.md section 3) on one
 // Linux machine from network namespaces, and emulates each WAN link in user
 // space, since this kernel has no netem.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package testbed
 
 // PIDAlive exports pidAlive to the external tests (testbed_test).

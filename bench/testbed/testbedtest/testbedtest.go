@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package testbedtest holds the test helpers of package testbed: a
 // topology torn down with the test, and the sdnkvs binary built for tests.
 // Only tests import it, so the shipped binary does not link package
