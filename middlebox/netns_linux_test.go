@@ -459,7 +459,7 @@ func TestNetnsBinaryRoutesRemovedOnExit(t *testing.T) {
 // middlebox in-process on a TUN of the given mode opened in tb's gateway
 // namespace, installs its routes there, and stops and undoes everything at
 // the end of the test.
-func runInGateway(t *testing.T, tb *testbed.Testbed, mode netstackio.TUNMode, cfg Config, nodePort uint16) *Middlebox {
+func runInGateway(t testing.TB, tb *testbed.Testbed, mode netstackio.TUNMode, cfg Config, nodePort uint16) *Middlebox {
 	t.Helper()
 	gw := tb.NS("gw")
 	var nodes []netip.AddrPort
