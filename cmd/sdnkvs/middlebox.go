@@ -42,6 +42,8 @@ type MiddleboxCmd struct {
 	MTU         int           `name:"mtu" default:"1500" help:"TUN MTU."`
 	MaxFlows    int           `name:"max-flows" default:"262144" help:"Flow table size; new connections beyond it get a RST."`
 	IdleTimeout time.Duration `name:"idle-timeout" default:"5m" help:"Remove flows idle this long."`
+	HalfOpen    time.Duration `name:"half-open-timeout" default:"5s" help:"Remove a flow whose handshake has not completed this long after its SYN (SYN_SENT, SYN_RECV)."`
+	MaxHalfOpen int           `name:"max-half-open" default:"256" help:"Half-open flows one client address may hold; its further SYNs are dropped (SYN-flood resistance)."`
 
 	Detector      failover.Mode `name:"detector" default:"safe" help:"Failure detector: safe (default: down only on failed probes, or on duplicates from several clients and flows confirmed by the node's silence and a failed probe; never the last live DC on passive evidence), fast (every signal, uncorroborated: one client's retransmissions count), paper (the paper's Algorithm 1 alone; one client's few SYNs take a DC down: for reproduction only), none (liveness only via SetNodeLive)."`
 	Probe         prober.Kind   `name:"probe" default:"ready" help:"Detector probes: ready (HTTP GET http://<node-ip>:<probe-port>/ready), tcp (connect to <node-ip>:<probe-port>), none."`
@@ -65,6 +67,8 @@ var flagOf = map[string]string{
 	"DCs":                      "--dc",
 	"MaxFlows":                 "--max-flows",
 	"IdleTimeout":              "--idle-timeout",
+	"HalfOpenTimeout":          "--half-open-timeout",
+	"MaxHalfOpenPerSource":     "--max-half-open",
 	"Fork.MinReplicas":         "--min-replicas",
 	"Fork.HandshakeTimeout":    "--handshake-timeout",
 	"Fork.BranchTimeout":       "--branch-timeout",
@@ -106,6 +110,13 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 		return cfg, errors.New("--handshake-timeout/--branch-timeout: must be positive")
 	}
 	cfg.MaxFlows, cfg.IdleTimeout = c.MaxFlows, c.IdleTimeout
+	if c.HalfOpen <= 0 {
+		return cfg, fmt.Errorf("--half-open-timeout: %v is not positive", c.HalfOpen)
+	}
+	if c.MaxHalfOpen < 1 {
+		return cfg, fmt.Errorf("--max-half-open: %d is below 1", c.MaxHalfOpen)
+	}
+	cfg.HalfOpenTimeout, cfg.MaxHalfOpenPerSource = c.HalfOpen, c.MaxHalfOpen
 	cfg.Fork.MinReplicas = c.MinReplicas
 	cfg.Fork.SACK = c.SACK
 	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
