@@ -43,6 +43,9 @@ type ClusterConfig struct {
 	RequirePass   []byte // RESP AUTH password for every node
 	DebugListen   string // pprof of node 1 on this loopback address
 	Reconfigure   bool   // accept a changed membership (see Config.Reconfigure)
+	// Limits: MaxClients, IdleTimeout, WriteTimeout, MaxCmdKeys and
+	// MinFreeDisk are copied to every node (zero: the defaults).
+	Limits Config
 }
 
 // Cluster is a set of nodes run in one process. Safe for concurrent use.
@@ -115,6 +118,8 @@ func (cc ClusterConfig) NodeConfigs() ([]Config, error) {
 			Timeout: cc.Timeout, Logger: cc.Logger, OrderSecret: cc.OrderSecret,
 			Cluster: cc.Cluster, PeerSecret: secret, InsecurePeers: cc.InsecurePeers, RequirePass: cc.RequirePass,
 			Reconfigure: cc.Reconfigure,
+			MaxClients:  cc.Limits.MaxClients, IdleTimeout: cc.Limits.IdleTimeout, WriteTimeout: cc.Limits.WriteTimeout,
+			MaxCmdKeys: cc.Limits.MaxCmdKeys, MinFreeDisk: cc.Limits.MinFreeDisk,
 		}
 		if i == 0 {
 			cfgs[i].DebugListen = cc.DebugListen

@@ -105,6 +105,16 @@ func (c *coordinator) release(o *op) {
 	o.mu.Lock()
 	o.gen++
 	o.phase = phaseIdle
+	// Do not keep a large value's buffers in the pool.
+	if cap(o.val) > 64<<10 {
+		o.val = nil
+	}
+	if cap(o.bestVal) > 64<<10 {
+		o.bestVal = nil
+	}
+	if cap(o.key) > 4<<10 {
+		o.key = nil
+	}
 	o.mu.Unlock()
 	select {
 	case <-o.done:

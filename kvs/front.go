@@ -20,6 +20,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tidwall/redcon"
 )
@@ -70,12 +71,46 @@ type clientConn struct {
 	quit   bool
 	sq     seqConn
 	authed bool // AUTH succeeded (or no password is required)
+	dead   bool // a write failed: the connection is closed
 }
 
 const maxBatch = 1024
 
+// outFlush is the size at which replies are written out in the middle of a
+// batch, so a connection's output buffer stays near this size however many
+// replies its pipeline asks for; a client that does not read them is
+// closed when a write misses Config.WriteTimeout (Redis's
+// client-output-buffer-limit, with time instead of bytes as the measure).
+const outFlush = 256 << 10
+
+// flush writes the pending replies with the write deadline; a client that
+// misses it is closed.
+func (cc *clientConn) flush() {
+	if len(cc.out) == 0 || cc.dead {
+		cc.out = cc.out[:0]
+		return
+	}
+	cc.c.SetWriteDeadline(time.Now().Add(cc.n.cfg.WriteTimeout))
+	if _, err := cc.c.Write(cc.out); err != nil {
+		cc.dead = true
+		cc.n.stats.SlowClients.Add(1)
+		cc.c.Close()
+	}
+	if cap(cc.out) > 1<<20 {
+		cc.out = nil
+	} else {
+		cc.out = cc.out[:0]
+	}
+}
+
 func (n *Node) serveClient(c net.Conn) {
-	n.stats.Clients.Add(1)
+	if n.stats.Clients.Add(1) > int64(n.cfg.MaxClients) {
+		n.stats.Clients.Add(-1)
+		n.stats.Rejected.Add(1)
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(appendErr(nil, "ERR max number of clients reached"))
+		return
+	}
 	defer n.stats.Clients.Add(-1)
 	cc := &clientConn{
 		n:    n,
@@ -106,6 +141,9 @@ func (n *Node) serveClient(c net.Conn) {
 				c.Write(appendErr(nil, "ERR Protocol error: request too large"))
 				return
 			}
+		}
+		if n.cfg.IdleTimeout > 0 {
+			c.SetReadDeadline(time.Now().Add(n.cfg.IdleTimeout))
 		}
 		nr, err := c.Read(cc.buf[end:])
 		if nr == 0 && err != nil {
@@ -143,17 +181,8 @@ func (n *Node) serveClient(c net.Conn) {
 			n.stats.BadRequests.Add(1)
 			cc.out = appendErr(cc.out, "ERR Protocol error: "+cc.p.err)
 		}
-		if len(cc.out) > 0 {
-			if _, err := c.Write(cc.out); err != nil {
-				return
-			}
-			if cap(cc.out) > 1<<20 {
-				cc.out = nil
-			} else {
-				cc.out = cc.out[:0]
-			}
-		}
-		if proto || cc.quit {
+		cc.flush()
+		if proto || cc.quit || cc.dead {
 			return
 		}
 		if cap(cc.buf) > 1<<20 && start == end {
@@ -245,6 +274,14 @@ func (cc *clientConn) add(args [][]byte) {
 	default:
 		bc.kind = cmdImmediate
 	}
+	if bc.err == "" && (bc.kind == cmdSet || bc.kind == cmdDel || bc.kind == cmdMSet) && cc.n.store.full.Load() {
+		bc.kind, bc.err = cmdImmediate, errMisconf
+		cc.n.stats.DiskFull.Add(1)
+	}
+	if bc.err == "" && bc.kind != cmdImmediate && bc.kind != cmdQuit && bc.kind != cmdOK && len(cc.keys(bc)) > cc.n.cfg.MaxCmdKeys*cc.keyStep(bc) {
+		bc.kind = cmdImmediate
+		bc.err = fmt.Sprintf("ERR too many keys in one command (max %d)", cc.n.cfg.MaxCmdKeys)
+	}
 	if bc.err == "" && bc.kind != cmdImmediate && bc.kind != cmdQuit && bc.kind != cmdOK {
 		for _, k := range cc.keys(bc) {
 			if len(k) > cc.n.cfg.MaxKey {
@@ -258,6 +295,13 @@ func (cc *clientConn) add(args [][]byte) {
 		cc.n.stats.BadRequests.Add(1)
 	}
 	cc.cmds = append(cc.cmds, bc)
+}
+
+func (cc *clientConn) keyStep(bc batchCmd) int {
+	if bc.kind == cmdMSet {
+		return 2
+	}
+	return 1
 }
 
 // keys returns the keys a data command touches (MSET: every other arg).
@@ -307,6 +351,9 @@ func (cc *clientConn) run() {
 		}
 		for k := i; k < j; k++ {
 			cc.finishCmd(&cc.cmds[k])
+			if len(cc.out) >= outFlush {
+				cc.flush()
+			}
 		}
 		for _, o := range cc.ops {
 			if o != nil {

@@ -36,7 +36,14 @@ type Config struct {
 	Timeout  time.Duration // per client command; default 2s
 	MaxKey   int           // default 4 KiB
 	MaxValue int           // default 1 MiB
-	Logger   *slog.Logger
+
+	MaxClients   int           // open client connections; default 10000
+	IdleTimeout  time.Duration // close a client idle this long; 0: never
+	WriteTimeout time.Duration // close a client that does not take its replies within this; default 10s
+	MaxCmdKeys   int           // keys in one MGET/MSET/DEL/EXISTS; default 1024
+	StoreQueue   int           // bytes of writes queued for the committer before writers wait; default 64 MiB
+	MinFreeDisk  int64         // refuse writes while the data directory has less free space; 0: no check
+	Logger       *slog.Logger
 
 	// Sequenced mode (docs/design-sequencer.md): OrderListen is the address
 	// the middlebox's order stream dials; writes then take stamped tags in
@@ -94,6 +101,9 @@ type Stats struct {
 	IDCollisions atomic.Uint64 // handshakes where a peer claimed an id it does not own
 	AuthFail     atomic.Uint64 // client commands refused with NOAUTH or WRONGPASS
 	Promotions   atomic.Uint64 // learner -> voter
+	Rejected     atomic.Uint64 // connections refused over MaxClients
+	SlowClients  atomic.Uint64 // clients closed for not reading their replies
+	DiskFull     atomic.Uint64 // writes refused for lack of disk space
 	DamageOpen   atomic.Uint64 // stores found damaged at open (moved aside, rebuilt)
 	Clients      atomic.Int64  // open client connections
 }
@@ -118,6 +128,18 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if cfg.MaxValue <= 0 {
 		cfg.MaxValue = 1 << 20
+	}
+	if cfg.MaxClients <= 0 {
+		cfg.MaxClients = 10000
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.MaxCmdKeys <= 0 {
+		cfg.MaxCmdKeys = 1024
+	}
+	if cfg.StoreQueue <= 0 {
+		cfg.StoreQueue = 64 << 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -226,6 +248,10 @@ func Start(cfg Config) (*Node, error) {
 	for _, p := range n.peers {
 		n.wg.Add(1)
 		go p.run()
+	}
+	if cfg.MinFreeDisk > 0 && !cfg.InMemory {
+		n.wg.Add(1)
+		go n.watchDisk()
 	}
 	if !n.voter.Load() {
 		if len(n.peers) == 0 {

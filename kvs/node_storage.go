@@ -25,7 +25,7 @@ func (n *Node) openStorage() error {
 			return err
 		}
 	}
-	opts := StoreOptions{Dir: cfg.Dir, Sync: cfg.Sync, InMemory: cfg.InMemory}
+	opts := StoreOptions{Dir: cfg.Dir, Sync: cfg.Sync, InMemory: cfg.InMemory, Queue: cfg.StoreQueue}
 	damaged := false
 	st, err := OpenStore(opts)
 	if err != nil && dir != "" && isDamage(err) {

@@ -18,12 +18,21 @@ type respParser struct {
 	skipArgs  int // bulks of a rejected command still to drop
 	args      [][]byte
 	err       string // protocol error text after resProto
+
+	// A multibulk command in progress (count > 0): its argument count, the
+	// offset of the next argument's header and the arguments parsed so far,
+	// all relative to the command's first byte.
+	count int
+	pos   int
+	offs  [][2]int
+
+	headers int // length lines parsed (tests: parsing work stays linear)
 }
 
 type parseResult uint8
 
 const (
-	resNeedMore parseResult = iota // incomplete: read more, call again with the same bytes
+	resNeedMore parseResult = iota // incomplete: read more, call again with the same bytes (and more after them)
 	resCommand                     // args holds one command
 	resSkip                        // bytes consumed, nothing to answer
 	resTooBig                      // a command was rejected for an oversized argument
@@ -51,6 +60,7 @@ func parseLen(b []byte) (int, bool) {
 
 // header parses "<prefix><len>\r\n" at the start of b. n=0 means incomplete.
 func (p *respParser) header(b []byte, prefix byte) (size, n int, res parseResult) {
+	p.headers++
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
 		if len(b) > 24 {
@@ -106,41 +116,64 @@ func (p *respParser) next(b []byte) (int, parseResult) {
 	if len(b) == 0 {
 		return 0, resNeedMore
 	}
-	if b[0] != '*' {
-		return p.inline(b)
-	}
-	count, pos, res := p.header(b, '*')
-	if res != resCommand {
-		return 0, res
-	}
-	if count <= 0 {
-		return pos, resSkip
-	}
-	if count > p.maxArgs {
-		p.err = "invalid multibulk length"
-		return 0, resProto
-	}
-	p.args = p.args[:0]
-	for i := 0; i < count; i++ {
-		size, m, res := p.header(b[pos:], '$')
+	if p.count == 0 {
+		if b[0] != '*' {
+			return p.inline(b)
+		}
+		count, pos, res := p.header(b, '*')
 		if res != resCommand {
+			return 0, res
+		}
+		if count <= 0 {
+			return pos, resSkip
+		}
+		if count > p.maxArgs {
+			p.err = "invalid multibulk length"
+			return 0, resProto
+		}
+		p.count, p.pos = count, pos
+		p.offs = p.offs[:0]
+	}
+	// Resume where the last call stopped: the arguments parsed so far are
+	// kept as offsets from the command's first byte (b[0]), so a command
+	// that arrives in many reads is parsed once, not once per read.
+	pos := p.pos
+	for len(p.offs) < p.count {
+		size, m, res := p.header(b[pos:], '$')
+		if res == resNeedMore {
+			p.pos = pos
+			return 0, res
+		}
+		if res != resCommand {
+			p.count = 0
 			return 0, res
 		}
 		if size > p.maxArg {
 			p.skipBytes = size + 2
-			p.skipArgs = count - i - 1
+			p.skipArgs = p.count - len(p.offs) - 1
+			p.count = 0
 			return pos + m, resTooBig
 		}
 		end := pos + m + size
 		if end+2 > len(b) {
+			p.pos = pos
 			return 0, resNeedMore
 		}
 		if b[end] != '\r' || b[end+1] != '\n' {
 			p.err = "invalid bulk length"
+			p.count = 0
 			return 0, resProto
 		}
-		p.args = append(p.args, b[pos+m:end])
+		p.offs = append(p.offs, [2]int{pos + m, end})
 		pos = end + 2
+	}
+	p.args = p.args[:0]
+	for _, o := range p.offs {
+		p.args = append(p.args, b[o[0]:o[1]])
+	}
+	p.count = 0
+	if cap(p.offs) > 4096 {
+		p.offs = nil
 	}
 	return pos, resCommand
 }

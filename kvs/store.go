@@ -35,12 +35,15 @@ type Store struct {
 	dir  string
 	sync bool
 
-	mu    sync.Mutex
-	cur   *commitBatch
-	spare *commitBatch
-	kick  chan struct{}
-	done  chan struct{}
-	quit  chan struct{}
+	mu         sync.Mutex
+	drained    *sync.Cond // signalled when the committer takes the queue
+	queueLimit int        // bytes queued before Put waits; 0: no limit
+	closing    bool
+	cur        *commitBatch
+	spare      *commitBatch
+	kick       chan struct{}
+	done       chan struct{}
+	quit       chan struct{}
 
 	cache *recCache   // newest committed records of recent keys
 	bidx  *batchIndex // committer only
@@ -82,6 +85,7 @@ type StoreOptions struct {
 	Dir      string
 	Sync     bool // fsync every commit
 	InMemory bool // no files (tests only)
+	Queue    int  // bytes of queued writes before Put waits (backpressure); 0: no limit
 }
 
 const writerBlock = 1 << 20
@@ -127,7 +131,9 @@ func OpenStore(o StoreOptions) (*Store, error) {
 		cur: &commitBatch{}, spare: &commitBatch{},
 		cache: newRecCache(cacheMaxEntries, cacheMaxBytes), bidx: newBatchIndex(),
 		kick: make(chan struct{}, 1), done: make(chan struct{}), quit: make(chan struct{}),
+		queueLimit: o.Queue,
 	}
+	s.drained = sync.NewCond(&s.mu)
 	if err := s.reserveWriters(); err != nil {
 		db.Close()
 		return nil, err
@@ -139,6 +145,10 @@ func OpenStore(o StoreOptions) (*Store, error) {
 // Close stops the committer (pending writes are committed first) and closes
 // Badger.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	s.drained.Broadcast()
+	s.mu.Unlock()
 	close(s.quit)
 	<-s.done
 	return s.db.Close()
@@ -268,7 +278,17 @@ func (s *Store) dbGet(key []byte, withValue bool, dst []byte) (t Tag, flags byte
 // called from the committer goroutine once it is durable (or failed). key and
 // val are copied.
 func (s *Store) Put(key []byte, t Tag, flags byte, val []byte, id uint64, to completion) {
+	if s.full.Load() {
+		to.writeDone(id, false, Tag{}) // no disk space: refused, never half-written
+		return
+	}
 	s.mu.Lock()
+	// Backpressure: a writer waits while the queue is over its limit (the
+	// committer is behind), so a flood of writes from a peer or client
+	// slows its own connection instead of growing memory.
+	for s.queueLimit > 0 && len(s.cur.arena) > s.queueLimit && !s.closing {
+		s.drained.Wait()
+	}
 	b := s.cur
 	e := commitEntry{tag: t, id: id, to: to}
 	e.keyOff = len(b.arena)
@@ -302,6 +322,7 @@ func (s *Store) commitLoop() {
 		s.mu.Lock()
 		b := s.cur
 		s.cur, s.spare = s.spare, b
+		s.drained.Broadcast()
 		s.mu.Unlock()
 		if len(b.entries) > 0 {
 			s.apply(b)

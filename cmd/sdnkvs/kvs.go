@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,11 +24,11 @@ type KvsCmd struct {
 
 // KvsNodeCmd runs one node.
 type KvsNodeCmd struct {
-	ID          int           `name:"id" required:"" help:"Node id, unique in the cluster (1..65535)."`
+	ID          int           `name:"id" required:"" help:"Node id, unique in the cluster (1..32767)."`
 	Listen      string        `name:"listen" default:"127.0.0.1:6379" help:"RESP (Redis protocol) listen address."`
 	PeerListen  string        `name:"peer-listen" default:"127.0.0.1:7379" help:"Peer protocol listen address."`
 	HTTP        string        `name:"http" default:"" help:"Readiness HTTP address (/ready, /healthz); default: the --listen IP on port 8379."`
-	Peers       []string      `name:"peers" sep:"," required:"" help:"Peer addresses of every node of the cluster (this node's own is skipped)."`
+	Peers       []string      `name:"peers" sep:"," required:"" help:"Peer addresses of every node of the cluster, this one included: the i-th address is node i, or write ID=ADDR. Only these nodes may connect to the peer port."`
 	Data        string        `name:"data" required:"" type:"path" help:"Badger data directory."`
 	Quorum      int           `name:"quorum" default:"0" help:"Quorum size; 0 = majority of the cluster (9 nodes: 5)."`
 	Sync        bool          `name:"sync" help:"fsync every commit before acknowledging (survives power loss; much slower). Without it an acknowledged write survives a crash of the process but not of the machine."`
@@ -35,6 +36,45 @@ type KvsNodeCmd struct {
 	OrderListen string        `name:"order-listen" placeholder:"IP:PORT" help:"Sequenced mode: listen for the middlebox's order stream here (port 7380 by convention). Writes then take the middlebox's stamps as tags (one round); writes not coming through the middlebox's sequenced port are refused, reads are served on any connection."`
 	OrderSecret
 	KvsSecurityFlags
+	KvsLimitFlags
+}
+
+// KvsLimitFlags bound what one client can make a node hold.
+type KvsLimitFlags struct {
+	MaxClients   int           `name:"maxclients" default:"10000" help:"Open client connections per node; more are answered -ERR max number of clients reached and closed."`
+	IdleTimeout  time.Duration `name:"idle-timeout" default:"0s" help:"Close a client connection idle this long (0: never, as Redis's timeout 0)."`
+	WriteTimeout time.Duration `name:"client-write-timeout" default:"10s" help:"Close a client that does not read its replies within this (bounds the output buffer, like Redis's client-output-buffer-limit)."`
+	MaxCmdKeys   int           `name:"max-command-keys" default:"1024" help:"Keys in one MGET, MSET, DEL or EXISTS; a larger command fails at once instead of holding the node's operation pool."`
+	MinFreeDisk  string        `name:"min-free-disk" default:"256MiB" help:"Refuse writes (-MISCONF) while the data directory's file system has less free space than this; reads keep working. 0 disables the check."`
+}
+
+func (f KvsLimitFlags) apply(c *kvs.Config) error {
+	c.MaxClients, c.IdleTimeout, c.WriteTimeout, c.MaxCmdKeys = f.MaxClients, f.IdleTimeout, f.WriteTimeout, f.MaxCmdKeys
+	v, err := parseBytes(f.MinFreeDisk)
+	if err != nil {
+		return fmt.Errorf("--min-free-disk: %w", err)
+	}
+	c.MinFreeDisk = v
+	return nil
+}
+
+// parseBytes parses "512MiB", "1GiB", "64KiB" or a plain byte count.
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		m      int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size like 512MiB", s)
+	}
+	return n * mult, nil
 }
 
 // KvsSecurityFlags are the authentication flags of nodes.
@@ -80,13 +120,17 @@ func (c *KvsNodeCmd) Run(g *Globals) error {
 		host := c.Listen[:max(0, strings.LastIndex(c.Listen, ":"))]
 		httpAddr = host + ":8379"
 	}
-	n, err := kvs.Start(kvs.Config{
+	cfg := kvs.Config{
 		ID: c.ID, Listen: c.Listen, PeerListen: c.PeerListen, HTTPListen: httpAddr,
 		Peers: c.Peers, Quorum: c.Quorum, Dir: c.Data, Sync: c.Sync, Timeout: c.Timeout,
 		Logger: slog.Default(), OrderListen: c.OrderListen, OrderSecret: c.Secret,
 		Cluster: c.ClusterID, PeerSecret: secret, InsecurePeers: c.InsecurePeers,
 		RequirePass: pass, DebugListen: c.DebugListen, Reconfigure: c.Reconfigure,
-	})
+	}
+	if err := c.apply(&cfg); err != nil {
+		return err
+	}
+	n, err := kvs.Start(cfg)
 	if err != nil {
 		return err
 	}
@@ -112,6 +156,7 @@ type KvsClusterCmd struct {
 	OrderPort    int           `name:"order-port" default:"0" help:"Sequenced mode: order-stream port on every IP (IP mode) or of node 1, consecutive (port mode); 0 = ABD mode. See 'kvs node --help' (--order-listen)."`
 	OrderSecret
 	KvsSecurityFlags
+	KvsLimitFlags
 }
 
 // Config converts the flags.
@@ -120,7 +165,12 @@ func (c *KvsClusterCmd) Config() (kvs.ClusterConfig, error) {
 	if err != nil {
 		return kvs.ClusterConfig{}, err
 	}
+	var lim kvs.Config
+	if err := c.apply(&lim); err != nil {
+		return kvs.ClusterConfig{}, err
+	}
 	return kvs.ClusterConfig{
+		Limits:  lim,
 		Cluster: c.ClusterID, PeerSecret: secret, InsecurePeers: c.InsecurePeers, RequirePass: pass,
 		DebugListen: c.DebugListen, Reconfigure: c.Reconfigure,
 		Nodes: c.Nodes, Quorum: c.Quorum, BasePort: c.BasePort, PeerBasePort: c.PeerBasePort,
