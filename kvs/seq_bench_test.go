@@ -17,10 +17,19 @@ import (
 // 3-node cluster shape: ABD's two rounds (mode=abd) against one round with
 // a stamped tag (mode=seq, a fake sequencer stamping every client write
 // before its bytes leave, as the middlebox does). Clients run closed loops,
-// one connection each, on random keys. Compare the modes as a ratio.
+// one connection each, on random keys. Compare the modes as a ratio, per
+// number of clients.
 func BenchmarkSeqWrite(b *testing.B) {
-	for _, mode := range []string{"abd", "seq"} {
-		b.Run("mode="+mode, func(b *testing.B) {
+	for _, clients := range []int{1, 16} {
+		for _, mode := range []string{"abd", "seq"} {
+			b.Run(fmt.Sprintf("clients=%d/mode=%s", clients, mode), func(b *testing.B) { benchSeqWrite(b, mode, clients) })
+		}
+	}
+}
+
+func benchSeqWrite(b *testing.B, mode string, clients int) {
+	{
+		{
 			var c *Cluster
 			var seq *fakeSeq
 			if mode == "abd" {
@@ -32,7 +41,6 @@ func BenchmarkSeqWrite(b *testing.B) {
 					seq.connect(c.Node(i))
 				}
 			}
-			const clients = 16
 			var mu sync.Mutex
 			var lat []time.Duration
 			var next sync.Mutex
@@ -105,6 +113,6 @@ func BenchmarkSeqWrite(b *testing.B) {
 				b.ReportMetric(float64(waits)/float64(max(writes, 1)), "stampwaits/set")
 				b.ReportMetric(float64(p99.Microseconds()), "stampwait-p99-µs")
 			}
-		})
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -60,7 +61,7 @@ func (c *stampingConn) Write(b []byte) (int, error) {
 // on plain connections; the history must be linearizable, and every write
 // must have been sequenced.
 func TestSeqLinearizable(t *testing.T) {
-	c := seqCluster(t, 3, time.Second)
+	c := seqCluster(t, 3, 3*time.Second)
 	seq := newFakeSeq(t, 1, uint64(time.Now().UnixNano()))
 	for i := 0; i < c.Len(); i++ {
 		seq.connect(c.Node(i))
@@ -110,7 +111,11 @@ func TestSeqLinearizable(t *testing.T) {
 				}
 				ret := h.now()
 				if err != nil {
-					t.Errorf("client %d %c: %v", ci, in.op, err)
+					// A loaded machine may miss a deadline (outcome unknown);
+					// any other error (a refused or unstamped write) fails.
+					if !strings.Contains(err.Error(), "quorum timeout") {
+						t.Errorf("client %d %c: %v", ci, in.op, err)
+					}
 					h.fail.Add(1)
 					if in.op == 'g' {
 						continue
@@ -134,7 +139,7 @@ func TestSeqLinearizable(t *testing.T) {
 		writes += c.Node(i).SeqStats().Writes.Load()
 		refused += c.Node(i).SeqStats().Refused.Load() + c.Node(i).SeqStats().StampTimeouts.Load()
 	}
-	if writes == 0 || refused != 0 {
+	if writes < uint64(target)/4 || refused != 0 {
 		t.Fatalf("sequenced writes %d, refused or timed out %d", writes, refused)
 	}
 	checkLinearizable(t, h)

@@ -42,6 +42,15 @@ type flowState struct {
 	orphan   bool // its connections all left before a CLOSE: this incarnation is over
 	consumed uint64
 	ranges   []stampRange // sorted by start, disjoint
+	changed  chan struct{} // non-nil while a command waits for a stamp of this flow
+}
+
+// wake wakes the commands waiting for a stamp of f.
+func (f *flowState) wake() {
+	if f.changed != nil {
+		close(f.changed)
+		f.changed = nil
+	}
 }
 
 type lookupResult uint8
@@ -68,7 +77,8 @@ func newStampTable(stats *SeqStats) *stampTable {
 		maxRanges: defaultMaxRanges, stats: stats}
 }
 
-// notifyLocked wakes every waiter.
+// notifyLocked wakes every waiter: used for the (rare) events that change
+// which flows exist; a new stamp wakes only its flow's waiters.
 func (t *stampTable) notifyLocked() {
 	if t.changed != nil {
 		close(t.changed)
@@ -98,6 +108,7 @@ func (t *stampTable) hello(epoch uint64) {
 			if f.conns > 0 {
 				// Keep the entry for its connections, forgetting its stamps:
 				// their writes can no longer be stamped and fail.
+				f.wake()
 				*f = flowState{conns: f.conns}
 				continue
 			}
@@ -158,6 +169,7 @@ func (t *stampTable) open(k orderwire.Flow) {
 	if f.opened && !f.closed && !f.orphan && f.epoch == t.epoch {
 		return
 	}
+	f.wake()
 	*f = flowState{epoch: t.epoch, opened: true, conns: f.conns}
 	t.notifyLocked()
 }
@@ -175,7 +187,9 @@ func (t *stampTable) stamp(k orderwire.Flow, start, end, g uint64) {
 			return
 		}
 		if !f.opened || f.closed || f.orphan || f.epoch != t.epoch {
+			f.wake()
 			*f = flowState{epoch: t.epoch, opened: true, conns: f.conns}
+			t.notifyLocked()
 		}
 	}
 	if end <= f.consumed {
@@ -203,7 +217,7 @@ func (t *stampTable) stamp(k orderwire.Flow, start, end, g uint64) {
 		f.ranges = append(f.ranges[:0], f.ranges[1:]...)
 		t.stats.StampsDropped.Add(1)
 	}
-	t.notifyLocked()
+	f.wake()
 }
 
 // close records a CLOSE; the flow is freed once no connection uses it.
@@ -214,6 +228,7 @@ func (t *stampTable) close(k orderwire.Flow) {
 	if f == nil {
 		return
 	}
+	f.wake()
 	if f.conns == 0 {
 		delete(t.flows, k)
 	} else {
@@ -230,7 +245,9 @@ func (t *stampTable) attach(k orderwire.Flow) {
 		if f.orphan {
 			// The 4-tuple is reused by a new connection: the old
 			// incarnation's stamps (its CLOSE lost) must not serve it.
+			f.wake()
 			*f = flowState{}
+			t.notifyLocked()
 		}
 		f.conns++
 	}
@@ -315,6 +332,13 @@ func (t *stampTable) await(k orderwire.Flow, off uint64, d *deadline, grace time
 			return g, waited, nil
 		}
 		ch := t.waitChanLocked()
+		var fch <-chan struct{}
+		if f := t.flows[k]; f != nil && res == stampPending {
+			if f.changed == nil {
+				f.changed = make(chan struct{})
+			}
+			fch = f.changed
+		}
 		t.mu.Unlock()
 		if d.fired {
 			return 0, waited, t.failure(res)
@@ -329,6 +353,7 @@ func (t *stampTable) await(k orderwire.Flow, off uint64, d *deadline, grace time
 		waited = true
 		select {
 		case <-ch:
+		case <-fch:
 		case <-graceC:
 			if _, res := t.lookup(k, off); res == flowUnknown {
 				return 0, waited, errUnsequenced
@@ -360,5 +385,10 @@ func (t *stampTable) size() (flows, ranges int) {
 func (t *stampTable) waiting() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	for _, f := range t.flows {
+		if f.changed != nil {
+			return true
+		}
+	}
 	return t.changed != nil
 }
