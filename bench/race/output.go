@@ -21,9 +21,9 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/1e6) }
 
 // Table is the divergence table: one row per mode and writer count.
 func (r *Result) Table() *report.Table {
-	t := report.NewTable("mode", "writers", "rounds", "keys_differ", "keys_missing", "set_errors", "set_p50_ms", "set_p99_ms")
+	t := report.NewTable("mode", "writers", "rounds", "keys_differ", "keys_missing", "set_errors", "dcs_down", "set_p50_ms", "set_p99_ms")
 	for _, row := range r.Rows {
-		t.Add(mode(row.Sequenced), row.Writers, row.Rounds, row.Differ, row.Missing, row.Errors, ms(row.P50), ms(row.P99))
+		t.Add(mode(row.Sequenced), row.Writers, row.Rounds, row.Differ, row.Missing, row.Errors, row.DCsDown, ms(row.P50), ms(row.P99))
 	}
 	return t
 }

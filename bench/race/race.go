@@ -11,7 +11,6 @@ package race
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -28,9 +27,11 @@ type Row struct {
 	Sequenced bool
 	Writers   int
 	Rounds    int
-	Differ    int // keys whose value differs between DCs
-	Missing   int // keys absent in some DC
-	Errors    int // SETs not answered +OK
+	Differ    int    // keys whose value differs between DCs
+	Missing   int    // keys absent in some DC
+	Errors    int    // SETs not answered +OK (their writer reconnects)
+	FirstErr  string // the first of them
+	DCsDown   int    // DCs the middlebox reported down after the race
 	P50, P99  time.Duration
 	Samples   []string // a few differing keys with their values per DC
 }
@@ -41,6 +42,9 @@ type Hook func(r int) (redial bool, err error)
 
 // Race runs rounds rounds of writers barrier-synchronised SETs of
 // "<prefix>:<r>" = "w<i>" through the forked port, then compares the DCs.
+// A SET that fails is counted (Row.Errors) and its writer reconnects
+// before the next round; the error returned is for the experiment itself
+// (dialling, reading the DCs, ctx).
 func (e *Env) Race(ctx context.Context, prefix string, writers, rounds int, hook Hook) (Row, error) {
 	row := Row{Sequenced: e.Sequenced, Writers: writers, Rounds: rounds}
 	clients, err := e.dialWriters(ctx, writers)
@@ -54,7 +58,7 @@ func (e *Env) Race(ctx context.Context, prefix string, writers, rounds int, hook
 	}()
 	lat := make([]time.Duration, 0, writers*rounds)
 	var mu sync.Mutex
-	var firstErr error
+	failed := make([]bool, writers)
 	for r := range rounds {
 		key := []byte(fmt.Sprintf("%s:%d", prefix, r))
 		var wg sync.WaitGroup
@@ -74,8 +78,9 @@ func (e *Env) Race(ctx context.Context, prefix string, writers, rounds int, hook
 				lat = append(lat, d)
 				if err != nil || !rep.IsOK() {
 					row.Errors++
-					if firstErr == nil {
-						firstErr = fmt.Errorf("round %d writer %d: reply %c%s, err %v", r, i, rep.Kind, rep.Str, err)
+					failed[i] = err != nil
+					if row.FirstErr == "" {
+						row.FirstErr = fmt.Sprintf("round %d writer %d: reply %c%s, err %v", r, i, rep.Kind, rep.Str, err)
 					}
 				}
 			}()
@@ -85,8 +90,17 @@ func (e *Env) Race(ctx context.Context, prefix string, writers, rounds int, hook
 		if ctx.Err() != nil {
 			return row, ctx.Err()
 		}
-		if row.Errors > 0 && firstErr != nil && errors.Is(firstErr, context.Canceled) {
-			return row, firstErr
+		for i, f := range failed {
+			if !f {
+				continue
+			}
+			failed[i] = false
+			clients[i].Close()
+			conn, err := e.DialClient(ctx, scenario.WritePort)
+			if err != nil {
+				return row, fmt.Errorf("race: redial writer %d: %w", i, err)
+			}
+			clients[i] = resp.NewClient(conn)
 		}
 		if hook != nil {
 			redial, err := hook(r)
@@ -109,8 +123,12 @@ func (e *Env) Race(ctx context.Context, prefix string, writers, rounds int, hook
 		keys[r] = []byte(fmt.Sprintf("%s:%d", prefix, r))
 	}
 	row.Differ, row.Missing, row.Samples, err = e.Compare(ctx, keys)
-	if err == nil && row.Errors > 0 && firstErr != nil {
-		err = fmt.Errorf("race: %d SETs failed, first: %w", row.Errors, firstErr)
+	if dcs, derr := e.DCs(); derr == nil {
+		for _, d := range dcs {
+			if !d.Live {
+				row.DCsDown++
+			}
+		}
 	}
 	return row, err
 }
@@ -290,7 +308,10 @@ func runMode(ctx context.Context, cfg Config, seq bool, res *Result) error {
 	for _, w := range cfg.Writers {
 		row, err := e.Race(ctx, fmt.Sprintf("race:w%d", w), w, cfg.Rounds, nil)
 		res.Rows = append(res.Rows, row)
-		fmt.Fprintf(cfg.Log, "sequenced=%v writers=%d: %d of %d keys differ, %d missing, %d errors, p99 %v\n", seq, w, row.Differ, row.Rounds, row.Missing, row.Errors, row.P99)
+		fmt.Fprintf(cfg.Log, "sequenced=%v writers=%d: %d of %d keys differ, %d missing, %d errors, %d DCs down, p99 %v\n", seq, w, row.Differ, row.Rounds, row.Missing, row.Errors, row.DCsDown, row.P99)
+		if row.FirstErr != "" {
+			fmt.Fprintf(cfg.Log, "  first failed SET: %s\n", row.FirstErr)
+		}
 		if err != nil {
 			return err
 		}

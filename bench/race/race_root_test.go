@@ -35,7 +35,7 @@ func checkAgree(t *testing.T, row Row) {
 	t.Helper()
 	t.Logf("W=%d: %d of %d keys differ, %d missing, %d errors, SET p50 %v p99 %v", row.Writers, row.Differ, row.Rounds, row.Missing, row.Errors, row.P50, row.P99)
 	if row.Differ != 0 || row.Missing != 0 || row.Errors != 0 {
-		t.Errorf("W=%d: %d keys differ between DCs, %d missing, %d SETs failed; want 0, 0, 0; samples %v", row.Writers, row.Differ, row.Missing, row.Errors, row.Samples)
+		t.Errorf("W=%d: %d keys differ between DCs, %d missing, %d SETs failed (first: %s); want 0, 0, 0; samples %v", row.Writers, row.Differ, row.Missing, row.Errors, row.FirstErr, row.Samples)
 	}
 }
 
