@@ -28,7 +28,8 @@ const (
 	// DCProbeMisses on every live node of a DC), or Algorithm 1's
 	// duplicates from at least MinClients distinct clients on MinFlows
 	// distinct flows (handshake SYNs never count), confirmed by the node's
-	// silence for the silence threshold and by its latest probe failing.
+	// silence for the silence threshold and, when the node is probed, by
+	// its latest probe failing.
 	// Decisions on such passive evidence never take down the last live DC
 	// and come at most once per PassiveInterval.
 	Safe

@@ -211,6 +211,17 @@ func (c Config) Validate() error {
 	if c.Fork.BranchTimeout < 0 {
 		return fieldErr("Fork.BranchTimeout", "%v is negative", c.Fork.BranchTimeout)
 	}
+	if len(c.MulticastPorts) > 0 {
+		// A forked flow must outlive its handshake timeout, after which it
+		// goes on with the DCs that answered.
+		hs := c.Fork.HandshakeTimeout
+		if hs <= 0 {
+			hs = 3 * time.Second // ackmerge's default
+		}
+		if c.HalfOpenTimeout <= hs {
+			return fieldErr("HalfOpenTimeout", "%v does not exceed the forked flows' handshake timeout %v", c.HalfOpenTimeout, hs)
+		}
+	}
 	if c.Sequencing != nil {
 		if err := c.Sequencing.validate(c.MulticastPorts); err != nil {
 			return err
