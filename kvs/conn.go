@@ -148,6 +148,3 @@ func (f *frameReader) next() ([]byte, error) {
 	}
 	return b, nil
 }
-
-// buffered reports whether more input is already buffered.
-func (f *frameReader) buffered() int { return f.rd.Buffered() - f.discard }

@@ -46,8 +46,7 @@ var (
 	// that timed out may or may not have taken effect.
 	ErrTimeout = errors.New("quorum timeout")
 	// ErrBusy is returned when too many operations are in flight.
-	ErrBusy    = errors.New("too many operations in flight")
-	errStorage = errors.New("storage error")
+	ErrBusy = errors.New("too many operations in flight")
 	// errIDCollision refuses writes on a node whose id another process uses.
 	errIDCollision = errors.New("node id collision: writes refused")
 )

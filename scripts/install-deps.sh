@@ -17,4 +17,10 @@ fi
 if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server >/dev/null 2>&1 || true; fi
 modprobe tun 2>/dev/null || true
 [ -e /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }
+# staticcheck for scripts/test.sh (a version that knows Go 1.26), into
+# $(go env GOPATH)/bin, which scripts/test.sh puts on PATH.
+staticcheck_version=v0.8.2
+if ! PATH="$PATH:$(go env GOPATH)/bin" staticcheck -version 2>/dev/null | grep -q "${staticcheck_version#v}"; then
+  go install "honnef.co/go/tools/cmd/staticcheck@$staticcheck_version"
+fi
 echo "install-deps: ok"
