@@ -41,7 +41,7 @@ type flowState struct {
 	conns    int  // RESP connections attached
 	orphan   bool // its connections all left before a CLOSE: this incarnation is over
 	consumed uint64
-	ranges   []stampRange // sorted by start, disjoint
+	ranges   []stampRange  // sorted by start, disjoint
 	changed  chan struct{} // non-nil while a command waits for a stamp of this flow
 }
 
