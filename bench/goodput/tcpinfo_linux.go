@@ -1,3 +1,5 @@
+//go:build linux
+
 package goodput
 
 import "golang.org/x/sys/unix"
