@@ -100,18 +100,30 @@ func (h *history) now() int64 { return time.Since(h.start).Nanoseconds() }
 // moves to the next node. Failed reads are dropped; failed writes are kept
 // with an unknown outcome (they may have taken effect at any later time).
 func runClients(t *testing.T, c *Cluster, nClients, nKeys int, stop <-chan struct{}) *history {
+	var addrs []string
+	for i := 0; i < c.Len(); i++ {
+		addrs = append(addrs, c.Config(i).Listen)
+	}
+	return runClientsAt(t, addrs, 15*time.Second, nClients, nKeys, stop)
+}
+
+// runClientsAt is runClients against RESP addresses, with a read timeout.
+func runClientsAt(t *testing.T, addrs []string, readTimeout time.Duration, nClients, nKeys int, stop <-chan struct{}) *history {
 	h := &history{start: time.Now()}
 	var wg sync.WaitGroup
 	for ci := 0; ci < nClients; ci++ {
-		clients := make([]*redis.Client, c.Len())
+		clients := make([]*redis.Client, len(addrs))
 		for i := range clients {
-			clients[i] = client(t, c, i)
+			rc := redis.NewClient(&redis.Options{Addr: addrs[i], MaxRetries: -1,
+				DialTimeout: time.Second, ReadTimeout: readTimeout, PoolSize: 4})
+			t.Cleanup(func() { rc.Close() })
+			clients[i] = rc
 		}
 		wg.Add(1)
 		go func(ci int) {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(ci), 7))
-			node := ci % c.Len()
+			node := ci % len(addrs)
 			for seq := 0; ; seq++ {
 				select {
 				case <-stop:
@@ -154,7 +166,7 @@ func runClients(t *testing.T, c *Cluster, nClients, nKeys int, stop <-chan struc
 						!strings.Contains(err.Error(), "broken pipe") && !strings.Contains(err.Error(), "reset") {
 						t.Errorf("unexpected error kind: %v", err)
 					}
-					node = (node + 1) % c.Len()
+					node = (node + 1) % len(addrs)
 					if in.op == 'g' {
 						continue
 					}
