@@ -225,7 +225,9 @@ func Start(cfg Config) (*Node, error) {
 			if d := n.store.Damaged.Load(); d > 0 {
 				state += fmt.Sprintf(", %d damaged reads", d)
 			}
-			if up < q {
+			if up < q || !n.voter.Load() {
+				// A learner is not ready: until it votes, its readiness
+				// cannot vouch for a quorum of current replicas.
 				w.WriteHeader(http.StatusServiceUnavailable)
 				fmt.Fprintf(w, "not ready: %d of %d replicas reachable, quorum %d; %s\n", up, n.size, q, state)
 				return
