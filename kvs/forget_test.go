@@ -2,6 +2,8 @@ package kvs
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,7 +35,7 @@ func waitVoter(t *testing.T, c *Cluster, i int) {
 
 // TestWipedReplicaDoesNotVote is the reproduction: SET x v2 is
 // acknowledged by nodes 1 and 2 (node 3 holds v1); node 2 loses its data
-// directory and restarts; node 1 stops. A read through nodes 2 and 3 must
+// directory and restarts while node 1 is down. A read through nodes 2 and 3 must
 // never return v1. Once node 1 is back, node 2 repairs and every read
 // returns v2, also after node 1 stops again.
 func TestWipedReplicaDoesNotVote(t *testing.T) {
@@ -49,11 +51,20 @@ func TestWipedReplicaDoesNotVote(t *testing.T) {
 	if err := c.Restart(2); err != nil {
 		t.Fatal(err)
 	}
-	wipe(t, c, 1)
-	if c.Node(1).Voter() {
-		t.Fatal("a wiped node votes at once")
-	}
 	c.Stop(0)
+	wipe(t, c, 1) // with node 1 down it cannot be repaired yet
+	if c.Node(1).Voter() {
+		t.Fatal("a wiped node votes")
+	}
+	r, err := http.Get("http://" + c.Node(1).HTTPAddr() + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "learner") && !strings.Contains(string(body), "repairing") {
+		t.Fatalf("/ready of a wiped node: %d %s", r.StatusCode, body)
+	}
 	for _, i := range []int{1, 2} {
 		v, err := client(t, c, i).Get(bg, "x").Result()
 		if err == nil && v != "v2" {
@@ -68,6 +79,7 @@ func TestWipedReplicaDoesNotVote(t *testing.T) {
 		t.Fatalf("repaired node holds %q (tag %v), want v2", v, tg)
 	}
 	c.Stop(0)
+	testenv.WaitFor(t, 10*time.Second, "nodes 2 and 3 connected", func() bool { return c.Node(1).Ready() && c.Node(2).Ready() })
 	for _, i := range []int{1, 2} {
 		if v, err := client(t, c, i).Get(bg, "x").Result(); err != nil || v != "v2" {
 			t.Fatalf("after repair, GET through node %d = %q, %v", i+1, v, err)
