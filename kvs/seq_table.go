@@ -25,6 +25,7 @@ import (
 const (
 	defaultMaxFlows  = 1 << 16
 	defaultMaxRanges = 1 << 13 // per flow; a window of 8192 segments
+	defaultMaxTotal  = 1 << 20 // ranges over all flows (24 MiB)
 )
 
 var (
@@ -69,13 +70,18 @@ type stampTable struct {
 	changed   chan struct{} // non-nil while someone waits; closed on change
 	maxFlows  int
 	maxRanges int
+	maxTotal  int
+	total     int // ranges held over all flows
 	stats     *SeqStats
 }
 
 func newStampTable(stats *SeqStats) *stampTable {
 	return &stampTable{flows: map[orderwire.Flow]*flowState{}, maxFlows: defaultMaxFlows,
-		maxRanges: defaultMaxRanges, stats: stats}
+		maxRanges: defaultMaxRanges, maxTotal: defaultMaxTotal, stats: stats}
 }
+
+// forgetLocked accounts for f's ranges being discarded (reset or delete).
+func (t *stampTable) forgetLocked(f *flowState) { t.total -= len(f.ranges) }
 
 // notifyLocked wakes every waiter: used for the (rare) events that change
 // which flows exist; a new stamp wakes only its flow's waiters.
@@ -109,9 +115,11 @@ func (t *stampTable) hello(epoch uint64) {
 				// Keep the entry for its connections, forgetting its stamps:
 				// their writes can no longer be stamped and fail.
 				f.wake()
+				t.forgetLocked(f)
 				*f = flowState{conns: f.conns}
 				continue
 			}
+			t.forgetLocked(f)
 			delete(t.flows, k)
 		}
 	}
@@ -140,6 +148,7 @@ func (t *stampTable) evictLocked() bool {
 			continue
 		}
 		if f.closed {
+			t.forgetLocked(f)
 			delete(t.flows, k)
 			return true
 		}
@@ -149,6 +158,7 @@ func (t *stampTable) evictLocked() bool {
 		}
 	}
 	if victim != nil {
+		t.forgetLocked(t.flows[*victim])
 		delete(t.flows, *victim)
 		return true
 	}
@@ -170,6 +180,7 @@ func (t *stampTable) open(k orderwire.Flow) {
 		return
 	}
 	f.wake()
+	t.forgetLocked(f)
 	*f = flowState{epoch: t.epoch, opened: true, conns: f.conns}
 	t.notifyLocked()
 }
@@ -188,6 +199,7 @@ func (t *stampTable) stamp(k orderwire.Flow, start, end, g uint64) {
 		}
 		if !f.opened || f.closed || f.orphan || f.epoch != t.epoch {
 			f.wake()
+			t.forgetLocked(f)
 			*f = flowState{epoch: t.epoch, opened: true, conns: f.conns}
 			t.notifyLocked()
 		}
@@ -199,6 +211,7 @@ func (t *stampTable) stamp(k orderwire.Flow, start, end, g uint64) {
 	n := len(f.ranges)
 	if n == 0 || start >= f.ranges[n-1].end {
 		f.ranges = append(f.ranges, r) // the common case: in order
+		t.total++
 	} else {
 		i := sort.Search(n, func(i int) bool { return f.ranges[i].end > start })
 		if i < n && f.ranges[i].start < end {
@@ -211,10 +224,12 @@ func (t *stampTable) stamp(k orderwire.Flow, start, end, g uint64) {
 		f.ranges = append(f.ranges, stampRange{})
 		copy(f.ranges[i+1:], f.ranges[i:])
 		f.ranges[i] = r
+		t.total++
 	}
-	if len(f.ranges) > t.maxRanges {
-		// Bounded: the oldest range goes (a write needing it fails).
+	if len(f.ranges) > t.maxRanges || t.total > t.maxTotal {
+		// Bounded: the flow's oldest range goes (a write needing it fails).
 		f.ranges = append(f.ranges[:0], f.ranges[1:]...)
+		t.total--
 		t.stats.StampsDropped.Add(1)
 	}
 	f.wake()
@@ -230,6 +245,7 @@ func (t *stampTable) close(k orderwire.Flow) {
 	}
 	f.wake()
 	if f.conns == 0 {
+		t.forgetLocked(f)
 		delete(t.flows, k)
 	} else {
 		f.closed = true
@@ -246,6 +262,7 @@ func (t *stampTable) attach(k orderwire.Flow) {
 			// The 4-tuple is reused by a new connection: the old
 			// incarnation's stamps (its CLOSE lost) must not serve it.
 			f.wake()
+			t.forgetLocked(f)
 			*f = flowState{}
 			t.notifyLocked()
 		}
@@ -266,6 +283,7 @@ func (t *stampTable) detach(k orderwire.Flow) {
 		f.conns--
 	}
 	if f.conns == 0 {
+		t.forgetLocked(f)
 		if f.closed || !f.opened {
 			delete(t.flows, k)
 		} else {
@@ -291,6 +309,7 @@ func (t *stampTable) consume(k orderwire.Flow, off uint64) {
 	}
 	if i > 0 {
 		f.ranges = append(f.ranges[:0], f.ranges[i:]...)
+		t.total -= i
 	}
 }
 

@@ -17,7 +17,7 @@ func FuzzStampTable(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		var st SeqStats
 		tb := newStampTable(&st)
-		tb.maxFlows, tb.maxRanges = 3, 4
+		tb.maxFlows, tb.maxRanges, tb.maxTotal = 3, 4, 6
 		flows := []orderwire.Flow{
 			{ClientIP: [4]byte{10, 0, 0, 1}, ClientPort: 1, NodePort: 6379},
 			{ClientIP: [4]byte{10, 0, 0, 1}, ClientPort: 2, NodePort: 6379},
@@ -87,6 +87,13 @@ func FuzzStampTable(f *testing.F) {
 			tb.mu.Lock()
 			if len(tb.flows) > tb.maxFlows {
 				t.Fatalf("%d flows held", len(tb.flows))
+			}
+			sum := 0
+			for _, fs := range tb.flows {
+				sum += len(fs.ranges)
+			}
+			if sum != tb.total || sum > tb.maxTotal {
+				t.Fatalf("ranges held %d, accounted %d, bound %d", sum, tb.total, tb.maxTotal)
 			}
 			for k, fs := range tb.flows {
 				if len(fs.ranges) > tb.maxRanges {
