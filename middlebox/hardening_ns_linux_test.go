@@ -266,3 +266,56 @@ func TestNetnsHalfOpenFloodThenLegitimateClient(t *testing.T) {
 	echoOK(t, c, "legitimate")
 	t.Logf("flood: %d SYNs sent, %d flows held, %d dropped over quota, %d table_full", total, r.mb.Stats().FlowsActive, r.mb.Drop(ReasonHalfOpenQuota), r.mb.Drop(ReasonTableFull))
 }
+
+// Issue 11: 65,536 flows blinded the detector (untracked flows were
+// ignored) and a real outage then went undetected. Now a flood of SYN
+// flows from 300 addresses (more flows than the detector tracks) is
+// followed by a cut of sydney: the default detector still takes it down,
+// the victim's anycast connection is reset, and its reconnection lands in
+// dublin.
+func TestNetnsDetectorFloodThenOutageDetected(t *testing.T) {
+	r := newHardRig(t, failover.Safe)
+	victim := r.dial(t)
+	echoOK(t, victim, "before")
+	var batch [][]byte
+	for i := 0; i < 300*256; i++ {
+		a := i / 256
+		s := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 201, byte(a / 200), byte(1 + a%200)}), uint16(1024+i%256))
+		batch = append(batch, synFrom(s, vipAny, 1))
+		if len(batch) == 256 {
+			// Paced: the TUN's queue holds a few hundred packets.
+			in := r.mb.Stats().PacketsIn
+			r.rawSend(t, "client", batch...)
+			testenv.WaitFor(t, 5*time.Second, "a batch of SYNs taken in", func() bool { return r.mb.Stats().PacketsIn >= in+200 })
+			batch = batch[:0]
+		}
+	}
+	r.mb.flows.Lock()
+	ds, tracked := r.mb.flows.det.Stats(), r.mb.flows.det.NumFlows()
+	r.mb.flows.Unlock()
+	t.Logf("flood: %d flows in the table, detector tracks %d, evicted %d", r.mb.Stats().FlowsActive, tracked, ds.FlowsEvicted)
+	if ds.FlowsEvicted == 0 {
+		t.Fatal("the flood did not fill the detector's table")
+	}
+	if err := r.tb.Cut("sydney"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "sydney declared down", func() bool {
+		d := r.dcsDown()
+		return len(d) == 1 && d[0] == "sydney"
+	})
+	victim.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := victim.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the victim's connection to the cut DC was not reset")
+	}
+	c := r.dial(t)
+	echoOK(t, c, "after")
+	if got := c.RemoteAddr().String(); got != vipAny.String() {
+		t.Fatalf("reconnected to %s", got)
+	}
+	for _, f := range r.mb.Flows(0) {
+		if f.Client == c.LocalAddr().String() && f.DC != "dublin" {
+			t.Fatalf("reconnection served by %s, want dublin", f.DC)
+		}
+	}
+}
