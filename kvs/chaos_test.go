@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,7 +33,11 @@ func sdnkvsBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "sdnkvs")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", binPath, "github.com/sdnkvs/sdnkvs/cmd/sdnkvs")
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go") // set by go test
+		}
+		cmd := exec.Command(goBin, "build", "-o", binPath, "github.com/sdnkvs/sdnkvs/cmd/sdnkvs")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

@@ -295,10 +295,6 @@ func (n *Node) serveScan(payload []byte, dst []byte) (byte, byte, []byte) {
 
 const callBit = 1 << 62 // ids of calls (coordinator op ids are below 2^46)
 
-type pendingCall struct {
-	ch chan response
-}
-
 // call sends one kindStatus or kindScan request and waits for its answer.
 func (p *peerClient) call(kind byte, payload []byte, timeout time.Duration) (response, error) {
 	w := p.w.Load()

@@ -17,9 +17,6 @@ import (
 
 const handshakeTimeout = 3 * time.Second
 
-// preAuthFrame bounds what an unauthenticated peer can make a node buffer.
-const preAuthFrame = peerauth.MaxFrame
-
 func (n *Node) hello() peerauth.Hello {
 	return peerauth.Hello{Cluster: n.cfg.Cluster, Role: peerauth.RoleNode, ID: uint64(n.cfg.ID)}
 }

@@ -69,11 +69,10 @@ var magic = [4]byte{'S', 'K', 'P', 'A'}
 
 // Errors.
 var (
-	ErrAuth       = errors.New("peerauth: authentication failed (wrong secret or forged handshake)")
-	ErrCluster    = errors.New("peerauth: peer belongs to another cluster")
-	ErrMalformed  = errors.New("peerauth: malformed handshake frame")
-	ErrRefused    = errors.New("peerauth: refused by peer")
-	errShortNonce = errors.New("peerauth: short nonce")
+	ErrAuth      = errors.New("peerauth: authentication failed (wrong secret or forged handshake)")
+	ErrCluster   = errors.New("peerauth: peer belongs to another cluster")
+	ErrMalformed = errors.New("peerauth: malformed handshake frame")
+	ErrRefused   = errors.New("peerauth: refused by peer")
 )
 
 // Hello says who one end of a connection is.
