@@ -235,8 +235,11 @@ func TestNetnsForgedNodeRepliesFromClientSide(t *testing.T) {
 	r.rawSend(t, "client", forged...)
 	testenv.WaitFor(t, 5*time.Second, "20 spoofed_node drops", func() bool { return r.mb.Drop(ReasonSpoofedNode) == 20 })
 	after := r.mb.Stats()
-	if in := after.PacketsIn - before.PacketsIn; in != 20 || after.Drops["unknown_flow"] != before.Drops["unknown_flow"] {
-		t.Fatalf("%d packets reached the middlebox, want only the 20 to the VIP (unknown_flow %d -> %d)", in, before.Drops["unknown_flow"], after.Drops["unknown_flow"])
+	// The forged replies, had they reached the middlebox, would be
+	// unknown_flow drops (no flow to 10.200.2.2); the victim's own
+	// packets may arrive meanwhile.
+	if after.Drops["unknown_flow"] != before.Drops["unknown_flow"] {
+		t.Fatalf("forged node replies reached the middlebox: unknown_flow %d -> %d", before.Drops["unknown_flow"], after.Drops["unknown_flow"])
 	}
 	echoOK(t, c, "still here")
 }
