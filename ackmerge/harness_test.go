@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
+	"github.com/sdnkvs/sdnkvs/netstackio/packet/packettest"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -56,51 +57,8 @@ func tcpAddr(a netip.Addr) tcpip.Address {
 // mkPacket lays s out at testOff in a fresh buffer with gVisor's encoders
 // and a complete (or, if s.Partial, pseudo-header) checksum.
 func mkPacket(s seg) []byte {
-	v6 := s.Src.Addr().Is6()
-	ipl := header.IPv4MinimumSize
-	if v6 {
-		ipl = header.IPv6MinimumSize
-	}
-	opts := s.Opts
-	for len(opts)%4 != 0 {
-		opts = append(append([]byte(nil), opts...), packet.OptNOP)
-	}
-	tl := header.TCPMinimumSize + len(opts) + len(s.Data)
-	buf := make([]byte, testOff+ipl+tl)
-	vnet := virtio.Hdr(buf[testOff-virtio.HdrLen : testOff])
-	b := buf[testOff:]
-	src, dst := tcpAddr(s.Src.Addr()), tcpAddr(s.Dst.Addr())
-	if v6 {
-		header.IPv6(b).Encode(&header.IPv6Fields{PayloadLength: uint16(tl), TransportProtocol: header.TCPProtocolNumber, HopLimit: 64, SrcAddr: src, DstAddr: dst})
-	} else {
-		ip := header.IPv4(b)
-		ip.Encode(&header.IPv4Fields{TotalLength: uint16(ipl + tl), TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: src, DstAddr: dst})
-		ip.SetChecksum(^ip.CalculateChecksum())
-	}
-	t := header.TCP(b[ipl:])
-	t.Encode(&header.TCPFields{SrcPort: s.Src.Port(), DstPort: s.Dst.Port(), SeqNum: s.Seq, AckNum: s.Ack,
-		DataOffset: uint8(header.TCPMinimumSize + len(opts)), Flags: header.TCPFlags(s.Flags), WindowSize: s.Wnd})
-	copy(t[header.TCPMinimumSize:], opts)
-	copy(t[header.TCPMinimumSize+len(opts):], s.Data)
-	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tl))
-	if s.Partial {
-		vnet.SetFlags(virtio.FlagNeedsCsum)
-		vnet.SetCsumStart(uint16(ipl))
-		vnet.SetCsumOffset(16)
-		t.SetChecksum(pseudo)
-		if s.GSO > 0 {
-			if v6 {
-				vnet.SetGSOType(virtio.GSOTCPv6)
-			} else {
-				vnet.SetGSOType(virtio.GSOTCPv4)
-			}
-			vnet.SetGSOSize(s.GSO)
-			vnet.SetHdrLen(uint16(ipl + header.TCPMinimumSize + len(opts)))
-		}
-	} else {
-		t.SetChecksum(^checksum.Checksum(t, pseudo))
-	}
-	return buf
+	return packettest.Build(packettest.Spec{Src: s.Src, Dst: s.Dst, Seq: s.Seq, Ack: s.Ack, Flags: s.Flags, Window: s.Wnd,
+		Options: s.Opts, Payload: s.Data, Partial: s.Partial, GSO: s.GSO}, testOff)
 }
 
 // decode reads an emitted packet back with gVisor's views, failing t on a

@@ -8,8 +8,8 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/netstackio"
+	"github.com/sdnkvs/sdnkvs/netstackio/packet/packettest"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -97,26 +97,8 @@ type tcpSpec struct {
 }
 
 func mkTCP(s tcpSpec) []byte {
-	tl := header.TCPMinimumSize + len(s.opts)
-	pkt := make([]byte, header.IPv4MinimumSize+tl+len(s.payload))
-	ip := header.IPv4(pkt)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(len(pkt)),
-		TTL:         64,
-		Protocol:    uint8(header.TCPProtocolNumber),
-		SrcAddr:     tcpip.AddrFrom4(s.src.Addr().As4()),
-		DstAddr:     tcpip.AddrFrom4(s.dst.Addr().As4()),
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	tcp := header.TCP(pkt[header.IPv4MinimumSize:])
-	tcp.Encode(&header.TCPFields{
-		SrcPort: s.src.Port(), DstPort: s.dst.Port(), SeqNum: s.seq, AckNum: s.ack,
-		DataOffset: uint8(tl), Flags: s.flags, WindowSize: 65535,
-	})
-	copy(tcp[header.TCPMinimumSize:], s.opts)
-	copy(pkt[header.IPv4MinimumSize+tl:], s.payload)
-	fixTCPChecksum(pkt)
-	return pkt
+	return packettest.Build(packettest.Spec{Src: s.src, Dst: s.dst, Seq: s.seq, Ack: s.ack, Flags: uint8(s.flags),
+		Window: 65535, Options: s.opts, Payload: s.payload}, virtio.HdrLen)[virtio.HdrLen:]
 }
 
 func fixTCPChecksum(pkt []byte) {

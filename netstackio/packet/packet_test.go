@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/sdnkvs/sdnkvs/netstackio/packet/packettest"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -49,59 +50,24 @@ func build(r *rand.Rand, v6, partial bool) (buf []byte, vnet virtio.Hdr, pkt []b
 	}
 	payload := make([]byte, r.Intn(3000))
 	r.Read(payload)
-	tcpLen := 20 + len(opts) + len(payload)
-	ipl := 20
-	if v6 {
-		ipl = 40
+	spec := packettest.Spec{
+		Src:     netip.AddrPortFrom(randAddr(r, v6), uint16(r.Intn(65536))),
+		Dst:     netip.AddrPortFrom(randAddr(r, v6), uint16(r.Intn(65536))),
+		ID:      uint16(r.Intn(65536)),
+		Seq:     r.Uint32(),
+		Ack:     r.Uint32(),
+		Flags:   uint8(r.Intn(256)),
+		Window:  uint16(r.Intn(65536)),
+		Options: opts,
+		Payload: payload,
+		Partial: partial,
 	}
-	headroom := 32
-	buf = make([]byte, headroom+ipl+tcpLen)
-	pkt = buf[headroom:]
-	vnet = virtio.At(buf, headroom)
-	var src, dst tcpip.Address
-	if v6 {
-		var s, d [16]byte
-		r.Read(s[:])
-		r.Read(d[:])
-		src, dst = tcpip.AddrFrom16(s), tcpip.AddrFrom16(d)
-		header.IPv6(pkt).Encode(&header.IPv6Fields{
-			PayloadLength: uint16(tcpLen), TransportProtocol: header.TCPProtocolNumber,
-			HopLimit: 64, SrcAddr: src, DstAddr: dst,
-		})
-	} else {
-		var s, d [4]byte
-		r.Read(s[:])
-		r.Read(d[:])
-		src, dst = tcpip.AddrFrom4(s), tcpip.AddrFrom4(d)
-		ip := header.IPv4(pkt)
-		ip.Encode(&header.IPv4Fields{
-			TotalLength: uint16(ipl + tcpLen), ID: uint16(r.Intn(65536)), TTL: 64,
-			Protocol: uint8(header.TCPProtocolNumber), SrcAddr: src, DstAddr: dst,
-		})
-		ip.SetChecksum(^ip.CalculateChecksum())
+	if partial && len(payload) > 1000 {
+		spec.GSO = uint16(500 + r.Intn(900))
 	}
-	t := header.TCP(pkt[ipl:])
-	t.Encode(&header.TCPFields{
-		SrcPort: uint16(r.Intn(65536)), DstPort: uint16(r.Intn(65536)),
-		SeqNum: r.Uint32(), AckNum: r.Uint32(), DataOffset: uint8(20 + len(opts)),
-		Flags: header.TCPFlags(r.Intn(256)), WindowSize: uint16(r.Intn(65536)),
-	})
-	copy(pkt[ipl+20:], opts)
-	copy(pkt[ipl+20+len(opts):], payload)
-	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen))
-	if partial {
-		t.SetChecksum(pseudo)
-		vnet.SetFlags(virtio.FlagNeedsCsum)
-		vnet.SetCsumStart(uint16(ipl))
-		vnet.SetCsumOffset(16)
-		if len(payload) > 1000 {
-			vnet.SetGSOType(virtio.GSOTCPv4)
-			vnet.SetGSOSize(uint16(500 + r.Intn(900)))
-		}
-	} else {
-		t.SetChecksum(0)
-		t.SetChecksum(^checksum.Checksum(pkt[ipl:], pseudo))
-	}
+	const headroom = 32
+	buf = packettest.Build(spec, headroom)
+	vnet, pkt = virtio.At(buf, headroom), buf[headroom:]
 	return buf, vnet, pkt
 }
 
