@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -294,6 +295,48 @@ func (m *Middlebox) Sequencer() (SequencerInfo, bool) {
 	m.flows.Lock()
 	defer m.flows.Unlock()
 	return SequencerInfo{Epoch: s.epoch, LastG: s.clock.Last(), Ceiling: s.clock.Ceiling(), Stamped: s.stamped.Load(), Refused: s.refused.Load()}, true
+}
+
+// SequencedFlow is one sequenced flow's stamper state, for a restarted or
+// standby sequencer that takes the flow over.
+type SequencedFlow struct {
+	Client  netip.AddrPort
+	VIPPort uint16
+	State   sequencer.FlowState
+}
+
+// SequencerState is the sequencer's exportable state: the clock's last
+// position and persisted ceiling, and every sequenced flow's stamper.
+type SequencerState struct {
+	Epoch   uint64
+	LastG   uint64
+	Ceiling uint64
+	Flows   []SequencedFlow
+}
+
+// ExportSequencer returns the sequencer's state, and false without
+// sequencing. It copies every retained range: meant for handover, not for
+// frequent polling.
+func (m *Middlebox) ExportSequencer() (SequencerState, bool) {
+	s := m.seq
+	if s == nil {
+		return SequencerState{}, false
+	}
+	m.flows.Lock()
+	defer m.flows.Unlock()
+	st := SequencerState{Epoch: s.epoch, LastG: s.clock.Last(), Ceiling: s.clock.Ceiling()}
+	for i, on := range s.on {
+		if !on {
+			continue
+		}
+		f := &m.flows.tab.slab[i]
+		st.Flows = append(st.Flows, SequencedFlow{
+			Client:  netip.AddrPortFrom(netip.AddrFrom4(f.key.cli), f.key.cport),
+			VIPPort: f.key.vport,
+			State:   s.flows[i].Export(),
+		})
+	}
+	return st, true
 }
 
 // OrderInfo is one node's order stream.

@@ -295,6 +295,21 @@ func TestSequencedFlowStampsEveryByteOnce(t *testing.T) {
 		return true
 	})
 	rs := checkSameStamps(t, nodes, total)
+	st, ok := r.mb.ExportSequencer()
+	if !ok || len(st.Flows) != 1 || st.Flows[0].Client.Addr() != testClient || st.Flows[0].VIPPort != 6379 ||
+		st.Flows[0].State.High != total || st.LastG != rs[len(rs)-1].G || st.Ceiling <= st.LastG {
+		t.Fatalf("exported sequencer state %+v", st)
+	}
+	// Every range the flow retains is one the nodes got.
+	for _, er := range st.Flows[0].State.Ranges {
+		found := false
+		for _, r := range rs {
+			found = found || r == er
+		}
+		if !found {
+			t.Fatalf("exported range %+v not among the nodes' stamps", er)
+		}
+	}
 	for _, n := range nodes {
 		frames, _ := n.snapshot()
 		if frames[0].Type != orderwire.Hello || frames[1].Type != orderwire.Open {
