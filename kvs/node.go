@@ -50,7 +50,7 @@ type Config struct {
 	// one round, and writes not coming through the middlebox are refused.
 	OrderListen      string
 	OrderSecret      []byte        // shared with the middlebox (>= 16 bytes)
-	UnsequencedGrace time.Duration // wait for an unknown flow's OPEN; default 250ms
+	UnsequencedGrace time.Duration // wait for an unknown flow's OPEN; default (and at most) Timeout
 }
 
 // Node is one replica and coordinator: it stores key -> (tag, value), serves

@@ -25,7 +25,6 @@ const OrderCluster = "sdnkvs-order"
 
 // Defaults of sequenced mode.
 const (
-	DefaultUnsequencedGrace = 250 * time.Millisecond
 	AppliedEvery            = 100 * time.Millisecond
 	orderHandshakeTimeout   = 5 * time.Second
 )
@@ -46,10 +45,13 @@ func (n *Node) startSequenced() error {
 		return fmt.Errorf("kvs: --order-listen needs an order secret of at least %d bytes (--order-secret-file)", peerauth.MinSecret)
 	}
 	s := &seqNode{n: n, secret: cfg.OrderSecret, grace: cfg.UnsequencedGrace}
-	if s.grace <= 0 {
-		s.grace = DefaultUnsequencedGrace
+	// An unknown flow is waited for as long as a missing stamp: OPEN
+	// precedes the flow's stamps on the order stream, so a shorter wait
+	// would refuse, in one DC only, a write whose order stream merely lags
+	// (and the DCs would answer differently).
+	if s.grace <= 0 || s.grace > cfg.Timeout {
+		s.grace = cfg.Timeout
 	}
-	s.grace = min(s.grace, cfg.Timeout)
 	s.table = newStampTable(&s.stats)
 	ln, err := net.Listen("tcp", cfg.OrderListen)
 	if err != nil {
