@@ -8,13 +8,14 @@ package kvs
 // coordinators count as a failed replica. It becomes a voter by one of two
 // paths:
 //
-//   - never a voter: a quorum of the other members answer that they never
-//     saw it become a voter. It then cannot be in any write quorum, and
-//     joins as it is (this is also how a new cluster bootstraps).
+//   - never a voter: n-q+1 other members answer that they never saw it
+//     become a voter. It then cannot be in any write quorum, and joins as
+//     it is (this is also how a new cluster bootstraps).
 //   - repair: some member saw it become a voter (or its own identity says
-//     so): it first pulls every record from a quorum of voters (a full scan
+//     so): it first pulls every record from n-q+1 voters (a full scan
 //     applied with the usual higher-tag-wins rule). Every write it may have
-//     acknowledged is on a write quorum, which those voters intersect.
+//     acknowledged is on a write quorum, q-1 of whose members are among
+//     the n-1 others, so one of the sources holds it.
 //
 // Either way it then registers as a voter with q-1 other members (each
 // persists that before answering), so any later quorum of answers includes
@@ -105,15 +106,18 @@ func (n *Node) tryJoin() error {
 	if n.voter.Load() {
 		return nil
 	}
-	q := n.quorum
+	// need answers (never a voter) or sources (repair) meet every set that
+	// matters among the n-1 other members: q-1 registrations, or a write
+	// quorum minus this node (q-1 members): need + q-1 > n-1.
+	need := n.size - n.quorum + 1
 	st := n.statuses(statusQuery)
 	known := n.ident.get().Voter || n.mustRepair.Load()
 	for _, s := range st {
 		known = known || s.know
 	}
 	if !known {
-		if len(st) < min(q, len(n.peers)) {
-			return fmt.Errorf("%d of %d peers answered, need %d to know this node was never a voter", len(st), len(n.peers), q)
+		if len(st) < need {
+			return fmt.Errorf("%d of %d peers answered, need %d to know this node was never a voter", len(st), len(n.peers), need)
 		}
 	} else {
 		if !n.mustRepair.Load() {
@@ -126,13 +130,13 @@ func (n *Node) tryJoin() error {
 				voters = append(voters, s.p)
 			}
 		}
-		if len(voters) < q {
-			return fmt.Errorf("%d voters reachable, a repair needs %d", len(voters), q)
+		if len(voters) < need {
+			return fmt.Errorf("%d voters reachable, a repair needs %d", len(voters), need)
 		}
 		n.repairing.Store(true)
 		start := time.Now()
 		var recs int64
-		for _, p := range voters[:q] {
+		for _, p := range voters[:need] {
 			c, err := n.syncFrom(p)
 			recs += c
 			if err != nil {
@@ -140,7 +144,7 @@ func (n *Node) tryJoin() error {
 				return fmt.Errorf("repair from %s: %w", p.addr, err)
 			}
 		}
-		n.log.Info("learner: repaired from a quorum of voters", "voters", q, "records", recs, "took", time.Since(start))
+		n.log.Info("learner: repaired from voters", "voters", need, "records", recs, "took", time.Since(start))
 	}
 	if err := n.register(); err != nil {
 		n.repairing.Store(false)
