@@ -115,7 +115,7 @@ func (n *Node) serveClient(c net.Conn) {
 	cc := &clientConn{
 		n:    n,
 		c:    c,
-		p:    newRESPParser(max(n.cfg.MaxValue, n.cfg.MaxKey)),
+		p:    newRESPParser(max(n.cfg.MaxValue, n.cfg.MaxKey), 2*n.cfg.MaxCmdKeys+2),
 		buf:  make([]byte, 16<<10),
 		seed: maphash.MakeSeed(),
 	}

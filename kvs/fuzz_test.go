@@ -132,7 +132,7 @@ func FuzzRESP(f *testing.F) {
 
 // parseAll parses data fed in chunks of size n and returns a transcript.
 func parseAll(data []byte, n int) string {
-	p := newRESPParser(64)
+	p := newRESPParser(64, 1<<20)
 	var out bytes.Buffer
 	var buf []byte
 	for off := 0; off < len(data) || n == 0; off += n {

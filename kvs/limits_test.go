@@ -50,31 +50,34 @@ func TestMGetPoolDrain(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		conn, err := net.Dial("tcp", c.Config(0).Listen)
-		if err != nil {
-			return
-		}
-		defer conn.Close()
 		big := mgetCmd(16385)
-		rd := bufio.NewReader(conn)
+		mid := mgetCmd(1500)
 		for {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			conn.Write(append(append([]byte(nil), big...), big...))
-			for i := 0; i < 2; i++ {
-				line, err := rd.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if !strings.HasPrefix(line, "-ERR too many keys") {
-					t.Errorf("MGET of 16385 keys answered %q", line)
-					return
-				}
-				abuses.Add(1)
+			conn, err := net.Dial("tcp", c.Config(0).Listen)
+			if err != nil {
+				return
 			}
+			rd := bufio.NewReader(conn)
+			// Over the key limit: an error, the connection stays.
+			conn.Write(append(append([]byte(nil), mid...), mid...))
+			for i := 0; i < 2; i++ {
+				if line, _ := rd.ReadString('\n'); !strings.HasPrefix(line, "-ERR too many keys") {
+					t.Errorf("MGET of 1500 keys answered %q", line)
+				}
+			}
+			// Over the argument limit: refused from the header alone,
+			// the connection is closed.
+			conn.Write(append(append([]byte(nil), big...), big...))
+			if line, _ := rd.ReadString('\n'); !strings.HasPrefix(line, "-ERR Protocol error: too many arguments") {
+				t.Errorf("MGET of 16385 keys answered %q", line)
+			}
+			conn.Close()
+			abuses.Add(1)
 		}
 	}()
 	rc := client(t, c, 0)
@@ -115,7 +118,7 @@ func TestUnreadRepliesBounded(t *testing.T) {
 func TestTrickledMultibulk(t *testing.T) {
 	const args = 2000
 	cmd := mgetCmd(args - 1)
-	p := newRESPParser(1 << 20)
+	p := newRESPParser(1<<20, 1<<20)
 	start, end, reads := 0, 0, 0
 	for end < len(cmd) {
 		end = min(end+7, len(cmd)) // a few bytes per read

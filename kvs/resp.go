@@ -1,6 +1,9 @@
 package kvs
 
-import "bytes"
+import (
+	"bytes"
+	"fmt"
+)
 
 // respParser parses client commands (RESP arrays of bulk strings, or inline
 // commands) from a byte buffer without allocating: the arguments it returns
@@ -39,8 +42,12 @@ const (
 	resProto                       // protocol error; err says why
 )
 
-func newRESPParser(maxArg int) *respParser {
-	return &respParser{maxArg: maxArg, maxArgs: 1 << 20, maxInline: 64 << 10}
+// newRESPParser returns a parser that refuses arguments over maxArg bytes
+// (the command is skipped) and commands of more than maxArgs arguments (a
+// protocol error decided on the multibulk header alone, before any
+// argument is read: such a command could only be refused later anyway).
+func newRESPParser(maxArg, maxArgs int) *respParser {
+	return &respParser{maxArg: maxArg, maxArgs: maxArgs, maxInline: 64 << 10}
 }
 
 // parseLen parses a non-negative decimal; ok=false on anything else.
@@ -128,7 +135,7 @@ func (p *respParser) next(b []byte) (int, parseResult) {
 			return pos, resSkip
 		}
 		if count > p.maxArgs {
-			p.err = "invalid multibulk length"
+			p.err = fmt.Sprintf("too many arguments in one command (%d, max %d)", count, p.maxArgs)
 			return 0, resProto
 		}
 		p.count, p.pos = count, pos

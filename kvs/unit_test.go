@@ -50,7 +50,7 @@ func TestWireRoundTripNoAlloc(t *testing.T) {
 
 func TestParserPipelineNoAlloc(t *testing.T) {
 	in := []byte("*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n*2\r\n$3\r\nGET\r\n$3\r\nkey\r\nPING\r\n")
-	p := newRESPParser(1 << 20)
+	p := newRESPParser(1<<20, 1<<20)
 	p.next(in) // warm up args capacity
 	var got [][]string
 	allocs := testing.AllocsPerRun(100, func() {
@@ -87,7 +87,7 @@ func TestParserPipelineNoAlloc(t *testing.T) {
 }
 
 func TestParserIncrementalAndOversized(t *testing.T) {
-	p := newRESPParser(8)
+	p := newRESPParser(8, 1<<20)
 	in := []byte("*2\r\n$3\r\nGET\r\n$20\r\n01234567890123456789\r\n*1\r\n$4\r\nPING\r\n")
 	// Feed one byte at a time, as slow networks do.
 	var buf []byte

@@ -42,6 +42,7 @@ var (
 	runs    = flag.Int("runs", 20, "wipe/corrupt runs")
 	phase   = flag.Duration("phase", 8*time.Second, "duration of each abuse phase")
 	what    = flag.String("what", "wipe,abuse", "measurements")
+	only    = flag.String("patterns", "", "abuse patterns to run (comma-separated names; default all)")
 	secured bool
 )
 
@@ -296,20 +297,17 @@ type pattern struct {
 
 var patterns = []pattern{
 	{"mget-16385-pipelined", func(c *cluster, stop <-chan struct{}) {
-		big := mgetCmd(16385)
+		one := mgetCmd(16385)
+		big := append(append([]byte(nil), one...), one...) // two pipelined
 		for w := 0; w < 2; w++ {
 			go func() {
-				conn, err := net.Dial("tcp", c.resp[0])
-				if err != nil {
-					return
-				}
-				defer conn.Close()
-				go func() { <-stop; conn.Close() }()
-				go func() { bufio.NewReader(conn).WriteTo(discard{}) }()
 				for {
-					if _, err := conn.Write(append(append([]byte(nil), big...), big...)); err != nil {
+					select {
+					case <-stop:
 						return
+					default:
 					}
+					mgetLoop(c.resp[0], big, stop) // reconnects when the node closes the connection
 				}
 			}()
 		}
@@ -389,9 +387,57 @@ var patterns = []pattern{
 	}},
 }
 
-type discard struct{}
+func mgetLoop(addr string, big []byte, stop <-chan struct{}) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		time.Sleep(10 * time.Millisecond)
+		return
+	}
+	defer conn.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-stop:
+		case <-done:
+		}
+		conn.Close()
+	}()
+	rd := bufio.NewReader(conn)
+	for {
+		// Two pipelined MGETs, then their two replies (the issue's
+		// pattern, repeated).
+		if _, err := conn.Write(big); err != nil {
+			return
+		}
+		for r := 0; r < 2; r++ {
+			if err := skipReply(rd); err != nil {
+				return
+			}
+		}
+	}
+}
 
-func (discard) Write(b []byte) (int, error) { return len(b), nil }
+// skipReply reads one RESP reply (an error, or an array of bulks/nulls).
+func skipReply(rd *bufio.Reader) error {
+	line, err := rd.ReadString('\n')
+	if err != nil || line[0] != '*' {
+		return err
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+	for i := 0; i < n; i++ {
+		l, err := rd.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if m, _ := strconv.Atoi(strings.TrimSpace(l[1:])); l[0] == '$' && m >= 0 {
+			if _, err := rd.Discard(m + 2); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
 
 func abuse() {
 	c := newCluster(3)
@@ -402,6 +448,9 @@ func abuse() {
 	base := victims(c.resp[0], *phase)
 	fmt.Printf("abuse baseline: victims %.0f ops/s, max node RSS %.0f MiB\n", base, maxRSS(c))
 	for _, p := range patterns {
+		if *only != "" && !strings.Contains(","+*only+",", ","+p.name+",") {
+			continue
+		}
 		stop := make(chan struct{})
 		var peak atomic.Int64
 		done := make(chan struct{})
