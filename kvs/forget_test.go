@@ -29,7 +29,7 @@ func waitVoter(t *testing.T, c *Cluster, i int) {
 	t.Helper()
 	testenv.WaitFor(t, 20*time.Second, fmt.Sprintf("node %d votes", i+1), func() bool {
 		n := c.Node(i)
-		return n != nil && n.Voter()
+		return n != nil && n.Voter() && n.Ready()
 	})
 }
 
