@@ -25,8 +25,8 @@ const OrderCluster = "sdnkvs-order"
 
 // Defaults of sequenced mode.
 const (
-	AppliedEvery            = 100 * time.Millisecond
-	orderHandshakeTimeout   = 5 * time.Second
+	AppliedEvery          = 100 * time.Millisecond
+	orderHandshakeTimeout = 5 * time.Second
 )
 
 // seqNode is the sequenced-mode state of a node (nil in ABD mode).
@@ -139,6 +139,9 @@ func (s *seqNode) readOrder(c net.Conn) error {
 		}
 		switch f.Type {
 		case orderwire.Hello:
+			if err := s.table.checkFloor(f.GFloor); err != nil {
+				return err
+			}
 			s.table.hello(f.Epoch)
 		case orderwire.Open:
 			s.table.open(f.Flow)

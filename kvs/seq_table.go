@@ -14,6 +14,7 @@ package kvs
 
 import (
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -71,7 +72,8 @@ type stampTable struct {
 	maxFlows  int
 	maxRanges int
 	maxTotal  int
-	total     int // ranges held over all flows
+	total     int    // ranges held over all flows
+	maxG      uint64 // highest G announced to this node (since it started)
 	stats     *SeqStats
 }
 
@@ -97,6 +99,17 @@ func (t *stampTable) waitChanLocked() <-chan struct{} {
 		t.changed = make(chan struct{})
 	}
 	return t.changed
+}
+
+// checkFloor refuses a sequencer whose clock is below a G this node has
+// already been given: its stamps would order new writes before older ones.
+func (t *stampTable) checkFloor(gFloor uint64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if gFloor < t.maxG {
+		return fmt.Errorf("%w: sequencer's clock at %d, below G %d already announced (its state file was lost or rolled back?)", errOrderFrame, gFloor, t.maxG)
+	}
+	return nil
 }
 
 // hello starts (or continues) a middlebox epoch: flows of other epochs are
@@ -207,6 +220,7 @@ func (t *stampTable) stamp(k orderwire.Flow, start, end, g uint64) {
 	if end <= f.consumed {
 		return // re-sent range already used
 	}
+	t.maxG = max(t.maxG, g)
 	r := stampRange{start, end, g}
 	n := len(f.ranges)
 	if n == 0 || start >= f.ranges[n-1].end {

@@ -366,6 +366,39 @@ func TestSeqTableBounded(t *testing.T) {
 	}
 }
 
+// A sequencer whose clock is below a G the node was already given (a lost
+// or rolled-back state file) is refused: its stamps would order new writes
+// before older ones. The node keeps the stamps it has.
+func TestSeqClockBackRefused(t *testing.T) {
+	c := seqCluster(t, 1, time.Second)
+	n := c.Node(0)
+	seq := newFakeSeq(t, 1, 1000)
+	seq.connect(n)
+	rc := dialRaw(t, n)
+	cmd := respCmd("SET", "k", "1")
+	seq.send(n, openFrame(rc.flow), stampFrame(rc.flow, 0, uint64(len(cmd)), 9000))
+	waitStamp(t, n, rc.flow, uint64(len(cmd)-1))
+	back := newFakeSeq(t, 2, 5000) // restarted without its state: floor 5000 < 9000
+	oc, err := net.Dial("tcp", n.OrderAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oc.Close()
+	if _, err := peerauth.Client(oc, testOrderSecret, peerauth.Hello{Cluster: OrderCluster, Role: peerauth.RoleSequencer, ID: 2}, time.Now().Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := orderwire.Append(nil, &orderwire.Frame{Type: orderwire.Hello, Epoch: back.epoch, GFloor: back.g})
+	oc.Write(b)
+	testenv.WaitFor(t, 5*time.Second, "the backward clock refused", func() bool { return n.SeqStats().OrderBad.Load() == 1 })
+	if _, res := n.seq.table.lookup(rc.flow, 0); res != stampFound {
+		t.Fatal("the refused sequencer's HELLO dropped the current epoch's stamps")
+	}
+	rc.write(cmd)
+	if got := rc.reply(); got != "+OK" {
+		t.Fatalf("SET: %q", got)
+	}
+}
+
 // A corrupt order stream or a wrong secret is refused and counted.
 func TestSeqOrderStreamRejects(t *testing.T) {
 	c := seqCluster(t, 1, time.Second)
