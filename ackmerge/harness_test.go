@@ -47,13 +47,6 @@ func (s seg) String() string {
 	return fmt.Sprintf("to=%d %v->%v seq=%d ack=%d fl=%#x wnd=%d len=%d", s.To, s.Src, s.Dst, s.Seq, s.Ack, s.Flags, s.Wnd, len(s.Data))
 }
 
-func tcpAddr(a netip.Addr) tcpip.Address {
-	if a.Is4() {
-		return tcpip.AddrFrom4(a.As4())
-	}
-	return tcpip.AddrFrom16(a.As16())
-}
-
 // mkPacket lays s out at testOff in a fresh buffer with gVisor's encoders
 // and a complete (or, if s.Partial, pseudo-header) checksum.
 func mkPacket(s seg) []byte {
