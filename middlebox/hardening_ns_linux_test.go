@@ -30,7 +30,7 @@ const nsForkPort = 6390
 // newHardRig is newNSRig with a failure detector (mode; probes of each
 // node's /ready on 8379, dialled from the gateway) and echo servers on
 // 6379 and readiness servers on 8379 in every DC.
-func newHardRig(t *testing.T, mode failover.Mode) *nsRig {
+func newHardRig(t *testing.T, mode failover.Mode, tweak ...func(*Config)) *nsRig {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
@@ -47,6 +47,9 @@ func newHardRig(t *testing.T, mode failover.Mode) *nsRig {
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				return testbed.DialInNetns(ctx, gw, network, addr)
 			}}}
+	}
+	for _, f := range tweak {
+		f(&cfg)
 	}
 	r := &nsRig{tb: tb}
 	for _, dc := range []string{"sydney", "dublin"} {
@@ -272,18 +275,18 @@ func TestNetnsHalfOpenFloodThenLegitimateClient(t *testing.T) {
 
 // Issue 11: 65,536 flows blinded the detector (untracked flows were
 // ignored) and a real outage then went undetected. Now a flood of SYN
-// flows from 300 addresses (more flows than the detector tracks) is
-// followed by a cut of sydney: the default detector still takes it down,
-// the victim's anycast connection is reset, and its reconnection lands in
-// dublin.
+// flows from 300 addresses (more flows than the detector tracks: 4,096
+// here, 65,536 by default) is followed by a cut of sydney: the default
+// detector still takes it down, the victim's anycast connection is reset,
+// and its reconnection lands in dublin.
 func TestNetnsDetectorFloodThenOutageDetected(t *testing.T) {
-	r := newHardRig(t, failover.Safe)
+	r := newHardRig(t, failover.Safe, func(c *Config) { c.Failover.Detector.MaxFlows = 4096 })
 	victim := r.dial(t)
 	echoOK(t, victim, "before")
 	var batch [][]byte
-	for i := 0; i < 300*256; i++ {
-		a := i / 256
-		s := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 201, byte(a / 200), byte(1 + a%200)}), uint16(1024+i%256))
+	for i := 0; i < 300*30; i++ {
+		a := i / 30
+		s := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 201, byte(a / 200), byte(1 + a%200)}), uint16(1024+i%30))
 		batch = append(batch, synFrom(s, vipAny, 1))
 		if len(batch) == 256 {
 			// Paced: the TUN's queue holds a few hundred packets.
