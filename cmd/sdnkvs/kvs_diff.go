@@ -14,8 +14,8 @@ import (
 
 // KvsDiffCmd is the divergence scan between two DCs.
 type KvsDiffCmd struct {
-	A            []string `name:"a" sep:"," required:"" placeholder:"HOST:PORT,..." help:"RESP addresses of every node of the first DC."`
-	B            []string `name:"b" sep:"," required:"" placeholder:"HOST:PORT,..." help:"RESP addresses of every node of the second DC."`
+	A            []string `name:"a" sep:"," required:"" placeholder:"HOST:PORT" help:"RESP addresses of every node of the first DC."`
+	B            []string `name:"b" sep:"," required:"" placeholder:"HOST:PORT" help:"RESP addresses of every node of the second DC."`
 	PasswordFile string   `name:"password-file" type:"path" required:"" help:"File holding the nodes' RESP password (their --requirepass-file): the scan's admin commands need an authenticated connection."`
 	Page         int      `name:"page" default:"1000" help:"Records per scan page (1..10000); bounds memory per node."`
 }
