@@ -15,12 +15,15 @@ import (
 
 func TestMain(m *testing.M) { testbedtest.Main(m) }
 
-func newTestEnv(t *testing.T, dcs []testbed.DC) *Env {
+// newTestEnv starts a sequenced environment. The race tests pass
+// --detector=none: they check the order, and a detection under a loaded
+// machine's probe timeouts would take a DC out of the race.
+func newTestEnv(t *testing.T, dcs []testbed.DC, mbExtra ...string) *Env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	e, err := NewEnv(ctx, testbedtest.SharedBinary(t), dcs, true, nil, testbedtest.Log(t))
+	e, err := NewEnv(ctx, testbedtest.SharedBinary(t), dcs, true, mbExtra, testbedtest.Log(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +46,7 @@ func checkAgree(t *testing.T, row Row) {
 // barrier-synchronised writers on one key per round leave both DCs with
 // the same value for every key.
 func TestSequencedRaceDCsAgree(t *testing.T) {
-	e := newTestEnv(t, DefaultDCs())
+	e := newTestEnv(t, DefaultDCs(), "--detector=none")
 	ctx := context.Background()
 	for _, w := range []int{2, 4, 8} {
 		row, err := e.Race(ctx, fmt.Sprintf("race:w%d", w), w, 15, nil)
@@ -63,7 +66,7 @@ func TestSequencedRaceDCsAgree(t *testing.T) {
 // agree on every key.
 func TestSequencedRaceLossOnOneDC(t *testing.T) {
 	dcs := []testbed.DC{{Name: "sydney", Nodes: 3, Delay: 2 * time.Millisecond}, {Name: "dublin", Nodes: 3, Delay: 20 * time.Millisecond, Loss: 0.05}}
-	e := newTestEnv(t, dcs)
+	e := newTestEnv(t, dcs, "--detector=none")
 	row, err := e.Race(context.Background(), "race:loss", 4, 40, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +90,7 @@ func TestSequencedRaceLossOnOneDC(t *testing.T) {
 // the DCs agree on every key.
 func TestMiddleboxRestartMidRace(t *testing.T) {
 	dcs := []testbed.DC{{Name: "sydney", Nodes: 3, Delay: 2 * time.Millisecond}, {Name: "dublin", Nodes: 3, Delay: 20 * time.Millisecond}}
-	e := newTestEnv(t, dcs)
+	e := newTestEnv(t, dcs, "--detector=none")
 	ctx := context.Background()
 	restarted := false
 	hook := func(r int) (bool, error) {
