@@ -335,7 +335,7 @@ func (cc *clientConn) auth(args [][]byte) string {
 // run executes the batch and appends every reply to out.
 func (cc *clientConn) run() {
 	i := 0
-	for i < len(cc.cmds) {
+	for i < len(cc.cmds) && !cc.dead { // a closed client's remaining commands are dropped
 		// Start a group: commands whose keys are distinct from the group's.
 		cc.hashes = cc.hashes[:0]
 		cc.ops = cc.ops[:0]

@@ -439,18 +439,27 @@ func skipReply(rd *bufio.Reader) error {
 	return nil
 }
 
+// abuse measures each pattern on a fresh cluster, against a baseline of the
+// same cluster just before (so one pattern's after-effects cannot weigh on
+// the next).
 func abuse() {
+	for _, p := range patterns {
+		if *only != "" && !strings.Contains(","+*only+",", ","+p.name+",") {
+			continue
+		}
+		abuseOne(p)
+	}
+}
+
+func abuseOne(p pattern) {
 	c := newCluster(3)
 	defer c.close()
 	rc := client(c.resp[0])
 	must(rc.Set(ctx, "big", strings.Repeat("b", 1<<20), 0).Err())
 	rc.Close()
 	base := victims(c.resp[0], *phase)
-	fmt.Printf("abuse baseline: victims %.0f ops/s, max node RSS %.0f MiB\n", base, maxRSS(c))
-	for _, p := range patterns {
-		if *only != "" && !strings.Contains(","+*only+",", ","+p.name+",") {
-			continue
-		}
+	baseRSS := maxRSS(c)
+	{
 		stop := make(chan struct{})
 		var peak atomic.Int64
 		done := make(chan struct{})
@@ -480,8 +489,8 @@ func abuse() {
 				alive++
 			}
 		}
-		fmt.Printf("abuse %-22s victims %6.0f ops/s = %5.1f%% of baseline; peak node RSS %4d MiB, 2s after %4.0f MiB; %d/3 nodes ready after\n",
-			p.name, v, 100*v/base, peak.Load(), after, alive)
+		fmt.Printf("abuse %-22s victims %6.0f ops/s = %5.1f%% of %6.0f alone; node RSS %3.0f MiB before, peak %4d MiB, 2s after %4.0f MiB; %d/3 nodes ready after\n",
+			p.name, v, 100*v/base, base, baseRSS, peak.Load(), after, alive)
 	}
 }
 
