@@ -447,7 +447,7 @@ func TestFailoverCutMovesAnycastClients(t *testing.T) {
 	cfg.Failover = &FailoverConfig{
 		Detector: failover.Config{Mode: failover.Fast, ReadmitAfter: 300 * time.Millisecond},
 		Probe:    prober.HTTP,
-		Prober: prober.Config{Interval: 50 * time.Millisecond, MinTimeout: 100 * time.Millisecond, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		Prober: prober.Config{Interval: 50 * time.Millisecond, MinTimeout: 400 * time.Millisecond, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			h := gw.Load()
 			if h == nil {
 				return nil, errors.New("no gw host yet")
