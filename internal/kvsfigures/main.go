@@ -296,6 +296,7 @@ type pattern struct {
 }
 
 var patterns = []pattern{
+	{"none", func(c *cluster, stop <-chan struct{}) {}}, // the measurement's own spread
 	{"mget-16385-pipelined", func(c *cluster, stop <-chan struct{}) {
 		one := mgetCmd(16385)
 		big := append(append([]byte(nil), one...), one...) // two pipelined
