@@ -30,8 +30,9 @@ const (
 	// distinct flows (handshake SYNs never count), confirmed by the node's
 	// silence for the silence threshold and, when the node is probed, by
 	// its latest probe failing.
-	// Decisions on such passive evidence never take down the last live DC
-	// and come at most once per PassiveInterval.
+	// Decisions on such passive evidence come at most once per
+	// PassiveInterval. No decision of Safe or Fast mode takes down the
+	// last live DC (see markDown).
 	Safe
 )
 

@@ -170,6 +170,7 @@ type Stats struct {
 	DCUps          uint64
 	TimeWentBack   uint64 // observations whose now was earlier than one already seen
 	PassiveHeld    uint64 // Safe mode: passive decisions held (last live DC, rate limit)
+	LastDCHeld     uint64 // Safe and Fast modes: decisions held because they would take down the last live DC
 }
 
 type nodeState struct {
@@ -429,9 +430,19 @@ func (d *Detector[K]) record(dec Decision) {
 
 // markDown declares live node n down and, if it was its DC's last live
 // node, the DC too.
+//
+// Outside Paper mode, a decision that would take down the last live DC is
+// held and counted instead (Envoy's panic threshold): when every DC looks
+// dead at once the likelier cause is the middlebox's own side (a starved
+// prober, its own link), and refusing every client gains nothing over
+// still trying the last DC. Paper mode keeps the paper's Algorithm 1.
 func (d *Detector[K]) markDown(n NodeID, sig Signal, cause string) {
 	ns := &d.nodes[n]
 	if !ns.up {
+		return
+	}
+	if d.cfg.Mode != Paper && d.dcs[ns.info.DC].live == 1 && d.liveDCs() == 1 {
+		d.stats.LastDCHeld++
 		return
 	}
 	ns.up = false

@@ -19,7 +19,7 @@ import (
 // decisions of an event ("NodeDown n0 duplicates", one a line), or the
 // state asked for.
 //
-//	detector mode=safe|fast|paper perdc=<k> [startdown]
+//	detector mode=safe|fast|paper perdc=<k> [dcs=2|3] [startdown]
 //	at <ms> client <flow> n<id> seq=<n> [len=<n>] [flags=SFR] [cli=<ip>]
 //	at <ms> server <flow> n<id> [ack=<n>] [flags=R]
 //	at <ms> end <flow>
@@ -33,9 +33,12 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 func ms(n float64) time.Time { return t0.Add(time.Duration(n * float64(time.Millisecond))) }
 
 // testTopo is two DCs of three nodes: sydney n0-n2, dublin n3-n5.
-func testTopo(perDC int) []DC {
+func testTopo(perDC int) []DC { return testTopoN(perDC, 2) }
+
+// testTopoN is testTopo with dcs DCs (sydney, dublin, tokyo).
+func testTopoN(perDC, dcs int) []DC {
 	var topo []DC
-	for i, name := range []string{"sydney", "dublin"} {
+	for i, name := range []string{"sydney", "dublin", "tokyo"}[:dcs] {
 		dc := DC{Name: name}
 		for j := 0; j < perDC; j++ {
 			dc.Nodes = append(dc.Nodes, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i + 1), byte(j + 1)}), 6379))
@@ -190,7 +193,7 @@ func runRule(c *script.Cmd, dp **Detector[string]) []string {
 			c.Fatalf("%v", err)
 		}
 		cfg.Mode, cfg.StartDown = mode, c.Has("startdown")
-		d, err := New[string](cfg, testTopo(c.Int("perdc", 1)))
+		d, err := New[string](cfg, testTopoN(c.Int("perdc", 1), c.Int("dcs", 2)))
 		if err != nil {
 			c.Fatalf("%v", err)
 		}

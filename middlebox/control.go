@@ -267,7 +267,7 @@ type collector struct {
 	nodeDowns, nodeUps, failoverRST, branchRemoved *prometheus.Desc
 	forkResets, probesLost                         *prometheus.Desc
 	adopted, hoEvicted, hoExpired, rstPassed       *prometheus.Desc
-	detTracked, detEvicted, detHeld                *prometheus.Desc
+	detTracked, detEvicted, detHeld, detLastDC     *prometheus.Desc
 }
 
 func newCollector(m *Middlebox) *collector {
@@ -303,11 +303,12 @@ func newCollector(m *Middlebox) *collector {
 		detTracked:    d("failover_flows_tracked", "Flows (branches) the failure detector tracks."),
 		detEvicted:    d("failover_flows_evicted_total", "Flows the failure detector forgot to make room (its table full), idle and half-open first."),
 		detHeld:       d("failover_passive_held_total", "Passive down decisions held (the last live DC, or the rate limit)."),
+		detLastDC:     d("failover_last_dc_held_total", "Down decisions held because they would take down the last live DC (safe and fast modes)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.forkResets, c.probesLost, c.adopted, c.hoEvicted, c.hoExpired, c.rstPassed, c.detTracked, c.detEvicted, c.detHeld} {
+	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.forkResets, c.probesLost, c.adopted, c.hoEvicted, c.hoExpired, c.rstPassed, c.detTracked, c.detEvicted, c.detHeld, c.detLastDC} {
 		ch <- d
 	}
 }
@@ -348,6 +349,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.detTracked, prometheus.GaugeValue, float64(tracked))
 		cnt(c.detEvicted, ds.FlowsEvicted)
 		cnt(c.detHeld, ds.PassiveHeld)
+		cnt(c.detLastDC, ds.LastDCHeld)
 	}
 	for _, n := range m.nodes {
 		dc, addr := m.dcs[n.dc].Name, n.ap.String()
