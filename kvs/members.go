@@ -139,3 +139,40 @@ func (n *Node) isMember(id uint64) bool {
 	}
 	return false
 }
+
+// dialFrom is the local address peer connections are made from: this
+// node's peer IP when it listens on a specific one, so that peers can check
+// that a connection claiming this node's id comes from its address.
+func (n *Node) dialFrom() net.Addr {
+	h, _, err := net.SplitHostPort(n.cfg.PeerListen)
+	if err != nil {
+		return nil
+	}
+	ip := net.ParseIP(h)
+	if ip == nil || ip.IsUnspecified() {
+		return nil
+	}
+	return &net.TCPAddr{IP: ip}
+}
+
+// expectedIP is the address member id connects from, when the peer list
+// tells it apart from every other member (nil otherwise: several members
+// share one host, as in port mode on one machine).
+func (n *Node) expectedIP(id uint64) net.IP {
+	var want net.IP
+	seen := map[string]int{}
+	for _, m := range n.members {
+		h, _, err := net.SplitHostPort(m.addr)
+		if err != nil {
+			return nil
+		}
+		seen[h]++
+		if m.id == id {
+			want = net.ParseIP(h)
+		}
+	}
+	if want == nil || want.IsUnspecified() || seen[want.String()] != 1 {
+		return nil
+	}
+	return want
+}

@@ -273,3 +273,43 @@ func TestRequirePass(t *testing.T) {
 		t.Fatalf("GET after HELLO AUTH: %q", line)
 	}
 }
+
+// TestIDCollisionFromAnotherAddress: nodes on distinct addresses
+// (127.0.0.11-13); a process on 127.0.0.14 claiming node 1's id, with a
+// peer list of its own, is refused by node 3 because node 1 connects from
+// 127.0.0.11.
+func TestIDCollisionFromAnotherAddress(t *testing.T) {
+	ports := freePorts(t, 8)
+	var peers []string
+	for i := 0; i < 3; i++ {
+		peers = append(peers, fmt.Sprintf("127.0.0.%d:%d", 11+i, ports[3+i]))
+	}
+	dir := t.TempDir()
+	var cfgs []Config
+	for i := 0; i < 3; i++ {
+		cfgs = append(cfgs, Config{ID: i + 1, Listen: fmt.Sprintf("127.0.0.%d:%d", 11+i, ports[i]), PeerListen: peers[i],
+			Peers: peers, Dir: filepath.Join(dir, fmt.Sprint(i)), PeerSecret: testSecret,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	}
+	c, err := StartNodes(cfgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	testenv.WaitFor(t, 10*time.Second, "cluster formed", c.AllReady)
+	impostor := Config{ID: 1, Listen: fmt.Sprintf("127.0.0.14:%d", ports[6]), PeerListen: fmt.Sprintf("127.0.0.14:%d", ports[7]),
+		Peers: []string{"1=" + fmt.Sprintf("127.0.0.14:%d", ports[7]), "3=" + peers[2]}, Quorum: 2, InMemory: true,
+		PeerSecret: testSecret, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	n, err := Start(impostor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	testenv.WaitFor(t, 10*time.Second, "impostor refused", func() bool { return c.Node(2).Stats().IDCollisions.Load() > 0 })
+	if n.Ready() {
+		t.Fatal("the impostor reaches a quorum")
+	}
+	if err := client(t, c, 2).Set(bg, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("the real cluster stopped working: %v", err)
+	}
+}

@@ -37,6 +37,12 @@ func (n *Node) acceptPeer(c net.Conn) (peerauth.Hello, error) {
 		case !n.isMember(p.ID):
 			return fmt.Errorf("node %d is %w of cluster %q", p.ID, errNotMemberID, n.cfg.Cluster)
 		}
+		if want := n.expectedIP(p.ID); want != nil {
+			if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok && !ra.IP.Equal(want) {
+				n.stats.IDCollisions.Add(1)
+				return fmt.Errorf("id collision: node %d connects from %s, this connection comes from %s", p.ID, want, ra.IP)
+			}
+		}
 		return nil
 	}, time.Now().Add(handshakeTimeout))
 }
