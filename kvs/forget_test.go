@@ -65,6 +65,12 @@ func TestWipedReplicaDoesNotVote(t *testing.T) {
 	if r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "learner") && !strings.Contains(string(body), "repairing") {
 		t.Fatalf("/ready of a wiped node: %d %s", r.StatusCode, body)
 	}
+	if m := metricsOf(t, c.Node(1)); !strings.Contains(m, "\nsdnkvs_kvs_voter 0\n") {
+		t.Fatalf("/metrics of a wiped node does not say it is not a voter:\n%s", m)
+	}
+	if m := metricsOf(t, c.Node(2)); !strings.Contains(m, "\nsdnkvs_kvs_voter 1\n") {
+		t.Fatalf("/metrics of a voter:\n%s", m)
+	}
 	for _, i := range []int{1, 2} {
 		v, err := client(t, c, i).Get(bg, "x").Result()
 		if err == nil && v != "v2" {
@@ -230,4 +236,15 @@ func TestWriterSeqLoss(t *testing.T) {
 	if after.Writer <= before.Writer {
 		t.Fatalf("writer after losing writer-seq %#x <= before %#x", after.Writer, before.Writer)
 	}
+}
+
+func metricsOf(t *testing.T, n *Node) string {
+	t.Helper()
+	r, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
 }

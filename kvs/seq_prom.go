@@ -75,6 +75,7 @@ func (c *seqCollector) Collect(ch chan<- prometheus.Metric) {
 // sequenced mode (none otherwise yet).
 func (n *Node) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(newSafetyCollector(n))
 	if n.seq != nil {
 		reg.MustRegister(newSeqCollector(n.seq))
 	}
