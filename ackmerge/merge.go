@@ -8,7 +8,8 @@ import "time"
 
 // recompute the merged values over the live branches.
 func (f *Flow) recompute() {
-	m, ok := mergeMin(f.br)
+	var m merged
+	ok := mergeMin(f.br, &m)
 	f.minHolder = m.holder
 	if !ok {
 		return

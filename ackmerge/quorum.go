@@ -28,9 +28,10 @@ type merged struct {
 	holder         int          // first branch whose ack is the lowest
 }
 
-// mergeMin computes the minima over the counting branches of br; ok is
-// false, and holder -1, when no branch counts.
-func mergeMin(br []branch) (m merged, ok bool) {
+// mergeMin computes into m the minima over the counting branches of br; it
+// reports false, with m.holder -1 and the rest of m untouched, when no
+// branch counts.
+func mergeMin(br []branch, m *merged) (ok bool) {
 	m.holder = -1
 	allFin := true
 	for k := range br {
@@ -57,7 +58,7 @@ func mergeMin(br []branch) (m merged, ok bool) {
 		}
 	}
 	if !ok {
-		return m, false
+		return false
 	}
 	for k := range br {
 		if b := &br[k]; b.counts() && b.acked == m.ack {
@@ -78,7 +79,7 @@ func mergeMin(br []branch) (m merged, ok bool) {
 			}
 		}
 	}
-	return m, true
+	return true
 }
 
 // spread is the highest acknowledgement and the lowest and highest

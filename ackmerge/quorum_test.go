@@ -45,7 +45,8 @@ func TestMergeMin(t *testing.T) {
 			true, merged{10, 20, 25, 25, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := mergeMin(tc.br)
+			var got merged
+			ok := mergeMin(tc.br, &got)
 			if ok != tc.ok || (ok && got != tc.want) || got.holder != tc.want.holder {
 				t.Errorf("mergeMin = %+v, %v; want %+v, %v", got, ok, tc.want, tc.ok)
 			}
@@ -103,7 +104,8 @@ func TestQuorumInvariants(t *testing.T) {
 			}
 			bs[k] = b
 		}
-		m, ok := mergeMin(bs)
+		var m merged
+		ok := mergeMin(bs, &m)
 		var counting []int
 		for k := range bs {
 			if bs[k].counts() {

@@ -39,8 +39,8 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		f.stats.Invalid++
 		return
 	}
-	s, ok := f.absorb(b, p, fl)
-	if !ok {
+	var s replySeg
+	if !f.absorb(b, p, fl, &s) {
 		return
 	}
 	if f.fins > 0 {
@@ -82,14 +82,14 @@ func (f *Flow) branchReset(k int, now time.Time, out *Out) {
 	f.removeBranch(k, CauseRST, now, out)
 }
 
-// absorb records what the segment proves about branch b: how much of the
-// client stream it acknowledged, its window, and how much of the reply it
-// has sent. It reports false for a segment that cannot be right.
-func (f *Flow) absorb(b *branch, p *packet.TCP, fl uint8) (replySeg, bool) {
-	s := replySeg{ack: seqnum.Value(p.Ack()), plen: p.PayloadLen(), fin: fl&packet.FlagFIN != 0}
+// absorb records in s, and in branch b, what the segment proves: how much
+// of the client stream b acknowledged, its window, and how much of the
+// reply it has sent. It reports false for a segment that cannot be right.
+func (f *Flow) absorb(b *branch, p *packet.TCP, fl uint8, s *replySeg) bool {
+	s.ack, s.plen, s.fin = seqnum.Value(p.Ack()), p.PayloadLen(), fl&packet.FlagFIN != 0
 	if f.cliNxt.LessThan(s.ack) {
 		f.stats.Invalid++ // acknowledges bytes the client never sent
-		return s, false
+		return false
 	}
 	s.seq = seqnum.Value(p.Seq() - uint32(b.off))
 	s.end = s.seq.Add(seqnum.Size(s.plen))
@@ -97,19 +97,12 @@ func (f *Flow) absorb(b *branch, p *packet.TCP, fl uint8) (replySeg, bool) {
 	if s.fin {
 		s.segEnd = s.end.Add(1)
 	}
-	s.advanced = f.absorbAck(b, p, &s)
-	if s.plen > 0 || s.fin {
-		s.advanced = f.absorbReply(b, &s) || s.advanced
-	}
-	return s, true
-}
 
-// absorbAck takes the branch's acknowledgement, SACK blocks and window.
-func (f *Flow) absorbAck(b *branch, p *packet.TCP, s *replySeg) (advanced bool) {
+	// The acknowledgement of the client stream, SACK blocks and window.
 	if b.acked.LessThan(s.ack) {
 		b.ackedBytes += uint64(b.acked.Size(s.ack))
 		b.acked = s.ack
-		advanced = true
+		s.advanced = true
 	}
 	if f.sackOK && s.ack == b.acked {
 		b.recordSACK(p)
@@ -118,32 +111,31 @@ func (f *Flow) absorbAck(b *branch, p *packet.TCP, s *replySeg) (advanced bool) 
 		b.wl1 = s.seq
 		b.edge = s.ack.Add(seqnum.Size(uint32(p.Window()) << b.ws))
 	}
-	return advanced
-}
 
-// absorbReply takes the branch's reply bytes and FIN. A TCP sender sends
-// its stream in order, so a branch that sent byte x has sent every byte
-// before it (the ones missing here were lost on the way): coverage is the
-// highest byte seen, and a segment past a hole still proves what the branch
-// has sent.
-func (f *Flow) absorbReply(b *branch, s *replySeg) (advanced bool) {
-	if b.fin && b.finAt.LessThan(s.end) {
+	// Reply bytes and FIN. A TCP sender sends its stream in order, so a
+	// branch that sent byte x has sent every byte before it (the ones
+	// missing here were lost on the way): coverage is the highest byte
+	// seen, and a segment past a hole still proves what the branch has
+	// sent.
+	switch {
+	case s.plen == 0 && !s.fin:
+	case b.fin && b.finAt.LessThan(s.end):
 		f.stats.Invalid++ // bytes after its own FIN
-		return false
+	default:
+		if b.cov.LessThan(s.seq) {
+			f.stats.OutOfOrder++ // a hole before it: still forwarded
+		}
+		if b.cov.LessThan(s.end) {
+			b.covBytes += uint64(b.cov.Size(s.end))
+			b.cov = s.end
+			s.advanced = true
+		}
+		if s.fin && s.end == b.cov && !b.fin {
+			b.fin, b.finAt = true, s.end
+			f.fins++
+		}
 	}
-	if b.cov.LessThan(s.seq) {
-		f.stats.OutOfOrder++ // a hole before it: still forwarded
-	}
-	if b.cov.LessThan(s.end) {
-		b.covBytes += uint64(b.cov.Size(s.end))
-		b.cov = s.end
-		advanced = true
-	}
-	if s.fin && s.end == b.cov && !b.fin {
-		b.fin, b.finAt = true, s.end
-		f.fins++
-	}
-	return advanced
+	return true
 }
 
 // forward sends the client what it should see of segment s from branch k:
