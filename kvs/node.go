@@ -569,7 +569,7 @@ func (p *peerClient) run() {
 			return
 		default:
 		}
-		d := net.Dialer{Timeout: time.Second, LocalAddr: p.n.dialFrom()}
+		d := net.Dialer{Timeout: time.Second, LocalAddr: p.n.dialFrom(), Control: dialControl}
 		c, err := d.Dial("tcp", p.addr)
 		if err != nil {
 			select {
