@@ -111,6 +111,15 @@ func (n *Node) serveClient(c net.Conn) {
 		c.Write(appendErr(nil, "ERR max number of clients reached"))
 		return
 	}
+	// Runs last (after the client count is released and the connection
+	// state is dropped): a protocol error may hold the connection
+	// (penalty.go).
+	badProto := false
+	defer func() {
+		if badProto {
+			n.holdBadClient(c)
+		}
+	}()
 	defer n.stats.Clients.Add(-1)
 	cc := &clientConn{
 		n:    n,
@@ -139,6 +148,7 @@ func (n *Node) serveClient(c net.Conn) {
 			} else {
 				n.stats.BadRequests.Add(1)
 				c.Write(appendErr(nil, "ERR Protocol error: request too large"))
+				badProto = true
 				return
 			}
 		}
@@ -183,6 +193,7 @@ func (n *Node) serveClient(c net.Conn) {
 		}
 		cc.flush()
 		if proto || cc.quit || cc.dead {
+			badProto = proto && !cc.dead
 			return
 		}
 		if cap(cc.buf) > 1<<20 && start == end {

@@ -41,6 +41,8 @@ type Config struct {
 	IdleTimeout  time.Duration // close a client idle this long; 0: never
 	WriteTimeout time.Duration // close a client that does not take its replies within this; default 10s
 	MaxCmdKeys   int           // keys in one MGET/MSET/DEL/EXISTS; default 1024
+	ProtoErrRate float64       // protocol errors per second per source IP before their connections are held (penalty.go); default 1
+	ProtoErrHold time.Duration // how long such a connection is held before its close; default 1s, negative: never held
 	StoreQueue   int           // bytes of writes queued for the committer before writers wait; default 64 MiB
 	MinFreeDisk  int64         // refuse writes while the data directory has less free space; 0: no check
 	Logger       *slog.Logger
@@ -81,6 +83,7 @@ type Node struct {
 	closed  bool
 
 	stats     Stats
+	penalty   *penaltyBox // nil: protocol errors are never held
 	collision atomic.Bool // another process claimed this node's id
 
 	ident      *identityStore
@@ -103,6 +106,7 @@ type Stats struct {
 	Promotions   atomic.Uint64 // learner -> voter
 	Rejected     atomic.Uint64 // connections refused over MaxClients
 	SlowClients  atomic.Uint64 // clients closed for not reading their replies
+	ProtoHeld    atomic.Uint64 // connections held before their close for a source IP's repeated protocol errors
 	DiskFull     atomic.Uint64 // writes refused for lack of disk space
 	DamageOpen   atomic.Uint64 // stores found damaged at open (moved aside, rebuilt)
 	Clients      atomic.Int64  // open client connections
@@ -137,6 +141,12 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if cfg.MaxCmdKeys <= 0 {
 		cfg.MaxCmdKeys = 1024
+	}
+	if cfg.ProtoErrRate <= 0 {
+		cfg.ProtoErrRate = 1
+	}
+	if cfg.ProtoErrHold == 0 {
+		cfg.ProtoErrHold = time.Second
 	}
 	if cfg.StoreQueue <= 0 {
 		cfg.StoreQueue = 64 << 20
@@ -174,6 +184,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, size: len(others) + 1, members: members, log: cfg.Logger.With("node", cfg.ID),
 		conns: map[net.Conn]struct{}{}, closing: make(chan struct{})}
+	if cfg.ProtoErrHold > 0 {
+		n.penalty = newPenaltyBox(cfg.ProtoErrRate, cfg.ProtoErrHold)
+	}
 	n.quorum = cfg.Quorum
 	if n.quorum == 0 {
 		n.quorum = n.size/2 + 1

@@ -67,5 +67,6 @@ func (c *safetyCollector) Collect(ch chan<- prometheus.Metric) {
 	cnt("client_auth_failures_total", s.AuthFail.Load())
 	cnt("clients_rejected_total", s.Rejected.Load())
 	cnt("slow_clients_closed_total", s.SlowClients.Load())
+	cnt("protocol_error_clients_held_total", s.ProtoHeld.Load())
 	cnt("writes_refused_disk_total", s.DiskFull.Load())
 }
