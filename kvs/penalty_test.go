@@ -3,6 +3,7 @@ package kvs
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -40,7 +41,11 @@ func closedNow(c net.Conn, d time.Duration) bool {
 // counted) until the node closes; meanwhile a well-behaved client from the
 // same IP is served, and the held connection does not count as a client.
 func TestProtocolErrorPenalty(t *testing.T) {
-	n := startOne(t, func(c *Config) { c.ProtoErrRate = 0.001; c.ProtoErrHold = time.Hour; c.MaxClients = 1 })
+	hp := freePorts(t, 1)[0]
+	n := startOne(t, func(c *Config) {
+		c.ProtoErrRate, c.ProtoErrHold, c.MaxClients = 0.001, time.Hour, 1
+		c.HTTPListen = fmt.Sprintf("127.0.0.1:%d", hp)
+	})
 	for i := 0; i < protoErrBurst; i++ {
 		if c := protoErr(t, n.Addr()); !closedNow(c, 10*time.Second) {
 			t.Fatalf("protocol error %d (within the burst) not closed", i)
@@ -55,6 +60,9 @@ func TestProtocolErrorPenalty(t *testing.T) {
 	}
 	if got := n.Stats().ProtoHeld.Load(); got != 1 {
 		t.Fatalf("ProtoHeld = %d, want 1", got)
+	}
+	if m := metricsOf(t, n); !strings.Contains(m, "\nsdnkvs_kvs_protocol_error_clients_held_total 1\n") {
+		t.Fatalf("/metrics lacks the held connection:\n%s", m)
 	}
 	// MaxClients is 1: a served client proves the held one is not counted.
 	c, err := net.Dial("tcp", n.Addr())

@@ -23,6 +23,7 @@ var safetyMetrics = []struct{ name, help string }{
 	{"client_auth_failures_total", "Client commands answered NOAUTH or WRONGPASS."},
 	{"clients_rejected_total", "Client connections refused over --maxclients."},
 	{"slow_clients_closed_total", "Clients closed for not reading their replies in time."},
+	{"protocol_error_clients_held_total", "Connections held before their close because their source IP exceeded --protocol-error-rate."},
 	{"writes_refused_disk_total", "Client writes refused with MISCONF for lack of disk space."},
 }
 
