@@ -112,12 +112,12 @@ func (n *Node) serveClient(c net.Conn) {
 		return
 	}
 	// Runs last (after the client count is released and the connection
-	// state is dropped): a protocol error may hold the connection
-	// (penalty.go).
-	badProto := false
+	// state is dropped): a protocol error over its IP's budget is answered
+	// only after the penalty (penalty.go).
+	var heldErr []byte
 	defer func() {
-		if badProto {
-			n.holdBadClient(c)
+		if heldErr != nil {
+			n.holdBadClient(c, heldErr)
 		}
 	}()
 	defer n.stats.Clients.Add(-1)
@@ -147,8 +147,13 @@ func (n *Node) serveClient(c net.Conn) {
 				cc.buf = nb
 			} else {
 				n.stats.BadRequests.Add(1)
-				c.Write(appendErr(nil, "ERR Protocol error: request too large"))
-				badProto = true
+				msg := appendErr(nil, "ERR Protocol error: request too large")
+				if n.penalty.take(c.RemoteAddr(), time.Now()) {
+					heldErr = msg
+				} else {
+					c.SetWriteDeadline(time.Now().Add(time.Second))
+					c.Write(msg)
+				}
 				return
 			}
 		}
@@ -189,11 +194,19 @@ func (n *Node) serveClient(c net.Conn) {
 		}
 		if proto {
 			n.stats.BadRequests.Add(1)
-			cc.out = appendErr(cc.out, "ERR Protocol error: "+cc.p.err)
+			msg := appendErr(nil, "ERR Protocol error: "+cc.p.err)
+			if n.penalty.take(c.RemoteAddr(), time.Now()) {
+				heldErr = msg
+			} else {
+				cc.out = append(cc.out, msg...)
+			}
 		}
 		cc.flush()
+		if cc.dead && heldErr != nil {
+			n.penalty.release() // nobody to answer
+			heldErr = nil
+		}
 		if proto || cc.quit || cc.dead {
-			badProto = proto && !cc.dead
 			return
 		}
 		if cap(cc.buf) > 1<<20 && start == end {

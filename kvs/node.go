@@ -42,7 +42,7 @@ type Config struct {
 	WriteTimeout time.Duration // close a client that does not take its replies within this; default 10s
 	MaxCmdKeys   int           // keys in one MGET/MSET/DEL/EXISTS; default 1024
 	ProtoErrRate float64       // protocol errors per second per source IP before their connections are held (penalty.go); default 1
-	ProtoErrHold time.Duration // how long such a connection is held before its close; default 1s, negative: never held
+	ProtoErrHold time.Duration // how long such a connection is held before its -ERR and close; default 1s, negative: never held
 	StoreQueue   int           // bytes of writes queued for the committer before writers wait; default 64 MiB
 	MinFreeDisk  int64         // refuse writes while the data directory has less free space; 0: no check
 	Logger       *slog.Logger

@@ -9,9 +9,10 @@ package kvs
 // half. Each source IP therefore has a budget of protocol errors (a token
 // bucket of protoErrBurst, refilled at Config.ProtoErrRate per second);
 // past it, the offending connection is held open, unread, for
-// Config.ProtoErrHold before it is closed. A client that waits for the
-// close before reconnecting is slowed to a few attempts per second, and its
-// writes stall on the full socket buffers instead of burning CPU. Well-
+// Config.ProtoErrHold before it is answered (-ERR) and closed. A client
+// that waits for the reply or the close before reconnecting is slowed to a
+// few attempts per second, and its writes stall on the full socket buffers
+// instead of burning CPU. Well-
 // behaved clients never see a protocol error, and the occasional one is
 // within the burst: they are closed at once, as before. Holding never
 // refuses anyone (clients sharing the abuser's IP are served normally), and
@@ -94,13 +95,10 @@ func (p *penaltyBox) prune(now time.Time) {
 	}
 }
 
-// holdBadClient holds c (already answered with its protocol error, and no
-// longer counted as a client) for the penalty, if its IP is over its
-// budget; it returns at once on node close.
-func (n *Node) holdBadClient(c net.Conn) {
-	if !n.penalty.take(c.RemoteAddr(), time.Now()) {
-		return
-	}
+// holdBadClient answers c's protocol error with msg after the penalty
+// (c's IP is over its budget: take returned true); c no longer counts as a
+// client and its state is dropped. The penalty ends early on node close.
+func (n *Node) holdBadClient(c net.Conn, msg []byte) {
 	defer n.penalty.release()
 	n.stats.ProtoHeld.Add(1)
 	t := time.NewTimer(n.penalty.hold)
@@ -108,5 +106,8 @@ func (n *Node) holdBadClient(c net.Conn) {
 	select {
 	case <-t.C:
 	case <-n.closing:
+		return
 	}
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	c.Write(msg)
 }

@@ -10,9 +10,8 @@ import (
 	"time"
 )
 
-// protoErr sends a command refused from its header alone and returns the
-// connection after checking the -ERR reply.
-func protoErr(t *testing.T, addr string) net.Conn {
+// sendProtoErr sends a command refused from its header alone.
+func sendProtoErr(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -20,11 +19,23 @@ func protoErr(t *testing.T, addr string) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.Write([]byte("*100000\r\n$4\r\nMGET\r\n"))
+	return c, bufio.NewReader(c)
+}
+
+// protoErr sends a protocol error and checks its -ERR reply.
+func protoErr(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, rd := sendProtoErr(t, addr)
+	wantProtoErr(t, c, rd)
+	return c
+}
+
+func wantProtoErr(t *testing.T, c net.Conn, rd *bufio.Reader) {
+	t.Helper()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if line, _ := bufio.NewReader(c).ReadString('\n'); !strings.HasPrefix(line, "-ERR Protocol error: too many arguments") {
+	if line, _ := rd.ReadString('\n'); !strings.HasPrefix(line, "-ERR Protocol error: too many arguments") {
 		t.Fatalf("oversized MGET answered %q", line)
 	}
-	return c
 }
 
 // closedNow reports whether the node has closed c (a read sees EOF or a
@@ -36,9 +47,17 @@ func closedNow(c net.Conn, d time.Duration) bool {
 	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 }
 
+// silent reports whether nothing (no byte, no close) arrives on c within d.
+func silent(c net.Conn, d time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(d))
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // TestProtocolErrorPenalty: a source IP's first protoErrBurst protocol
-// errors close their connections at once; the next one is held open (and
-// counted) until the node closes; meanwhile a well-behaved client from the
+// errors are answered and closed at once; the next one is held open,
+// unanswered (and counted) until the node closes; meanwhile a well-behaved client from the
 // same IP is served, and the held connection does not count as a client.
 func TestProtocolErrorPenalty(t *testing.T) {
 	hp := freePorts(t, 1)[0]
@@ -54,9 +73,9 @@ func TestProtocolErrorPenalty(t *testing.T) {
 	if got := n.Stats().ProtoHeld.Load(); got != 0 {
 		t.Fatalf("%d connections held within the burst", got)
 	}
-	held := protoErr(t, n.Addr())
-	if closedNow(held, 300*time.Millisecond) {
-		t.Fatal("protocol error over the budget: connection closed at once, not held")
+	held, _ := sendProtoErr(t, n.Addr())
+	if !silent(held, 300*time.Millisecond) {
+		t.Fatal("protocol error over the budget: answered or closed at once, not held")
 	}
 	if got := n.Stats().ProtoHeld.Load(); got != 1 {
 		t.Fatalf("ProtoHeld = %d, want 1", got)
@@ -128,5 +147,22 @@ func TestPenaltyBoxBounds(t *testing.T) {
 		if len(p.ips) > maxPenaltyIPs {
 			t.Fatalf("%d IPs remembered, cap %d", len(p.ips), maxPenaltyIPs)
 		}
+	}
+}
+
+// TestProtocolErrorPenaltyEnds: past its hold, a held connection gets its
+// -ERR and is closed.
+func TestProtocolErrorPenaltyEnds(t *testing.T) {
+	n := startOne(t, func(c *Config) { c.ProtoErrRate, c.ProtoErrHold = 0.001, 50*time.Millisecond })
+	for i := 0; i < protoErrBurst; i++ {
+		protoErr(t, n.Addr())
+	}
+	c, rd := sendProtoErr(t, n.Addr())
+	wantProtoErr(t, c, rd)
+	if !closedNow(c, 10*time.Second) {
+		t.Fatal("held connection not closed after its answer")
+	}
+	if got := n.Stats().ProtoHeld.Load(); got != 1 {
+		t.Fatalf("ProtoHeld = %d, want 1", got)
 	}
 }

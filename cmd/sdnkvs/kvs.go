@@ -45,8 +45,8 @@ type KvsLimitFlags struct {
 	IdleTimeout  time.Duration `name:"idle-timeout" default:"0s" help:"Close a client connection idle this long (0: never, as Redis's timeout 0)."`
 	WriteTimeout time.Duration `name:"client-write-timeout" default:"10s" help:"Close a client that does not read its replies within this (bounds the output buffer, like Redis's client-output-buffer-limit)."`
 	MaxCmdKeys   int           `name:"max-command-keys" default:"1024" help:"Keys in one MGET, MSET, DEL or EXISTS; a larger command fails at once instead of holding the node's operation pool."`
-	ProtoErrRate float64       `name:"protocol-error-rate" default:"1" help:"Protocol errors per second (burst 10) a source IP may make before each further one holds its connection, unread, for --protocol-error-hold before the close (slows a client that reconnects and resends a bad command in a loop; other clients, even from the same IP, are served normally)."`
-	ProtoErrHold time.Duration `name:"protocol-error-hold" default:"1s" help:"How long a connection over its IP's --protocol-error-rate is held before it is closed; 0 closes at once (no penalty)."`
+	ProtoErrRate float64       `name:"protocol-error-rate" default:"1" help:"Protocol errors per second (burst 10) a source IP may make before each further one holds its connection, unread and unanswered, for --protocol-error-hold before its -ERR reply and close (slows a client that reconnects and resends a bad command in a loop; other clients, even from the same IP, are served normally)."`
+	ProtoErrHold time.Duration `name:"protocol-error-hold" default:"1s" help:"How long a connection over its IP's --protocol-error-rate is held before its -ERR reply and close; 0 answers and closes at once (no penalty)."`
 	MinFreeDisk  string        `name:"min-free-disk" default:"256MiB" help:"Refuse writes (-MISCONF) while the data directory's file system has less free space than this; reads keep working. 0 disables the check."`
 }
 
