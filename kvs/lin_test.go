@@ -111,6 +111,9 @@ func runClients(t *testing.T, c *Cluster, nClients, nKeys int, stop <-chan struc
 func runClientsAt(t *testing.T, addrs []string, readTimeout time.Duration, nClients, nKeys int, stop <-chan struct{}) *history {
 	h := &history{start: time.Now()}
 	var wg sync.WaitGroup
+	// quit stops the clients when the test ends early (a t.Fatal before
+	// the test closes stop must not leave the cleanup waiting for ever).
+	quit := make(chan struct{})
 	for ci := 0; ci < nClients; ci++ {
 		clients := make([]*redis.Client, len(addrs))
 		for i := range clients {
@@ -127,6 +130,8 @@ func runClientsAt(t *testing.T, addrs []string, readTimeout time.Duration, nClie
 			for seq := 0; ; seq++ {
 				select {
 				case <-stop:
+					return
+				case <-quit:
 					return
 				default:
 				}
@@ -181,7 +186,7 @@ func runClientsAt(t *testing.T, addrs []string, readTimeout time.Duration, nClie
 		}(ci)
 	}
 	h.wg = &wg
-	t.Cleanup(wg.Wait)
+	t.Cleanup(func() { close(quit); wg.Wait() })
 	return h
 }
 
