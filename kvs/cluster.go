@@ -188,17 +188,20 @@ func (c *Cluster) Restart(i int) error {
 		return nil
 	}
 	var err error
-	// The listen ports were just released by the stopped node; retry briefly
-	// in case the kernel is still tearing the old sockets down.
-	for try := 0; try < 50; try++ {
+	// The listen ports were just released by the stopped node; retry for a
+	// while in case the kernel is still tearing the old sockets down (a
+	// second was too short on a loaded machine under -race).
+	for deadline := time.Now().Add(5 * time.Second); ; {
 		var n *Node
 		if n, err = Start(c.cfgs[i]); err == nil {
 			c.nodes[i] = n
 			return nil
 		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("restart node %d: %w", i+1, err)
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return err
 }
 
 // AllReady reports whether every node runs, votes and reaches all its
