@@ -1,0 +1,153 @@
+package kvs
+
+// Commands the RESP front answers without a quorum operation.
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/redcon"
+)
+
+// immediate answers commands that need no quorum.
+func (cc *clientConn) immediate(args [][]byte) {
+	n := cc.n
+	name := args[0]
+	out := cc.out
+	switch {
+	case eq(name, "ping"):
+		switch len(args) {
+		case 1:
+			out = redcon.AppendString(out, "PONG")
+		case 2:
+			out = redcon.AppendBulk(out, args[1])
+		default:
+			out = cc.arityErr(out, name)
+		}
+	case eq(name, "echo"):
+		if len(args) != 2 {
+			out = cc.arityErr(out, name)
+		} else {
+			out = redcon.AppendBulk(out, args[1])
+		}
+	case eq(name, "info"):
+		out = redcon.AppendBulkString(out, n.info())
+	case eq(name, "config"):
+		if len(args) >= 3 && eq(args[1], "get") {
+			// What redis-benchmark asks for on connect; everything else is
+			// an empty answer, as for an unknown parameter.
+			var kv []string
+			for _, p := range args[2:] {
+				switch {
+				case eq(p, "save"):
+					kv = append(kv, "save", "")
+				case eq(p, "appendonly"):
+					kv = append(kv, "appendonly", "no")
+				}
+			}
+			out = redcon.AppendArray(out, len(kv))
+			for _, s := range kv {
+				out = redcon.AppendBulkString(out, s)
+			}
+		} else if len(args) < 2 {
+			out = cc.arityErr(out, name)
+		} else {
+			out = appendErr(out, "ERR unsupported CONFIG subcommand")
+		}
+	case eq(name, "hello"):
+		if len(args) >= 2 && !eq(args[1], "2") {
+			if _, err := strconv.Atoi(string(args[1])); err != nil {
+				out = appendErr(out, "ERR Protocol version is not an integer or out of range")
+			} else {
+				out = appendErr(out, "NOPROTO sorry, this protocol version is not supported")
+			}
+			break
+		}
+		out = redcon.AppendArray(out, 14)
+		for _, s := range []string{"server", "redis", "version", "7.0.0"} {
+			out = redcon.AppendBulkString(out, s)
+		}
+		out = redcon.AppendBulkString(out, "proto")
+		out = redcon.AppendInt(out, 2)
+		out = redcon.AppendBulkString(out, "id")
+		out = redcon.AppendInt(out, int64(n.cfg.ID))
+		for _, s := range []string{"mode", "standalone", "role", "master"} {
+			out = redcon.AppendBulkString(out, s)
+		}
+		out = redcon.AppendBulkString(out, "modules")
+		out = redcon.AppendArray(out, 0)
+	case eq(name, "client"):
+		switch {
+		case len(args) < 2:
+			out = cc.arityErr(out, name)
+		case eq(args[1], "setinfo"), eq(args[1], "setname"):
+			out = redcon.AppendOK(out)
+		case eq(args[1], "getname"):
+			out = redcon.AppendNull(out)
+		case eq(args[1], "id"):
+			out = redcon.AppendInt(out, int64(n.cfg.ID))
+		default:
+			out = appendErr(out, "ERR unsupported CLIENT subcommand")
+		}
+	case eq(name, "select"):
+		if len(args) != 2 {
+			out = cc.arityErr(out, name)
+		} else if string(args[1]) == "0" {
+			out = redcon.AppendOK(out)
+		} else {
+			out = appendErr(out, "ERR DB index is out of range")
+		}
+	case eq(name, "sdnkvs.digest"), eq(name, "sdnkvs.scan"):
+		out = cc.adminCmd(out, args) // divergence scan (kvs/seq_diff.go)
+	case eq(name, "command"):
+		out = redcon.AppendArray(out, 0)
+	default:
+		n.stats.BadRequests.Add(1)
+		n.stats.Errors.Add(1)
+		b := append([]byte("ERR unknown command '"), appendSafe(nil, name)...)
+		b = append(b, "', with args beginning with: "...)
+		for _, a := range args[1:min(len(args), 4)] {
+			b = append(b, '\'')
+			b = appendSafe(b, a)
+			b = append(b, "' "...)
+		}
+		out = appendErr(out, string(b))
+	}
+	cc.out = out
+}
+
+func (cc *clientConn) arityErr(out, name []byte) []byte {
+	cc.n.stats.BadRequests.Add(1)
+	return appendErr(out, "ERR wrong number of arguments for '"+strings.ToLower(string(appendSafe(nil, name)))+"' command")
+}
+
+// info renders the INFO reply.
+func (n *Node) info() string {
+	s := &n.stats
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Server\r\nredis_version:7.0.0\r\nsdnkvs_node_id:%d\r\nredis_mode:standalone\r\ntcp_port:%s\r\n", n.cfg.ID, portOf(n.Addr()))
+	fmt.Fprintf(&b, "\r\n# Clients\r\nconnected_clients:%d\r\n", s.Clients.Load())
+	fmt.Fprintf(&b, "\r\n# Persistence\r\nsdnkvs_sync_writes:%t\r\nsdnkvs_badger_commits:%d\r\nsdnkvs_replica_writes:%d\r\n",
+		n.cfg.Sync, n.store.Commits.Load(), n.store.Writes.Load())
+	fmt.Fprintf(&b, "\r\n# Stats\r\ntotal_commands_processed:%d\r\nsdnkvs_errors:%d\r\nsdnkvs_bad_requests:%d\r\nsdnkvs_quorum_errors:%d\r\nsdnkvs_peer_bad_frames:%d\r\n",
+		s.Commands.Load(), s.Errors.Load(), s.BadRequests.Load(), s.QuorumErrors.Load(), s.PeerBad.Load())
+	fmt.Fprintf(&b, "\r\n# Replication\r\nrole:master\r\nsdnkvs_cluster_size:%d\r\nsdnkvs_quorum:%d\r\nsdnkvs_reachable:%d\r\nsdnkvs_state:%s\r\n",
+		n.size, n.quorum, n.reachable(), n.state())
+	fmt.Fprintf(&b, "\r\n# Safety\r\nsdnkvs_peer_auth_failures:%d\r\nsdnkvs_bad_tags:%d\r\nsdnkvs_id_collisions:%d\r\nsdnkvs_auth_failures:%d\r\nsdnkvs_promotions:%d\r\nsdnkvs_damaged_reads:%d\r\nsdnkvs_damaged_at_open:%d\r\n",
+		s.PeerAuthFail.Load(), s.BadTags.Load(), s.IDCollisions.Load(), s.AuthFail.Load(), s.Promotions.Load(), n.store.Damaged.Load(), s.DamageOpen.Load())
+	if n.seq != nil {
+		flows, ranges := n.seq.table.size()
+		n.seq.stats.appendInfo(&b, flows, ranges)
+	}
+	return b.String()
+}
+
+func portOf(addr string) string {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return p
+}

@@ -1,0 +1,112 @@
+package kvs
+
+// The peer server: answers other nodes' reads and writes on the peer port.
+
+import (
+	"errors"
+	"net"
+)
+
+// serverConn answers one peer's requests. Reads are served inline by the
+// connection's reader goroutine; writes go to the store's committer, which
+// answers through writeDone. Safe for concurrent use.
+type serverConn struct {
+	n *Node
+	w *batchWriter
+}
+
+func (s *serverConn) writeDone(id uint64, ok bool, held Tag) {
+	st := statusOK
+	if !ok {
+		st = statusErr
+	} else if !s.n.voter.Load() {
+		st = statusLearner
+	}
+	b, live := s.w.lock()
+	if !live {
+		return
+	}
+	s.w.unlock(appendResp(b, kindWrite, id, st, held, 0, nil))
+}
+
+func (n *Node) maxFrame() int { return n.cfg.MaxKey + n.cfg.MaxValue + 64 + scanBatch }
+
+func (n *Node) servePeer(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	peer, err := n.acceptPeer(c)
+	if err != nil {
+		n.stats.PeerAuthFail.Add(1)
+		n.log.Warn("peer handshake refused", "peer", c.RemoteAddr(), "err", err)
+		return
+	}
+	sc := &serverConn{n: n, w: newBatchWriter(c, 32<<20)}
+	defer sc.w.close()
+	fr := newFrameReader(c, n.maxFrame())
+	var req request
+	var vbuf []byte
+	for {
+		body, err := fr.next()
+		if err != nil {
+			if errors.Is(err, errFrameTooBig) {
+				n.stats.PeerBad.Add(1)
+			}
+			return
+		}
+		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey+9 || len(req.val) > n.cfg.MaxValue {
+			n.stats.PeerBad.Add(1)
+			n.log.Warn("malformed peer request; dropping connection", "peer", c.RemoteAddr())
+			return
+		}
+		switch req.kind {
+		case kindStatus, kindScan:
+			var st, f byte
+			var v []byte
+			if req.kind == kindStatus {
+				st, f = n.serveStatus(req.key, peer.ID)
+			} else {
+				st, f, v = n.serveScan(req.key, vbuf[:0])
+				vbuf = v
+			}
+			b, live := sc.w.lock()
+			if !live {
+				return
+			}
+			sc.w.unlock(appendResp(b, req.kind, req.id, st, Tag{}, f, v))
+			continue
+		case kindRead, kindReadTag:
+			if len(req.key) > n.cfg.MaxKey {
+				n.stats.PeerBad.Add(1)
+				return
+			}
+			t, f, v, err := n.store.Get(req.key, req.kind == kindRead, vbuf[:0])
+			vbuf = v
+			st := statusOK
+			if err != nil {
+				st = statusErr
+			} else if !n.voter.Load() {
+				st = statusLearner
+			}
+			b, live := sc.w.lock()
+			if !live {
+				return
+			}
+			sc.w.unlock(appendResp(b, req.kind, req.id, st, t, f, v))
+			if cap(vbuf) > 64<<10 {
+				vbuf = nil
+			}
+		case kindWrite:
+			if len(req.key) > n.cfg.MaxKey {
+				n.stats.PeerBad.Add(1)
+				return
+			}
+			if err := n.checkTag(req.tag); err != nil {
+				n.stats.BadTags.Add(1)
+				n.log.Warn("peer write refused; dropping connection", "peer", c.RemoteAddr(), "id", peer.ID, "tag", req.tag, "err", err)
+				return
+			}
+			n.store.Put(req.key, req.tag, req.flags, req.val, req.id, sc)
+		}
+	}
+}
