@@ -2,8 +2,13 @@
 // on which the middlebox (the sequencer) tells every DC node which position G
 // in one global order each byte range of a sequenced client flow has.
 //
-//	middlebox ──HELLO, OPEN, STAMP, CLOSE──▶ node
-//	middlebox ◀──────────APPLIED─────────── node
+//	middlebox ──HELLO, OPEN, STAMP, CLOSE, CATCHUP, STOP──▶ node
+//	middlebox ◀──────────APPLIED, PROGRESS──────────────── node
+//
+// CATCHUP, STOP and PROGRESS drive a DC's catch-up after an outage
+// (docs/design-lifecycle.md): the middlebox asks one node of a joining DC
+// to copy, from a current DC, every record whose tag is above a cursor,
+// and the node reports how far it got.
 //
 // Every frame is type u8 | body length u16 | body, integers big-endian (see
 // docs/design-sequencer.md). Body lengths are fixed per type and checked
@@ -29,14 +34,28 @@ const (
 	Open    Type = 2
 	Stamp   Type = 3
 	Close   Type = 4
+	Catchup Type = 5
+	Stop    Type = 6
 	Applied Type = 16
+	// Progress reports a catch-up job's progress (node → middlebox).
+	Progress Type = 17
+)
+
+// NameLen is the length of a DC name on the wire (NUL-padded).
+const NameLen = 16
+
+// Catch-up job states carried by PROGRESS.
+const (
+	JobRunning uint8 = 1 // copying; Cursor is the last tag copied
+	JobDone    uint8 = 2 // reached the end of the source's change index once
+	JobFailed  uint8 = 3 // gave up (no source reachable, ...); the middlebox retries
 )
 
 // Sizes of the wire format.
 const (
 	HeaderLen = 3       // type u8 | body length u16
 	FlowLen   = 8       // client IPv4 [4] | client port u16 | node port u16
-	MaxBody   = 8 + 3*8 // the largest body, STAMP's
+	MaxBody   = 8 + 1 + 5*8 // the largest body, PROGRESS's
 	MaxFrame  = HeaderLen + MaxBody
 )
 
@@ -48,6 +67,8 @@ var (
 	ErrBodyLength  = errors.New("orderwire: wrong body length for frame type")
 	ErrEmptyRange  = errors.New("orderwire: stamp range empty (start >= end)")
 	ErrBufferSmall = errors.New("orderwire: buffer too small for frame")
+	ErrBadName     = errors.New("orderwire: DC name empty or NUL inside its padding")
+	ErrBadState    = errors.New("orderwire: unknown catch-up job state")
 )
 
 // Flow names one forked client connection as a node sees it: the client's
@@ -80,6 +101,14 @@ func (f Flow) String() string {
 //	Stamp:   Flow, Start, End, G   (bytes [Start, End) of the client stream have G)
 //	Close:   Flow
 //	Applied: G                     (highest G the node has applied)
+//	Catchup: Job, G, W, Source     (copy from DC Source every record whose
+//	                                tag is above (G, W) in tag order)
+//	Stop:    Job                   (stop that job)
+//	Progress: Job, State, Keys, Bytes, Remaining, G, W
+//	                               (records and bytes copied so far, an
+//	                                estimate of records left or ^0 if
+//	                                unknown, and the cursor: every record
+//	                                at or below tag (G, W) has been copied)
 type Frame struct {
 	Type   Type
 	Flow   Flow
@@ -88,6 +117,39 @@ type Frame struct {
 	Start  uint64
 	End    uint64
 	G      uint64
+	// Catch-up fields.
+	Job       uint64
+	W         uint64
+	Source    [NameLen]byte
+	State     uint8
+	Keys      uint64
+	Bytes     uint64
+	Remaining uint64
+}
+
+// SetSource sets f.Source to name; it fails if name is empty, longer than
+// NameLen bytes or holds a NUL.
+func (f *Frame) SetSource(name string) error {
+	if name == "" || len(name) > NameLen {
+		return fmt.Errorf("orderwire: DC name %q must be 1 to %d bytes", name, NameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] == 0 {
+			return fmt.Errorf("orderwire: DC name %q holds a NUL", name)
+		}
+	}
+	f.Source = [NameLen]byte{}
+	copy(f.Source[:], name)
+	return nil
+}
+
+// SourceName returns f.Source without its NUL padding.
+func (f *Frame) SourceName() string {
+	n := 0
+	for n < NameLen && f.Source[n] != 0 {
+		n++
+	}
+	return string(f.Source[:n])
 }
 
 // BodyLen returns the fixed body length of frame type t, and false for an
@@ -100,8 +162,12 @@ func BodyLen(t Type) (int, bool) {
 		return FlowLen, true
 	case Stamp:
 		return FlowLen + 24, true
-	case Applied:
+	case Applied, Stop:
 		return 8, true
+	case Catchup:
+		return 8 + 16 + NameLen, true
+	case Progress:
+		return 8 + 1 + 5*8, true
 	}
 	return 0, false
 }
@@ -121,6 +187,12 @@ func (f *Frame) check() error {
 	}
 	if f.Type == Stamp && f.Start >= f.End {
 		return ErrEmptyRange
+	}
+	if f.Type == Catchup && !validName(f.Source[:]) {
+		return ErrBadName
+	}
+	if f.Type == Progress && (f.State < JobRunning || f.State > JobFailed) {
+		return ErrBadState
 	}
 	return nil
 }
@@ -173,7 +245,39 @@ func put(b []byte, f *Frame) {
 		binary.BigEndian.PutUint64(p[24:], f.G)
 	case Applied:
 		binary.BigEndian.PutUint64(p, f.G)
+	case Stop:
+		binary.BigEndian.PutUint64(p, f.Job)
+	case Catchup:
+		binary.BigEndian.PutUint64(p, f.Job)
+		binary.BigEndian.PutUint64(p[8:], f.G)
+		binary.BigEndian.PutUint64(p[16:], f.W)
+		copy(p[24:], f.Source[:])
+	case Progress:
+		binary.BigEndian.PutUint64(p, f.Job)
+		p[8] = f.State
+		binary.BigEndian.PutUint64(p[9:], f.Keys)
+		binary.BigEndian.PutUint64(p[17:], f.Bytes)
+		binary.BigEndian.PutUint64(p[25:], f.Remaining)
+		binary.BigEndian.PutUint64(p[33:], f.G)
+		binary.BigEndian.PutUint64(p[41:], f.W)
 	}
+}
+
+// validName reports whether a NUL-padded name is non-empty with no NUL
+// before a non-NUL byte.
+func validName(b []byte) bool {
+	if len(b) == 0 || b[0] == 0 {
+		return false
+	}
+	pad := false
+	for _, c := range b {
+		if c == 0 {
+			pad = true
+		} else if pad {
+			return false
+		}
+	}
+	return true
 }
 
 func putFlow(p []byte, fl Flow) {
@@ -237,6 +341,27 @@ func Decode(b []byte, f *Frame) (int, error) {
 		}
 	case Applied:
 		f.G = binary.BigEndian.Uint64(p)
+	case Stop:
+		f.Job = binary.BigEndian.Uint64(p)
+	case Catchup:
+		f.Job = binary.BigEndian.Uint64(p)
+		f.G = binary.BigEndian.Uint64(p[8:])
+		f.W = binary.BigEndian.Uint64(p[16:])
+		copy(f.Source[:], p[24:])
+		if !validName(f.Source[:]) {
+			return 0, ErrBadName
+		}
+	case Progress:
+		f.Job = binary.BigEndian.Uint64(p)
+		f.State = p[8]
+		f.Keys = binary.BigEndian.Uint64(p[9:])
+		f.Bytes = binary.BigEndian.Uint64(p[17:])
+		f.Remaining = binary.BigEndian.Uint64(p[25:])
+		f.G = binary.BigEndian.Uint64(p[33:])
+		f.W = binary.BigEndian.Uint64(p[41:])
+		if f.State < JobRunning || f.State > JobFailed {
+			return 0, ErrBadState
+		}
 	}
 	return HeaderLen + body, nil
 }

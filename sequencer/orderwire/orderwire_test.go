@@ -17,6 +17,10 @@ var sample = []Frame{
 	{Type: Stamp, Flow: Flow{ClientIP: [4]byte{192, 168, 1, 2}, ClientPort: 1, NodePort: 65535}, Start: 1<<32 - 1, End: 1<<32 + 9, G: 1<<63 - 1},
 	{Type: Close, Flow: Flow{ClientIP: [4]byte{10, 0, 0, 1}, ClientPort: 40000, NodePort: 6379}},
 	{Type: Applied, G: 123456789},
+	{Type: Catchup, Job: 3, G: 1 << 60, W: 1<<63 | 99, Source: [NameLen]byte{'s', 'y', 'd', 'n', 'e', 'y'}},
+	{Type: Stop, Job: 3},
+	{Type: Progress, Job: 3, State: JobRunning, Keys: 1000, Bytes: 1 << 20, Remaining: ^uint64(0), G: 1 << 60, W: 7},
+	{Type: Progress, Job: 4, State: JobDone, G: 1, W: 2},
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -117,6 +121,34 @@ func TestRejects(t *testing.T) {
 	}
 	if _, err := Encode(make([]byte, 10), &sample[2]); !errors.Is(err, ErrBufferSmall) {
 		t.Errorf("short buffer: %v", err)
+	}
+	bad := Frame{Type: Catchup, Job: 1}
+	if _, err := Append(nil, &bad); !errors.Is(err, ErrBadName) {
+		t.Errorf("catch-up without a source encoded: %v", err)
+	}
+	if err := bad.SetSource("a\x00b"); err == nil {
+		t.Error("SetSource accepted a NUL")
+	}
+	if err := bad.SetSource("01234567890123456"); err == nil {
+		t.Error("SetSource accepted 17 bytes")
+	}
+	if err := bad.SetSource("dublin"); err != nil || bad.SourceName() != "dublin" {
+		t.Errorf("SetSource dublin: %v %q", err, bad.SourceName())
+	}
+	raw = []byte{byte(Catchup), 0, 40}
+	raw = append(raw, make([]byte, 24)...)
+	raw = append(raw, 'a', 0, 'b')
+	raw = append(raw, make([]byte, 13)...)
+	if _, err := Decode(raw, &f); !errors.Is(err, ErrBadName) {
+		t.Errorf("name with a NUL inside decoded: %v", err)
+	}
+	if _, err := Append(nil, &Frame{Type: Progress, State: 9}); !errors.Is(err, ErrBadState) {
+		t.Errorf("progress with state 9 encoded: %v", err)
+	}
+	raw = []byte{byte(Progress), 0, 49}
+	raw = append(raw, make([]byte, 49)...)
+	if _, err := Decode(raw, &f); !errors.Is(err, ErrBadState) {
+		t.Errorf("progress with state 0 decoded: %v", err)
 	}
 	rd := NewReader(bytes.NewReader([]byte{byte(Applied), 0, 8, 1}))
 	if err := rd.ReadFrame(&f); err != io.ErrUnexpectedEOF {
@@ -233,10 +265,20 @@ func FuzzRoundTrip(f *testing.F) {
 			fr.Start, fr.End, fr.G = start, end, g
 		case Applied:
 			fr.G = g
+		case Stop:
+			fr.Job = g
+		case Catchup:
+			fr.Job, fr.G, fr.W = epoch, g, start
+			copy(fr.Source[:], ip)
+		case Progress:
+			fr.Job, fr.State, fr.Keys, fr.Bytes, fr.Remaining, fr.G, fr.W = epoch, uint8(cp), floor, start, end, g, uint64(np)
 		}
 		b, err := Append(nil, &fr)
 		if err != nil {
-			if _, known := BodyLen(fr.Type); known && !(fr.Type == Stamp && start >= end) {
+			invalid := fr.Type == Stamp && start >= end ||
+				fr.Type == Catchup && !validName(fr.Source[:]) ||
+				fr.Type == Progress && (fr.State < JobRunning || fr.State > JobFailed)
+			if _, known := BodyLen(fr.Type); known && !invalid {
 				t.Fatalf("valid frame refused: %+v: %v", fr, err)
 			}
 			return
