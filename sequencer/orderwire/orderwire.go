@@ -53,8 +53,8 @@ const (
 
 // Sizes of the wire format.
 const (
-	HeaderLen = 3       // type u8 | body length u16
-	FlowLen   = 8       // client IPv4 [4] | client port u16 | node port u16
+	HeaderLen = 3           // type u8 | body length u16
+	FlowLen   = 8           // client IPv4 [4] | client port u16 | node port u16
 	MaxBody   = 8 + 1 + 5*8 // the largest body, PROGRESS's
 	MaxFrame  = HeaderLen + MaxBody
 )
