@@ -218,6 +218,7 @@ type dcState struct {
 	live  int
 	since time.Time
 	cause string
+	stale bool // not current (SetCurrent)
 }
 
 // Detector is the failure detector of one middlebox. K is the caller's
@@ -441,7 +442,7 @@ func (d *Detector[K]) markDown(n NodeID, sig Signal, cause string) {
 	if !ns.up {
 		return
 	}
-	if d.cfg.Mode != Paper && d.dcs[ns.info.DC].live == 1 && d.liveDCs() == 1 {
+	if d.cfg.Mode != Paper && d.lastCurrent(ns.info.DC) {
 		d.stats.LastDCHeld++
 		return
 	}

@@ -43,7 +43,7 @@ func (d *Detector[K]) checkCorroborated(n NodeID) {
 // retried by later observations and ticks.
 func (d *Detector[K]) passiveDown(n NodeID, sig Signal, cause string) {
 	ns := &d.nodes[n]
-	if d.dcs[ns.info.DC].live == 1 && d.liveDCs() == 1 {
+	if d.lastCurrent(ns.info.DC) {
 		d.stats.PassiveHeld++
 		return
 	}

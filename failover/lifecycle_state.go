@@ -1,0 +1,90 @@
+package failover
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// LifecycleState is the Lifecycle's exportable state: what a restarted
+// middlebox (or, later, a standby) needs so as not to trust a DC that is
+// out of sync. Running jobs are not part of it: passes start afresh from
+// the cursor.
+type LifecycleState struct {
+	Version int            `json:"version"`
+	NextJob uint64         `json:"next_job"`
+	DCs     []LifeDCRecord `json:"dcs"`
+}
+
+// LifeDCRecord is one DC's exported state.
+type LifeDCRecord struct {
+	Name   string    `json:"name"`
+	State  DCState   `json:"state"`
+	Since  time.Time `json:"since"`
+	Cause  LifeCause `json:"cause"`
+	InSync bool      `json:"in_sync"`
+	Cursor Tag       `json:"cursor"`
+}
+
+const lifecycleStateVersion = 1
+
+// Export returns the state.
+func (l *Lifecycle) Export() LifecycleState {
+	st := LifecycleState{Version: lifecycleStateVersion, NextJob: l.nextJob}
+	for i := range l.dcs {
+		d := &l.dcs[i]
+		st.DCs = append(st.DCs, LifeDCRecord{Name: d.name, State: d.state, Since: d.since, Cause: d.cause, InSync: d.synced, Cursor: d.cursor})
+	}
+	return st
+}
+
+// MarshalState returns Export as JSON.
+func (l *Lifecycle) MarshalState() ([]byte, error) { return json.MarshalIndent(l.Export(), "", "  ") }
+
+// ParseLifecycleState parses MarshalState's JSON.
+func ParseLifecycleState(b []byte) (LifecycleState, error) {
+	var st LifecycleState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, err
+	}
+	if st.Version != lifecycleStateVersion {
+		return st, fmt.Errorf("lifecycle state version %d, want %d", st.Version, lifecycleStateVersion)
+	}
+	return st, nil
+}
+
+// Import restores st into a Lifecycle fresh from NewLifecycle, at now,
+// matching DCs by name (a DC not in st keeps its fresh state: live; a DC
+// of st not in the topology is ignored). Every DC counts as reachable
+// (report DCStateDown for those that are not): a DC that was out of sync
+// (down or joining) becomes joining, cause LifeRestored, with its cursor,
+// so a restart never trusts it. In RejoinTrust mode nothing is restored
+// but job numbers.
+func (l *Lifecycle) Import(now time.Time, st LifecycleState) []LifeEvent {
+	l.advance(now)
+	l.nextJob = max(l.nextJob, st.NextJob)
+	if l.cfg.Mode == RejoinTrust {
+		return l.out
+	}
+	for _, r := range st.DCs {
+		for i := range l.dcs {
+			d := &l.dcs[i]
+			if d.name != r.Name {
+				continue
+			}
+			if r.InSync && r.State == DCStateLive {
+				break
+			}
+			d.synced, d.cursor, d.dirty = false, r.Cursor, l.now
+			d.state, d.since, d.cause = DCStateJoining, l.now, LifeRestored
+			l.stats.Transitions[DCStateJoining][LifeRestored]++
+			l.out = append(l.out, LifeEvent{Kind: EvTransition, DC: DCID(i), From: DCStateLive, To: DCStateJoining, Cause: LifeRestored})
+		}
+	}
+	for i := range l.dcs {
+		if l.dcs[i].state == DCStateJoining {
+			l.restartJob(DCID(i))
+		}
+	}
+	return l.out
+}
