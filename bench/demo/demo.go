@@ -40,6 +40,12 @@ type Config struct {
 	// Topology is the near and the far DC (default: scenario.DefaultDCs).
 	scenario.Topology
 
+	// Scenario is "cut" (one cut of the near DC, the default) or
+	// "lifecycle" (lifecycle.go: cut, heal, rejoin, cut the other DC...).
+	Scenario string
+	// Lifecycle configures the lifecycle scenario.
+	Lifecycle LifecycleConfig
+
 	Mode          string   // "sdn" (through the middlebox) or "direct" (baseline)
 	Detector      string   // middlebox --detector: "fast" (or safe, paper, none)
 	MiddleboxArgs []string // more middlebox flags
@@ -79,6 +85,26 @@ func (c Config) WithDefaults() (Config, error) {
 	var err error
 	if c.Topology, err = c.Topology.WithDefaults(); err != nil {
 		return c, fmt.Errorf("demo: %w", err)
+	}
+	switch c.Scenario {
+	case "":
+		c.Scenario = ScenarioCut
+	case ScenarioCut:
+	case ScenarioLifecycle:
+		if c.Mode == "direct" {
+			return c, errors.New("demo: the lifecycle scenario runs through the middlebox only (mode sdn)")
+		}
+		if c.CutAt <= 0 {
+			c.CutAt = 5 * time.Second
+		}
+		if c.Duration == 0 {
+			c.Duration = time.Hour // unused: the disasters set the length
+		}
+		if c.Lifecycle, err = c.Lifecycle.withDefaults(); err != nil {
+			return c, err
+		}
+	default:
+		return c, fmt.Errorf("demo: scenario %q: want cut or lifecycle", c.Scenario)
 	}
 	switch c.Mode {
 	case "":
@@ -187,12 +213,26 @@ type Result struct {
 	Series []scenario.Bin `json:"-"`
 }
 
+// RunLifecycle runs the lifecycle scenario (lifecycle.go): environment
+// up, workload, disasters, checks, report files, teardown.
+func RunLifecycle(ctx context.Context, cfg Config) (*LifecycleResult, error) {
+	cfg.Scenario = ScenarioLifecycle
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return runLifecycle(ctx, cfg)
+}
+
 // Run runs the demo: environment up, workload, cut, verification, report
 // files, teardown (also when ctx is cancelled or a step fails).
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	cfg, err := cfg.WithDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Scenario != ScenarioCut {
+		return nil, fmt.Errorf("demo: Run runs the cut scenario; use RunLifecycle for %q", cfg.Scenario)
 	}
 	log := cfg.Log
 	setupCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)

@@ -125,8 +125,7 @@ func (w *Workload) writeConn(ctx context.Context, conn net.Conn, st *writerState
 			}
 			now := w.nowNS()
 			if rep.IsOK() {
-				st.ids = append(st.ids, p.id)
-				st.times = append(st.times, now)
+				st.acked(p.id, now)
 				w.add(colWrites, now)
 				w.recent[w.recentPos.Add(1)%uint64(len(w.recent))].Store(p.id)
 				w.afterCut(&w.firstWriteAfterCut, p.sent, now)
@@ -231,8 +230,20 @@ func (w *Workload) readConn(ctx context.Context, conn net.Conn, rng *rand.Rand) 
 	br := bufio.NewReaderSize(conn, 16<<10)
 	var cmd []byte
 	marker := []byte(MarkerKey)
+	var until time.Time
+	if w.cfg.ReadReconnect > 0 {
+		until = time.Now().Add(w.cfg.ReadReconnect)
+	}
 	for {
+		if !until.IsZero() && time.Now().After(until) {
+			return nil // a fresh connection: the middlebox's choice now
+		}
 		id := w.recent[rng.Uint64N(uint64(len(w.recent)))].Load()
+		if w.cfg.ReadOld > 0 && len(w.writers) > 0 && rng.Float64() < w.cfg.ReadOld {
+			if old := w.writers[rng.IntN(len(w.writers))].pick(rng.Uint64()); old != 0 {
+				id = old
+			}
+		}
 		key := w.Key(id) // id 0 is never written: a miss is expected
 		cmd = resp.AppendCommand(cmd[:0], []byte("MGET"), marker, key)
 		sent := w.nowNS()

@@ -18,9 +18,17 @@ import (
 // DCState is one DC as the middlebox's /dcs reports it. Fields the
 // middlebox adds later are ignored.
 type DCState struct {
-	Name  string `json:"name"`
-	Live  bool   `json:"live"`
-	Nodes []struct {
+	Name string `json:"name"`
+	Live bool   `json:"live"`
+	// Lifecycle fields (docs/design-lifecycle.md): State is "live",
+	// "down" or "joining" ("" from a middlebox without lifecycle; see
+	// Lifecycle).
+	State        string           `json:"state"`
+	Since        time.Time        `json:"since"`
+	Cause        string           `json:"cause"`
+	Catchup      *CatchupProgress `json:"catchup,omitempty"`
+	FlowsLacking int              `json:"flows_lacking"`
+	Nodes        []struct {
 		Addr  string `json:"addr"`
 		Live  bool   `json:"live"`
 		Cause string `json:"cause"`

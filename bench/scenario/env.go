@@ -49,9 +49,15 @@ type EnvConfig struct {
 	KVSExtra []string
 	// Log receives setup messages (nil: discarded).
 	Log io.Writer
-	// NoMarker skips writing MarkerKey into each DC (sequenced nodes
-	// refuse writes that do not come through the middlebox).
+	// NoMarker skips writing MarkerKey into each DC. Sequenced nodes
+	// refuse writes that do not come through the middlebox, so in a
+	// sequenced environment the marker is written during a first,
+	// unsequenced start of each DC's cluster (sequenced.go).
 	NoMarker bool
+	// Sequencing runs the nodes and the middlebox sequenced, and with
+	// Lifecycle also wires the DCs to each other for catch-up
+	// (sequenced.go). Zero: neither.
+	Sequencing
 }
 
 // Env is a running environment: the namespace testbed, one kvs cluster per
@@ -62,6 +68,8 @@ type Env struct {
 	TB      *testbed.Testbed
 	dataDir string
 	ownData bool
+
+	secDir string // secrets and sequencer state of a sequenced environment
 
 	mu       sync.Mutex
 	mb       *testbed.Process
@@ -89,6 +97,11 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (*Env, error) {
 	} else {
 		e.dataDir = cfg.DataDir
 	}
+	if err := e.initSequencing(); err != nil {
+		e.Close()
+		return nil, err
+	}
+	cfg = e.cfg // Lifecycle implies Sequenced
 	tb, err := testbed.Up(testbed.Config{Name: cfg.Name, DCs: cfg.DCs})
 	if err != nil {
 		e.Close()
@@ -98,7 +111,13 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (*Env, error) {
 	fmt.Fprintf(cfg.Log, "testbed %s up: %d DCs\n", tb.Name(), len(cfg.DCs))
 	errc := make(chan error, len(cfg.DCs))
 	for _, d := range cfg.DCs {
-		go func() { errc <- e.StartCluster(ctx, d.Name) }()
+		go func() {
+			if cfg.Sequenced && !cfg.NoMarker {
+				errc <- e.seedMarker(ctx, d.Name)
+				return
+			}
+			errc <- e.StartCluster(ctx, d.Name)
+		}()
 	}
 	for range cfg.DCs {
 		if err2 := <-errc; err2 != nil && err == nil {
@@ -110,7 +129,7 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (*Env, error) {
 		return nil, err
 	}
 	for _, d := range cfg.DCs {
-		if cfg.NoMarker {
+		if cfg.NoMarker || cfg.Sequenced {
 			break
 		}
 		if err := e.writeMarker(ctx, d.Name); err != nil {
@@ -139,9 +158,14 @@ func (e *Env) StartCluster(ctx context.Context, dc string) error {
 		return fmt.Errorf("demo: cluster %s already running", dc)
 	}
 	e.mu.Unlock()
+	return e.startCluster(ctx, dc, e.kvsArgs(dc))
+}
+
+// startCluster starts DC dc's cluster with flags args.
+func (e *Env) startCluster(ctx context.Context, dc string, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	p, err := e.TB.StartKVSCluster(ctx, e.cfg.Bin, dc, filepath.Join(e.dataDir, dc), e.cfg.KVSExtra...)
+	p, err := e.TB.StartKVSCluster(ctx, e.cfg.Bin, dc, filepath.Join(e.dataDir, dc), args...)
 	if err != nil {
 		return fmt.Errorf("demo: start %s cluster: %w", dc, err)
 	}
@@ -198,6 +222,7 @@ func (e *Env) MiddleboxOptions(mb MB) testbed.MiddleboxOptions {
 	if mb.Detector != "" {
 		ex = append(ex, "--detector", mb.Detector)
 	}
+	ex = append(ex, e.middleboxSeqArgs()...)
 	ex = append(ex, mb.Extra...)
 	o := testbed.MiddleboxOptions{
 		Bin:       e.cfg.Bin,
@@ -231,6 +256,11 @@ func (e *Env) StartMiddlebox(ctx context.Context, mb MB) error {
 	e.mu.Lock()
 	e.mb = p
 	e.mu.Unlock()
+	if e.cfg.Sequenced {
+		if err := e.waitOrderStreams(ctx); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(e.cfg.Log, "middlebox up (detector %q)\n", mb.Detector)
 	return nil
 }
@@ -273,19 +303,30 @@ func (e *Env) Close() error {
 	if e.ownData {
 		os.RemoveAll(e.dataDir)
 	}
+	if e.secDir != "" {
+		os.RemoveAll(e.secDir)
+	}
 	return err
 }
 
 // DialClient opens a TCP connection from the client namespace to the VIP
-// on port.
+// on port (authenticated when the environment has a password).
 func (e *Env) DialClient(ctx context.Context, port uint16) (net.Conn, error) {
-	return testbed.DialInNetns(ctx, e.TB.NS("client"), "tcp", netip.AddrPortFrom(testbed.VIP, port).String())
+	return e.DialClientTo(ctx, netip.AddrPortFrom(testbed.VIP, port))
 }
 
 // DialClientTo opens a TCP connection from the client namespace to addr
 // (bypassing the middlebox when addr is a node).
 func (e *Env) DialClientTo(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
-	return testbed.DialInNetns(ctx, e.TB.NS("client"), "tcp", addr.String())
+	c, err := testbed.DialInNetns(ctx, e.TB.NS("client"), "tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	if err := e.auth(ctx, c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // DialDC opens a RESP client from inside DC dc's namespace to its node i
@@ -301,6 +342,10 @@ func (e *Env) DialDC(ctx context.Context, dc string, i int) (*resp.Client, error
 	c, err := testbed.DialInNetns(dctx, e.TB.NS(dc), "tcp", addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("demo: dial %s in %s: %w", addr, dc, err)
+	}
+	if err := e.auth(dctx, c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("demo: %s in %s: %w", addr, dc, err)
 	}
 	return resp.NewClient(c), nil
 }

@@ -5,11 +5,14 @@ package scenario
 import "fmt"
 
 // Acked returns every acknowledged write id and its ack time (ns after
-// Start), writer by writer. Call after Stop.
+// Start), writer by writer. While the workload runs it is a snapshot:
+// every write acknowledged before the call is in it.
 func (w *Workload) Acked() (ids []uint64, times []int64) {
 	for _, st := range w.writers {
+		st.mu.Lock()
 		ids = append(ids, st.ids...)
 		times = append(times, st.times...)
+		st.mu.Unlock()
 	}
 	return ids, times
 }

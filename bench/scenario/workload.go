@@ -41,6 +41,15 @@ type WorkloadConfig struct {
 	DialTimeout, OpTimeout time.Duration
 	// MaxSeconds sizes the per-second series.
 	MaxSeconds int
+	// ReadOld is the fraction (0..1) of reads that ask for a key drawn
+	// uniformly from every write acknowledged so far (the others ask for
+	// a recently acknowledged one): reads of writes made during an
+	// outage, to find a DC that missed them.
+	ReadOld float64
+	// ReadReconnect, if positive, makes each reader open a new
+	// connection this often, so reads follow the middlebox's current
+	// choice of DC (an anycast flow stays on its DC).
+	ReadReconnect time.Duration
 }
 
 // Column indexes of a per-second bin.
@@ -82,8 +91,27 @@ type Workload struct {
 }
 
 type writerState struct {
+	mu    sync.Mutex
 	ids   []uint64 // acked write ids
 	times []int64  // their ack times, ns after start
+}
+
+// acked appends one acknowledged write.
+func (st *writerState) acked(id uint64, at int64) {
+	st.mu.Lock()
+	st.ids = append(st.ids, id)
+	st.times = append(st.times, at)
+	st.mu.Unlock()
+}
+
+// pick returns a uniformly drawn acknowledged id of this writer (0: none).
+func (st *writerState) pick(r uint64) uint64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.ids) == 0 {
+		return 0
+	}
+	return st.ids[r%uint64(len(st.ids))]
 }
 
 // NewWorkload checks cfg and returns an unstarted workload.
@@ -108,6 +136,9 @@ func NewWorkload(cfg WorkloadConfig) (*Workload, error) {
 	}
 	if cfg.Rate < 0 {
 		return nil, errors.New("workload: negative rate")
+	}
+	if cfg.ReadOld < 0 || cfg.ReadOld > 1 {
+		return nil, errors.New("workload: ReadOld out of 0..1")
 	}
 	w := &Workload{cfg: cfg, ncol: colDCBase + len(cfg.DCs) + 1}
 	w.bins = make([][]atomic.Int64, cfg.MaxSeconds+1)

@@ -21,17 +21,19 @@ import (
 // everything down (also on Ctrl-C and on error).
 type DemoCmd struct {
 	DCPairFlags `embed:""`
-	Duration    time.Duration `name:"duration" default:"30s" help:"How long the workload runs."`
-	CutAt       time.Duration `name:"cut-at" default:"12s" help:"When the near DC is cut (after the workload starts); negative: never."`
-	Detector    string        `name:"detector" default:"fast" enum:"safe,fast,paper,none" help:"Middlebox failure detector (sdnkvs middlebox --detector): fast (every signal), safe (corroborated signals only), paper (Algorithm 1 alone), none."`
-	Mode        string        `name:"mode" default:"sdn" enum:"sdn,direct" help:"sdn: through the middlebox; direct: baseline, the client uses one near node, no middlebox."`
-	Writers     int           `name:"writers" default:"8" help:"Write connections (forked port)."`
-	Window      int           `name:"window" default:"128" help:"Writes in flight per write connection."`
-	Rate        float64       `name:"write-rate" default:"2000" help:"Total writes per second (negative: as fast as the windows allow)."`
-	Readers     int           `name:"readers" default:"4" help:"Read connections (anycast port), one request at a time each."`
-	ValueSize   int           `name:"value-size" default:"32" help:"Bytes per value."`
-	OpTimeout   time.Duration `name:"op-timeout" default:"0s" help:"Client-side timeout per operation (0: none; rely on the middlebox)."`
-	MBArgs      []string      `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable), e.g. --middlebox-arg=--min-replicas=1."`
+	Scenario    string             `name:"scenario" default:"cut" enum:"cut,lifecycle" help:"cut: cut the near DC once. lifecycle: cut the near DC, heal it, wait until it has caught up and is live again, cut the far DC (--cycles disasters, alternating); needs sequenced stores with catch-up (set up by the demo)."`
+	Duration    time.Duration      `name:"duration" default:"30s" help:"How long the workload runs (cut scenario)."`
+	CutAt       time.Duration      `name:"cut-at" default:"12s" help:"When the near DC is cut (after the workload starts); negative: never. Lifecycle: the first cut."`
+	Lifecycle   DemoLifecycleFlags `embed:"" group:"lifecycle"`
+	Detector    string             `name:"detector" default:"fast" enum:"safe,fast,paper,none" help:"Middlebox failure detector (sdnkvs middlebox --detector): fast (every signal), safe (corroborated signals only), paper (Algorithm 1 alone), none."`
+	Mode        string             `name:"mode" default:"sdn" enum:"sdn,direct" help:"sdn: through the middlebox; direct: baseline, the client uses one near node, no middlebox."`
+	Writers     int                `name:"writers" default:"8" help:"Write connections (forked port)."`
+	Window      int                `name:"window" default:"128" help:"Writes in flight per write connection."`
+	Rate        float64            `name:"write-rate" default:"2000" help:"Total writes per second (negative: as fast as the windows allow)."`
+	Readers     int                `name:"readers" default:"4" help:"Read connections (anycast port), one request at a time each."`
+	ValueSize   int                `name:"value-size" default:"32" help:"Bytes per value."`
+	OpTimeout   time.Duration      `name:"op-timeout" default:"0s" help:"Client-side timeout per operation (0: none; rely on the middlebox)."`
+	MBArgs      []string           `name:"middlebox-arg" sep:"none" help:"Extra middlebox flag (repeatable), e.g. --middlebox-arg=--min-replicas=1."`
 	BinFlag     `embed:""`
 	Data        string `name:"data" type:"path" help:"Store data directory (default: a temporary one, removed)."`
 	Out         string `name:"out" default:"demo-out" type:"path" help:"Directory for the CSV and PNG (empty: none)."`
@@ -52,8 +54,12 @@ func (c *DemoCmd) Config() (demo.Config, error) {
 	if err != nil {
 		return demo.Config{}, err
 	}
+	lc, err := c.Lifecycle.config(c.Scenario)
+	if err != nil {
+		return demo.Config{}, err
+	}
 	return demo.Config{
-		Bin: bin, Topology: topo, Mode: c.Mode, Detector: c.Detector, MiddleboxArgs: c.MBArgs,
+		Bin: bin, Topology: topo, Scenario: c.Scenario, Lifecycle: lc, Mode: c.Mode, Detector: c.Detector, MiddleboxArgs: c.MBArgs,
 		Duration: c.Duration, CutAt: cut, Writers: c.Writers, Window: c.Window, Rate: c.Rate,
 		Readers: c.Readers, ValueSize: c.ValueSize, OpTimeout: c.OpTimeout, DataDir: c.Data, Out: c.Out,
 	}.WithDefaults()
@@ -84,6 +90,9 @@ func (c *DemoCmd) Run(g *Globals) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cfg.Scenario == demo.ScenarioLifecycle {
+		return runLifecycleDemo(ctx, cfg, out, c.JSON)
+	}
 	res, err := demo.Run(ctx, cfg)
 	if err != nil {
 		if res != nil {

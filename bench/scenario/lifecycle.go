@@ -1,0 +1,208 @@
+//go:build linux
+
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// DC lifecycle states as the middlebox's /dcs reports them
+// (docs/design-lifecycle.md).
+const (
+	StateLive    = "live"
+	StateDown    = "down"
+	StateJoining = "joining"
+)
+
+// CatchupProgress is a joining DC's catch-up job as /dcs reports it.
+type CatchupProgress struct {
+	Job       uint64  `json:"job"`
+	Source    string  `json:"source"`
+	Node      string  `json:"node"`
+	State     string  `json:"state"`
+	Keys      uint64  `json:"keys"`
+	Bytes     uint64  `json:"bytes"`
+	Remaining uint64  `json:"remaining"`
+	Rate      float64 `json:"rate"` // bytes per second
+	ETA       float64 `json:"eta_s"`
+	Passes    int     `json:"passes"`
+}
+
+// Lifecycle is d's lifecycle state: State, or for a middlebox that does
+// not report one, "live" or "down" from Live.
+func (d DCState) Lifecycle() string {
+	if d.State != "" {
+		return d.State
+	}
+	if d.Live {
+		return StateLive
+	}
+	return StateDown
+}
+
+// DCStateOf returns DC dc's entry of /dcs.
+func (e *Env) DCStateOf(dc string) (DCState, error) {
+	dcs, err := e.DCs()
+	if err != nil {
+		return DCState{}, err
+	}
+	for _, d := range dcs {
+		if d.Name == dc {
+			return d, nil
+		}
+	}
+	return DCState{}, fmt.Errorf("scenario: /dcs has no DC %q", dc)
+}
+
+// WaitDCState polls /dcs until DC dc's lifecycle state is state, or ctx
+// ends, and returns the DC's entry.
+func (e *Env) WaitDCState(ctx context.Context, dc, state string) (DCState, error) {
+	var last DCState
+	var lastErr error
+	for {
+		d, err := e.DCStateOf(dc)
+		if err == nil && d.Lifecycle() == state {
+			return d, nil
+		}
+		if err == nil {
+			last = d
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return last, fmt.Errorf("scenario: waiting for DC %s to be %s: %w (now %q, cause %q; last error %v)",
+				dc, state, ctx.Err(), last.Lifecycle(), last.Cause, lastErr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// StateChange is one change of a DC's lifecycle state seen by a
+// Timeline.
+type StateChange struct {
+	At    time.Duration `json:"at_ns"` // since the Timeline's origin
+	DC    string        `json:"dc"`
+	From  string        `json:"from"`
+	To    string        `json:"to"`
+	Cause string        `json:"cause"`
+}
+
+// ProgressSample is one observation of a joining DC's catch-up.
+type ProgressSample struct {
+	At time.Duration // since the Timeline's origin
+	DC string
+	CatchupProgress
+}
+
+// Timeline polls /dcs and records every lifecycle state change and the
+// catch-up progress of joining DCs. Start it with StartTimeline, end it
+// with Stop; its methods are safe for concurrent use.
+type Timeline struct {
+	origin time.Time
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu       sync.Mutex
+	last     map[string]string
+	changes  []StateChange
+	progress []ProgressSample
+	errors   int
+}
+
+// StartTimeline polls /dcs every interval; times are relative to origin.
+func (e *Env) StartTimeline(ctx context.Context, origin time.Time, interval time.Duration) *Timeline {
+	ctx, cancel := context.WithCancel(ctx)
+	t := &Timeline{origin: origin, cancel: cancel, done: make(chan struct{}), last: map[string]string{}}
+	go func() {
+		defer close(t.done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			t.poll(e)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return t
+}
+
+func (t *Timeline) poll(e *Env) {
+	dcs, err := e.DCs()
+	now := time.Since(t.origin)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err != nil {
+		t.errors++
+		return
+	}
+	for _, d := range dcs {
+		st := d.Lifecycle()
+		if prev, ok := t.last[d.Name]; !ok || prev != st {
+			t.changes = append(t.changes, StateChange{At: now, DC: d.Name, From: prev, To: st, Cause: d.Cause})
+			t.last[d.Name] = st
+		}
+		if d.Catchup != nil && st == StateJoining {
+			t.progress = append(t.progress, ProgressSample{At: now, DC: d.Name, CatchupProgress: *d.Catchup})
+		}
+	}
+}
+
+// Stop ends the polling (after one last poll of e) and waits for it.
+func (t *Timeline) Stop(e *Env) {
+	t.cancel()
+	<-t.done
+	t.poll(e)
+}
+
+// Changes returns the state changes seen so far, oldest first.
+func (t *Timeline) Changes() []StateChange {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]StateChange(nil), t.changes...)
+}
+
+// Progress returns the catch-up samples seen so far, oldest first.
+func (t *Timeline) Progress() []ProgressSample {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]ProgressSample(nil), t.progress...)
+}
+
+// State returns DC dc's last seen state ("" if never seen).
+func (t *Timeline) State(dc string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.last[dc]
+}
+
+// FirstAfter returns the time of the first change of dc to state at or
+// after from, and whether there was one.
+func (t *Timeline) FirstAfter(dc, state string, from time.Duration) (time.Duration, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.changes {
+		if c.DC == dc && c.To == state && c.At >= from {
+			return c.At, true
+		}
+	}
+	return 0, false
+}
+
+// String formats a change as "+12.34s sydney live -> down (cause)".
+func (c StateChange) String() string {
+	from := c.From
+	if from == "" {
+		from = "(start)"
+	}
+	s := fmt.Sprintf("%+.2fs %s %s -> %s", c.At.Seconds(), c.DC, from, c.To)
+	if c.Cause != "" {
+		s += " (" + c.Cause + ")"
+	}
+	return s
+}
