@@ -371,11 +371,7 @@ func RunLifecycleIn(ctx context.Context, env *scenario.Env, cfg Config) (*Lifecy
 			d.JoiningAt = secs(t)
 		}
 		d.LiveAt, d.CatchupS = secs(live), secs(live-heal)
-		for _, s := range tl.Progress() {
-			if s.DC == victim && s.At >= heal && s.At <= live+time.Second {
-				d.CatchupKeys, d.CatchupBytes = s.Keys, s.Bytes
-			}
-		}
+		d.CatchupKeys, d.CatchupBytes, _, _ = scenario.CatchupTotals(tl.Progress(), victim, heal, live+time.Second)
 		if firstRejoin < 0 {
 			firstRejoin = live
 		}

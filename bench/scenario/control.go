@@ -20,15 +20,11 @@ import (
 type DCState struct {
 	Name string `json:"name"`
 	Live bool   `json:"live"`
-	// Lifecycle fields (docs/design-lifecycle.md): State is "live",
-	// "down" or "joining" ("" from a middlebox without lifecycle; see
-	// Lifecycle).
-	State        string           `json:"state"`
-	Since        time.Time        `json:"since"`
-	Cause        string           `json:"cause"`
-	Catchup      *CatchupProgress `json:"catchup,omitempty"`
-	FlowsLacking int              `json:"flows_lacking"`
-	Nodes        []struct {
+	// LifeInfo is the DC's lifecycle (docs/design-lifecycle.md), flat in
+	// the entry or under "lifecycle"; see Lifecycle and Life.
+	LifeInfo
+	Nested *LifeInfo `json:"lifecycle,omitempty"`
+	Nodes  []struct {
 		Addr  string `json:"addr"`
 		Live  bool   `json:"live"`
 		Cause string `json:"cause"`

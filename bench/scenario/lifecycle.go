@@ -17,25 +17,45 @@ const (
 	StateJoining = "joining"
 )
 
-// CatchupProgress is a joining DC's catch-up job as /dcs reports it.
+// LifeInfo is a DC's lifecycle as /dcs reports it (failover.LifeStatus):
+// State is "live", "down" or "joining" ("" from a middlebox without
+// lifecycle).
+type LifeInfo struct {
+	State        string           `json:"state"`
+	Since        time.Time        `json:"since"`
+	Cause        string           `json:"cause"`
+	InSync       bool             `json:"in_sync"`
+	FlowsLacking int              `json:"flows_lacking"`
+	Passes       uint64           `json:"passes"`
+	Job          *CatchupProgress `json:"job,omitempty"`
+	LastPass     *CatchupProgress `json:"last_pass,omitempty"`
+}
+
+// CatchupProgress is a joining DC's catch-up pass as /dcs reports it
+// (failover.JobStatus; a finished pass has fewer fields).
 type CatchupProgress struct {
-	Job       uint64  `json:"job"`
-	Source    string  `json:"source"`
-	Node      string  `json:"node"`
-	State     string  `json:"state"`
-	Keys      uint64  `json:"keys"`
-	Bytes     uint64  `json:"bytes"`
-	Remaining uint64  `json:"remaining"`
-	Rate      float64 `json:"rate"` // bytes per second
-	ETA       float64 `json:"eta_s"`
-	Passes    int     `json:"passes"`
+	Job         uint64  `json:"job"`
+	Source      string  `json:"source"`
+	Keys        uint64  `json:"keys"`
+	Bytes       uint64  `json:"bytes"`
+	Remaining   int64   `json:"remaining"` // -1 unknown
+	BytesPerSec float64 `json:"bytes_per_sec"`
+	KeysPerSec  float64 `json:"keys_per_sec"`
+}
+
+// Life returns d's lifecycle, nested or flat.
+func (d DCState) Life() LifeInfo {
+	if d.Nested != nil {
+		return *d.Nested
+	}
+	return d.LifeInfo
 }
 
 // Lifecycle is d's lifecycle state: State, or for a middlebox that does
 // not report one, "live" or "down" from Live.
 func (d DCState) Lifecycle() string {
-	if d.State != "" {
-		return d.State
+	if s := d.Life().State; s != "" {
+		return s
 	}
 	if d.Live {
 		return StateLive
@@ -74,7 +94,7 @@ func (e *Env) WaitDCState(ctx context.Context, dc, state string) (DCState, error
 		select {
 		case <-ctx.Done():
 			return last, fmt.Errorf("scenario: waiting for DC %s to be %s: %w (now %q, cause %q; last error %v)",
-				dc, state, ctx.Err(), last.Lifecycle(), last.Cause, lastErr)
+				dc, state, ctx.Err(), last.Lifecycle(), last.Life().Cause, lastErr)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -92,8 +112,10 @@ type StateChange struct {
 
 // ProgressSample is one observation of a joining DC's catch-up.
 type ProgressSample struct {
-	At time.Duration // since the Timeline's origin
-	DC string
+	At    time.Duration // since the Timeline's origin
+	DC    string
+	State string // the DC's state then
+	Done  bool   // the DC's last finished pass (no pass running)
 	CatchupProgress
 }
 
@@ -142,13 +164,15 @@ func (t *Timeline) poll(e *Env) {
 		return
 	}
 	for _, d := range dcs {
-		st := d.Lifecycle()
+		st, life := d.Lifecycle(), d.Life()
 		if prev, ok := t.last[d.Name]; !ok || prev != st {
-			t.changes = append(t.changes, StateChange{At: now, DC: d.Name, From: prev, To: st, Cause: d.Cause})
+			t.changes = append(t.changes, StateChange{At: now, DC: d.Name, From: prev, To: st, Cause: life.Cause})
 			t.last[d.Name] = st
 		}
-		if d.Catchup != nil && st == StateJoining {
-			t.progress = append(t.progress, ProgressSample{At: now, DC: d.Name, CatchupProgress: *d.Catchup})
+		if p := life.Job; p != nil {
+			t.progress = append(t.progress, ProgressSample{At: now, DC: d.Name, State: st, CatchupProgress: *p})
+		} else if p := life.LastPass; p != nil {
+			t.progress = append(t.progress, ProgressSample{At: now, DC: d.Name, State: st, Done: true, CatchupProgress: *p})
 		}
 	}
 }
@@ -205,4 +229,41 @@ func (c StateChange) String() string {
 		s += " (" + c.Cause + ")"
 	}
 	return s
+}
+
+// CatchupTotals sums DC dc's catch-up passes seen in samples between from
+// and to (the most keys and bytes each pass reported; passes already seen
+// before from are left out), and returns the
+// times of the first sample with a running pass and of the last sample
+// whose keys grew (0 when none).
+func CatchupTotals(samples []ProgressSample, dc string, from, to time.Duration) (keys, bytes uint64, first, last time.Duration) {
+	type kb struct{ k, b uint64 }
+	per := map[uint64]kb{}
+	old := map[uint64]bool{} // passes seen before from
+	var prev uint64
+	var prevJob uint64
+	for _, s := range samples {
+		if s.DC == dc && s.At < from {
+			old[s.Job] = true
+		}
+		if s.DC != dc || s.At < from || s.At > to || old[s.Job] {
+			continue
+		}
+		if !s.Done && first == 0 {
+			first = s.At
+		}
+		m := per[s.Job]
+		per[s.Job] = kb{max(m.k, s.Keys), max(m.b, s.Bytes)}
+		if s.Job != prevJob || s.Keys > prev {
+			if s.Keys > 0 {
+				last = s.At
+			}
+		}
+		prev, prevJob = s.Keys, s.Job
+	}
+	for _, m := range per {
+		keys += m.k
+		bytes += m.b
+	}
+	return keys, bytes, first, last
 }

@@ -58,3 +58,22 @@ func TestSumMetric(t *testing.T) {
 func dialNever(ctx context.Context) (net.Conn, error) {
 	return nil, errors.New("no network in this test")
 }
+
+func TestCatchupTotals(t *testing.T) {
+	s := func(at time.Duration, dc string, job, keys uint64, done bool) ProgressSample {
+		return ProgressSample{At: at, DC: dc, Done: done, CatchupProgress: CatchupProgress{Job: job, Keys: keys, Bytes: keys * 10}}
+	}
+	samples := []ProgressSample{
+		s(1*time.Second, "a", 1, 50, true), // an earlier pass, seen before from: left out
+		s(3*time.Second, "a", 2, 10, false),
+		s(4*time.Second, "b", 9, 999, false), // another DC
+		s(5*time.Second, "a", 2, 100, false),
+		s(6*time.Second, "a", 2, 100, true),
+		s(7*time.Second, "a", 3, 5, false), // a second pass
+		s(8*time.Second, "a", 1, 50, true),
+	}
+	keys, bytes, first, last := CatchupTotals(samples, "a", 2*time.Second, 10*time.Second)
+	if keys != 105 || bytes != 1050 || first != 3*time.Second || last != 7*time.Second {
+		t.Errorf("CatchupTotals = %d keys, %d bytes, first %v, last %v; want 105, 1050, 3s, 7s", keys, bytes, first, last)
+	}
+}

@@ -16,4 +16,5 @@ type BenchCmd struct {
 	Goodput  BenchGoodputCmd  `cmd:"" help:"The paper's Fig. 7: goodput of one client forked to 1..N servers."`
 	Failover BenchFailoverCmd `cmd:"" help:"The paper's Fig. 6: an anycast client across a DC outage, RTO for --detector paper and fast."`
 	Race     BenchRaceCmd     `cmd:"" help:"Concurrent forked writers: keys whose value differs between DCs, with and without the sequencer (issue 8)."`
+	Rejoin   BenchRejoinCmd   `cmd:"" help:"Catch-up of a healed DC: time and rate against the amount it missed, and forked write latency before, during and after (issue 9)."`
 }

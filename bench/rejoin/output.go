@@ -1,0 +1,106 @@
+//go:build linux
+
+package rejoin
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/sdnkvs/sdnkvs/bench/report"
+)
+
+// Table is the summary: one row per case, catch-up and latency next to
+// the steady-state baseline of the same run.
+func (r *Result) Table() *report.Table {
+	t := report.NewTable("case", "cut", "loaded", "catch-up s", "keys copied", "MB copied", "keys/s", "MB/s", "x link",
+		"write p50/p99 ms before", "during", "after", "p99 during/before")
+	for _, w := range r.Rows {
+		ratio := 0.0
+		if w.BeforeP99 > 0 {
+			ratio = w.DuringP99 / w.BeforeP99
+		}
+		t.Add(w.Case.String(), w.DC, w.Loaded, fmt.Sprintf("%.2f", w.CatchupS), w.KeysCopied, fmt.Sprintf("%.1f", float64(w.BytesCopied)/1e6),
+			fmt.Sprintf("%.0f", w.KeysPerS), fmt.Sprintf("%.2f", w.MBPerS), fmt.Sprintf("%.2f", w.LinkRatio),
+			fmt.Sprintf("%.1f/%.1f", w.BeforeP50, w.BeforeP99), fmt.Sprintf("%.1f/%.1f", w.DuringP50, w.DuringP99),
+			fmt.Sprintf("%.1f/%.1f", w.AfterP50, w.AfterP99), fmt.Sprintf("%.2f", ratio))
+	}
+	return t
+}
+
+// Print writes the header, the table and the timeline.
+func (r *Result) Print(w io.Writer) {
+	fmt.Fprintf(w, "\n== sdnkvs bench rejoin: %s (%v) and %s (%v), link %.0f Mbit/s, %d nodes each, --catchup-rate %q ==\n",
+		r.Near, r.DelayNear, r.Far, r.DelayFar, float64(r.LinkRateBPS)/1e6, r.Nodes, r.CatchupRate)
+	r.Table().Fprint(w)
+	fmt.Fprintln(w, "catch-up s: heal to live (/dcs); keys, MB: what the catch-up passes reported; x link: copy bit rate / link rate;")
+	fmt.Fprintln(w, "write latency: a closed-loop SET through the forked port, before the cut (baseline), heal..live, live..+after.")
+	if len(r.Timeline) > 0 {
+		fmt.Fprintln(w, "DC states (time from the start):")
+		for _, s := range r.Timeline {
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+	}
+	for _, f := range r.Files {
+		fmt.Fprintf(w, "wrote %s\n", f)
+	}
+}
+
+// WriteFiles writes rejoin.csv (the table's numbers), rejoin-latency.csv
+// (every probe write), rejoin-latency.png (probe latency over time) and
+// rejoin-rate.png (catch-up rate per case) into dir.
+func (r *Result) WriteFiles(dir string) ([]string, error) {
+	t := report.NewTable("keys", "value_size", "cut_dc", "source_dc", "loaded", "load_s", "catchup_s", "pass_s", "keys_copied", "bytes_copied",
+		"keys_per_s", "mb_per_s", "link_ratio", "before_p50_ms", "before_p99_ms", "during_p50_ms", "during_p99_ms",
+		"after_p50_ms", "after_p99_ms", "before_n", "during_n", "after_n", "probe_errors")
+	for _, w := range r.Rows {
+		t.Add(w.Keys, w.ValueSize, w.DC, w.Source, w.Loaded, w.LoadS, w.CatchupS, w.PassS, w.KeysCopied, w.BytesCopied, w.KeysPerS, w.MBPerS, w.LinkRatio,
+			w.BeforeP50, w.BeforeP99, w.DuringP50, w.DuringP99, w.AfterP50, w.AfterP99, w.BeforeN, w.DuringN, w.AfterN, w.ProbeErrors)
+	}
+	var files []string
+	p := filepath.Join(dir, "rejoin.csv")
+	if err := t.WriteCSV(p); err != nil {
+		return nil, err
+	}
+	files = append(files, p)
+	lt := report.NewTable("at_s", "latency_ms", "error")
+	var xs, ys []float64
+	for _, s := range r.Probe {
+		lt.Add(s.At.Seconds(), ms(s.Latency), s.Err)
+		if s.Err == "" {
+			xs = append(xs, s.At.Seconds())
+			ys = append(ys, ms(s.Latency))
+		}
+	}
+	p = filepath.Join(dir, "rejoin-latency.csv")
+	if err := lt.WriteCSV(p); err != nil {
+		return files, err
+	}
+	files = append(files, p)
+	if len(xs) > 0 {
+		p = filepath.Join(dir, "rejoin-latency.png")
+		lp := report.LinePlot{Title: "sdnkvs bench rejoin: forked write latency (closed loop)", XLabel: "time (s)", YLabel: "SET latency (ms)",
+			Series: []report.Series{{Name: "probe SET", X: xs, Y: ys}}}
+		if err := lp.Save(p); err != nil {
+			return files, err
+		}
+		files = append(files, p)
+	}
+	if len(r.Rows) > 0 {
+		var labels []string
+		var kps, ratio []float64
+		for _, w := range r.Rows {
+			labels = append(labels, w.Case.String())
+			kps = append(kps, w.KeysPerS/1000)
+			ratio = append(ratio, w.LinkRatio*100)
+		}
+		p = filepath.Join(dir, "rejoin-rate.png")
+		gp := report.GroupedBarPlot{Title: "sdnkvs bench rejoin: catch-up rate per case", YLabel: "k keys/s | % of link rate",
+			Labels: labels, Bars: []report.Bars{{Name: "k keys/s", Values: kps}, {Name: "% of link rate", Values: ratio}}}
+		if err := gp.Save(p); err != nil {
+			return files, err
+		}
+		files = append(files, p)
+	}
+	return files, nil
+}
