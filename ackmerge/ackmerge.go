@@ -30,7 +30,9 @@
 // packet of the connection with the side it came from; Tick about every
 // 100 ms; write every Out.Pkts[i].Buf at Out.Offset; count EvEstablished
 // (forks), EvBranchRemoved (shrinks; divergences when Cause is
-// CauseDivergence), EvClientReset; drop the flow on EvDone. RemoveBranch
+// CauseDivergence; a DC whose reply bytes differ, from Event.Offset on,
+// when Cause is CauseReplyMismatch: verify.go), EvClientReset; drop the
+// flow on EvDone. RemoveBranch
 // is the failover component's hook. Branch and Stats feed /flows.
 //
 // The package does no I/O, starts no goroutines and never reads the wall
@@ -101,6 +103,10 @@ type Config struct {
 	// other branches, and the client's own blocks about reply bytes, are
 	// NOP-ed out. Timestamps are always removed.
 	SACK bool
+	// NoVerify turns reply verification off (verify.go): by default the
+	// branches' reply bytes are compared by hash and a branch that sends
+	// other bytes than the majority is removed (CauseReplyMismatch).
+	NoVerify bool
 }
 
 func (c *Config) defaults() {
@@ -132,9 +138,10 @@ const (
 	CauseMinReplicas            // too few branches left: client reset
 	CauseIdle                   // no packet for IdleTimeout
 	CauseClosed                 // both directions closed and acknowledged
+	CauseReplyMismatch          // its reply bytes differ from the majority's (verify.go)
 )
 
-var causeNames = [...]string{"none", "rst", "lagged", "handshake-timeout", "divergence", "failover", "min-replicas", "idle", "closed"}
+var causeNames = [...]string{"none", "rst", "lagged", "handshake-timeout", "divergence", "failover", "min-replicas", "idle", "closed", "reply-mismatch"}
 
 func (c Cause) String() string {
 	if int(c) < len(causeNames) {
@@ -152,7 +159,8 @@ const (
 	// dropped the silent ones) and the SYN-ACK went to the client: one fork.
 	EvEstablished EventKind = iota + 1
 	// EvBranchRemoved: Branch left the flow for Cause (a shrink; a
-	// divergence when Cause is CauseDivergence).
+	// divergence when Cause is CauseDivergence; different reply bytes,
+	// from reply offset Offset on, when Cause is CauseReplyMismatch).
 	EvBranchRemoved
 	// EvClientReset: the client was sent a RST (fewer than MinReplicas
 	// branches left, Cause says why).
@@ -180,6 +188,12 @@ type Event struct {
 	Kind   EventKind
 	Branch int // for EvBranchRemoved, else -1
 	Cause  Cause
+	// Offset, for CauseReplyMismatch: the reply stream offset (bytes
+	// after the SYN, as the client counts them, modulo nothing) from
+	// which the branch's bytes were found to differ: the start of the
+	// range whose hashes differed (the ranges before it agreed or were
+	// not comparable).
+	Offset uint64
 }
 
 // Emit is one packet to send. Buf is ready for Device.Write at Out.Offset:
@@ -255,4 +269,9 @@ type Stats struct {
 	AllocFail    uint64 // copies dropped because Alloc returned nil
 	Shrinks      uint64 // branches removed
 	Divergences  uint64 // of which for divergence
+
+	// Reply verification (verify.go).
+	RepliesVerified   uint64 // comparison points where every live branch's hash agreed
+	RepliesUnverified uint64 // chunks some live branch could not hash (a hole) or compare (too far behind)
+	ReplyMismatches   uint64 // comparison points whose hashes differed
 }

@@ -25,8 +25,10 @@ type loop struct {
 	now      time.Time
 }
 
-func newLoop(tb testing.TB, n, size int) *loop {
-	h := newHarness(tb, n, Config{})
+func newLoop(tb testing.TB, n, size int) *loop { return newLoopCfg(tb, n, size, Config{}) }
+
+func newLoopCfg(tb testing.TB, n, size int, cfg Config) *loop {
+	h := newHarness(tb, n, cfg)
 	h.open()
 	l := &loop{h: h, size: size, now: h.now}
 	for i := 0; i < 16; i++ {
@@ -133,5 +135,47 @@ func BenchmarkFlowRound(b *testing.B) {
 			b.ReportMetric(perSeg, "ns/segment")
 			b.ReportMetric(perSeg/base, "x-baseline")
 		})
+	}
+}
+
+// BenchmarkVerifyCost measures a FlowRound with reply verification on
+// (verify.go: every branch segment hashed, a comparison point per round,
+// as in request/response traffic, and a chunk end every few rounds) and
+// the same round with verification off, in alternating blocks of rounds
+// so that the load of a shared machine weighs on both alike; it reports
+// both per input segment and their ratio.
+func BenchmarkVerifyCost(b *testing.B) {
+	for _, n := range []int{2, 3} {
+		for _, size := range []int{100, 1000} {
+			b.Run(fmt.Sprintf("branches=%d/size=%d", n, size), func(b *testing.B) {
+				on := newLoop(b, n, size)
+				off := newLoopCfg(b, n, size, Config{NoVerify: true})
+				b.ReportAllocs()
+				b.ResetTimer()
+				var tOn, tOff time.Duration
+				const block = 256
+				rounds := 0
+				for b.Loop() {
+					start := time.Now()
+					for range block {
+						on.round()
+					}
+					t1 := time.Now()
+					for range block {
+						off.round()
+					}
+					tOn += t1.Sub(start)
+					tOff += time.Since(t1)
+					rounds += block
+				}
+				if st := on.h.f.Stats(); st.RepliesVerified == 0 || st.ReplyMismatches != 0 {
+					b.Fatalf("verification did not run: %+v", st)
+				}
+				segs := float64(rounds * (1 + n))
+				b.ReportMetric(float64(tOn.Nanoseconds())/segs, "ns/segment")
+				b.ReportMetric(float64(tOff.Nanoseconds())/segs, "ns/segment-noverify")
+				b.ReportMetric(float64(tOn)/float64(tOff), "x-noverify")
+			})
+		}
 	}
 }

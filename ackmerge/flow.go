@@ -83,6 +83,7 @@ type Flow struct {
 
 	synAt, last, doneAt time.Time
 	stats               Stats
+	ver                 verifier // reply verification (verify.go)
 }
 
 // Errors from NewFlow.
@@ -112,6 +113,7 @@ func NewFlow(cfg Config, client, vip netip.AddrPort, branches []Target) (*Flow, 
 	for i, t := range branches {
 		f.br[i].t = t
 	}
+	f.ver.init(len(branches), &cfg)
 	return f, nil
 }
 

@@ -43,6 +43,12 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 	if !f.absorb(b, p, fl, &s) {
 		return
 	}
+	if f.ver.on && (s.plen > 0 || s.fin) {
+		f.verifySegment(k, p, &s, now, out) // verify.go
+		if b.removed || f.state != StateEstablished && f.state != StateLinger {
+			return
+		}
+	}
 	if f.fins > 0 {
 		f.checkDivergence(now, out)
 		if b.removed || f.state != StateEstablished && f.state != StateLinger {

@@ -21,11 +21,11 @@ import (
 //
 // Commands:
 //
-//	flow n=3 [min=2] [handshake=1s] [lag=5s] [linger=1s]
+//	flow n=3 [min=2] [handshake=1s] [lag=5s] [linger=1s] [noverify]
 //	client syn
 //	client [seq=N] [ack=N] [data=TEXT | len=N] [fin] [rst] [wnd=N]
 //	branch K synack [mss=N] [ws=N|none] [wnd=N]
-//	branch K [seq=N] [ack=N] [data=TEXT | len=N] [fin] [rst] [wnd=N]
+//	branch K [seq=N] [ack=N] [data=TEXT | len=N] [fin] [rst] [psh] [wnd=N]
 //	open                  (every branch answers, the client ACKs)
 //	tick DURATION
 //	remove K              (failover removes branch K)
@@ -61,6 +61,9 @@ func runCommand(c *script.Cmd, hp **harness) []string {
 		if has("rst") {
 			fl |= packet.FlagRST
 		}
+		if has("psh") {
+			fl |= packet.FlagPSH
+		}
 		return fl
 	}
 	pos := c.Pos
@@ -69,7 +72,7 @@ func runCommand(c *script.Cmd, hp **harness) []string {
 	switch c.Name {
 	case "flow":
 		*hp = newHarness(t, num("n", 1), Config{MinReplicas: num("min", 0), HandshakeTimeout: dur("handshake"),
-			BranchTimeout: dur("lag"), Linger: dur("linger")})
+			BranchTimeout: dur("lag"), Linger: dur("linger"), NoVerify: has("noverify")})
 		return nil
 	case "open":
 		h.events = nil
@@ -108,6 +111,9 @@ func runCommand(c *script.Cmd, hp **harness) []string {
 		segs = h.remove(k)
 	case "state":
 		r := []string{fmt.Sprintf("state=%v live=%d", h.f.State(), h.f.Live())}
+		if st := h.f.Stats(); st.RepliesVerified+st.RepliesUnverified+st.ReplyMismatches > 0 {
+			r = append(r, fmt.Sprintf("  replies verified=%d unverified=%d mismatches=%d", st.RepliesVerified, st.RepliesUnverified, st.ReplyMismatches))
+		}
 		for k := 0; k < h.f.NumBranches(); k++ {
 			b := h.f.Branch(k)
 			r = append(r, fmt.Sprintf("  b%d live=%v acked=%d covered=%d window=%d fin=%v cause=%v", k, b.Live, b.Acked, b.Covered, b.Window, b.FIN, b.Cause))
@@ -132,6 +138,9 @@ func (h *harness) drainEvents() []string {
 		}
 		if e.Cause != CauseNone {
 			s += " " + e.Cause.String()
+		}
+		if e.Cause == CauseReplyMismatch {
+			s += fmt.Sprintf(" offset=%d", e.Offset)
 		}
 		r = append(r, s)
 	}
