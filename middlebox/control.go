@@ -266,6 +266,7 @@ type collector struct {
 	nodeFlows, nodeTotal, nodeLive                 *prometheus.Desc
 	nodeDowns, nodeUps, failoverRST, branchRemoved *prometheus.Desc
 	forkResets, probesLost                         *prometheus.Desc
+	replyMismatch                                  *prometheus.Desc
 	adopted, hoEvicted, hoExpired, rstPassed       *prometheus.Desc
 	detTracked, detEvicted, detHeld, detLastDC     *prometheus.Desc
 }
@@ -294,6 +295,7 @@ func newCollector(m *Middlebox) *collector {
 		nodeUps:       d("failover_node_up_total", "Nodes readmitted by the failure detector."),
 		failoverRST:   d("failover_rst_total", "RSTs sent to clients of anycast flows on nodes declared down (also in rst_sent_total)."),
 		branchRemoved: d("fork_branches_removed_total", "Branches removed from forked flows (failover, lag, RST, divergence)."),
+		replyMismatch: d("fork_reply_mismatches_total", "Branches removed from forked flows because their DC replied other bytes than the others (reply verification; also in fork_branches_removed_total)."),
 		forkResets:    d("fork_client_resets_total", "Forked flows whose client was reset (fewer live branches than min replicas)."),
 		probesLost:    d("failover_probes_lost_total", "Probe results dropped because the queue to the detector was full."),
 		adopted:       d("flows_adopted_total", "Anycast flows re-adopted from a packet of an unknown flow (after a restart or an eviction)."),
@@ -308,7 +310,7 @@ func newCollector(m *Middlebox) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.forkResets, c.probesLost, c.adopted, c.hoEvicted, c.hoExpired, c.rstPassed, c.detTracked, c.detEvicted, c.detHeld, c.detLastDC} {
+	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.replyMismatch, c.forkResets, c.probesLost, c.adopted, c.hoEvicted, c.hoExpired, c.rstPassed, c.detTracked, c.detEvicted, c.detHeld, c.detLastDC} {
 		ch <- d
 	}
 }
@@ -336,6 +338,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	cnt(c.nodeUps, m.c.nodeUps.Load())
 	cnt(c.failoverRST, m.c.failoverRSTs.Load())
 	cnt(c.branchRemoved, m.c.branchesRemoved.Load())
+	cnt(c.replyMismatch, m.c.replyMismatches.Load())
 	cnt(c.forkResets, m.c.forkResets.Load())
 	cnt(c.probesLost, m.c.probesLost.Load())
 	cnt(c.adopted, m.c.flowsAdopted.Load())

@@ -56,6 +56,9 @@ func (m *Middlebox) drainFork(i int32, out *ackmerge.Out, outs [][]byte) [][]byt
 				f.gone |= 1 << ev.Branch
 				m.nodes[f.nodes[ev.Branch]].flows.Add(-1)
 				m.c.branchesRemoved.Add(1)
+				if ev.Cause == ackmerge.CauseReplyMismatch {
+					m.replyMismatch(i, ev) // fork_verify.go
+				}
 			}
 		case ackmerge.EvClientReset:
 			m.c.forkResets.Add(1)

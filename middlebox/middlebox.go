@@ -54,6 +54,7 @@ type counters struct {
 	local, rstSent                         atomic.Uint64
 	flowsCreated, flowsExpired, flowsReset atomic.Uint64
 	branchesRemoved, forkResets            atomic.Uint64
+	replyMismatches                        atomic.Uint64
 	nodeDowns, nodeUps, failoverRSTs       atomic.Uint64
 	probesLost                             atomic.Uint64
 	flowsAdopted, halfOpenEvicted          atomic.Uint64

@@ -54,6 +54,7 @@ type MiddleboxCmd struct {
 	SACK             bool          `name:"sack" default:"true" negatable:"" help:"Forked flows: keep SACK, offering the client only the blocks every live DC holds (--no-sack strips it, as the paper does)."`
 	HandshakeTimeout time.Duration `name:"handshake-timeout" default:"3s" help:"Forked flows: DCs that have not answered the SYN by then are left out."`
 	BranchTimeout    time.Duration `name:"branch-timeout" default:"10s" help:"Forked flows: a DC lagging the others this long without progress is dropped from the flow."`
+	VerifyReplies    bool          `name:"verify-replies" default:"true" negatable:"" help:"Forked flows: compare the DCs' reply bytes (hashes over agreed ranges) and drop a DC that answers other bytes than the others from the flow (logged with flow, DC and offset; fork_reply_mismatches_total). --no-verify-replies turns it off, e.g. for commands whose answer names the node (INFO)."`
 
 	SequencerFlags `embed:""`
 }
@@ -121,6 +122,7 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 	cfg.Fork.SACK = c.SACK
 	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
 	cfg.Fork.BranchTimeout = c.BranchTimeout
+	cfg.Fork.NoVerify = !c.VerifyReplies
 	if c.Detector != failover.None {
 		det := failover.DefaultConfig()
 		det.Mode = c.Detector

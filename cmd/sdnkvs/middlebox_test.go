@@ -161,3 +161,24 @@ func TestMiddleboxSACKFlag(t *testing.T) {
 		}
 	}
 }
+
+// Forked flows verify reply bytes by default; --no-verify-replies turns it off.
+func TestMiddleboxVerifyRepliesFlag(t *testing.T) {
+	base := []string{"--vip", "10.200.100.1", "--multicast", "6379", "--dc", "a=10.0.0.1:6379"}
+	for _, c := range []struct {
+		extra []string
+		want  bool // Fork.NoVerify
+	}{{nil, false}, {[]string{"--no-verify-replies"}, true}, {[]string{"--verify-replies"}, false}} {
+		cli, err := parseMiddlebox(t, append(append([]string{}, base...), c.extra...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := cli.Middlebox.config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Fork.NoVerify != c.want {
+			t.Errorf("%v: Fork.NoVerify %v, want %v", c.extra, cfg.Fork.NoVerify, c.want)
+		}
+	}
+}
