@@ -205,10 +205,13 @@ func (f *Flow) verifyReport(k int, off uint64, chunk, fin bool) {
 			return
 		}
 		if !chunk {
-			// A quiescent point is worth a slot only past every pending
-			// one and while some other live branch has yet to get there.
-			// The end of the stream may take a slot past verifyPartials.
-			if i != v.n || v.partials >= verifyPartials && !fin || !f.verifyAwaited(k, off) {
+			// A quiescent point is worth a slot only while some other
+			// live branch has yet to get there (a branch already past it
+			// cannot report: the vote is then decisive only with a strict
+			// majority of the reports, so a point behind a branch's
+			// position misleads nobody). The end of the stream may take a
+			// slot past verifyPartials.
+			if v.partials >= verifyPartials && !fin || !f.verifyAwaited(k, off) {
 				return
 			}
 		}

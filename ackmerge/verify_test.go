@@ -438,3 +438,55 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// Three branches, the odd one answering a reply of another length (a
+// stale record): in every arrival order the client gets only the
+// majority's bytes (a point opens where the first branch stops, and a
+// branch passing it reports there, so an odd branch arriving last is
+// removed before its segment is forwarded), and the odd branch is removed
+// once the others' replies pass the point where it stopped.
+func TestVerifyDifferentLengthNeverForwardedWithThree(t *testing.T) {
+	orders := [][]int{{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}}
+	for _, order := range orders {
+		h := newHarness(t, 3, Config{})
+		h.open()
+		good := []byte("$4\r\ngood\r\n")
+		check := func(segs []seg) {
+			t.Helper()
+			for _, s := range segs {
+				if s.To != ToClient || len(s.Data) == 0 {
+					continue
+				}
+				rel := int(h.relSeq(s))
+				if rel+len(s.Data) > len(good) || !bytes.Equal(s.Data, good[rel:rel+len(s.Data)]) {
+					t.Fatalf("order %v: client got %q at %d, not the majority's bytes", order, s.Data, rel)
+				}
+			}
+		}
+		pos := []uint32{0, 0, 0}
+		for round := 0; round < 4 && h.f.Live() == 3; round++ {
+			for _, k := range order {
+				r := "+OK\r\n"
+				switch {
+				case round == 0 && k == 1:
+					r = "$11\r\nstale-value\r\n"
+				case round == 0:
+					r = "$4\r\ngood\r\n"
+				}
+				if k == 0 && round > 0 {
+					good = append(good, r...)
+				}
+				if _, gone := h.removed(k); !gone {
+					check(h.push(k, pos[k], r))
+				}
+				pos[k] += uint32(len(r))
+			}
+		}
+		if ev, ok := h.removed(1); !ok || ev.Cause != CauseReplyMismatch || ev.Offset != 0 {
+			t.Fatalf("order %v: odd branch not removed: %v", order, h.events)
+		}
+		if h.f.Live() != 2 {
+			t.Fatalf("order %v: healthy branch removed: %v", order, h.events)
+		}
+	}
+}
