@@ -36,6 +36,7 @@ const (
 	ReasonHalfOpenQuota                      // SYN from a source with MaxHalfOpenPerSource half-open flows
 	ReasonSpoofedNode                        // to the VIP from a node's address (forged, from the client side)
 	ReasonRSTOutOfWindow                     // client RST behind the node's acknowledgement, or not exact on a forked flow (RFC 5961)
+	ReasonNoCurrentDC                        // SYN while no DC is live (current), only joining or down ones (a RST is sent back)
 	numReasons
 )
 
@@ -44,7 +45,7 @@ var reasonNames = [numReasons]string{
 	"bad_tcp_header", "bad_tcp_checksum", "not_for_vip", "unknown_flow", "table_full",
 	"no_live_node", "multicast_unavailable", "reverse_collision", "fork_refused",
 	"stack_refused", "write_failed", "no_buffer", "not_sequenced",
-	"half_open_quota", "spoofed_node", "rst_out_of_window",
+	"half_open_quota", "spoofed_node", "rst_out_of_window", "no_current_dc",
 }
 
 func (r Reason) String() string {
@@ -286,7 +287,7 @@ func (m *Middlebox) unknownFromClient(k fwdKey, p *packet.TCP) (int32, verdict) 
 		r = ReasonUnknownFlow // not adopted: it stays unknown
 	}
 	m.drop(r)
-	if syn && (r == ReasonTableFull || r == ReasonNoLiveNode) {
+	if syn && (r == ReasonTableFull || r == ReasonNoLiveNode || r == ReasonNoCurrentDC) {
 		_, v := m.rstToClient(p)
 		return -1, v
 	}

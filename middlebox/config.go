@@ -57,6 +57,11 @@ type Config struct {
 	// off); see SequencingConfig.
 	Sequencing *SequencingConfig
 
+	// Lifecycle turns on the DC lifecycle (nil: a DC serves again as soon
+	// as it is reachable, as failover.RejoinTrust without states); see
+	// LifecycleConfig.
+	Lifecycle *LifecycleConfig
+
 	// Now is the clock (default time.Now); tests pass their own.
 	Now func() time.Time
 }
@@ -225,6 +230,17 @@ func (c Config) Validate() error {
 	if c.Sequencing != nil {
 		if err := c.Sequencing.validate(c.MulticastPorts); err != nil {
 			return err
+		}
+	}
+	if c.Lifecycle != nil {
+		if err := c.Lifecycle.Validate(); err != nil {
+			return &ConfigError{Field: "Lifecycle", Err: err}
+		}
+		if len(c.DCs) > failover.MaxLifecycleDCs {
+			return fieldErr("Lifecycle", "%d DCs, at most %d with a lifecycle", len(c.DCs), failover.MaxLifecycleDCs)
+		}
+		if c.Lifecycle.Mode == failover.RejoinCatchup && c.Sequencing == nil {
+			return fieldErr("Lifecycle.Mode", "catch-up needs the sequencer (order streams to the nodes); use manual or trust")
 		}
 	}
 	if c.Failover != nil {

@@ -204,6 +204,8 @@ type DCInfo struct {
 	// AppliedG is, with sequencing, the highest sequencer position any
 	// node of the DC reported applied.
 	AppliedG uint64 `json:"applied_g,omitempty"`
+	// The DC's lifecycle (with Config.Lifecycle).
+	DCLifeInfo
 }
 
 // TransitionInfo is one failover decision for /dcs.
@@ -229,7 +231,7 @@ func (m *Middlebox) DCs() []DCInfo {
 	}
 	out := make([]DCInfo, 0, len(m.dcs))
 	for d, dc := range m.dcs {
-		di := DCInfo{Name: dc.Name, Preference: d, AppliedG: m.dcAppliedG(d)}
+		di := DCInfo{Name: dc.Name, Preference: d, AppliedG: m.dcAppliedG(d), DCLifeInfo: m.lifeInfo(d)}
 		for _, ni := range m.dcNode[d] {
 			n := m.nodes[ni]
 			live := n.live.Load()
@@ -372,7 +374,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 //	/flows     JSON list of flows, a page at a time: ?limit=N (default and
 //	           at most MaxFlowsPage), ?from=P (P from the X-Flows-Next
 //	           header of the previous page; absent on the last page)
-//	/dcs       JSON list of DCs in preference order with node liveness
+//	/dcs       JSON list of DCs in preference order with node liveness and,
+//	           with a lifecycle, state, since, cause, cursor, flows lacking
+//	           and catch-up progress
+//	POST /dcs/NAME/admit  admit joining DC NAME (rejoin manual; catchup
+//	           only when no DC is live)
 //	/healthz   "ok"
 //
 // Safe for concurrent use.
@@ -381,6 +387,9 @@ func (m *Middlebox) Handler() http.Handler {
 	reg.MustRegister(newCollector(m), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if m.seq != nil {
 		reg.MustRegister(newSeqCollector(m))
+	}
+	if m.life != nil {
+		reg.MustRegister(newLifeCollector(m))
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -412,6 +421,7 @@ func (m *Middlebox) Handler() http.Handler {
 		writeJSON(w, page)
 	})
 	mux.HandleFunc("GET /dcs", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, m.DCs()) })
+	mux.HandleFunc("POST /dcs/{name}/admit", m.handleAdmit)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-m.closed:

@@ -192,6 +192,35 @@ func (m *Middlebox) apply(decs []failover.Decision) {
 			m.log.Warn("failover decision", "decision", d.Kind.String(), "dc", name, "signal", d.Signal.String(), "cause", d.Cause)
 		}
 	}
+	if m.life != nil && len(decs) > 0 {
+		m.syncReach(m.cfg.Now())
+	}
+}
+
+// reportLag tells the detector which branches of forked flow i lag the
+// others' acknowledgement, and since when (ackmerge's lag clocks): the
+// ack-lag signal of fast mode. Only changes are reported. Timer pass,
+// under flows.
+func (m *Middlebox) reportLag(i int32, now time.Time) {
+	f := &m.flows.tab.slab[i]
+	for j := range int(f.nbranch) {
+		var since time.Time
+		if f.gone&(1<<j) == 0 {
+			since = f.fork.BehindSince(j)
+		}
+		was := f.lagged&(1<<j) != 0
+		if since.IsZero() && !was {
+			continue
+		}
+		if since.IsZero() {
+			f.lagged &^= 1 << j
+		} else {
+			f.lagged |= 1 << j
+		}
+		if decs := m.flows.det.BranchLag(now, detKey{f.key, uint8(j)}, failover.NodeID(f.nodes[j]), since); len(decs) > 0 {
+			m.apply(decs)
+		}
+	}
 }
 
 // wakeReset asks the timer goroutine to reset anycast flows on dead nodes.

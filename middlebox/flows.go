@@ -74,7 +74,9 @@ type flow struct {
 	srvAck      uint32 // anycast: the node's highest acknowledgement (its rcv.nxt)
 	haveSrvAck  bool
 	fork        *ackmerge.Flow
-	gone        uint8 // bitmask of branches the fork removed
+	gone        uint8  // bitmask of branches the fork removed
+	lagged      uint8  // bitmask of branches reported lagging to the detector
+	lacks       uint64 // bitmask of DCs the forked flow lacks (lifecycle.go)
 	// The half-open list (oldest first), while halfOpen.
 	halfOpen       bool
 	hoPrev, hoNext int32
@@ -188,10 +190,17 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 		return -1, ReasonHalfOpenQuota
 	}
 	forked := m.ports[k.vport] == portMulticast
+	if m.lifeRefuse() {
+		m.life.refused.Add(1)
+		return -1, ReasonNoCurrentDC
+	}
 	var nodes [MaxBranches]uint16
 	nb := 0
 	h := flowHash(k)
 	for d := range m.dcNode {
+		if !forked && !m.lifeAnycastOK(d) {
+			continue // anycast: current DCs only
+		}
 		if ni, ok := m.pickNode(d, h); ok {
 			nodes[nb] = ni
 			nb++
@@ -240,6 +249,14 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 		if m.seq != nil {
 			m.seqOpen(i)
 		}
+		if m.life != nil {
+			// The DCs left out (down) never get this flow's bytes.
+			mask := uint64(1)<<len(m.dcs) - 1
+			for j := range nb {
+				mask &^= 1 << m.nodes[nodes[j]].dc
+			}
+			m.lifeFlowLacks(i, mask, m.dp.nowTime)
+		}
 	}
 	t.fwd[k] = i
 	for j := range nb {
@@ -272,6 +289,9 @@ func (m *Middlebox) removeFlow(i int32) {
 	}
 	if f.kind == kindForked {
 		m.flows.forked--
+		if m.life != nil {
+			m.lifeFlowGone(i)
+		}
 	}
 	t.dropHalfOpen(i)
 	t.release(i)

@@ -38,6 +38,9 @@ func (m *Middlebox) tickFork(i int32, now time.Time) {
 	}
 	f.fork.Tick(now, &tm.out)
 	tm.outs = m.drainFork(i, &tm.out, tm.outs)
+	if f.used && m.flows.det != nil {
+		m.reportLag(i, now)
+	}
 }
 
 // drainFork appends the packets of out to outs and applies its events to
@@ -47,6 +50,8 @@ func (m *Middlebox) drainFork(i int32, out *ackmerge.Out, outs [][]byte) [][]byt
 		outs = append(outs, e.Buf)
 	}
 	f := &m.flows.tab.slab[i]
+	var removed uint8 // branches removed by these events (lifecycle)
+	var causes [MaxBranches]ackmerge.Cause
 	for _, ev := range out.Events {
 		switch ev.Kind {
 		case ackmerge.EvEstablished:
@@ -59,6 +64,8 @@ func (m *Middlebox) drainFork(i int32, out *ackmerge.Out, outs [][]byte) [][]byt
 				if ev.Cause == ackmerge.CauseReplyMismatch {
 					m.replyMismatch(i, ev) // fork_verify.go
 				}
+				removed |= 1 << ev.Branch
+				causes[ev.Branch] = ev.Cause
 			}
 		case ackmerge.EvClientReset:
 			m.c.forkResets.Add(1)
@@ -70,6 +77,19 @@ func (m *Middlebox) drainFork(i int32, out *ackmerge.Out, outs [][]byte) [][]byt
 		}
 	}
 	out.Reset()
+	if removed != 0 && m.life != nil {
+		now := m.cfg.Now()
+		if m.lifeBranchesRemoved(i, removed, &causes, now) {
+			// Only stale (joining) DCs left: reset the client rather than
+			// acknowledge its bytes without a current DC.
+			for j := range int(f.nbranch) {
+				if f.used && f.gone&(1<<j) == 0 {
+					f.fork.RemoveBranch(j, ackmerge.CauseFailover, now, out)
+					outs = m.drainFork(i, out, outs)
+				}
+			}
+		}
+	}
 	return outs
 }
 

@@ -88,6 +88,9 @@ type Middlebox struct {
 	// per-flow stampers are under flows, each order stream's queue under
 	// its own leaf lock (sequence.go, order.go).
 	seq *sequencing
+	// life is the DC lifecycle (nil without Config.Lifecycle), under flows
+	// (lifecycle.go).
+	life *lifecycle
 
 	c counters // atomics, lock-free
 
@@ -209,8 +212,15 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 		m.dcNode = append(m.dcNode, idx)
 	}
 	m.allocBuffers()
+	if cfg.Lifecycle != nil {
+		if err := m.startLifecycle(); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	if cfg.Sequencing != nil {
 		if err := m.startSequencing(); err != nil {
+			m.stopLifecycle()
 			st.Close()
 			return nil, err
 		}
@@ -218,8 +228,14 @@ func New(dev netstackio.Device, cfg Config) (*Middlebox, error) {
 	if cfg.Failover != nil {
 		if err := m.startFailover(); err != nil {
 			m.stopSequencing()
+			m.stopLifecycle()
 			st.Close()
 			return nil, err
+		}
+		if m.life != nil {
+			for d := range m.dcs {
+				m.flows.det.SetCurrent(failover.DCID(d), m.life.m.Current(failover.DCID(d)))
+			}
 		}
 	}
 	st.SetOutput(m.stackOutput)
@@ -301,6 +317,11 @@ func (m *Middlebox) SetNodeLive(n netip.AddrPort, live bool) error {
 			m.wakeReset()
 		}
 	}
+	if m.life != nil {
+		m.flows.Lock()
+		m.syncReach(m.cfg.Now())
+		m.flows.Unlock()
+	}
 	return nil
 }
 
@@ -322,6 +343,7 @@ func (m *Middlebox) Close() error {
 		err = m.dev.Close()
 		<-m.sweepDone
 		m.stopSequencing()
+		m.stopLifecycle()
 		m.stack.Close()
 	})
 	return err

@@ -58,7 +58,11 @@ type orderConn struct {
 	secret []byte
 	log    *slog.Logger
 	resync func(o *orderConn)
-	now    func() int64 // Unix ns (the middlebox's clock) // fills q under the flow-table lock and o.mu
+	// progress receives the node's PROGRESS frames (reader goroutine) and
+	// downHook runs when a session ends; both may be nil.
+	progress func(node uint16, f *orderwire.Frame)
+	downHook func(node uint16)
+	now      func() int64 // Unix ns (the middlebox's clock) // fills q under the flow-table lock and o.mu
 
 	mu    sync.Mutex // guards q, live, over, cur
 	q     []byte     // encoded frames not yet handed to the writer
@@ -199,6 +203,9 @@ func (o *orderConn) run(ctx context.Context) {
 		if o.up.Swap(false) {
 			o.log.Warn("order stream down", "err", err)
 			o.down.CompareAndSwap(0, o.now())
+			if o.downHook != nil {
+				o.downHook(o.node)
+			}
 		}
 		if ctx.Err() != nil {
 			return
@@ -299,13 +306,20 @@ func (o *orderConn) writeQueue(c net.Conn) error {
 }
 
 // read consumes the node's frames: APPLIED raises the node's highest
-// applied position; anything else ends the connection.
+// applied position, PROGRESS goes to the lifecycle; anything else ends
+// the connection.
 func (o *orderConn) read(c net.Conn) error {
 	rd := orderwire.NewReader(c)
 	var f orderwire.Frame
 	for {
 		if err := rd.ReadFrame(&f); err != nil {
 			return err
+		}
+		if f.Type == orderwire.Progress {
+			if o.progress != nil {
+				o.progress(o.node, &f)
+			}
+			continue
 		}
 		if f.Type != orderwire.Applied {
 			return fmt.Errorf("unexpected frame type %d from a node", f.Type)

@@ -74,6 +74,9 @@ func (m *Middlebox) startSequencing() error {
 		}
 		o := newOrderConn(uint16(i), addr, cfg.QueueBytes, cfg.Secret, m.log, m.orderResync, now)
 		o.now = func() int64 { return m.cfg.Now().UnixNano() }
+		if m.life != nil {
+			o.progress, o.downHook = m.lifeProgress, m.lifeOrderDown
+		}
 		s.conns = append(s.conns, o)
 	}
 	m.seq = s

@@ -44,6 +44,9 @@ func (m *Middlebox) Expire(now time.Time) int {
 	if m.flows.det != nil {
 		m.detectorTimers(now)
 	}
+	if m.life != nil {
+		m.lifeTick(now)
+	}
 	m.resetDeadAnycast()
 	m.flows.Unlock()
 	m.flushTimerOutput()
