@@ -203,7 +203,7 @@ func (o *orderConn) run(ctx context.Context) {
 		if o.up.Swap(false) {
 			o.log.Warn("order stream down", "err", err)
 			o.down.CompareAndSwap(0, o.now())
-			if o.downHook != nil {
+			if o.downHook != nil && ctx.Err() == nil {
 				o.downHook(o.node)
 			}
 		}

@@ -146,7 +146,10 @@ type seqRig struct {
 	state string
 }
 
-func newSeqRig(t *testing.T, state string) *seqRig {
+func newSeqRig(t *testing.T, state string) *seqRig { return newSeqRigCfg(t, state, nil) }
+
+// newSeqRigCfg is newSeqRig with a last word on the configuration.
+func newSeqRigCfg(t *testing.T, state string, edit func(*Config)) *seqRig {
 	cfg := testConfig()
 	cfg.MulticastPorts = []uint16{6379}
 	nodes := map[netip.AddrPort]*fakeOrderNode{}
@@ -161,6 +164,9 @@ func newSeqRig(t *testing.T, state string) *seqRig {
 	cfg.Sequencing = &SequencingConfig{
 		Ports: []uint16{6379}, StatePath: state, Secret: testOrderSecret, OrderDownTimeout: 300 * time.Millisecond,
 		OrderAddr: func(n netip.AddrPort) string { return nodes[n].ln.Addr().String() },
+	}
+	if edit != nil {
+		edit(&cfg)
 	}
 	r := newRig(t, cfg, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
 	sr := &seqRig{rig: r, nodes: nodes, state: state}
