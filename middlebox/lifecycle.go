@@ -348,7 +348,7 @@ func lifeCause(c ackmerge.Cause) failover.LifeCause {
 		return failover.LifeLagged
 	case ackmerge.CauseHandshakeTimeout:
 		return failover.LifeHandshake
-	case ackmerge.CauseDivergence:
+	case ackmerge.CauseDivergence, ackmerge.CauseReplyMismatch:
 		return failover.LifeDivergence
 	}
 	return failover.LifeBranchDown
