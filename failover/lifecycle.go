@@ -361,6 +361,7 @@ type job struct {
 	from      Tag       // start cursor
 	clean     bool      // no flow lacked the DC (for Margin) at start, and nothing missed since
 	last      time.Time // last PROGRESS (or start)
+	reported  bool      // a PROGRESS arrived
 	keys      uint64
 	bytes     uint64
 	remaining uint64
@@ -671,7 +672,7 @@ func (l *Lifecycle) Progress(now time.Time, dc DCID, p Progress) []LifeEvent {
 			j.rate, j.keyRate = 0.7*j.rate+0.3*r, 0.7*j.keyRate+0.3*kr
 		}
 	}
-	j.last = l.now
+	j.last, j.reported = l.now, true
 	j.keys, j.bytes, j.remaining = p.Keys, p.Bytes, p.Remaining
 	if !p.Cursor.Less(j.from) {
 		lim := Tag{G: l.behind(uint64(max(j.start.UnixNano(), 0)))}
@@ -714,7 +715,9 @@ func (l *Lifecycle) Progress(now time.Time, dc DCID, p Progress) []LifeEvent {
 
 // JobLost reports that the node running dc's job went away (its order
 // stream dropped): the job restarts as a new pass from the last cursor,
-// to be sent to another node.
+// to be sent to another node, at once if the job had reported progress,
+// else after RetryAfter (a node that drops the stream on CATCHUP, e.g.
+// one without catch-up support, is not asked again and again).
 func (l *Lifecycle) JobLost(now time.Time, dc DCID, jobID uint64) []LifeEvent {
 	l.advance(now)
 	if !l.valid(dc) {
@@ -723,6 +726,11 @@ func (l *Lifecycle) JobLost(now time.Time, dc DCID, jobID uint64) []LifeEvent {
 	}
 	if j := l.dcs[dc].job; j != nil && j.id == jobID {
 		l.stats.JobsLost++
+		if !j.reported {
+			l.stopJob(dc)
+			l.dcs[dc].retryAt = l.now.Add(l.cfg.RetryAfter)
+			return l.out
+		}
 		l.restartJob(dc)
 	}
 	return l.out

@@ -166,7 +166,10 @@ func TestHealReadmitsOnlyWhenReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { env.Close() })
-	if err := env.StartMiddlebox(ctx, scenario.MB{Detector: "fast", AnycastOnly: true}); err != nil {
+	// Unsequenced stores: readmission on reachability (--rejoin trust) is
+	// what this test checks; the default there (manual) keeps a healed DC
+	// joining until an operator admits it.
+	if err := env.StartMiddlebox(ctx, scenario.MB{Detector: "fast", AnycastOnly: true, Extra: []string{"--rejoin", "trust"}}); err != nil {
 		t.Fatal(err)
 	}
 	near, far := cfg.Near(), cfg.Far()

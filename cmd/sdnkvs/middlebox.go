@@ -34,7 +34,7 @@ type MiddleboxCmd struct {
 	Multicast   []uint16      `name:"multicast" sep:"," help:"Multicast (forked, critical) service ports: each connection goes to one node in every live DC. Repeat or comma-separate."`
 	Anycast     []uint16      `name:"anycast" sep:"," help:"Anycast service ports: each connection goes to one node of the most preferred live DC. Repeat or comma-separate."`
 	DC          []string      `name:"dc" sep:"none" help:"A DC as name=ip:port[,ip:port...]; repeat, most preferred first."`
-	Control     string        `name:"control" default:"127.0.0.1:9090" help:"Control HTTP listener (/metrics, /flows, /dcs, /healthz)."`
+	Control     string        `name:"control" default:"127.0.0.1:9090" help:"Control HTTP listener (/metrics, /flows, /dcs, /healthz; POST /dcs/NAME/admit)."`
 	Routes      bool          `name:"routes" help:"Install (and remove on exit) the VIP route, node-reply policy rules and sysctls."`
 	RouteTable  int           `name:"route-table" default:"100" help:"Routing table for node replies (with --routes)."`
 	DCIface     string        `name:"dc-iface" help:"Interface node replies arrive on; the reply rules match only it (with --routes; default: the interface of the route to each node)."`
@@ -57,6 +57,7 @@ type MiddleboxCmd struct {
 	VerifyReplies    bool          `name:"verify-replies" default:"true" negatable:"" help:"Forked flows: compare the DCs' reply bytes (hashes over agreed ranges) and drop a DC that answers other bytes than the others from the flow (logged with flow, DC and offset; fork_reply_mismatches_total). --no-verify-replies turns it off, e.g. for commands whose answer names the node (INFO)."`
 
 	SequencerFlags `embed:""`
+	RejoinFlags    `embed:""`
 }
 
 // flagOf maps middlebox.Config fields (ConfigError.Field) to the flags
@@ -78,6 +79,8 @@ var flagOf = map[string]string{
 	"Failover.ProbePort":       "--probe-port",
 	"Failover.Prober":          "--probe-interval",
 	"Failover.Prober.Interval": "--probe-interval",
+	"Lifecycle":                "--rejoin",
+	"Lifecycle.Mode":           "--rejoin",
 }
 
 // config maps the flags to the middlebox configuration and checks it
@@ -129,6 +132,9 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 		cfg.Failover = &middlebox.FailoverConfig{Detector: det, Probe: c.Probe, ProbePort: c.ProbePort, Prober: prober.Config{Interval: c.ProbeInterval}}
 	}
 	if cfg.Sequencing, err = c.SequencerFlags.config(cfg.MulticastPorts); err != nil {
+		return cfg, err
+	}
+	if cfg.Lifecycle, err = c.RejoinFlags.config(cfg.Sequencing != nil, c.SequencerState); err != nil {
 		return cfg, err
 	}
 	if err := cfg.Validate(); err != nil {
@@ -210,7 +216,7 @@ func (c *MiddleboxCmd) Run(g *Globals) error {
 	runErr := make(chan error, 1)
 	go func() { runErr <- mb.Run() }()
 	log.Info("middlebox running", "tun", c.TUN, "mode", mode, "vip", cfg.VIP, "anycast", c.Anycast, "multicast", c.Multicast,
-		"dcs", len(cfg.DCs), "control", ln.Addr().String(), "detector", c.Detector)
+		"dcs", len(cfg.DCs), "control", ln.Addr().String(), "detector", c.Detector, "rejoin", cfg.Lifecycle.Mode.String())
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sig)
