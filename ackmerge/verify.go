@@ -69,17 +69,18 @@ type vbranch struct {
 
 // vslot is one comparison point.
 type vslot struct {
-	at    uint64   // stream offset the hashes end at
-	chunk bool     // a chunk end (else a quiescent point)
-	got   uint64   // branches that reported, bit k
-	h     []uint64 // one hash per branch (valid where got)
+	at    uint64 // stream offset the hashes end at
+	got   uint64 // branches that reported, bit k
+	row   uint8  // its row of hashes in verifier.hash (one per branch, valid where got)
+	chunk bool   // a chunk end (else a quiescent point)
 }
 
 // verifier is a flow's verification state.
 type verifier struct {
 	on       bool
 	br       []vbranch
-	slot     [verifySlots]vslot // slot[:n] pending, sorted by at
+	slot     []vslot  // verifySlots of them; slot[:n] pending, sorted by at
+	hash     []uint64 // verifySlots rows of len(br) hashes
 	n        int
 	partials int    // pending quiescent points
 	floor    uint64 // the last settled offset: slots open only past it
@@ -97,11 +98,15 @@ func (v *verifier) init(n int, cfg *Config) {
 	for k := range v.br {
 		v.br[k].h.SetSeed(seed)
 	}
-	hs := make([]uint64, n*verifySlots)
+	v.slot = make([]vslot, verifySlots)
+	v.hash = make([]uint64, n*verifySlots)
 	for i := range v.slot {
-		v.slot[i].h = hs[i*n : (i+1)*n : (i+1)*n]
+		v.slot[i].row = uint8(i)
 	}
 }
+
+// h is the hash branch k reported at slot s.
+func (v *verifier) h(s *vslot, k int) *uint64 { return &v.hash[int(s.row)*len(v.br)+k] }
 
 func chunkStart(off uint64) uint64 { return off - off%verifyChunk }
 
@@ -170,7 +175,7 @@ func (f *Flow) verifyFeed(k int, off uint64, data []byte, push, fin bool) {
 			vb.h.Reset()
 		case i < v.n && v.slot[i].at == stop:
 			v.slot[i].got |= 1 << k
-			v.slot[i].h[k] = vb.h.Sum64()
+			*v.h(&v.slot[i], k) = vb.h.Sum64()
 		}
 	}
 	if push && vb.pos == end && end%verifyChunk != 0 {
@@ -219,7 +224,7 @@ func (f *Flow) verifyReport(k int, off uint64, chunk, fin bool) {
 	}
 	s := &v.slot[i]
 	s.got |= 1 << k
-	s.h[k] = v.br[k].h.Sum64()
+	*v.h(s, k) = v.br[k].h.Sum64()
 }
 
 // verifyAwaited reports whether some live branch other than k has not
@@ -262,7 +267,7 @@ func (f *Flow) verifySettle(now time.Time, out *Out) {
 			}
 		}
 		at, chunk, got := s.at, s.chunk, s.got&live
-		losers, decisive := s.losers(got, got == live)
+		losers, decisive := v.losers(s, got, got == live)
 		v.pop()
 		v.floor = at
 		if chunk {
@@ -316,25 +321,25 @@ func (f *Flow) verifySettle(now time.Time, out *Out) {
 // group of equal hashes, and whether the vote is decisive: the group
 // holds more than half of got, or every live branch reported (all) and
 // of equally large groups the one holding the lowest branch index wins.
-func (s *vslot) losers(got uint64, all bool) (l uint64, decisive bool) {
+func (v *verifier) losers(s *vslot, got uint64, all bool) (l uint64, decisive bool) {
 	best, bestN, tie := -1, 0, false
 	for m := got; m != 0; m &= m - 1 {
 		k := bits.TrailingZeros64(m)
 		c := 0
 		for m2 := got; m2 != 0; m2 &= m2 - 1 {
-			if s.h[bits.TrailingZeros64(m2)] == s.h[k] {
+			if *v.h(s, bits.TrailingZeros64(m2)) == *v.h(s, k) {
 				c++
 			}
 		}
 		switch {
 		case c > bestN:
 			best, bestN, tie = k, c, false
-		case c == bestN && s.h[k] != s.h[best]:
+		case c == bestN && *v.h(s, k) != *v.h(s, best):
 			tie = true
 		}
 	}
 	for m := got; m != 0; m &= m - 1 {
-		if k := bits.TrailingZeros64(m); s.h[k] != s.h[best] {
+		if k := bits.TrailingZeros64(m); *v.h(s, k) != *v.h(s, best) {
 			l |= 1 << k
 		}
 	}
