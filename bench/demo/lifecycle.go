@@ -117,9 +117,12 @@ type Disaster struct {
 	Checked int     `json:"checked"`
 	Lost    int     `json:"lost"`
 	HealAt  float64 `json:"heal_at_s"`
-	// JoiningAt is when the middlebox reported it joining, LiveAt live
-	// again; CatchupS = LiveAt - HealAt.
+	// JoiningAt is when the middlebox reported it joining, PassDoneAt
+	// its first completed catch-up pass, LiveAt live again; CatchupS =
+	// LiveAt - HealAt (it includes the wait for flows that lack the DC to
+	// close or be reset, --rejoin-reset-after).
 	JoiningAt    float64 `json:"joining_at_s"`
+	PassDoneAt   float64 `json:"pass_done_at_s"`
 	LiveAt       float64 `json:"live_at_s"`
 	CatchupS     float64 `json:"catchup_s"`
 	CatchupKeys  uint64  `json:"catchup_keys"`
@@ -314,7 +317,7 @@ func RunLifecycleIn(ctx context.Context, env *scenario.Env, cfg Config) (*Lifecy
 		cut := w.MarkCut()
 		run.addNote("<< %s cut (disaster %d)", victim, k+1)
 		d := Disaster{N: k + 1, DC: victim, Survivor: survivor, CutAt: secs(cut), DownAt: -1, RTOWrite: -1, RTORead: -1,
-			HealAt: -1, JoiningAt: -1, LiveAt: -1, CatchupS: -1}
+			HealAt: -1, JoiningAt: -1, PassDoneAt: -1, LiveAt: -1, CatchupS: -1}
 		if err := sleepCtx(ctx, lc.Outage); err != nil {
 			return nil, err
 		}
@@ -372,6 +375,9 @@ func RunLifecycleIn(ctx context.Context, env *scenario.Env, cfg Config) (*Lifecy
 		}
 		d.LiveAt, d.CatchupS = secs(live), secs(live-heal)
 		d.CatchupKeys, d.CatchupBytes, _, _ = scenario.CatchupTotals(tl.Progress(), victim, heal, live+time.Second)
+		if t, ok := scenario.FirstPassDone(tl.Progress(), victim, heal, live+time.Second); ok {
+			d.PassDoneAt = secs(t)
+		}
 		if firstRejoin < 0 {
 			firstRejoin = live
 		}

@@ -42,10 +42,10 @@ func WriteLifecycleFiles(dir, prefix string, r *LifecycleResult) ([]string, erro
 	}
 	files = append(files, csvPath)
 	dt := report.NewTable("disaster", "dc", "survivor", "cut_at_s", "down_at_s", "rto_write_s", "rto_read_s",
-		"checked", "lost", "heal_at_s", "joining_at_s", "live_at_s", "catchup_s", "catchup_keys", "catchup_bytes")
+		"checked", "lost", "heal_at_s", "joining_at_s", "pass_done_at_s", "live_at_s", "catchup_s", "catchup_keys", "catchup_bytes")
 	for _, d := range r.Disasters {
 		dt.Add(d.N, d.DC, d.Survivor, d.CutAt, d.DownAt, d.RTOWrite, d.RTORead, d.Checked, d.Lost,
-			d.HealAt, d.JoiningAt, d.LiveAt, d.CatchupS, d.CatchupKeys, d.CatchupBytes)
+			d.HealAt, d.JoiningAt, d.PassDoneAt, d.LiveAt, d.CatchupS, d.CatchupKeys, d.CatchupBytes)
 	}
 	dPath := filepath.Join(dir, prefix+"-disasters.csv")
 	if err := dt.WriteCSV(dPath); err != nil {
@@ -120,7 +120,7 @@ func (r *LifecycleResult) Print(out io.Writer) {
 		}
 		return fmt.Sprintf("%.2f", v)
 	}
-	dt := report.NewTable("#", "cut", "at s", "down +s", "RTO w s", "survivor holds", "healed at s", "joining +s", "live +s (catch-up)", "keys copied", "MB copied")
+	dt := report.NewTable("#", "cut", "at s", "down +s", "RTO w s", "survivor holds", "healed at s", "joining +s", "1st pass done +s", "live +s (catch-up)", "keys copied", "MB copied")
 	for _, d := range r.Disasters {
 		rel := func(t float64) string {
 			if t < 0 || d.HealAt < 0 {
@@ -133,7 +133,7 @@ func (r *LifecycleResult) Print(out io.Writer) {
 			down = fmt.Sprintf("%.2f", d.DownAt-d.CutAt)
 		}
 		dt.Add(d.N, d.DC, secs(d.CutAt), down, secs(d.RTOWrite), fmt.Sprintf("%d/%d", d.Checked-d.Lost, d.Checked),
-			secs(d.HealAt), rel(d.JoiningAt), rel(d.LiveAt), d.CatchupKeys, fmt.Sprintf("%.1f", float64(d.CatchupBytes)/1e6))
+			secs(d.HealAt), rel(d.JoiningAt), rel(d.PassDoneAt), rel(d.LiveAt), d.CatchupKeys, fmt.Sprintf("%.1f", float64(d.CatchupBytes)/1e6))
 	}
 	dt.Fprint(w)
 	t := report.NewTable("measure", "value")

@@ -16,7 +16,12 @@ import (
 // runCuts cuts the near DC cfg.Cuts times at random moments under forked
 // write load and checks every acknowledged write against the far DC.
 func runCuts(ctx context.Context, env *scenario.Env, cfg Config, res *Result) error {
-	if err := env.StartMiddlebox(ctx, scenario.MB{Detector: "fast", Extra: cfg.MiddleboxArgs}); err != nil {
+	// Unsequenced stores: the near DC serves again once it is reachable
+	// (--rejoin trust; the default without --sequenced, manual, would keep
+	// it joining until an operator admits it). A later --rejoin in
+	// cfg.MiddleboxArgs wins.
+	extra := append([]string{"--rejoin", "trust"}, cfg.MiddleboxArgs...)
+	if err := env.StartMiddlebox(ctx, scenario.MB{Detector: "fast", Extra: extra}); err != nil {
 		return err
 	}
 	defer env.StopMiddlebox()

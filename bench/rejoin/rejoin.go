@@ -5,8 +5,8 @@
 // the paper's topology, and what the catch-up costs live writes.
 //
 //	sequenced stores with catch-up (scenario.Sequencing Lifecycle), middlebox at the edge
-//	probe: 1 closed-loop SET at a time through VIP:6379 (forked), a new
-//	       connection every second, latency recorded throughout
+//	probe: 4 closed-loop clients, one SET at a time each through VIP:6379
+//	       (forked), a new connection every second, latency recorded throughout
 //	for each case K x SIZE (same environment, one after the other):
 //	  steady (both DCs live) ─► cut DC X ─► load K keys of SIZE bytes
 //	  (MSET through VIP:6379: only the other DC gets them) ─► heal X ─►
@@ -224,7 +224,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	origin := time.Now()
 	tl := env.StartTimeline(ctx, origin, 100*time.Millisecond)
-	pr := startProbe(ctx, env, origin)
+	pr := startProbe(ctx, env, origin, ProbeClients)
 	defer func() {
 		pr.stop()
 		res.Probe = pr.samples()
@@ -387,9 +387,13 @@ func progressPrinter(ctx context.Context, env *scenario.Env, dc string, log io.W
 			if life.Cause != "" {
 				line += " (" + life.Cause + ")"
 			}
-			if j := life.Job; j != nil {
-				line += fmt.Sprintf("  pass %d from %s: %d keys, %.1f MB, %d left, %.0f keys/s, %.2f MB/s", j.Job, j.Source, j.Keys,
-					float64(j.Bytes)/1e6, j.Remaining, j.KeysPerSec, j.BytesPerSec/1e6)
+			if j := life.Catchup; j != nil {
+				left := "? left"
+				if j.Remaining != ^uint64(0) {
+					left = fmt.Sprintf("%d left", j.Remaining)
+				}
+				line += fmt.Sprintf("  pass %d (%s) from %s: %d keys, %.1f MB, %s, %.0f keys/s, %.2f MB/s", j.Job, j.State, j.Source, j.Keys,
+					float64(j.Bytes)/1e6, left, j.KeysPerSec, j.Rate/1e6)
 			}
 			if life.FlowsLacking > 0 {
 				line += fmt.Sprintf("  %d flows lack it", life.FlowsLacking)
@@ -528,9 +532,12 @@ type ProbeSample struct {
 	Err     string
 }
 
-// probe is the light closed-loop writer: one SET at a time through the
-// forked port, on a new connection every second (so it is forked to the
-// DCs live at the time, including a joining one).
+// ProbeClients is the number of closed-loop probe writers.
+const ProbeClients = 4
+
+// probe is the light closed-loop writer: ProbeClients clients, each one
+// SET at a time through the forked port, on a new connection every second
+// (so it is forked to the DCs live at the time, including a joining one).
 type probe struct {
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -539,53 +546,62 @@ type probe struct {
 	list   []ProbeSample
 }
 
-func startProbe(ctx context.Context, env *scenario.Env, origin time.Time) *probe {
+func startProbe(ctx context.Context, env *scenario.Env, origin time.Time, clients int) *probe {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &probe{cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		val := []byte("probe-value-0123456789abcdef")
-		var c *resp.Client
-		var opened time.Time
-		defer func() {
-			if c != nil {
-				c.Close()
-			}
-		}()
-		for n := 0; ctx.Err() == nil; n++ {
-			if c != nil && time.Since(opened) > time.Second {
-				c.Close()
-				c = nil
-			}
-			if c == nil {
-				conn, err := env.DialClient(ctx, scenario.WritePort)
-				if err != nil {
-					p.add(ProbeSample{At: time.Since(origin), Err: "dial: " + err.Error()})
-					sleep(ctx, 100*time.Millisecond)
-					continue
-				}
-				c, opened = resp.NewClient(conn), time.Now()
-			}
-			at := time.Now()
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			rep, err := c.Do(cctx, []byte("SET"), []byte("probe:"+strconv.Itoa(n%1000)), val)
-			cancel()
-			s := ProbeSample{At: at.Sub(origin), Latency: time.Since(at)}
-			if err == nil && !rep.IsOK() {
-				err = fmt.Errorf("reply %c%s", rep.Kind, rep.Str)
-			}
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() { p.client(ctx, env, origin, i) })
+	}
+	go func() { wg.Wait(); close(p.done) }()
+	return p
+}
+
+// client is one closed-loop probe writer.
+func (p *probe) client(ctx context.Context, env *scenario.Env, origin time.Time, id int) {
+	val := []byte("probe-value-0123456789abcdef")
+	var c *resp.Client
+	var opened time.Time
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	for n := 0; ctx.Err() == nil; n++ {
+		if c != nil && time.Since(opened) > time.Second {
+			c.Close()
+			c = nil
+		}
+		if c == nil {
+			conn, err := env.DialClient(ctx, scenario.WritePort)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
-				s.Err = err.Error()
-				c.Close()
-				c = nil
+				p.add(ProbeSample{At: time.Since(origin), Err: "dial: " + err.Error()})
+				sleep(ctx, 100*time.Millisecond)
+				continue
 			}
-			p.add(s)
+			c, opened = resp.NewClient(conn), time.Now()
 		}
-	}()
-	return p
+		at := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		rep, err := c.Do(cctx, []byte("SET"), []byte("probe:"+strconv.Itoa(id)+":"+strconv.Itoa(n%1000)), val)
+		cancel()
+		s := ProbeSample{At: at.Sub(origin), Latency: time.Since(at)}
+		if err == nil && !rep.IsOK() {
+			err = fmt.Errorf("reply %c%s", rep.Kind, rep.Str)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.Err = err.Error()
+			c.Close()
+			c = nil
+		}
+		p.add(s)
+	}
 }
 
 func (p *probe) add(s ProbeSample) {

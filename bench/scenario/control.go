@@ -20,11 +20,10 @@ import (
 type DCState struct {
 	Name string `json:"name"`
 	Live bool   `json:"live"`
-	// LifeInfo is the DC's lifecycle (docs/design-lifecycle.md), flat in
-	// the entry or under "lifecycle"; see Lifecycle and Life.
+	// LifeInfo is the DC's lifecycle (docs/design-lifecycle.md); see
+	// Lifecycle.
 	LifeInfo
-	Nested *LifeInfo `json:"lifecycle,omitempty"`
-	Nodes  []struct {
+	Nodes []struct {
 		Addr  string `json:"addr"`
 		Live  bool   `json:"live"`
 		Cause string `json:"cause"`

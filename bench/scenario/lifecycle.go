@@ -17,39 +17,38 @@ const (
 	StateJoining = "joining"
 )
 
-// LifeInfo is a DC's lifecycle as /dcs reports it (failover.LifeStatus):
+// LifeInfo is a DC's lifecycle as /dcs reports it (middlebox.DCLifeInfo):
 // State is "live", "down" or "joining" ("" from a middlebox without
 // lifecycle).
 type LifeInfo struct {
 	State        string           `json:"state"`
-	Since        time.Time        `json:"since"`
+	Since        string           `json:"since"`
 	Cause        string           `json:"cause"`
 	InSync       bool             `json:"in_sync"`
 	FlowsLacking int              `json:"flows_lacking"`
-	Passes       uint64           `json:"passes"`
-	Job          *CatchupProgress `json:"job,omitempty"`
-	LastPass     *CatchupProgress `json:"last_pass,omitempty"`
+	Catchup      *CatchupProgress `json:"catchup,omitempty"`
 }
 
 // CatchupProgress is a joining DC's catch-up pass as /dcs reports it
-// (failover.JobStatus; a finished pass has fewer fields).
+// (middlebox.CatchupInfo): the running one, or when none runs the last
+// completed one (State "done").
 type CatchupProgress struct {
-	Job         uint64  `json:"job"`
-	Source      string  `json:"source"`
-	Keys        uint64  `json:"keys"`
-	Bytes       uint64  `json:"bytes"`
-	Remaining   int64   `json:"remaining"` // -1 unknown
-	BytesPerSec float64 `json:"bytes_per_sec"`
-	KeysPerSec  float64 `json:"keys_per_sec"`
+	Job        uint64  `json:"job"`
+	Source     string  `json:"source"`
+	Node       string  `json:"node"`
+	State      string  `json:"state"` // running, waiting, done
+	Clean      bool    `json:"clean"`
+	Keys       uint64  `json:"keys"`
+	Bytes      uint64  `json:"bytes"`
+	Remaining  uint64  `json:"remaining"` // records left (estimate); ^0 unknown
+	Rate       float64 `json:"rate"`      // bytes per second
+	KeysPerSec float64 `json:"keys_per_sec"`
+	ETA        float64 `json:"eta_s"` // -1 unknown
+	Passes     uint64  `json:"passes"`
 }
 
-// Life returns d's lifecycle, nested or flat.
-func (d DCState) Life() LifeInfo {
-	if d.Nested != nil {
-		return *d.Nested
-	}
-	return d.LifeInfo
-}
+// Life returns d's lifecycle.
+func (d DCState) Life() LifeInfo { return d.LifeInfo }
 
 // Lifecycle is d's lifecycle state: State, or for a middlebox that does
 // not report one, "live" or "down" from Live.
@@ -112,10 +111,10 @@ type StateChange struct {
 
 // ProgressSample is one observation of a joining DC's catch-up.
 type ProgressSample struct {
-	At    time.Duration // since the Timeline's origin
-	DC    string
-	State string // the DC's state then
-	Done  bool   // the DC's last finished pass (no pass running)
+	At      time.Duration // since the Timeline's origin
+	DC      string
+	DCState string // the DC's state then
+	Done    bool   // the DC's last finished pass (no pass running)
 	CatchupProgress
 }
 
@@ -169,10 +168,8 @@ func (t *Timeline) poll(e *Env) {
 			t.changes = append(t.changes, StateChange{At: now, DC: d.Name, From: prev, To: st, Cause: life.Cause})
 			t.last[d.Name] = st
 		}
-		if p := life.Job; p != nil {
-			t.progress = append(t.progress, ProgressSample{At: now, DC: d.Name, State: st, CatchupProgress: *p})
-		} else if p := life.LastPass; p != nil {
-			t.progress = append(t.progress, ProgressSample{At: now, DC: d.Name, State: st, Done: true, CatchupProgress: *p})
+		if p := life.Catchup; p != nil {
+			t.progress = append(t.progress, ProgressSample{At: now, DC: d.Name, DCState: st, Done: p.State == "done", CatchupProgress: *p})
 		}
 	}
 }
@@ -234,7 +231,7 @@ func (c StateChange) String() string {
 // CatchupTotals sums DC dc's catch-up passes seen in samples between from
 // and to (the most keys and bytes each pass reported; passes already seen
 // before from are left out), and returns the
-// times of the first sample with a running pass and of the last sample
+// times of the first sample of a running pass and of the last sample
 // whose keys grew (0 when none).
 func CatchupTotals(samples []ProgressSample, dc string, from, to time.Duration) (keys, bytes uint64, first, last time.Duration) {
 	type kb struct{ k, b uint64 }
@@ -249,7 +246,7 @@ func CatchupTotals(samples []ProgressSample, dc string, from, to time.Duration) 
 		if s.DC != dc || s.At < from || s.At > to || old[s.Job] {
 			continue
 		}
-		if !s.Done && first == 0 {
+		if s.CatchupProgress.State == "running" && first == 0 {
 			first = s.At
 		}
 		m := per[s.Job]
@@ -266,4 +263,24 @@ func CatchupTotals(samples []ProgressSample, dc string, from, to time.Duration) 
 		bytes += m.b
 	}
 	return keys, bytes, first, last
+}
+
+// FirstPassDone returns the time of the first sample of DC dc between from
+// and to that shows a completed catch-up pass not seen before from, and
+// whether there was one.
+func FirstPassDone(samples []ProgressSample, dc string, from, to time.Duration) (time.Duration, bool) {
+	old := map[uint64]bool{}
+	for _, s := range samples {
+		if s.DC != dc {
+			continue
+		}
+		if s.At < from {
+			old[s.Job] = true
+			continue
+		}
+		if s.At <= to && s.Done && !old[s.Job] {
+			return s.At, true
+		}
+	}
+	return 0, false
 }

@@ -61,7 +61,11 @@ func dialNever(ctx context.Context) (net.Conn, error) {
 
 func TestCatchupTotals(t *testing.T) {
 	s := func(at time.Duration, dc string, job, keys uint64, done bool) ProgressSample {
-		return ProgressSample{At: at, DC: dc, Done: done, CatchupProgress: CatchupProgress{Job: job, Keys: keys, Bytes: keys * 10}}
+		st := "running"
+		if done {
+			st = "done"
+		}
+		return ProgressSample{At: at, DC: dc, Done: done, CatchupProgress: CatchupProgress{Job: job, State: st, Keys: keys, Bytes: keys * 10}}
 	}
 	samples := []ProgressSample{
 		s(1*time.Second, "a", 1, 50, true), // an earlier pass, seen before from: left out
