@@ -206,6 +206,9 @@ func (m *Middlebox) lifeApply(evs []failover.LifeEvent) {
 			if m.flows.det != nil {
 				m.flows.det.SetCurrent(e.DC, e.To == failover.DCStateLive)
 			}
+			if e.From == failover.DCStateLive {
+				m.wakeReset() // its anycast flows read stale data from now on: reset them
+			}
 			m.lifeChanged()
 		case failover.EvCatchup:
 			l.jobID[e.DC], l.jobFrom[e.DC], l.jobSrc[e.DC], l.jobNode[e.DC] = e.Job, e.Cursor, e.Source, -1

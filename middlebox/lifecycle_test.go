@@ -353,6 +353,29 @@ func TestLifecycleRestartRestoresJoiningAndRefuses(t *testing.T) {
 	}
 }
 
+// A DC that stops being current (here a branch reset while it stays up)
+// must not serve reads: its anycast connections are reset, and new ones
+// go to a live DC.
+func TestLifecycleAnycastFlowsOfAStaleDCAreReset(t *testing.T) {
+	r := newLifeRig(t, "", failover.RejoinCatchup, 0)
+	a := r.dial(t, anyPort)
+	exchange(t, a, []byte("read"))
+	c := r.dial(t, 6379)
+	exchange(t, c, []byte("write"))
+	r.dropBranch(t, r.forkedFlow(t), 0, ackmerge.CauseRST) // sydney's branch
+	if s := r.life(t, "sydney"); s.State != failover.DCStateJoining || s.Cause != failover.LifeRST {
+		t.Fatalf("sydney after its branch was reset: %+v", s)
+	}
+	a.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := a.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Fatalf("anycast connection on the stale DC not reset: %v", err)
+	}
+	if dc := r.anycastDC(t); dc != "dublin" {
+		t.Fatalf("new anycast connection went to %s", dc)
+	}
+	exchange(t, c, []byte("the forked flow goes on with dublin"))
+}
+
 func TestLifecycleManualAdmit(t *testing.T) {
 	r := newLifeRig(t, "", failover.RejoinManual, 0)
 	r.mb.SetNodeLive(dub1, false)

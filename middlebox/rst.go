@@ -53,8 +53,8 @@ func (m *Middlebox) resetDeadAnycast() {
 	t := m.flows.tab
 	for i := range t.slab {
 		f := &t.slab[i]
-		if !f.used || f.kind != kindAnycast || m.nodes[f.nodes[0]].live.Load() {
-			continue
+		if n := m.nodes[f.nodes[0]]; !f.used || f.kind != kindAnycast || n.live.Load() && m.lifeAnycastOK(n.dc) {
+			continue // (a DC that is no longer current must not serve reads either)
 		}
 		if len(tm.rstPool) == 0 {
 			m.flushTimerOutput() // write these, reuse their buffers
