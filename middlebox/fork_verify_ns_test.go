@@ -7,13 +7,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/ackmerge"
 	"github.com/sdnkvs/sdnkvs/bench/testbed"
+	"github.com/sdnkvs/sdnkvs/bench/testbed/testbedtest"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/netstackio"
 )
 
 // TestForkNSReplyMismatchDropsDC: kernel TCP, a redis-server per DC in
@@ -92,4 +95,83 @@ func TestForkNSReplyMismatchDropsDC(t *testing.T) {
 	if n, resets := r.mb.c.branchesRemoved.Load(), r.mb.c.forkResets.Load(); n != 1 || resets != 0 {
 		t.Fatalf("%d branches removed (want 1), %d resets", n, resets)
 	}
+}
+
+// BenchmarkForkNSDownloadVerify measures what reply verification costs a
+// forked download end to end (kernel TCP, three DCs on veth links, the
+// offload TUN): every DC sends the client the same 128 MiB,
+// through a middlebox with verification on and one with it off (two
+// testbeds up at once), alternating runs so that the load of a shared
+// machine weighs on both alike. Reported: the client's goodput with each
+// and their ratio. Run with -benchtime=1x.
+func BenchmarkForkNSDownloadVerify(b *testing.B) {
+	testenv.RequireRoot(b)
+	const size = 128 << 20
+	type rig struct {
+		tb *testbed.Testbed
+		mb *Middlebox
+	}
+	mk := func(fork ackmerge.Config) rig {
+		tb := testbedtest.ForTest(b, testbed.Config{DCs: forkDCs(3)})
+		for _, dc := range []string{"dc1", "dc2", "dc3"} {
+			var ln net.Listener
+			addr := netip.AddrPortFrom(tb.NodeAddrs(dc)[0], forkNodePort)
+			if err := testbed.InNetns(testbed.NetnsPath(tb.NS(dc)), func() error {
+				var err error
+				ln, err = net.Listen("tcp4", addr.String())
+				return err
+			}); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						io.Copy(c, io.LimitReader(newForkStream(7), size))
+					}()
+				}
+			}()
+		}
+		cfg := Config{VIP: testbed.VIP, MulticastPorts: []uint16{forkVIPPort}, Fork: fork}
+		return rig{tb, runInGateway(b, tb, netstackio.ModeOffload, cfg, forkNodePort)}
+	}
+	on, off := mk(ackmerge.Config{}), mk(ackmerge.Config{NoVerify: true})
+	download := func(r rig) time.Duration {
+		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+		defer cancel()
+		c, err := testbed.DialInNetns(ctx, r.tb.NS("client"), "tcp4", netip.AddrPortFrom(testbed.VIP, forkVIPPort).String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(120 * time.Second))
+		start := time.Now()
+		n, err := io.Copy(io.Discard, c)
+		d := time.Since(start)
+		if err != nil || n != size {
+			b.Fatalf("download: %d of %d bytes: %v", n, size, err)
+		}
+		return d
+	}
+	var tOn, tOff time.Duration
+	runs := 0
+	for range b.N {
+		for range 4 {
+			tOn += download(on)
+			tOff += download(off)
+			runs++
+		}
+	}
+	if n := on.mb.c.branchesRemoved.Load() + off.mb.c.branchesRemoved.Load(); n != 0 {
+		b.Fatalf("%d branches removed from identical downloads", n)
+	}
+	gbit := func(d time.Duration) float64 { return float64(runs) * size * 8 / d.Seconds() / 1e9 }
+	b.ReportMetric(gbit(tOn), "Gbit/s-verify")
+	b.ReportMetric(gbit(tOff), "Gbit/s-noverify")
+	b.ReportMetric(float64(tOff)/float64(tOn), "x-noverify")
 }
