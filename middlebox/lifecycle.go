@@ -261,9 +261,7 @@ func (m *Middlebox) lifeProgress(ni uint16, f *orderwire.Frame) {
 	dc := failover.DCID(m.nodes[ni].dc)
 	p := failover.Progress{Job: f.Job, State: failover.JobState(f.State), Keys: f.Keys, Bytes: f.Bytes, Remaining: f.Remaining, Cursor: failover.Tag{G: f.G, W: f.W}}
 	m.lifeApply(m.life.m.Progress(m.cfg.Now(), dc, p))
-	if f.State != orderwire.JobRunning {
-		m.lifeChanged()
-	}
+	m.lifeChanged() // the cursor, for a restart to resume from
 }
 
 // lifeOrderDown is called when node ni's order stream went down: a job
