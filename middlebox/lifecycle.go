@@ -475,8 +475,18 @@ func (m *Middlebox) lifeAnycastOK(d int) bool {
 	return m.life == nil || m.life.m.Current(failover.DCID(d))
 }
 
+// A DC is reachable but none is live: refuse (with nothing reachable,
+// the reason stays no_live_node).
 func (m *Middlebox) lifeRefuse() bool {
-	return m.life != nil && !m.life.m.AnyCurrent()
+	if m.life == nil || m.life.m.AnyCurrent() {
+		return false
+	}
+	for _, up := range m.life.reach {
+		if up {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrAdmit is AdmitDC's error for a DC that cannot be admitted.
