@@ -197,11 +197,16 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 	var nodes [MaxBranches]uint16
 	nb := 0
 	h := flowHash(k)
+	var unreachable uint64 // DCs left out of a forked flow for want of a live node
 	for d := range m.dcNode {
 		if !forked && !m.lifeAnycastOK(d) {
 			continue // anycast: current DCs only
 		}
-		if ni, ok := m.pickNode(d, h); ok {
+		ni, ok := m.pickNode(d, h)
+		if !ok && d < 64 {
+			unreachable |= 1 << d
+		}
+		if ok {
 			nodes[nb] = ni
 			nb++
 			if !forked || nb == MaxBranches {
@@ -251,11 +256,7 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 		}
 		if m.life != nil {
 			// The DCs left out (down) never get this flow's bytes.
-			mask := uint64(1)<<len(m.dcs) - 1
-			for j := range nb {
-				mask &^= 1 << m.nodes[nodes[j]].dc
-			}
-			m.lifeFlowLacks(i, mask, m.dp.nowTime)
+			m.lifeFlowLacks(i, unreachable, m.dp.nowTime)
 		}
 	}
 	t.fwd[k] = i
