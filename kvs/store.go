@@ -90,6 +90,14 @@ type StoreOptions struct {
 
 const writerBlock = 1 << 20
 
+// valueThreshold is Badger's value threshold (values at least this long go
+// to the value log) and txnEntryOverhead a bound on Badger's per-entry
+// size estimate beyond key and inline value (metas, version, pointer).
+const (
+	valueThreshold   = 64 << 10
+	txnEntryOverhead = 32
+)
+
 // OpenStore opens (or creates) a replica store with Badger tuned small so
 // that many nodes share one machine (8 MiB memtables, 2 of them, 8 MiB block
 // and index caches, 2 compactors).
@@ -104,7 +112,7 @@ func OpenStore(o StoreOptions) (*Store, error) {
 		WithNumCompactors(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
-		WithValueThreshold(64 << 10).
+		WithValueThreshold(valueThreshold).
 		WithValueLogFileSize(64 << 20).
 		WithDetectConflicts(false).
 		WithNumVersionsToKeep(1).
@@ -134,6 +142,10 @@ func OpenStore(o StoreOptions) (*Store, error) {
 		queueLimit: o.Queue,
 	}
 	s.drained = sync.NewCond(&s.mu)
+	if err := s.ensureChangeIndex(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := s.reserveWriters(); err != nil {
 		db.Close()
 		return nil, err
@@ -339,6 +351,7 @@ func (s *Store) apply(b *commitBatch) {
 	idx := s.bidx
 	clear(idx.m)
 	var err error
+	var txnCount, txnSize int64
 	for i := range b.entries {
 		e := &b.entries[i]
 		k := b.arena[e.keyOff:e.keyEnd:e.keyEnd]
@@ -378,17 +391,34 @@ func (s *Store) apply(b *commitBatch) {
 			e.tag = cur // already holds an equal or newer version
 			continue
 		}
-		serr := txn.Set(k, rec)
-		if errors.Is(serr, badger.ErrTxnTooBig) {
+		// The record and its change-index entries (docs/design-lifecycle.md)
+		// go into one transaction: commit first if they might not fit.
+		ik := appendChangeKey(make([]byte, 0, 1+TagSize+len(k)), e.tag, k[1:])
+		iv := appendChangeVal(make([]byte, 0, changeValLen), rec[TagSize], len(rec)-recordHeader)
+		var dk []byte
+		if !cur.IsZero() {
+			dk = appendChangeKey(make([]byte, 0, 1+TagSize+len(k)), cur, k[1:])
+		}
+		need := int64(len(k)+min(len(rec), valueThreshold)+len(ik)+len(iv)+len(dk)) + 3*txnEntryOverhead
+		if txnCount+3 >= s.db.MaxBatchCount() || txnSize+need >= s.db.MaxBatchSize() {
 			if err = txn.Commit(); err != nil {
 				break
 			}
 			s.Commits.Add(1)
 			txn = s.db.NewTransaction(true)
-			serr = txn.Set(k, rec)
+			txnCount, txnSize = 0, 0
 		}
-		if serr != nil {
-			err = serr
+		txnCount += 3
+		txnSize += need
+		if err = txn.Set(k, rec); err == nil {
+			if dk != nil {
+				err = txn.Delete(dk)
+			}
+			if err == nil {
+				err = txn.Set(ik, iv)
+			}
+		}
+		if err != nil {
 			break
 		}
 		e.stored = true
