@@ -198,7 +198,19 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 	nb := 0
 	h := flowHash(k)
 	var unreachable uint64 // DCs left out of a forked flow for want of a live node
-	for d := range m.dcNode {
+	// With a lifecycle, a forked flow lists live DCs first, then joining
+	// ones (each in preference order): a tie of reply verification goes to
+	// the branch first in the flow, so a stale DC loses it (pass 0: live
+	// DCs, pass 1: the others; without a lifecycle, one pass over all).
+	passes := 1
+	if forked && m.life != nil {
+		passes = 2
+	}
+	for k := range passes * len(m.dcNode) {
+		d := k % len(m.dcNode)
+		if passes == 2 && m.lifeAnycastOK(d) != (k < len(m.dcNode)) {
+			continue
+		}
 		if !forked && !m.lifeAnycastOK(d) {
 			continue // anycast: current DCs only
 		}

@@ -376,6 +376,23 @@ func TestLifecycleAnycastFlowsOfAStaleDCAreReset(t *testing.T) {
 	exchange(t, c, []byte("the forked flow goes on with dublin"))
 }
 
+// A forked flow lists live DCs before joining ones, so that a tie of
+// reply verification drops the joining DC, not the current one.
+func TestLifecycleForkedFlowListsLiveDCsFirst(t *testing.T) {
+	r := newLifeRig(t, "", failover.RejoinCatchup, 0)
+	r.mb.SetNodeLive(syd1, false)
+	r.mb.SetNodeLive(syd2, false)
+	r.mb.SetNodeLive(syd1, true)
+	r.mb.SetNodeLive(syd2, true)
+	r.waitState(t, "sydney", failover.DCStateJoining)
+	c := r.dial(t, 6379)
+	exchange(t, c, []byte("x"))
+	fl := r.mb.Flows(0)
+	if len(fl) != 1 || len(fl[0].Nodes) != 2 || fl[0].Nodes[0] != dub1.String() {
+		t.Fatalf("flows %+v: want dublin (live) first, then joining sydney", fl)
+	}
+}
+
 func TestLifecycleManualAdmit(t *testing.T) {
 	r := newLifeRig(t, "", failover.RejoinManual, 0)
 	r.mb.SetNodeLive(dub1, false)
