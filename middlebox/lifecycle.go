@@ -57,6 +57,7 @@ type lifecycle struct {
 	resets      atomic.Uint64 // flows reset because they lacked a joining DC
 	persistErrs atomic.Uint64
 	dirty       atomic.Bool // state changed since the last write
+	failing     atomic.Bool // the last write failed (logged once until one succeeds)
 
 	wake   chan struct{}
 	cancel context.CancelFunc
@@ -149,7 +150,13 @@ func (m *Middlebox) lifePersist() {
 	if err != nil {
 		m.life.persistErrs.Add(1)
 		m.life.dirty.Store(true)
-		m.log.Error("lifecycle state not persisted", "path", m.life.cfg.StatePath, "err", err)
+		if !m.life.failing.Swap(true) {
+			m.log.Error("lifecycle state not persisted (retried every 100 ms, logged once)", "path", m.life.cfg.StatePath, "err", err)
+		}
+		return
+	}
+	if m.life.failing.Swap(false) {
+		m.log.Info("lifecycle state persisted again", "path", m.life.cfg.StatePath)
 	}
 }
 

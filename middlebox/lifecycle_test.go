@@ -432,3 +432,21 @@ func testCtx(d time.Duration) (context.Context, context.CancelFunc) {
 }
 
 func asConfigError(err error, ce **ConfigError) bool { return errors.As(err, ce) }
+
+// A damaged state file stops the start with an error naming it.
+func TestLifecycleDamagedStateRefusesToStart(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "lifecycle.json")
+	if err := os.WriteFile(state, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Lifecycle = &LifecycleConfig{LifecycleConfig: failover.LifecycleConfig{Mode: failover.RejoinManual}, StatePath: state}
+	m, err := New(newFakeDev(false, false), cfg)
+	if err == nil {
+		m.Close()
+		t.Fatal("started with a damaged lifecycle state")
+	}
+	if !strings.Contains(err.Error(), state) {
+		t.Fatalf("error %q does not name the file", err)
+	}
+}
