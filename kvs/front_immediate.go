@@ -141,6 +141,7 @@ func (n *Node) info() string {
 		flows, ranges := n.seq.table.size()
 		n.seq.stats.appendInfo(&b, flows, ranges)
 	}
+	n.catchStats.appendInfo(&b)
 	return b.String()
 }
 

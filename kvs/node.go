@@ -53,6 +53,17 @@ type Config struct {
 	OrderListen      string
 	OrderSecret      []byte        // shared with the middlebox (>= 16 bytes)
 	UnsequencedGrace time.Duration // wait for an unknown flow's OPEN; default (and at most) Timeout
+
+	// DC catch-up (docs/design-lifecycle.md): this DC's name, the peer
+	// addresses of other DCs' nodes by DC name (the sources a CATCHUP frame
+	// names), and the pull rate in bytes/s (0: unlimited).
+	DCName      string
+	Remotes     map[string][]string
+	CatchupRate int64
+	// CatchupPageBytes and CatchupPageRecords bound one pulled page
+	// (0: CatchupPageBytes, CatchupPageRecords).
+	CatchupPageBytes   int
+	CatchupPageRecords int
 }
 
 // Node is one replica and coordinator: it stores key -> (tag, value), serves
@@ -82,9 +93,11 @@ type Node struct {
 	wg      sync.WaitGroup
 	closed  bool
 
-	stats     Stats
-	penalty   *penaltyBox // nil: protocol errors are never held
-	collision atomic.Bool // another process claimed this node's id
+	stats      Stats
+	catchStats CatchupStats
+	catchup    catchupDriver // the running catch-up job (catchup_driver.go)
+	penalty    *penaltyBox   // nil: protocol errors are never held
+	collision  atomic.Bool   // another process claimed this node's id
 
 	ident      *identityStore
 	voter      atomic.Bool // counts toward quorums (see learner.go)

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/internal/peerauth"
@@ -37,6 +39,39 @@ type seqNode struct {
 	ln     net.Listener
 	secret []byte
 	grace  time.Duration
+	out    atomic.Pointer[orderOut] // the newest order connection
+}
+
+// orderOut serialises the node's frames on one order connection (APPLIED
+// and catch-up PROGRESS).
+type orderOut struct {
+	mu sync.Mutex
+	c  net.Conn
+}
+
+func (o *orderOut) write(b []byte) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, err := o.c.Write(b)
+	return err
+}
+
+// report sends a catch-up PROGRESS frame on the newest order connection
+// (dropped when there is none: the middlebox re-asks after reconnecting).
+func (s *seqNode) report(f orderwire.Frame) {
+	o := s.out.Load()
+	if o == nil {
+		return
+	}
+	b, err := orderwire.Append(nil, &f)
+	if err != nil {
+		s.n.log.Warn("catch-up: progress frame not encodable", "err", err)
+		return
+	}
+	if err := o.write(b); err != nil {
+		s.n.log.Debug("catch-up: progress not sent", "err", err)
+	}
 }
 
 func (n *Node) startSequenced() error {
@@ -105,11 +140,13 @@ func (s *seqNode) serveOrder(c net.Conn) {
 	s.stats.OrderConns.Add(1)
 	defer s.stats.OrderConns.Add(-1)
 	s.n.log.Info("order stream connected", "from", c.RemoteAddr(), "sequencer", peer.ID)
+	out := &orderOut{c: c}
+	s.out.Store(out) // catch-up PROGRESS goes to the newest order connection
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		s.sendApplied(c, done)
+		s.sendApplied(out, done)
 	}()
 	defer func() {
 		close(done)
@@ -152,6 +189,12 @@ func (s *seqNode) readOrder(c net.Conn) error {
 			s.table.stamp(f.Flow, f.Start, f.End, f.G)
 		case orderwire.Close:
 			s.table.close(f.Flow)
+		case orderwire.Catchup:
+			src := f.SourceName()
+			s.n.log.Info("catch-up: job requested", "job", f.Job, "source", src, "cursor", Tag{Counter: f.G, Writer: f.W})
+			s.n.StartCatchup(f.Job, src, Tag{Counter: f.G, Writer: f.W}, s.report)
+		case orderwire.Stop:
+			s.n.StopCatchup(f.Job)
 		default:
 			return fmt.Errorf("%w: type %d", errOrderFrame, f.Type)
 		}
@@ -160,7 +203,7 @@ func (s *seqNode) readOrder(c net.Conn) error {
 
 // sendApplied reports the highest applied G every AppliedEvery, when it
 // changed, until done is closed or a write fails.
-func (s *seqNode) sendApplied(c net.Conn, done <-chan struct{}) {
+func (s *seqNode) sendApplied(out *orderOut, done <-chan struct{}) {
 	t := time.NewTicker(AppliedEvery)
 	defer t.Stop()
 	var sent uint64
@@ -176,8 +219,7 @@ func (s *seqNode) sendApplied(c net.Conn, done <-chan struct{}) {
 			continue
 		}
 		b, _ := orderwire.Append(buf[:0], &orderwire.Frame{Type: orderwire.Applied, G: g})
-		c.SetWriteDeadline(time.Now().Add(time.Second))
-		if _, err := c.Write(b); err != nil {
+		if err := out.write(b); err != nil {
 			return
 		}
 		sent = g

@@ -46,6 +46,8 @@ func (n *Node) servePeer(c net.Conn) {
 	fr := newFrameReader(c, n.maxFrame())
 	var req request
 	var vbuf []byte
+	var cs catchupStream
+	remote := peer.Role == roleDCReader
 	for {
 		body, err := fr.next()
 		if err != nil {
@@ -59,15 +61,28 @@ func (n *Node) servePeer(c net.Conn) {
 			n.log.Warn("malformed peer request; dropping connection", "peer", c.RemoteAddr())
 			return
 		}
+		if remote && req.kind != kindCatchup {
+			n.catchStats.RemoteRefused.Add(1)
+			n.log.Warn("peer request refused: another DC's node may only read the catch-up stream; dropping connection", "peer", c.RemoteAddr(), "kind", req.kind)
+			return
+		}
 		switch req.kind {
-		case kindStatus, kindScan:
+		case kindStatus, kindScan, kindChanges, kindCatchup:
 			var st, f byte
 			var v []byte
-			if req.kind == kindStatus {
+			switch req.kind {
+			case kindStatus:
 				st, f = n.serveStatus(req.key, peer.ID)
-			} else {
+			case kindScan:
 				st, f, v = n.serveScan(req.key, vbuf[:0])
-				vbuf = v
+			case kindChanges:
+				st, f, v = n.serveChanges(req.key, vbuf[:0])
+			default:
+				st, f, v = n.serveCatchup(&cs, req.key, vbuf[:0])
+			}
+			vbuf = v
+			if cap(vbuf) > 1<<20 {
+				vbuf = nil
 			}
 			b, live := sc.w.lock()
 			if !live {

@@ -17,6 +17,11 @@ import (
 
 const handshakeTimeout = 3 * time.Second
 
+// roleDCReader is the peerauth role of another DC's catch-up driver: it
+// proves the same cluster secret but may only read the catch-up stream
+// (kindCatchup); any other request drops its connection.
+const roleDCReader = "dc-reader"
+
 func (n *Node) hello() peerauth.Hello {
 	return peerauth.Hello{Cluster: n.cfg.Cluster, Role: peerauth.RoleNode, ID: uint64(n.cfg.ID)}
 }
@@ -29,6 +34,8 @@ func (n *Node) acceptPeer(c net.Conn) (peerauth.Hello, error) {
 	}
 	return peerauth.Server(c, n.cfg.PeerSecret, n.hello(), func(p peerauth.Hello) error {
 		switch {
+		case p.Role == roleDCReader:
+			return nil // another DC's catch-up driver: read-only (servePeer)
 		case p.Role != peerauth.RoleNode:
 			return fmt.Errorf("role %q not served on the peer port", p.Role)
 		case p.ID == uint64(n.cfg.ID):

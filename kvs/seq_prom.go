@@ -76,6 +76,7 @@ func (c *seqCollector) Collect(ch chan<- prometheus.Metric) {
 func (n *Node) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newSafetyCollector(n))
+	reg.MustRegister(newCatchupCollector(&n.catchStats))
 	if n.seq != nil {
 		reg.MustRegister(newSeqCollector(n.seq))
 	}

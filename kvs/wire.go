@@ -22,6 +22,8 @@ const (
 	kindWrite   byte = 3
 	kindStatus  byte = 4 // key: statusQuery or statusRegister; answer flags: statusVoter, statusKnowsYou
 	kindScan    byte = 5 // key: 0 | nothing (from the start) or 1 | last key; answer value: Scan records, flags: scanMore
+	kindChanges byte = 6 // key: cursor tag | max entries u32; answer value: change-index entries above the cursor, flags: scanMore
+	kindCatchup byte = 7 // key: catch-up stream op (catchup_source.go); answer value: end cursor | remaining | records, flags: flagTail
 	kindResp    byte = 0x80
 
 	statusOK      byte = 0
@@ -34,6 +36,7 @@ const (
 	flagVoter    byte = 1 // kindStatus answer: the replica votes
 	flagKnowsYou byte = 2 // kindStatus answer: the replica has seen the asker become a voter
 	flagScanMore byte = 1 // kindScan answer: more records follow
+	flagTail     byte = 2 // kindCatchup answer: the page reached the end of the source's change index
 
 	reqHeader  = 1 + 8 + 2
 	respHeader = 1 + 8 + 1 + TagSize + 1 + 4
@@ -113,7 +116,7 @@ func decodeReq(b []byte, r *request) error {
 	r.key, b = b[:kl], b[kl:]
 	r.tag, r.flags, r.val = Tag{}, 0, nil
 	switch r.kind {
-	case kindRead, kindReadTag, kindStatus, kindScan:
+	case kindRead, kindReadTag, kindStatus, kindScan, kindChanges, kindCatchup:
 		if len(b) != 0 {
 			return errBadFrame
 		}
@@ -160,7 +163,7 @@ func decodeResp(b []byte, r *response) error {
 		return errBadFrame
 	}
 	r.val = b[respHeader:]
-	if r.kind < kindRead || r.kind > kindScan {
+	if r.kind < kindRead || r.kind > kindCatchup {
 		return errBadFrame
 	}
 	return nil

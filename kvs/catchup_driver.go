@@ -1,0 +1,380 @@
+package kvs
+
+// Catch-up, driver side (docs/design-lifecycle.md, "Store side"): on a
+// CATCHUP frame from the middlebox's order stream, one node of the joining
+// DC pulls every record above the cursor from a node of the source DC
+// (Config.Remotes), in tag order, page by page, and writes each record at
+// its own DC's quorum with the record's own tag (replicas keep the higher
+// tag, so nothing newer is ever overwritten). It reports PROGRESS at least
+// every 500 ms and once at the end.
+//
+// Memory: two pages requested ahead (one in flight on the WAN while the
+// previous one is written locally), each bounded by the page limits.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/internal/peerauth"
+	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
+	"golang.org/x/time/rate"
+)
+
+// ProgressEvery is the longest interval between two PROGRESS frames of a
+// running job.
+const ProgressEvery = 500 * time.Millisecond
+
+const (
+	catchupInflight   = 64 // local quorum writes in flight per page
+	catchupReadTimout = 30 * time.Second
+)
+
+// catchupDriver holds the node's running job (at most one).
+type catchupDriver struct {
+	mu  sync.Mutex
+	job *catchupJob
+}
+
+type catchupJob struct {
+	id     uint64
+	source string
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu        sync.Mutex
+	cursor    Tag
+	keys      uint64
+	bytes     uint64
+	remaining uint64
+}
+
+func (j *catchupJob) progress(state uint8) orderwire.Frame {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return orderwire.Frame{Type: orderwire.Progress, Job: j.id, State: state, Keys: j.keys, Bytes: j.bytes,
+		Remaining: j.remaining, G: j.cursor.Counter, W: j.cursor.Writer}
+}
+
+// errCatchupLocal marks a failure of the joining DC's own quorum (the job
+// fails; the middlebox retries later from the cursor).
+var errCatchupLocal = errors.New("local quorum write failed")
+
+// StartCatchup starts job id: copy from DC source every record with tag
+// above cursor. It replaces a running job. report receives every PROGRESS
+// frame (it must not block for long).
+func (n *Node) StartCatchup(id uint64, source string, cursor Tag, report func(orderwire.Frame)) {
+	d := &n.catchup
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old := d.job; old != nil {
+		old.cancel()
+		<-old.done
+		n.log.Info("catch-up: job replaced", "old", old.id, "new", id)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	j := &catchupJob{id: id, source: source, cancel: cancel, done: make(chan struct{}), cursor: cursor, remaining: ^uint64(0)}
+	d.job = j
+	n.catchStats.Jobs.Add(1)
+	n.catchStats.Running.Store(1)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.runCatchup(ctx, j, report)
+		close(j.done) // before taking d.mu: StartCatchup waits for it holding d.mu
+		d.mu.Lock()
+		if d.job == j {
+			d.job = nil
+			n.catchStats.Running.Store(0)
+			n.catchStats.setRate(0)
+		}
+		d.mu.Unlock()
+	}()
+}
+
+// StopCatchup stops job id if it runs (no final PROGRESS: the middlebox
+// asked for the stop).
+func (n *Node) StopCatchup(id uint64) {
+	d := &n.catchup
+	d.mu.Lock()
+	j := d.job
+	d.mu.Unlock()
+	if j != nil && j.id == id {
+		j.cancel()
+		<-j.done
+		n.log.Info("catch-up: job stopped", "job", id)
+	}
+}
+
+func (n *Node) runCatchup(ctx context.Context, j *catchupJob, report func(orderwire.Frame)) {
+	go func() {
+		select {
+		case <-n.closing:
+			j.cancel()
+		case <-ctx.Done():
+		}
+	}()
+	start := time.Now()
+	// PROGRESS ticker.
+	tick := make(chan struct{})
+	go func() {
+		defer close(tick)
+		t := time.NewTicker(ProgressEvery)
+		defer t.Stop()
+		var lastBytes uint64
+		last := time.Now()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				f := j.progress(orderwire.JobRunning)
+				n.catchStats.setRate(float64(f.Bytes-lastBytes) / now.Sub(last).Seconds())
+				lastBytes, last = f.Bytes, now
+				report(f)
+			}
+		}
+	}()
+	err := n.pullJob(ctx, j)
+	state := orderwire.JobDone
+	switch {
+	case ctx.Err() != nil:
+		j.cancel()
+		<-tick
+		return // stopped, replaced or closing: nothing to report
+	case err != nil:
+		state = orderwire.JobFailed
+		n.catchStats.JobsFailed.Add(1)
+		n.log.Warn("catch-up: job failed", "job", j.id, "source", j.source, "err", err)
+	default:
+		n.catchStats.JobsDone.Add(1)
+	}
+	j.cancel()
+	<-tick
+	f := j.progress(state)
+	if state == orderwire.JobDone {
+		f.Remaining = 0
+		n.log.Info("catch-up: job done", "job", j.id, "source", j.source, "keys", f.Keys, "bytes", f.Bytes, "took", time.Since(start))
+	}
+	report(f)
+}
+
+// pullJob pulls until the tail, moving to the source DC's next node when
+// one fails; it gives up after every node failed in a row.
+func (n *Node) pullJob(ctx context.Context, j *catchupJob) error {
+	addrs := n.cfg.Remotes[j.source]
+	if len(addrs) == 0 {
+		return fmt.Errorf("no --remote addresses for source DC %q", j.source)
+	}
+	var limiter *rate.Limiter
+	if n.cfg.CatchupRate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(n.cfg.CatchupRate), int(min(n.cfg.CatchupRate, 1<<20)))
+	}
+	fails := 0
+	var errs []error
+	for i := 0; ; i++ {
+		addr := addrs[i%len(addrs)]
+		progressed, err := n.pullFrom(ctx, j, addr, limiter)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || errors.Is(err, errCatchupLocal) {
+			return err
+		}
+		n.catchStats.Failures.Add(1)
+		n.log.Warn("catch-up: source node failed; trying the next one", "job", j.id, "source", addr, "err", err)
+		if progressed {
+			fails, errs = 0, nil
+		}
+		fails++
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if fails >= len(addrs) {
+			return fmt.Errorf("every node of DC %q failed: %w", j.source, errors.Join(errs...))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// dialCatchup connects to a source node's peer port as a dc-reader.
+func (n *Node) dialCatchup(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 3 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if n.cfg.PeerSecret != nil {
+		self := peerauth.Hello{Cluster: n.cfg.Cluster, Role: roleDCReader, ID: uint64(n.cfg.ID)}
+		p, err := peerauth.Client(c, n.cfg.PeerSecret, self, time.Now().Add(handshakeTimeout))
+		if err == nil && p.Role != peerauth.RoleNode {
+			err = fmt.Errorf("%s answers as %q, not a node", addr, p.Role)
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// pullFrom runs the stream against one source node until the tail (nil),
+// a failure, or ctx's end. progressed reports whether a page was applied.
+func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter *rate.Limiter) (progressed bool, err error) {
+	c, err := n.dialCatchup(ctx, addr)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	pageBytes, pageRecs := n.cfg.CatchupPageBytes, n.cfg.CatchupPageRecords
+	if pageBytes <= 0 {
+		pageBytes = CatchupPageBytes
+	}
+	if pageRecs <= 0 {
+		pageRecs = CatchupPageRecords
+	}
+	j.mu.Lock()
+	cursor := j.cursor
+	j.mu.Unlock()
+	start := append([]byte{catchupStart}, AppendTag(nil, cursor)...)
+	start = binary.BigEndian.AppendUint32(start, uint32(pageBytes))
+	start = binary.BigEndian.AppendUint32(start, uint32(pageRecs))
+	var wbuf []byte
+	wbuf = appendReadReq(wbuf, kindCatchup, 1, start)
+	wbuf = appendReadReq(wbuf, kindCatchup, 2, []byte{catchupNext})
+	if _, err := c.Write(wbuf); err != nil {
+		return false, err
+	}
+	nextID := uint64(3)
+	fr := newFrameReader(c, maxCatchupFrame)
+	var r response
+	for want := uint64(1); ; want++ {
+		c.SetReadDeadline(time.Now().Add(catchupReadTimout))
+		body, err := fr.next()
+		if err != nil {
+			return progressed, fmt.Errorf("reading a page: %w", err)
+		}
+		if err := decodeResp(body, &r); err != nil || r.kind != kindCatchup || r.id != want {
+			return progressed, fmt.Errorf("malformed catch-up answer (kind %d, id %d, want %d): %v", r.kind, r.id, want, err)
+		}
+		if r.status != statusOK {
+			return progressed, fmt.Errorf("source refused: %s", r.val)
+		}
+		if len(r.val) < TagSize+8 {
+			return progressed, errBadFrame
+		}
+		end := DecodeTag(r.val)
+		remaining := binary.BigEndian.Uint64(r.val[TagSize:])
+		tail := r.flags&flagTail != 0
+		if !tail {
+			// Ask for the page after the one in flight before writing this
+			// one: the WAN round trip overlaps the local writes.
+			wbuf = appendReadReq(wbuf[:0], kindCatchup, nextID, []byte{catchupNext})
+			nextID++
+			if _, err := c.Write(wbuf); err != nil {
+				return progressed, err
+			}
+		}
+		recs, size, err := n.applyPage(ctx, r.val[TagSize+8:], limiter)
+		if err != nil {
+			return progressed, err
+		}
+		progressed = true
+		n.catchStats.Pages.Add(1)
+		n.catchStats.Records.Add(uint64(recs))
+		n.catchStats.Bytes.Add(uint64(size))
+		j.mu.Lock()
+		if end.Compare(j.cursor) > 0 {
+			j.cursor = end
+		}
+		j.keys += uint64(recs)
+		j.bytes += uint64(size)
+		if remaining != ^uint64(0) {
+			j.remaining = remaining
+		}
+		if j.remaining != ^uint64(0) {
+			j.remaining -= min(j.remaining, uint64(recs))
+		}
+		j.mu.Unlock()
+		if tail {
+			return progressed, nil
+		}
+	}
+}
+
+// applyPage writes a page's records at the local quorum, each with its own
+// tag, at most catchupInflight at a time; it returns records and bytes.
+func (n *Node) applyPage(ctx context.Context, b []byte, limiter *rate.Limiter) (int, int, error) {
+	var recs []scanRecord
+	size := 0
+	for len(b) > 0 {
+		var rec scanRecord
+		var err error
+		if b, err = nextScanRecord(b, &rec); err != nil {
+			return 0, 0, fmt.Errorf("malformed page: %w", err)
+		}
+		if err := n.checkTag(rec.tag); err != nil || rec.tag.IsZero() {
+			return 0, 0, fmt.Errorf("record %q with a tag this DC refuses (%v): %v", rec.key, rec.tag, err)
+		}
+		if len(rec.key) > n.cfg.MaxKey || len(rec.val) > n.cfg.MaxValue {
+			return 0, 0, fmt.Errorf("record %q over this DC's key or value limit", rec.key)
+		}
+		recs = append(recs, rec)
+		size += len(rec.key) + len(rec.val)
+	}
+	if limiter != nil {
+		for left := size; left > 0; {
+			k := min(left, limiter.Burst())
+			if err := limiter.WaitN(ctx, k); err != nil {
+				return 0, 0, err
+			}
+			left -= k
+		}
+	}
+	sem := make(chan struct{}, catchupInflight)
+	var wg sync.WaitGroup
+	var failed sync.Once
+	var ferr error
+	for i := range recs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(rec *scanRecord) {
+			defer func() { <-sem; wg.Done() }()
+			if err := n.writeAtQuorum(rec); err != nil {
+				failed.Do(func() { ferr = fmt.Errorf("%w: key %q: %v", errCatchupLocal, rec.key, err) })
+			}
+		}(&recs[i])
+	}
+	wg.Wait()
+	if ferr != nil {
+		return 0, 0, ferr
+	}
+	return len(recs), size, ctx.Err()
+}
+
+// writeAtQuorum stores rec with its own tag on a quorum of this DC (one
+// round, as a stamped write: the tag is already unique and ordered).
+func (n *Node) writeAtQuorum(rec *scanRecord) error {
+	var d deadline
+	d.reset(n.cfg.Timeout)
+	defer d.stop()
+	o, err := n.coord.acquireOp(&d)
+	if err != nil {
+		return err
+	}
+	defer n.coord.release(o)
+	kind := opSet
+	if rec.flags&flagTombstone != 0 {
+		kind = opDel
+	}
+	n.coord.startStamped(o, kind, rec.key, rec.val, rec.tag)
+	return n.coord.wait(o, &d)
+}

@@ -1,0 +1,99 @@
+package kvs
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// CatchupStats are a node's catch-up counters (driver and source side),
+// safe for concurrent use.
+type CatchupStats struct {
+	Jobs       atomic.Uint64 // jobs started (CATCHUP frames accepted)
+	JobsDone   atomic.Uint64 // jobs that reached the source's tail
+	JobsFailed atomic.Uint64 // jobs given up (JobFailed reported)
+	Running    atomic.Int64  // 1 while a job runs
+	Records    atomic.Uint64 // records pulled and written at the local quorum
+	Bytes      atomic.Uint64 // bytes of those records (keys and values)
+	Pages      atomic.Uint64 // pages pulled
+	Failures   atomic.Uint64 // source connections lost or refused (the job moves to the next source node)
+	rate       atomic.Uint64 // float64 bits: bytes/s of the running job
+
+	ServedPages     atomic.Uint64 // pages served to drivers
+	ServedRecords   atomic.Uint64 // records in those pages
+	ServedFromPeers atomic.Uint64 // records read from a DC peer because this node lacked them
+	ServeErrors     atomic.Uint64 // pages refused (no read quorum, storage errors)
+	RemoteRefused   atomic.Uint64 // another DC's connections dropped for a request other than the catch-up read
+}
+
+// Rate is the running job's pull rate in bytes per second (0 when idle).
+func (s *CatchupStats) Rate() float64 { return math.Float64frombits(s.rate.Load()) }
+
+func (s *CatchupStats) setRate(r float64) { s.rate.Store(math.Float64bits(r)) }
+
+// CatchupStats returns the node's catch-up counters.
+func (n *Node) CatchupStats() *CatchupStats { return &n.catchStats }
+
+// appendInfo renders the INFO "# Catchup" section.
+func (s *CatchupStats) appendInfo(b *strings.Builder) {
+	fmt.Fprintf(b, "\r\n# Catchup\r\nsdnkvs_catchup_jobs:%d\r\nsdnkvs_catchup_jobs_done:%d\r\nsdnkvs_catchup_jobs_failed:%d\r\nsdnkvs_catchup_running:%d\r\n",
+		s.Jobs.Load(), s.JobsDone.Load(), s.JobsFailed.Load(), s.Running.Load())
+	fmt.Fprintf(b, "sdnkvs_catchup_records:%d\r\nsdnkvs_catchup_bytes:%d\r\nsdnkvs_catchup_pages:%d\r\nsdnkvs_catchup_failures:%d\r\nsdnkvs_catchup_rate_bytes_per_sec:%.0f\r\n",
+		s.Records.Load(), s.Bytes.Load(), s.Pages.Load(), s.Failures.Load(), s.Rate())
+	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
+		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
+}
+
+// catchupCollector exports CatchupStats as sdnkvs_kvs_catchup_* metrics.
+type catchupCollector struct {
+	s     *CatchupStats
+	descs []*prometheus.Desc
+}
+
+func newCatchupCollector(s *CatchupStats) *catchupCollector {
+	c := &catchupCollector{s: s}
+	for _, d := range catchupMetrics {
+		c.descs = append(c.descs, prometheus.NewDesc("sdnkvs_kvs_catchup_"+d.name, d.help, nil, nil))
+	}
+	return c
+}
+
+var catchupMetrics = []struct {
+	name, help string
+	gauge      bool
+	get        func(*CatchupStats) float64
+}{
+	{"jobs_total", "Catch-up jobs started on this node.", false, func(s *CatchupStats) float64 { return float64(s.Jobs.Load()) }},
+	{"jobs_done_total", "Catch-up jobs that reached the source's tail.", false, func(s *CatchupStats) float64 { return float64(s.JobsDone.Load()) }},
+	{"jobs_failed_total", "Catch-up jobs given up (the middlebox retries).", false, func(s *CatchupStats) float64 { return float64(s.JobsFailed.Load()) }},
+	{"running", "1 while a catch-up job runs on this node.", true, func(s *CatchupStats) float64 { return float64(s.Running.Load()) }},
+	{"records_total", "Records pulled from another DC and written at the local quorum.", false, func(s *CatchupStats) float64 { return float64(s.Records.Load()) }},
+	{"bytes_total", "Bytes (keys and values) of those records.", false, func(s *CatchupStats) float64 { return float64(s.Bytes.Load()) }},
+	{"pages_total", "Catch-up pages pulled.", false, func(s *CatchupStats) float64 { return float64(s.Pages.Load()) }},
+	{"failures_total", "Source connections lost or refused during catch-up.", false, func(s *CatchupStats) float64 { return float64(s.Failures.Load()) }},
+	{"rate_bytes_per_second", "Pull rate of the running catch-up job.", true, func(s *CatchupStats) float64 { return s.Rate() }},
+	{"served_pages_total", "Catch-up pages served to another DC.", false, func(s *CatchupStats) float64 { return float64(s.ServedPages.Load()) }},
+	{"served_records_total", "Records in those pages.", false, func(s *CatchupStats) float64 { return float64(s.ServedRecords.Load()) }},
+	{"served_from_peers_total", "Served records read from a DC peer because this node lacked them.", false, func(s *CatchupStats) float64 { return float64(s.ServedFromPeers.Load()) }},
+	{"serve_errors_total", "Catch-up pages refused (no read quorum, storage errors).", false, func(s *CatchupStats) float64 { return float64(s.ServeErrors.Load()) }},
+	{"remote_refused_total", "Connections of another DC dropped for a request other than the catch-up read.", false, func(s *CatchupStats) float64 { return float64(s.RemoteRefused.Load()) }},
+}
+
+func (c *catchupCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c *catchupCollector) Collect(ch chan<- prometheus.Metric) {
+	for i, m := range catchupMetrics {
+		t := prometheus.CounterValue
+		if m.gauge {
+			t = prometheus.GaugeValue
+		}
+		ch <- prometheus.MustNewConstMetric(c.descs[i], t, m.get(c.s))
+	}
+}
