@@ -43,8 +43,9 @@ type ClusterConfig struct {
 	RequirePass   []byte // RESP AUTH password for every node
 	DebugListen   string // pprof of node 1 on this loopback address
 	Reconfigure   bool   // accept a changed membership (see Config.Reconfigure)
-	// Limits: MaxClients, IdleTimeout, WriteTimeout, MaxCmdKeys and
-	// MinFreeDisk are copied to every node (zero: the defaults).
+	// Limits: MaxClients, IdleTimeout, WriteTimeout, MaxCmdKeys,
+	// MinFreeDisk and the catch-up settings (DCName, Remotes, CatchupRate)
+	// are copied to every node (zero: the defaults).
 	Limits Config
 }
 
@@ -120,6 +121,7 @@ func (cc ClusterConfig) NodeConfigs() ([]Config, error) {
 			Reconfigure: cc.Reconfigure,
 			MaxClients:  cc.Limits.MaxClients, IdleTimeout: cc.Limits.IdleTimeout, WriteTimeout: cc.Limits.WriteTimeout,
 			MaxCmdKeys: cc.Limits.MaxCmdKeys, MinFreeDisk: cc.Limits.MinFreeDisk,
+			DCName: cc.Limits.DCName, Remotes: cc.Limits.Remotes, CatchupRate: cc.Limits.CatchupRate,
 		}
 		if i == 0 {
 			cfgs[i].DebugListen = cc.DebugListen

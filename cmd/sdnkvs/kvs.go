@@ -37,6 +37,7 @@ type KvsNodeCmd struct {
 	OrderSecret
 	KvsSecurityFlags
 	KvsLimitFlags
+	KvsCatchupFlags
 }
 
 // KvsLimitFlags bound what one client can make a node hold.
@@ -139,7 +140,10 @@ func (c *KvsNodeCmd) Run(g *Globals) error {
 		Cluster: c.ClusterID, PeerSecret: secret, InsecurePeers: c.InsecurePeers,
 		RequirePass: pass, DebugListen: c.DebugListen, Reconfigure: c.Reconfigure,
 	}
-	if err := c.apply(&cfg); err != nil {
+	if err := c.KvsLimitFlags.apply(&cfg); err != nil {
+		return err
+	}
+	if err := c.KvsCatchupFlags.apply(&cfg); err != nil {
 		return err
 	}
 	n, err := kvs.Start(cfg)
@@ -169,6 +173,7 @@ type KvsClusterCmd struct {
 	OrderSecret
 	KvsSecurityFlags
 	KvsLimitFlags
+	KvsCatchupFlags
 }
 
 // Config converts the flags.
@@ -178,7 +183,10 @@ func (c *KvsClusterCmd) Config() (kvs.ClusterConfig, error) {
 		return kvs.ClusterConfig{}, err
 	}
 	var lim kvs.Config
-	if err := c.apply(&lim); err != nil {
+	if err := c.KvsLimitFlags.apply(&lim); err != nil {
+		return kvs.ClusterConfig{}, err
+	}
+	if err := c.KvsCatchupFlags.apply(&lim); err != nil {
 		return kvs.ClusterConfig{}, err
 	}
 	return kvs.ClusterConfig{
