@@ -17,7 +17,7 @@ import (
 
 // dcCluster starts a 3-node sequenced DC on loopback whose nodes know the
 // remote DCs in remotes; page limits 0 are the defaults.
-func dcCluster(t testing.TB, name string, remotes map[string][]string, pageBytes, pageRecs int) *Cluster {
+func dcCluster(t testing.TB, name string, remotes map[string][]string, pageBytes, pageRecs int, mods ...func(*Config)) *Cluster {
 	t.Helper()
 	const n = 3
 	ports := freePorts(t, 3*n)
@@ -34,6 +34,9 @@ func dcCluster(t testing.TB, name string, remotes map[string][]string, pageBytes
 			Peers: peers, Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: 5 * time.Second, Logger: log,
 			OrderListen: fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]), OrderSecret: testOrderSecret, PeerSecret: testSecret,
 			DCName: name, Remotes: remotes, CatchupPageBytes: pageBytes, CatchupPageRecords: pageRecs,
+		}
+		for _, m := range mods {
+			m(&cfgs[i])
 		}
 	}
 	c, err := StartNodes(cfgs)
