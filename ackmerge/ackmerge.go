@@ -13,8 +13,10 @@
 //
 // All numbers the client sees are in the sequence space of the reference
 // branch (the first to answer the SYN); branch k's offset is
-// off_k = iss_k - iss_ref. Neither client nor reply payload is ever
-// buffered. A branch's coverage is the highest reply byte it has sent (a
+// off_k = iss_k - iss_ref. Client payload is never buffered; of the
+// reply, only the first Config.HoldBytes bytes past the forwarded stream
+// are copied, so that a branch removal delivers them at once (hold.go). A
+// branch's coverage is the highest reply byte it has sent (a
 // TCP sender sends in order, so a segment past a hole proves the bytes in
 // the hole were sent and lost on the way); bytes below the minimum
 // coverage are forwarded from whichever segment carries them, trimmed,
@@ -23,8 +25,8 @@
 // each covered by a rule test: the coverage above (dropping out-of-order
 // reply segments instead costs one RTT per lost segment under loss), a
 // repeated ACK when the client retransmits acknowledged bytes or a branch
-// retransmits bytes the client acknowledged, and optional SACK
-// (Config.SACK).
+// retransmits bytes the client acknowledged, optional SACK (Config.SACK),
+// and held reply bytes (Config.HoldBytes).
 //
 // Wiring (the middlebox): NewFlow on the client's SYN; Step for every
 // packet of the connection with the side it came from; Tick about every
@@ -107,7 +109,16 @@ type Config struct {
 	// branches' reply bytes are compared by hash and a branch that sends
 	// other bytes than the majority is removed (CauseReplyMismatch).
 	NoVerify bool
+	// HoldBytes is how many reply bytes past the forwarded stream a flow
+	// keeps (copied from the first branch that sends them) so that a
+	// branch removal delivers them at once instead of leaving them to the
+	// survivors' retransmission timers (hold.go; default DefaultHoldBytes,
+	// negative: none).
+	HoldBytes int
 }
+
+// DefaultHoldBytes is Config.HoldBytes's default.
+const DefaultHoldBytes = 8 << 10
 
 func (c *Config) defaults() {
 	if c.MinReplicas <= 0 {
@@ -121,6 +132,9 @@ func (c *Config) defaults() {
 	}
 	if c.Linger <= 0 {
 		c.Linger = 2 * time.Second
+	}
+	if c.HoldBytes == 0 {
+		c.HoldBytes = DefaultHoldBytes
 	}
 }
 
@@ -274,4 +288,6 @@ type Stats struct {
 	RepliesVerified   uint64 // comparison points where every live branch's hash agreed
 	RepliesUnverified uint64 // chunks some live branch could not hash (a hole) or compare (too far behind)
 	ReplyMismatches   uint64 // comparison points whose hashes differed
+	HeldSent          uint64 // held reply bytes sent to the client on a removal
+	HoldFull          uint64 // reply segments past the held bytes not kept (hold full)
 }

@@ -11,7 +11,12 @@ import (
 // into a buffer from out.Alloc, with full checksums and a zero virtio-net
 // header, and emits it. opts must be a multiple of 4 bytes long.
 func (f *Flow) build(out *Out, to int, src, dst netip.AddrPort, seq, ack uint32, flags uint8, wnd uint16, opts []byte) {
-	fields := packet.Fields{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Window: wnd, Options: opts}
+	f.buildData(out, to, src, dst, seq, ack, flags, wnd, opts, nil)
+}
+
+// buildData is build with a payload (held reply bytes, hold.go).
+func (f *Flow) buildData(out *Out, to int, src, dst netip.AddrPort, seq, ack uint32, flags uint8, wnd uint16, opts, payload []byte) {
+	fields := packet.Fields{Src: src, Dst: dst, Seq: seq, Ack: ack, Flags: flags, Window: wnd, Options: opts, Payload: payload}
 	n := out.Offset + fields.Len()
 	var buf []byte
 	if out.Alloc != nil {

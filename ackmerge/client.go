@@ -38,6 +38,13 @@ func (f *Flow) fromClient(buf []byte, p *packet.TCP, now time.Time, out *Out) {
 			}
 			f.cliISS, f.cliNxt = seq, seq.Add(1)
 			f.cliWSOK, f.cliWS = o.WSOK, o.WS
+			f.cliMSS = o.MSS
+			if f.cliMSS == 0 || f.cliMSS > 0xffff-60 {
+				f.cliMSS = 536 // RFC 9293's default for IPv4
+				if f.client.Addr().Is6() {
+					f.cliMSS = 1220
+				}
+			}
 			f.cliSACK = o.SACKOK && f.cfg.SACK
 			f.synAt = now
 			f.state = StateSynSent

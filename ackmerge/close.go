@@ -39,6 +39,7 @@ func (f *Flow) removeBranch(k int, cause Cause, now time.Time, out *Out) {
 			f.br[j].behindSince = time.Time{}
 		}
 		f.updateLag(-1, false, now)
+		f.heldDue = f.heldLen() > 0
 		if f.sentAck.LessThan(f.minAck) || f.sentEdge.LessThan(f.minEdge) {
 			f.sentAck, f.sentEdge = f.minAck, f.minEdge
 			f.build(out, ToClient, f.vip, f.client, uint32(f.sndNxt), uint32(f.minAck),

@@ -81,6 +81,15 @@ type Flow struct {
 	coverEnd                seqnum.Value // minCov, +1 when every branch's FIN is covered
 	minHolder               int
 
+	// Reply bytes past the forwarded stream, kept for a branch removal
+	// (hold.go): held[heldOff:] is the stream from heldAt (reference space).
+	held     []byte
+	heldOff  int
+	heldAt   seqnum.Value
+	heldFrom int    // the branch the held bytes were copied from
+	cliMSS   uint16 // the client's MSS: the largest segment sendHeld makes
+	heldDue  bool   // a removal raised the coverage: send held bytes
+
 	synAt, last, doneAt time.Time
 	stats               Stats
 	ver                 verifier // reply verification (verify.go)
@@ -189,6 +198,7 @@ func (f *Flow) Step(buf []byte, p *packet.TCP, from int, now time.Time, out *Out
 		return
 	}
 	f.last = now
+	defer f.sendHeldDue(out)
 	if from == ToClient {
 		f.stats.FromClient++
 		f.fromClient(buf, p, now, out)
@@ -206,6 +216,7 @@ func (f *Flow) Step(buf []byte, p *packet.TCP, from int, now time.Time, out *Out
 // the linger and the idle timeout. Call it periodically (e.g. every 100 ms
 // for all flows) with the current time.
 func (f *Flow) Tick(now time.Time, out *Out) {
+	defer f.sendHeldDue(out)
 	switch f.state {
 	case StateDone, StateNew:
 		return
@@ -254,4 +265,5 @@ func (f *Flow) RemoveBranch(k int, cause Cause, now time.Time, out *Out) {
 		cause = CauseFailover
 	}
 	f.removeBranch(k, cause, now, out)
+	f.sendHeldDue(out)
 }

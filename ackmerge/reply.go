@@ -57,6 +57,7 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 	}
 	f.recompute()
 	f.updateLag(k, s.advanced, now)
+	f.keep(k, &s, p.Payload())
 	if !f.forward(k, buf, p, &s, out) {
 		return
 	}

@@ -770,3 +770,115 @@ func TestSACKBlocksAreTheIntersection(t *testing.T) {
 		t.Fatalf("SACK option %x, want %x", s.Opts, want)
 	}
 }
+
+// Issue 9 item 8: the near branch (0) is cut; the far branch (1) goes on
+// and sends reply bytes past branch 0's last coverage, which are not
+// forwarded. When branch 0 is removed, the client gets those bytes at
+// once, not after branch 1's retransmission timeout (nothing else would
+// make branch 1 send them again: its SACK-less duplicate ACKs do not).
+func TestRemovalDeliversHeldReplyBytesAtOnce(t *testing.T) {
+	h := newHarness(t, 2, Config{})
+	h.open()
+	h.send(0, []byte("SET a\r\n"), 0, 502)
+	h.reply(0, 0, []byte("+OK\r\n"), 7, 500)
+	only(t, h.reply(1, 0, []byte("+OK\r\n"), 7, 500), ToClient)
+	// Cut: branch 0 falls silent. The client sends two more writes;
+	// branch 1 acknowledges and answers both.
+	h.send(7, []byte("SET b\r\n"), 5, 502)
+	h.send(14, []byte("SET c\r\n"), 5, 502)
+	none(t, h.reply(1, 5, []byte("+OK\r\n"), 21, 500))
+	none(t, h.reply(1, 10, []byte("+OK\r\n"), 21, 500))
+	h.tick(500 * time.Millisecond)
+	out := h.remove(0)
+	var data []byte
+	var acked bool
+	for _, s := range out {
+		if s.To != ToClient {
+			continue
+		}
+		if len(s.Data) > 0 {
+			if h.relSeq(s) != uint32(5+len(data)) {
+				t.Fatalf("held bytes at %d, want %d: %v", h.relSeq(s), 5+len(data), s)
+			}
+			data = append(data, s.Data...)
+		}
+		acked = acked || h.relAck(s) == 21
+	}
+	if string(data) != "+OK\r\n+OK\r\n" || !acked {
+		t.Fatalf("on removal the client got %q (acked %v), want both replies and ack 21: %v", data, acked, out)
+	}
+	if st := h.f.Stats(); st.HeldSent != 10 {
+		t.Fatalf("HeldSent %d, want 10", st.HeldSent)
+	}
+	// Branch 1's retransmission of those bytes is now acknowledged
+	// by the client (ack 15) and passes as a duplicate, no harm.
+	h.send(21, nil, 15, 502)
+	for _, s := range h.reply(1, 5, []byte("+OK\r\n+OK\r\n"), 21, 500) {
+		if s.To == ToClient && len(s.Data) > 0 {
+			t.Fatalf("acknowledged bytes forwarded again: %v", s)
+		}
+	}
+}
+
+// The same with the far branch (1) cut: branch 0, which leads, has sent
+// replies branch 1 never will; they reach the client on the removal.
+func TestRemovalDeliversLeadersExcess(t *testing.T) {
+	h := newHarness(t, 2, Config{})
+	h.open()
+	h.send(0, []byte("SET a\r\nSET b\r\n"), 0, 502)
+	h.ack(1, 14, 500)
+	h.reply(0, 0, []byte("+OK\r\n+OK\r\n"), 14, 500) // only an ACK of 14
+	var data []byte
+	for _, s := range h.remove(1) {
+		if s.To == ToClient {
+			data = append(data, s.Data...)
+		}
+	}
+	if string(data) != "+OK\r\n+OK\r\n" {
+		t.Fatalf("on removal the client got %q", data)
+	}
+}
+
+// Held bytes are bounded by Config.HoldBytes, and none are kept with a
+// negative HoldBytes: then the removal only acknowledges.
+func TestHeldBytesBounded(t *testing.T) {
+	for _, hold := range []int{-1, 4} {
+		h := newHarness(t, 2, Config{HoldBytes: hold})
+		h.open()
+		h.send(0, []byte("GET k\r\n"), 0, 502)
+		h.ack(1, 7, 500)
+		h.reply(0, 0, []byte("$3\r\nabc\r\n"), 7, 500)
+		var data []byte
+		for _, s := range h.remove(1) {
+			if s.To == ToClient {
+				data = append(data, s.Data...)
+			}
+		}
+		want := "$3\r\n"
+		if hold < 0 {
+			want = ""
+		}
+		if string(data) != want {
+			t.Fatalf("HoldBytes %d: the client got %q, want %q", hold, data, want)
+		}
+	}
+}
+
+// Held bytes go out only while the branch they were copied from is in the
+// flow: branch 1 answers first and is then dropped for a reply mismatch
+// (a tie goes against the later branch); the client gets branch 0's reply,
+// never branch 1's held bytes.
+func TestHeldBytesOfAMismatchedBranchNotSent(t *testing.T) {
+	h := newHarness(t, 2, Config{})
+	h.open()
+	none(t, h.replyFl(1, 0, []byte("+OX\r\n"), 0, 500, packet.FlagPSH))
+	var data []byte
+	for _, s := range h.replyFl(0, 0, []byte("+OK\r\n"), 0, 500, packet.FlagPSH) {
+		if s.To == ToClient {
+			data = append(data, s.Data...)
+		}
+	}
+	if string(data) != "+OK\r\n" || !h.hasEvent(EvBranchRemoved, 1, CauseReplyMismatch) {
+		t.Fatalf("client got %q, events %v", data, h.events)
+	}
+}

@@ -81,6 +81,10 @@ const (
 // MaxBranches is the largest number of branches (DCs) of a forked flow.
 const MaxBranches = 8
 
+// MaxHoldBytes bounds Fork.HoldBytes: the reply bytes a forked flow keeps
+// for a branch removal (ackmerge.Config.HoldBytes).
+const MaxHoldBytes = 64 << 10
+
 // MinIdleTimeout is the shortest idle timeout.
 const MinIdleTimeout = time.Second
 
@@ -215,6 +219,9 @@ func (c Config) Validate() error {
 	}
 	if c.Fork.BranchTimeout < 0 {
 		return fieldErr("Fork.BranchTimeout", "%v is negative", c.Fork.BranchTimeout)
+	}
+	if c.Fork.HoldBytes > MaxHoldBytes {
+		return fieldErr("Fork.HoldBytes", "%d is above %d", c.Fork.HoldBytes, MaxHoldBytes)
 	}
 	if len(c.MulticastPorts) > 0 {
 		// A forked flow must outlive its handshake timeout, after which it

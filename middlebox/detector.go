@@ -223,7 +223,8 @@ func (m *Middlebox) reportLag(i int32, now time.Time) {
 	}
 }
 
-// wakeReset asks the timer goroutine to reset anycast flows on dead nodes.
+// wakeReset asks the timer goroutine to act on dead nodes at once
+// (applyDeadNodes): reset their anycast flows, shrink forked flows.
 func (m *Middlebox) wakeReset() {
 	m.resetPending.Store(true)
 	select {

@@ -27,20 +27,32 @@ func (m *Middlebox) stepFork(i int32, buf []byte, p *packet.TCP, from int) {
 func (m *Middlebox) tickFork(i int32, now time.Time) {
 	f := &m.flows.tab.slab[i]
 	tm := &m.timers
-	for j := 0; j < int(f.nbranch); j++ {
-		if f.gone&(1<<j) == 0 && (!m.nodes[f.nodes[j]].live.Load() || m.seqUnreachable(i, j, now)) {
-			f.fork.RemoveBranch(j, ackmerge.CauseFailover, now, &tm.out)
-			tm.outs = m.drainFork(i, &tm.out, tm.outs)
-			if !f.used {
-				return
-			}
-		}
+	if !m.dropDeadBranches(i, now) {
+		return
 	}
 	f.fork.Tick(now, &tm.out)
 	tm.outs = m.drainFork(i, &tm.out, tm.outs)
 	if f.used && m.flows.det != nil {
 		m.reportLag(i, now)
 	}
+}
+
+// dropDeadBranches removes from forked flow i the branches on nodes
+// declared dead or cut off from the order stream; it reports whether the
+// flow is still there. Under timers and flows.
+func (m *Middlebox) dropDeadBranches(i int32, now time.Time) bool {
+	f := &m.flows.tab.slab[i]
+	tm := &m.timers
+	for j := 0; j < int(f.nbranch); j++ {
+		if f.gone&(1<<j) == 0 && (!m.nodes[f.nodes[j]].live.Load() || m.seqUnreachable(i, j, now)) {
+			f.fork.RemoveBranch(j, ackmerge.CauseFailover, now, &tm.out)
+			tm.outs = m.drainFork(i, &tm.out, tm.outs)
+			if !f.used {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // drainFork appends the packets of out to outs and applies its events to

@@ -468,7 +468,7 @@ func (m *Middlebox) resetForked(i int32, now time.Time) {
 		if f.gone&(1<<j) != 0 {
 			continue
 		}
-		if len(tm.pool.free) < tickReserve {
+		if len(tm.pool.free) < m.timers.reserve {
 			m.flushTimerOutput()
 		}
 		f.fork.RemoveBranch(j, ackmerge.CauseFailover, now, &tm.out)

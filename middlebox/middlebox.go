@@ -125,6 +125,7 @@ type Middlebox struct {
 		sync.Mutex
 		out               ackmerge.Out
 		pool              bufPool  // forked flows' timer packets
+		reserve           int      // buffers one flow's timers may need (tickPool)
 		outs              [][]byte // packets of the current pass
 		rstPool, rstInUse [][]byte // small buffers for failover RSTs
 		probeWork         []prober.Result
@@ -137,7 +138,7 @@ type Middlebox struct {
 		queue []prober.Result
 	}
 	wake         chan struct{} // wakes the sweeper for probes and resets
-	resetPending atomic.Bool   // anycast flows on a dead node await their RST
+	resetPending atomic.Bool   // flows on a dead node await applyDeadNodes
 
 	// writer serialises Device writes (data path, timers, Stack).
 	writer struct {
@@ -150,14 +151,18 @@ type Middlebox struct {
 	sweepDone chan struct{}
 }
 
-// tickPoolSize is the number of buffers for packets forked flows' timers
-// make (RSTs, SYN-ACKs after a handshake timeout); a timer pass writes
-// what it has made when fewer than tickReserve (what one flow's timers
-// can make at most) are left.
-const (
-	tickPoolSize = 32
-	tickReserve  = 2*MaxBranches + 2
-)
+// tickPool is the number of buffers for packets forked flows' timers make
+// (RSTs, SYN-ACKs after a handshake timeout, held reply bytes after a
+// branch removal); a timer pass writes what it has made when fewer than
+// tickReserve (what one flow's timers can make at most: its RSTs and ACKs,
+// and its held bytes in segments of at least 536 bytes) are left.
+func tickPool(holdBytes int) (size, reserve int) {
+	if holdBytes == 0 {
+		holdBytes = ackmerge.DefaultHoldBytes
+	}
+	reserve = 2*MaxBranches + 2 + (max(holdBytes, 0)+535)/536
+	return max(32, 2*reserve), reserve
+}
 
 // New makes a Middlebox that reads and writes dev. It creates the
 // middlebox's own Stack for traffic to the VIP (ping, RSTs for other
@@ -262,6 +267,8 @@ func (m *Middlebox) allocBuffers() {
 	if len(m.cfg.MulticastPorts) > 0 {
 		poolSize = 4 * batch // copies for the other branches
 	}
+	tickPoolSize, reserve := tickPool(m.cfg.Fork.HoldBytes)
+	m.timers.reserve = reserve
 	total := batch + poolSize + tickPoolSize
 	backing := make([]byte, total*bufLen)
 	for i := range total {

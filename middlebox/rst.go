@@ -2,6 +2,7 @@ package middlebox
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/sdnkvs/sdnkvs/netstackio/packet"
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
@@ -41,11 +42,14 @@ func (m *Middlebox) rstInPlace(p *packet.TCP, seq, ack uint32, flags uint8) (int
 // rstBufs is how many failover RSTs are made before they are written.
 const rstBufs = 1024
 
-// resetDeadAnycast sends every anycast flow on a dead node a RST towards
-// its client (which the client accepts: seq = its last acknowledgement, or
-// an ACK of its SYN) and removes the flow. Under timers and flows, by the
-// timer goroutine; the RSTs go to m.timers.outs.
-func (m *Middlebox) resetDeadAnycast() {
+// applyDeadNodes acts on nodes just declared dead, at once rather than at
+// the next tick: every anycast flow on a dead node gets a RST towards its
+// client (which the client accepts: seq = its last acknowledgement, or an
+// ACK of its SYN) and is removed, and every forked flow loses its branches
+// on dead nodes (so the survivors' bytes the dead branch held back reach
+// the client now: ackmerge's held bytes). Under timers and flows, by the
+// timer goroutine; the packets go to m.timers.outs.
+func (m *Middlebox) applyDeadNodes(now time.Time) {
 	if !m.resetPending.Swap(false) {
 		return
 	}
@@ -53,6 +57,13 @@ func (m *Middlebox) resetDeadAnycast() {
 	t := m.flows.tab
 	for i := range t.slab {
 		f := &t.slab[i]
+		if f.used && f.kind == kindForked {
+			if len(tm.pool.free) < m.timers.reserve {
+				m.flushTimerOutput()
+			}
+			m.dropDeadBranches(int32(i), now)
+			continue
+		}
 		if n := m.nodes[f.nodes[0]]; !f.used || f.kind != kindAnycast || n.live.Load() && m.lifeAnycastOK(n.dc) {
 			continue // (a DC that is no longer current must not serve reads either)
 		}

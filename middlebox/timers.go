@@ -33,7 +33,7 @@ func (m *Middlebox) Expire(now time.Time) int {
 			continue
 		}
 		if f.kind == kindForked {
-			if len(m.timers.pool.free) < tickReserve {
+			if len(m.timers.pool.free) < m.timers.reserve {
 				m.flushTimerOutput()
 			}
 			m.tickFork(int32(i), now)
@@ -47,7 +47,7 @@ func (m *Middlebox) Expire(now time.Time) int {
 	if m.life != nil {
 		m.lifeTick(now)
 	}
-	m.resetDeadAnycast()
+	m.applyDeadNodes(now)
 	m.flows.Unlock()
 	m.flushTimerOutput()
 	return removed
@@ -63,7 +63,7 @@ func (m *Middlebox) probeTimers(now time.Time) {
 	if m.flows.det != nil {
 		m.detectorTimers(now)
 	}
-	m.resetDeadAnycast()
+	m.applyDeadNodes(now)
 	m.flows.Unlock()
 	m.flushTimerOutput()
 }

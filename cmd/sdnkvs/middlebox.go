@@ -55,6 +55,7 @@ type MiddleboxCmd struct {
 	HandshakeTimeout time.Duration `name:"handshake-timeout" default:"3s" help:"Forked flows: DCs that have not answered the SYN by then are left out."`
 	BranchTimeout    time.Duration `name:"branch-timeout" default:"10s" help:"Forked flows: a DC lagging the others this long without progress is dropped from the flow."`
 	VerifyReplies    bool          `name:"verify-replies" default:"true" negatable:"" help:"Forked flows: compare the DCs' reply bytes (hashes over agreed ranges) and drop a DC that answers other bytes than the others from the flow (logged with flow, DC and offset; fork_reply_mismatches_total). --no-verify-replies turns it off, e.g. for commands whose answer names the node (INFO)."`
+	HoldBytes        int           `name:"hold-bytes" default:"8192" help:"Forked flows: reply bytes past what every DC has sent that a flow keeps, to deliver them at once when a DC leaves the flow instead of after the survivors' retransmission timeout (0: none; at most 65536)."`
 
 	SequencerFlags `embed:""`
 	RejoinFlags    `embed:""`
@@ -74,6 +75,7 @@ var flagOf = map[string]string{
 	"Fork.MinReplicas":         "--min-replicas",
 	"Fork.HandshakeTimeout":    "--handshake-timeout",
 	"Fork.BranchTimeout":       "--branch-timeout",
+	"Fork.HoldBytes":           "--hold-bytes",
 	"Failover.Detector":        "--detector",
 	"Failover.Probe":           "--probe",
 	"Failover.ProbePort":       "--probe-port",
@@ -126,6 +128,10 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout
 	cfg.Fork.BranchTimeout = c.BranchTimeout
 	cfg.Fork.NoVerify = !c.VerifyReplies
+	cfg.Fork.HoldBytes = c.HoldBytes
+	if c.HoldBytes == 0 {
+		cfg.Fork.HoldBytes = -1 // none (a zero Config field is the default)
+	}
 	if c.Detector != failover.None {
 		det := failover.DefaultConfig()
 		det.Mode = c.Detector

@@ -7,15 +7,17 @@ import (
 	"github.com/sdnkvs/sdnkvs/netstackio/virtio"
 )
 
-// Fields are the header fields of a TCP packet without payload that Build
+// Fields are the header fields and payload of a TCP packet that Build
 // writes: the segments the middlebox makes itself (SYN-ACKs, RSTs, pure
-// ACKs).
+// ACKs, and reply bytes ackmerge held back and delivers on a branch
+// removal).
 type Fields struct {
 	Src, Dst netip.AddrPort // one IP family: IPv4 or IPv6
 	Seq, Ack uint32
 	Flags    uint8
 	Window   uint16
 	Options  []byte // a multiple of 4 bytes long
+	Payload  []byte // copied after the header
 }
 
 // Len is the length of the IP packet Build writes for f.
@@ -24,7 +26,7 @@ func (f *Fields) Len() int {
 	if f.Src.Addr().Is6() {
 		ipl = IPv6Len
 	}
-	return ipl + TCPMinLen + len(f.Options)
+	return ipl + TCPMinLen + len(f.Options) + len(f.Payload)
 }
 
 // Build writes the packet f describes into buf[:f.Len()] (IPv4 with DF and
@@ -70,6 +72,7 @@ func (p *TCP) Build(buf []byte, vnet virtio.Hdr, f *Fields) error {
 	t[tcpFlags] = f.Flags
 	binary.BigEndian.PutUint16(t[tcpWindow:], f.Window)
 	copy(t[tcpOptions:], f.Options)
+	copy(t[TCPMinLen+len(f.Options):], f.Payload)
 	if len(vnet) >= virtio.HdrLen {
 		vnet.Clear()
 	}

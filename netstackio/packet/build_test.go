@@ -27,6 +27,10 @@ func TestBuildMatchesGVisor(t *testing.T) {
 		if r.Intn(2) == 0 {
 			f.Options = []byte{OptMSS, 4, byte(r.Uint32()), byte(r.Uint32()), OptNOP, OptWindowScale, 3, 7}
 		}
+		if r.Intn(2) == 0 {
+			f.Payload = make([]byte, r.Intn(1500))
+			r.Read(f.Payload)
+		}
 		buf := make([]byte, 16+f.Len()+8)
 		for j := range buf {
 			buf[j] = 0xa5 // dirty: Build must not rely on zeroes
@@ -55,7 +59,8 @@ func TestBuildMatchesGVisor(t *testing.T) {
 		tcp := header.TCP(pkt[ipl:])
 		if tcp.SourcePort() != f.Src.Port() || tcp.DestinationPort() != f.Dst.Port() || tcp.SequenceNumber() != f.Seq ||
 			tcp.AckNumber() != f.Ack || uint8(tcp.Flags()) != f.Flags || tcp.WindowSize() != f.Window ||
-			int(tcp.DataOffset()) != TCPMinLen+len(f.Options) || string(tcp.Options()) != string(f.Options) {
+			int(tcp.DataOffset()) != TCPMinLen+len(f.Options) || string(tcp.Options()) != string(f.Options) ||
+			string(tcp.Payload()) != string(f.Payload) {
 			t.Fatalf("TCP header %+v does not match %+v", tcp, f)
 		}
 		if p.SrcAddr() != f.Src.Addr() || p.DstAddr() != f.Dst.Addr() {
