@@ -38,6 +38,7 @@ type DemoCmd struct {
 	Data        string `name:"data" type:"path" help:"Store data directory (default: a temporary one, removed)."`
 	Out         string `name:"out" default:"demo-out" type:"path" help:"Directory for the CSV and PNG (empty: none)."`
 	JSON        bool   `name:"json" help:"Print one JSON object (progress goes to stderr)."`
+	Runs        int    `name:"runs" default:"1" help:"Cut scenario: run the demo this many times, each on a fresh testbed, and report the distribution (min, median, p90, max) of RTO and longest write stall (table or JSON, CSV and PNG in --out; one progress line per run on stderr)."`
 }
 
 // Config converts the flags.
@@ -70,6 +71,12 @@ func (c *DemoCmd) Validate() error {
 	if c.Writers < 0 || c.Readers < 0 || c.Window < 1 && c.Writers > 0 {
 		return errors.New("--writers, --readers, --window: want positive values")
 	}
+	if c.Runs < 1 || c.Runs > 1000 {
+		return fmt.Errorf("--runs: %d out of range [1, 1000]", c.Runs)
+	}
+	if c.Runs > 1 && (c.Scenario != demo.ScenarioCut || c.CutAt < 0) {
+		return errors.New("--runs: only with --scenario cut and a cut (--cut-at >= 0)")
+	}
 	_, err := c.Config()
 	return err
 }
@@ -93,6 +100,9 @@ func (c *DemoCmd) Run(g *Globals) error {
 	if cfg.Scenario == demo.ScenarioLifecycle {
 		return runLifecycleDemo(ctx, cfg, out, c.JSON)
 	}
+	if c.Runs > 1 {
+		return runDemoSeries(ctx, cfg, c.Runs, out, c.JSON)
+	}
 	res, err := demo.Run(ctx, cfg)
 	if err != nil {
 		if res != nil {
@@ -107,6 +117,28 @@ func (c *DemoCmd) Run(g *Globals) error {
 	res.Print(out)
 	if res.RPOLost > 0 && cfg.Mode == "sdn" {
 		return fmt.Errorf("demo: %d acknowledged writes lost", res.RPOLost)
+	}
+	return nil
+}
+
+// runDemoSeries runs the cut scenario n times and prints the distribution.
+func runDemoSeries(ctx context.Context, cfg demo.Config, n int, out io.Writer, asJSON bool) error {
+	res, err := demo.RunSeries(ctx, cfg, n, os.Stderr)
+	if err != nil {
+		if res != nil && res.Runs > 0 {
+			res.Print(os.Stderr)
+		}
+		return err
+	}
+	if asJSON {
+		if err := json.NewEncoder(out).Encode(res); err != nil {
+			return err
+		}
+	} else {
+		res.Print(out)
+	}
+	if res.Lost() > 0 && cfg.Mode == "sdn" {
+		return fmt.Errorf("demo: %d acknowledged writes lost over %d runs", res.Lost(), n)
 	}
 	return nil
 }
