@@ -400,3 +400,26 @@ func TestFlowsPagesAndCapsLimit(t *testing.T) {
 		}
 	}
 }
+
+// Issue 9 item 8: a dead node's branches leave forked flows as soon as the
+// node is declared down (the timer goroutine's wake-up pass), not at the
+// next tick, so the survivors' held reply bytes reach the client at once.
+func TestDeadBranchRemovedOnWake(t *testing.T) {
+	cfg := testConfig()
+	cfg.AnycastPorts = nil
+	cfg.MulticastPorts = []uint16{6379}
+	cfg.TickInterval = time.Hour // the sweeper's ticks (1 s) are not what removes it
+	dev := newFakeDev(false, true)
+	m, clk := newUnit(t, cfg, dev)
+	forkedFlow(t, m, dev, netip.MustParseAddrPort("10.200.2.7:30000"))
+	if err := m.SetNodeLive(dub1, false); err != nil {
+		t.Fatal(err)
+	}
+	m.probeTimers(clk.Now()) // what the wake-up runs (the sweeper may run it first)
+	for _, o := range dev.take() {
+		if dstOf(t, o).Addr() == dub1.Addr() && header.TCP(o[virtio.HdrLen+20:]).Flags()&header.TCPFlagRst != 0 {
+			return
+		}
+	}
+	t.Fatal("no RST to the dead node's branch after the wake-up pass")
+}
