@@ -30,7 +30,7 @@ import (
 const ProgressEvery = 500 * time.Millisecond
 
 const (
-	catchupInflight   = 64 // local quorum writes in flight per page
+	catchupInflight   = 1024 // local quorum writes in flight (of the node's 16,384 ops)
 	catchupReadTimout = 30 * time.Second
 )
 
@@ -339,42 +339,53 @@ func (n *Node) applyPage(ctx context.Context, b []byte, limiter *rate.Limiter) (
 			left -= k
 		}
 	}
-	sem := make(chan struct{}, catchupInflight)
-	var wg sync.WaitGroup
-	var failed sync.Once
-	var ferr error
-	for i := range recs {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(rec *scanRecord) {
-			defer func() { <-sem; wg.Done() }()
-			if err := n.writeAtQuorum(rec); err != nil {
-				failed.Do(func() { ferr = fmt.Errorf("%w: key %q: %v", errCatchupLocal, rec.key, err) })
-			}
-		}(&recs[i])
-	}
-	wg.Wait()
-	if ferr != nil {
-		return 0, 0, ferr
+	if err := n.writeAllAtQuorum(recs); err != nil {
+		return 0, 0, err
 	}
 	return len(recs), size, ctx.Err()
 }
 
-// writeAtQuorum stores rec with its own tag on a quorum of this DC (one
-// round, as a stamped write: the tag is already unique and ordered).
-func (n *Node) writeAtQuorum(rec *scanRecord) error {
+// writeAllAtQuorum stores every record with its own tag on a quorum of this
+// DC (one round each, as a stamped write: the tag is already unique and
+// ordered), keeping at most catchupInflight ops of the shared pool in
+// flight so client commands keep theirs.
+func (n *Node) writeAllAtQuorum(recs []scanRecord) error {
 	var d deadline
-	d.reset(n.cfg.Timeout)
 	defer d.stop()
-	o, err := n.coord.acquireOp(&d)
-	if err != nil {
-		return err
+	var inflight []*op
+	var ferr error
+	waitOldest := func() {
+		o := inflight[0]
+		inflight = inflight[1:]
+		d.reset(n.cfg.Timeout)
+		if err := n.coord.wait(o, &d); err != nil && ferr == nil {
+			ferr = fmt.Errorf("%w: %v", errCatchupLocal, err)
+		}
+		n.coord.release(o)
 	}
-	defer n.coord.release(o)
-	kind := opSet
-	if rec.flags&flagTombstone != 0 {
-		kind = opDel
+	for i := range recs {
+		if len(inflight) >= catchupInflight {
+			waitOldest()
+		}
+		if ferr != nil {
+			break
+		}
+		rec := &recs[i]
+		d.reset(n.cfg.Timeout)
+		o, err := n.coord.acquireOp(&d)
+		if err != nil {
+			ferr = fmt.Errorf("%w: %v", errCatchupLocal, err)
+			break
+		}
+		kind := opSet
+		if rec.flags&flagTombstone != 0 {
+			kind = opDel
+		}
+		n.coord.startStamped(o, kind, rec.key, rec.val, rec.tag)
+		inflight = append(inflight, o)
 	}
-	n.coord.startStamped(o, kind, rec.key, rec.val, rec.tag)
-	return n.coord.wait(o, &d)
+	for len(inflight) > 0 {
+		waitOldest()
+	}
+	return ferr
 }
