@@ -250,7 +250,9 @@ func TestConvergenceAfterRejoin(t *testing.T) {
 // --catchup-rate, so the copy takes several seconds), is cut again in the
 // middle, healed, and completes; then it misses a second load and the
 // near DC, its source, is cut in the middle of the copy, healed, and the
-// copy completes. Every key of both loads is then in the far DC.
+// copy completes (the near DC, the last live one, is never declared down:
+// the detector's last-DC hold; its pass fails or stalls and is retried).
+// Every key of both loads is then in the far DC.
 func TestCatchupInterruptedResumes(t *testing.T) {
 	env := newLifeEnv(t, scenario.Sequencing{CatchupRate: "262144"})
 	ctx := context.Background()
@@ -290,8 +292,14 @@ func TestCatchupInterruptedResumes(t *testing.T) {
 		}
 		heal(t, env, far)
 		running(far)
-		cut(t, env, interrupt)
-		time.Sleep(time.Second) // the copy is interrupted for a while (a duration of the experiment)
+		if interrupt == far {
+			cut(t, env, far) // the joining DC goes down mid-copy
+		} else if err := env.TB.Cut(near); err != nil {
+			// The source: the last live DC, which the detector never takes
+			// down (its last-DC hold); its pass fails or stalls instead.
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second) // the copy is interrupted for a while (a duration of the experiment)
 		heal(t, env, interrupt)
 		waitState(t, env, far, scenario.StateLive, 2*time.Minute)
 		waitState(t, env, near, scenario.StateLive, 2*time.Minute)
