@@ -92,8 +92,8 @@ func (c *DemoCmd) Run(g *Globals) error {
 	}
 	var out io.Writer = os.Stdout
 	cfg.Log = os.Stdout
-	if c.JSON {
-		cfg.Log = os.Stderr
+	if c.JSON || cfg.Scenario == demo.ScenarioLifecycle {
+		cfg.Log = os.Stderr // the lifecycle scenario's progress always goes to stderr
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
