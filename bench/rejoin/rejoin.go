@@ -24,6 +24,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -229,6 +231,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		pr.stop()
 		res.Probe = pr.samples()
 		tl.Stop(env)
+		if cfg.Out != "" { // the middlebox's decisions, for a slow or odd case
+			p := filepath.Join(cfg.Out, "rejoin-middlebox.log")
+			if os.MkdirAll(cfg.Out, 0o755) == nil && os.WriteFile(p, []byte(env.MiddleboxOutput()), 0o644) == nil {
+				res.Files = append(res.Files, p)
+			}
+		}
 		for _, c := range tl.Changes() {
 			res.Timeline = append(res.Timeline, c.String())
 		}
@@ -250,7 +258,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		pr.stop()
 		res.Probe = pr.samples()
 		files, err := res.WriteFiles(cfg.Out)
-		res.Files = files
+		res.Files = append(res.Files, files...)
 		if err != nil {
 			return res, err
 		}
