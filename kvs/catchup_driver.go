@@ -211,7 +211,7 @@ func (n *Node) dialCatchup(ctx context.Context, addr string) (net.Conn, error) {
 		return nil, err
 	}
 	if n.cfg.PeerSecret != nil {
-		self := peerauth.Hello{Cluster: n.cfg.Cluster, Role: roleDCReader, ID: uint64(n.cfg.ID)}
+		self := peerauth.Hello{Cluster: CatchupCluster, Role: roleDCReader, ID: uint64(n.cfg.ID)}
 		p, err := peerauth.Client(c, n.cfg.PeerSecret, self, time.Now().Add(handshakeTimeout))
 		if err == nil && p.Role != peerauth.RoleNode {
 			err = fmt.Errorf("%s answers as %q, not a node", addr, p.Role)

@@ -177,17 +177,27 @@ func TestCatchupReplacedAndStopped(t *testing.T) {
 func TestCatchupRemoteIsReadOnly(t *testing.T) {
 	a := dcCluster(t, "A", nil, 0, 0)
 	putOn(t, a, []int{0, 1, 2}, "k", stampTag(100), "v", false)
-	dial := func(secret []byte) (net.Conn, error) {
+	dialAs := func(secret []byte, h peerauth.Hello) (net.Conn, error) {
 		c, err := net.Dial("tcp", a.Config(0).PeerListen)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		_, err = peerauth.Client(c, secret, peerauth.Hello{Cluster: "sdnkvs", Role: roleDCReader, ID: 9}, time.Now().Add(5*time.Second))
+		_, err = peerauth.Client(c, secret, h, time.Now().Add(5*time.Second))
 		return c, err
 	}
+	reader := peerauth.Hello{Cluster: CatchupCluster, Role: roleDCReader, ID: 9}
+	dial := func(secret []byte) (net.Conn, error) { return dialAs(secret, reader) }
 	if _, err := dial([]byte("another-secret-that-is-long-enough")); err == nil {
 		t.Fatal("a dc-reader with a wrong secret was accepted")
+	}
+	// A node role on the catch-up handshake, or a dc-reader on the DC's own
+	// cluster handshake: refused.
+	if _, err := dialAs(testSecret, peerauth.Hello{Cluster: CatchupCluster, Role: peerauth.RoleNode, ID: 2}); err == nil {
+		t.Fatal("role node accepted on the catch-up handshake")
+	}
+	if _, err := dialAs(testSecret, peerauth.Hello{Cluster: "sdnkvs", Role: roleDCReader, ID: 9}); err == nil {
+		t.Fatal("a dc-reader accepted on the cluster's own handshake")
 	}
 	for _, kind := range []byte{kindWrite, kindRead, kindScan, kindChanges, kindStatus} {
 		c, err := dial(testSecret)

@@ -189,8 +189,9 @@ func waitJob(t testing.TB, pc *progressConn, job uint64, timeout time.Duration) 
 // above the cursor, B ends with A's record for every key, and a record B
 // holds newer than A's is kept.
 func TestCatchupConverges(t *testing.T) {
-	a := dcCluster(t, "A", nil, 64<<10, 100)
-	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 64<<10, 100)
+	// The DCs have different cluster ids (and the same secret).
+	a := dcCluster(t, "A", nil, 64<<10, 100, func(c *Config) { c.Cluster = "dc-a" })
+	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 64<<10, 100, func(c *Config) { c.Cluster = "dc-b" })
 	all := []int{0, 1, 2}
 	const before, missed = 600, 400
 	g := uint64(1_000_000)

@@ -65,6 +65,15 @@
 // NOPROTO (clients fall back to RESP2 silently), CONFIG GET answers what
 // redis-benchmark asks, CLIENT SETINFO/SETNAME answer +OK.
 //
+// # Catch-up between DCs
+//
+// Each store keeps a change index (one entry per key, ordered by the tag
+// of its current record, written in the record's transaction). A node of a
+// DC that missed writes, asked by the middlebox (CATCHUP on the order
+// stream), pulls from another DC's node (Config.Remotes) every record above
+// a tag cursor in tag order, merged over a quorum of that DC, and writes
+// each at its own quorum with the record's tag (docs/design-lifecycle.md).
+//
 // # Pipelining
 //
 // Pipelined commands on distinct keys run concurrently; a command touching a

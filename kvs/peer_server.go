@@ -3,8 +3,12 @@ package kvs
 // The peer server: answers other nodes' reads and writes on the peer port.
 
 import (
+	"bufio"
 	"errors"
 	"net"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/internal/peerauth"
 )
 
 // serverConn answers one peer's requests. Reads are served inline by the
@@ -35,7 +39,17 @@ func (n *Node) servePeer(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	peer, err := n.acceptPeer(c)
+	// Another DC's catch-up driver names CatchupCluster in its hello.
+	pc := &peekConn{Conn: c, r: bufio.NewReaderSize(c, 1024)}
+	var peer peerauth.Hello
+	var err error
+	c.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	if n.cfg.PeerSecret != nil && peekCluster(pc.r) == CatchupCluster {
+		peer, err = n.acceptCatchup(pc)
+	} else {
+		peer, err = n.acceptPeer(pc)
+	}
+	c.SetReadDeadline(time.Time{})
 	if err != nil {
 		n.stats.PeerAuthFail.Add(1)
 		n.log.Warn("peer handshake refused", "peer", c.RemoteAddr(), "err", err)
@@ -43,7 +57,7 @@ func (n *Node) servePeer(c net.Conn) {
 	}
 	sc := &serverConn{n: n, w: newBatchWriter(c, 32<<20)}
 	defer sc.w.close()
-	fr := newFrameReader(c, n.maxFrame())
+	fr := newFrameReader(pc, n.maxFrame())
 	var req request
 	var vbuf []byte
 	var cs catchupStream

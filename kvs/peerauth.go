@@ -8,6 +8,7 @@ package kvs
 // with the same id (see docs/design-peerauth.md).
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"time"
@@ -19,8 +20,49 @@ const handshakeTimeout = 3 * time.Second
 
 // roleDCReader is the peerauth role of another DC's catch-up driver: it
 // proves the same cluster secret but may only read the catch-up stream
-// (kindCatchup); any other request drops its connection.
+// (kindCatchup); any other request drops its connection. Its handshake
+// names the cluster CatchupCluster rather than a DC's --cluster-id, so DCs
+// with different cluster ids (and the same secret) can catch up.
 const roleDCReader = "dc-reader"
+
+// CatchupCluster is the peerauth cluster name of catch-up connections.
+const CatchupCluster = "sdnkvs-catchup"
+
+// peekConn reads through a buffer that has peeked at the client's hello.
+type peekConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// peekCluster returns the cluster named in the client hello waiting on br
+// ("" if it cannot tell: peerauth then reports the problem). The layout is
+// peerauth's: magic(4) type(1) len(2) | nonce(32) | cluster len(1) cluster.
+func peekCluster(br *bufio.Reader) string {
+	const head = 7 + 32 + 1
+	h, err := br.Peek(head)
+	if err != nil || string(h[:4]) != "SKPA" || h[4] != 1 {
+		return ""
+	}
+	cl := int(h[head-1])
+	b, err := br.Peek(head + cl)
+	if err != nil {
+		return ""
+	}
+	return string(b[head:])
+}
+
+// acceptCatchup authenticates another DC's catch-up driver.
+func (n *Node) acceptCatchup(c net.Conn) (peerauth.Hello, error) {
+	self := peerauth.Hello{Cluster: CatchupCluster, Role: peerauth.RoleNode, ID: uint64(n.cfg.ID)}
+	return peerauth.Server(c, n.cfg.PeerSecret, self, func(p peerauth.Hello) error {
+		if p.Role != roleDCReader {
+			return fmt.Errorf("role %q may not use the catch-up handshake", p.Role)
+		}
+		return nil
+	}, time.Now().Add(handshakeTimeout))
+}
 
 func (n *Node) hello() peerauth.Hello {
 	return peerauth.Hello{Cluster: n.cfg.Cluster, Role: peerauth.RoleNode, ID: uint64(n.cfg.ID)}
@@ -34,8 +76,6 @@ func (n *Node) acceptPeer(c net.Conn) (peerauth.Hello, error) {
 	}
 	return peerauth.Server(c, n.cfg.PeerSecret, n.hello(), func(p peerauth.Hello) error {
 		switch {
-		case p.Role == roleDCReader:
-			return nil // another DC's catch-up driver: read-only (servePeer)
 		case p.Role != peerauth.RoleNode:
 			return fmt.Errorf("role %q not served on the peer port", p.Role)
 		case p.ID == uint64(n.cfg.ID):
