@@ -52,10 +52,19 @@ func (f *Flow) keep(k int, s *replySeg, payload []byte) {
 	f.dropHeld()
 	if f.heldLen() == 0 {
 		f.heldAt, f.heldFrom = f.minCov, k
-	} else if k != f.heldFrom {
-		return // one source: its bytes go only if it stays in the flow
 	}
 	hi := f.heldAt.Add(seqnum.Size(f.heldLen()))
+	if k != f.heldFrom {
+		// One source at a time: its bytes go only if it stays in the
+		// flow. A branch that sent every held byte and more becomes the
+		// source (the near DC's copy is replaced by the far DC's once the
+		// far one has overtaken the near one's last coverage).
+		if f.heldAt.LessThan(s.seq) || !hi.LessThan(s.end) {
+			return
+		}
+		f.held, f.heldOff, f.heldFrom = f.held[:0], 0, k
+		hi = f.heldAt
+	}
 	if hi.LessThan(s.seq) || !hi.LessThan(s.end) {
 		return // a gap before it, or nothing new
 	}

@@ -882,3 +882,32 @@ func TestHeldBytesOfAMismatchedBranchNotSent(t *testing.T) {
 		t.Fatalf("client got %q, events %v", data, h.events)
 	}
 }
+
+// The held bytes change source when another branch sends all of them and
+// more: branch 0 (near) holds "+OK" past branch 1's coverage when it is
+// cut; branch 1 then sends that reply and the next one in one segment.
+// On the removal the client gets the next one at once (branch 1's copy;
+// branch 0's held bytes would not count once branch 0 left).
+func TestHeldBytesTakenOverBySurvivor(t *testing.T) {
+	h := newHarness(t, 2, Config{})
+	h.open()
+	h.send(0, []byte("SET a\r\nSET b\r\nSET c\r\n"), 0, 502)
+	h.reply(0, 0, []byte("+OK\r\n+OK\r\n"), 21, 500)
+	only(t, h.reply(1, 0, []byte("+OK\r\n"), 21, 500), ToClient)
+	s := only(t, h.reply(1, 5, []byte("+OK\r\n+OK\r\n"), 21, 500), ToClient) // branch 0 is cut
+	if h.relSeq(s) != 5 || string(s.Data) != "+OK\r\n" {
+		t.Fatalf("forwarded %v %q", s, s.Data)
+	}
+	var data []byte
+	for _, s := range h.remove(0) {
+		if s.To == ToClient && len(s.Data) > 0 {
+			if h.relSeq(s) != 10 {
+				t.Fatalf("held bytes at %d, want 10", h.relSeq(s))
+			}
+			data = append(data, s.Data...)
+		}
+	}
+	if string(data) != "+OK\r\n" {
+		t.Fatalf("on removal the client got %q", data)
+	}
+}
