@@ -34,7 +34,7 @@ func (r *Result) Print(w io.Writer) {
 		r.Near, r.DelayNear, r.Far, r.DelayFar, float64(r.LinkRateBPS)/1e6, r.Nodes, r.CatchupRate)
 	r.Table().Fprint(w)
 	fmt.Fprintln(w, "catch-up s: heal to live (/dcs); keys, MB: what the catch-up passes reported; x link: copy bit rate / link rate;")
-	fmt.Fprintln(w, "write latency: a closed-loop SET through the forked port, before the cut (baseline), heal..live, live..+after.")
+	fmt.Fprintln(w, "write latency: a closed-loop SET through the forked port, before the cut (baseline), joining..live, live..+after.")
 	if len(r.Timeline) > 0 {
 		fmt.Fprintln(w, "DC states (time from the start):")
 		for _, s := range r.Timeline {

@@ -176,7 +176,7 @@ type Row struct {
 	// link).
 	LinkRatio float64
 	// Probe write latency in milliseconds: before the cut (steady state,
-	// the baseline), during catch-up (heal to live) and after it.
+	// the baseline), during catch-up (joining to live) and after it.
 	BeforeP50, BeforeP99     float64
 	DuringP50, DuringP99     float64
 	AfterP50, AfterP99       float64
@@ -341,7 +341,14 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		return ms(quantile(ls, 0.5)), ms(quantile(ls, 0.99)), len(ls)
 	}
 	row.BeforeP50, row.BeforeP99, row.BeforeN = lat(steady0, cutAt)
-	row.DuringP50, row.DuringP99, row.DuringN = lat(healAt, liveAt)
+	// During catch-up: from joining (forks include the DC from then on;
+	// before it, the healed DC is still down and writes go to the other
+	// DC alone) to live.
+	joinAt := healAt
+	if t, ok := tl.FirstAfter(cfg.Cut, scenario.StateJoining, healAt); ok && t < liveAt {
+		joinAt = t
+	}
+	row.DuringP50, row.DuringP99, row.DuringN = lat(joinAt, liveAt)
 	row.AfterP50, row.AfterP99, row.AfterN = lat(liveAt, afterEnd)
 	for _, s := range pr.samples() {
 		if s.Err != "" && s.At >= steady0 {
