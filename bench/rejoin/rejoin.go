@@ -344,9 +344,11 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 	// During catch-up: from joining (forks include the DC from then on;
 	// before it, the healed DC is still down and writes go to the other
 	// DC alone) to live.
+	// A probe connection opened before joining lacks the DC until it
+	// reconnects (every second): start a second after joining.
 	joinAt := healAt
-	if t, ok := tl.FirstAfter(cfg.Cut, scenario.StateJoining, healAt); ok && t < liveAt {
-		joinAt = t
+	if t, ok := tl.FirstAfter(cfg.Cut, scenario.StateJoining, healAt); ok && t+time.Second < liveAt {
+		joinAt = t + time.Second
 	}
 	row.DuringP50, row.DuringP99, row.DuringN = lat(joinAt, liveAt)
 	row.AfterP50, row.AfterP99, row.AfterN = lat(liveAt, afterEnd)
