@@ -7,6 +7,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 )
 
 // putAll applies puts concurrently from several goroutines (so they share
@@ -242,5 +243,22 @@ func TestChangesAfterPaging(t *testing.T) {
 	}
 	if seen != 100 {
 		t.Fatalf("visited %d entries, want 100", seen)
+	}
+}
+
+// TestChangeIndexAfterRepair: a wiped node repairs through the learners'
+// whole-store copy (syncFrom), and its change index matches its records.
+func TestChangeIndexAfterRepair(t *testing.T) {
+	c := testCluster(t, 3, 2, 2*time.Second)
+	fill(t, c, 300)
+	wipe(t, c, 1)
+	waitVoter(t, c, 1)
+	for i := 0; i < 3; i++ {
+		if err := c.Node(i).store.checkChangeIndex(); err != nil {
+			t.Fatalf("node %d: %v", i+1, err)
+		}
+	}
+	if n := len(indexEntries(t, c.Node(1).store)); n < 300 {
+		t.Fatalf("repaired node's index has %d entries, want 300", n)
 	}
 }
