@@ -71,6 +71,11 @@ func (n *Node) StartCatchup(id uint64, source string, cursor Tag, report func(or
 	d := &n.catchup
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	select {
+	case <-n.closing:
+		return // the node is stopping: the middlebox asks another node
+	default:
+	}
 	if old := d.job; old != nil {
 		old.cancel()
 		<-old.done
