@@ -364,6 +364,7 @@ func RunLifecycleIn(ctx context.Context, env *scenario.Env, cfg Config) (*Lifecy
 			stopped = true
 			w.Stop()
 			finishLifecycle(res, w, tl, env, firstRejoin)
+			res.FinalLost = -1 // the final check was not made
 			return res, fmt.Errorf("demo: %s did not rejoin within %v after the heal: %w", victim, lc.RejoinTimeout, err)
 		}
 		live := w.Now()

@@ -138,7 +138,11 @@ func (r *LifecycleResult) Print(out io.Writer) {
 	dt.Fprint(w)
 	t := report.NewTable("measure", "value")
 	t.Add("RPO: most acknowledged writes a survivor lacked", fmt.Sprintf("%d (over %d checks, one per disaster, and the final one)", r.RPOLost, len(r.Disasters)))
-	t.Add("final check", fmt.Sprintf("%d of %d lost in %s", r.FinalLost, r.AckedWrites, r.FinalDC))
+	if r.FinalLost < 0 {
+		t.Add("final check", "not made (the run stopped early)")
+	} else {
+		t.Add("final check", fmt.Sprintf("%d of %d lost in %s", r.FinalLost, r.AckedWrites, r.FinalDC))
+	}
 	t.Add("rejoins (healed -> live)", fmt.Sprintf("%d, longest %.2f s", r.Rejoins, r.CatchupMaxS))
 	t.Add("stale reads (all / after the first rejoin)", fmt.Sprintf("%d / %d of %d reads", r.StaleReads, r.StaleAfterRejoin, r.Reads))
 	t.Add("reads served", fmtDCs(r.ReadsByDC))
