@@ -306,10 +306,18 @@ func (cc *clientConn) add(args [][]byte) {
 		bc.err = fmt.Sprintf("ERR too many keys in one command (max %d)", cc.n.cfg.MaxCmdKeys)
 	}
 	if bc.err == "" && bc.kind != cmdImmediate && bc.kind != cmdQuit && bc.kind != cmdOK {
-		for _, k := range cc.keys(bc) {
-			if len(k) > cc.n.cfg.MaxKey {
+		// Keys are held to MaxKey, MSET's values (every other argument)
+		// to MaxValue only.
+		keys, step := cc.keys(bc), cc.keyStep(bc)
+		for i := 0; i < len(keys); i += step {
+			if len(keys[i]) > cc.n.cfg.MaxKey {
 				bc.kind = cmdImmediate
 				bc.err = fmt.Sprintf("ERR key too large (max %d bytes)", cc.n.cfg.MaxKey)
+				break
+			}
+			if step == 2 && len(keys[i+1]) > cc.n.cfg.MaxValue {
+				bc.kind = cmdImmediate
+				bc.err = fmt.Sprintf("ERR value too large (max %d bytes)", cc.n.cfg.MaxValue)
 				break
 			}
 		}
@@ -327,7 +335,8 @@ func (cc *clientConn) keyStep(bc batchCmd) int {
 	return 1
 }
 
-// keys returns the keys a data command touches (MSET: every other arg).
+// keys returns the arguments after the command name of a data command: its
+// keys, or for MSET keys and values alternating (keyStep 2).
 func (cc *clientConn) keys(bc batchCmd) [][]byte {
 	a := cc.argv[bc.argStart+1 : bc.argEnd]
 	if bc.kind == cmdSet {

@@ -2,7 +2,7 @@
 # Installs what sdnkvs's tests, demo and benchmarks need on a fresh Debian
 # machine (run as root). Idempotent.
 set -euo pipefail
-pkgs=(iproute2 iputils-ping redis-server redis-tools iperf3 etcd-server etcd-client ethtool procps)
+pkgs=(iproute2 iputils-ping redis-server redis-tools python3-redis iperf3 etcd-server etcd-client ethtool procps)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -54,3 +54,22 @@ func WaitFor(t testing.TB, timeout time.Duration, msg string, cond func() bool) 
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// RedisPy returns a Python interpreter that can import redis-py (Debian's
+// python3-redis, installed by scripts/install-deps.sh): python3 on PATH
+// first, then /usr/bin/python3 (a PATH python3 may be another install that
+// lacks Debian's packages). It skips t when there is none, or fails it
+// under CI.
+func RedisPy(t testing.TB) string {
+	t.Helper()
+	for _, py := range []string{"python3", "/usr/bin/python3"} {
+		if exec.Command(py, "-c", "import redis").Run() == nil {
+			return py
+		}
+	}
+	if InCI() {
+		t.Fatalf("no python3 imports redis (redis-py); .ci/run must install python3-redis")
+	}
+	t.Skip("skipping: redis-py (python3-redis) is not installed")
+	return ""
+}
