@@ -88,3 +88,26 @@ func (l *Lifecycle) Import(now time.Time, st LifecycleState) []LifeEvent {
 	}
 	return l.out
 }
+
+// ImportLost is Import for a state that is lost or damaged (the
+// operator's recovery, --rejoin-state-lost): no DC can be shown current,
+// so every DC becomes joining (cause LifeRestored) with its cursor at the
+// start of the order (a catch-up copies everything). Until a DC is
+// admitted (Admit, allowed while no DC is live) there is no source to
+// copy from and new connections are refused; the DCs admitted after that
+// one catch up from it. In RejoinTrust mode nothing is restored.
+func (l *Lifecycle) ImportLost(now time.Time) []LifeEvent {
+	l.advance(now)
+	if l.cfg.Mode == RejoinTrust {
+		return l.out
+	}
+	for i := range l.dcs {
+		d := &l.dcs[i]
+		from := d.state
+		d.synced, d.cursor, d.dirty = false, Tag{}, l.now
+		d.state, d.since, d.cause = DCStateJoining, l.now, LifeRestored
+		l.stats.Transitions[DCStateJoining][LifeRestored]++
+		l.out = append(l.out, LifeEvent{Kind: EvTransition, DC: DCID(i), From: from, To: DCStateJoining, Cause: LifeRestored})
+	}
+	return l.out
+}

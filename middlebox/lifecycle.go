@@ -40,6 +40,10 @@ type LifecycleConfig struct {
 	// StatePath is the file the lifecycle state is kept in (written with
 	// fsync and rename, restored at start); "" keeps it in memory only.
 	StatePath string
+	// StateLost starts with every DC joining whatever StatePath holds:
+	// the recovery when the file is damaged, or missing while the
+	// sequencer's state file exists (see lifeRestore).
+	StateLost bool
 }
 
 // lifecycle is the driver's state, under Middlebox.flows.
@@ -82,19 +86,8 @@ func (m *Middlebox) startLifecycle() error {
 	}
 	m.life = l
 	if cfg.StatePath != "" {
-		b, err := os.ReadFile(cfg.StatePath)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-		case err != nil:
-			return fmt.Errorf("middlebox: lifecycle state: %w", err)
-		default:
-			st, err := failover.ParseLifecycleState(b)
-			if err != nil {
-				return fmt.Errorf("middlebox: lifecycle state %s: %w", cfg.StatePath, err)
-			}
-			m.flows.Lock()
-			m.lifeApply(lm.Import(now, st))
-			m.flows.Unlock()
+		if err := m.lifeRestore(now); err != nil {
+			return err
 		}
 	}
 	m.flows.Lock()
@@ -107,6 +100,47 @@ func (m *Middlebox) startLifecycle() error {
 		l.wg.Go(func() { m.lifePersister(ctx) })
 	}
 	m.log.Info("lifecycle started", "rejoin", cfg.Mode, "margin", lm.Config().Margin, "reset_after", lm.Config().ResetAfter, "state", cfg.StatePath)
+	return nil
+}
+
+// lifeRecovery is the recovery that lifeRestore's errors name.
+const lifeRecovery = "to start with every DC joining (out of sync, none trusted) and then admit the DC to trust with POST /dcs/NAME/admit, restart with --rejoin-state-lost"
+
+// lifeRestore restores the persisted state at start. A damaged or
+// unreadable file stops the start; so does a missing one when the
+// sequencer's state file exists, as the lifecycle state is written within
+// 100 ms of the first start: it was lost, and trusting every DC as current
+// could serve reads from a stale one. Both errors name the file and the
+// recovery (StateLost: every DC joining). A missing file without sequencer
+// state is a first start: every DC live.
+func (m *Middlebox) lifeRestore(now time.Time) error {
+	path := m.life.cfg.StatePath
+	var evs []failover.LifeEvent
+	if m.life.cfg.StateLost {
+		evs = m.life.m.ImportLost(now)
+		m.log.Warn("lifecycle state ignored (--rejoin-state-lost): every DC starts joining; admit the one to trust with POST /dcs/NAME/admit", "path", path)
+	} else {
+		b, err := os.ReadFile(path)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			if sc := m.cfg.Sequencing; sc != nil && sc.StatePath != "" {
+				if _, serr := os.Stat(sc.StatePath); serr == nil {
+					return fmt.Errorf("middlebox: lifecycle state %s is missing while the sequencer state %s exists: this is not a first start and which DCs are current is lost; %s", path, sc.StatePath, lifeRecovery)
+				}
+			}
+			return nil // a first start
+		case err != nil:
+			return fmt.Errorf("middlebox: lifecycle state %s: %w; %s", path, err, lifeRecovery)
+		}
+		st, err := failover.ParseLifecycleState(b)
+		if err != nil {
+			return fmt.Errorf("middlebox: lifecycle state %s is damaged: %w; %s", path, err, lifeRecovery)
+		}
+		evs = m.life.m.Import(now, st)
+	}
+	m.flows.Lock()
+	m.lifeApply(evs)
+	m.flows.Unlock()
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 type RejoinFlags struct {
 	Rejoin           string        `name:"rejoin" enum:",catchup,manual,trust" default:"" help:"How a DC that missed acknowledged writes (cut, or dropped from a forked flow that went on) serves again: catchup (default with --sequenced: a node of the DC copies what it missed from a live DC, then it is live), manual (default without --sequenced: it stays joining until POST /dcs/NAME/admit on the control port), trust (readmit on reachability, the old behaviour: for backends that are not a store, e.g. echo or iperf). While joining, forked flows include it and anycast does not."`
 	RejoinMargin     time.Duration `name:"rejoin-margin" default:"10s" help:"Catch-up cursors start this far behind the clock, and a pass admits a DC only if no forked flow lacked it for this long before the pass started (a write is stored within it of its stamp, or never)."`
+	RejoinStateLost  bool          `name:"rejoin-state-lost" help:"Start with every DC joining (out of sync), whatever lifecycle.json holds: the recovery when it is damaged, or missing while --sequencer-state exists. Admit the DC to trust with POST /dcs/NAME/admit; the others then catch up from it."`
 	RejoinResetAfter time.Duration `name:"rejoin-reset-after" default:"10s" help:"Forked flows that still lack a joining DC this long after its first completed catch-up pass are reset, so their clients reconnect including it (0: never; the DC then stays joining until they close)."`
 }
 
@@ -48,6 +49,9 @@ func (r *RejoinFlags) config(sequenced bool, seqState string) (*middlebox.Lifecy
 	}
 	if sequenced && mode != failover.RejoinTrust {
 		lc.StatePath = filepath.Join(filepath.Dir(seqState), "lifecycle.json")
+		lc.StateLost = r.RejoinStateLost
+	} else if r.RejoinStateLost {
+		return nil, fmt.Errorf("--rejoin-state-lost: the lifecycle state is kept only with --sequenced and --rejoin catchup or manual")
 	}
 	return lc, nil
 }

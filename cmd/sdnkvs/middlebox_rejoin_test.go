@@ -30,6 +30,10 @@ func TestMiddleboxRejoinFlags(t *testing.T) {
 	if lc == nil || lc.Mode != failover.RejoinCatchup || lc.Margin != 10*time.Second || lc.ResetAfter != 10*time.Second || lc.StatePath != filepath.Join(dir, "lifecycle.json") {
 		t.Fatalf("sequenced default lifecycle %+v", lc)
 	}
+	cli, _ = parseMiddlebox(t, append(append(append([]string(nil), base...), seq...), "--rejoin-state-lost")...)
+	if cfg, err := cli.Middlebox.config(); err != nil || !cfg.Lifecycle.StateLost {
+		t.Fatalf("--rejoin-state-lost: lifecycle %+v, %v", cfg.Lifecycle, err)
+	}
 	cli, _ = parseMiddlebox(t, base...)
 	if cfg, err := cli.Middlebox.config(); err != nil || cfg.Lifecycle.Mode != failover.RejoinManual || cfg.Lifecycle.StatePath != "" {
 		t.Fatalf("unsequenced default lifecycle %+v, %v", cfg.Lifecycle, err)
@@ -46,6 +50,7 @@ func TestMiddleboxRejoinFlags(t *testing.T) {
 		{[]string{"--rejoin", "sometimes"}, "--rejoin"},
 		{[]string{"--rejoin-margin", "0s"}, "--rejoin-margin"},
 		{[]string{"--rejoin-reset-after", "-1s"}, "--rejoin-reset-after"},
+		{[]string{"--rejoin-state-lost"}, "--rejoin-state-lost"},
 	} {
 		_, err := parseMiddlebox(t, append(append([]string(nil), base...), tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.flag) {
