@@ -2,10 +2,7 @@ package kvs
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -19,33 +16,13 @@ import (
 // remote DCs in remotes; page limits 0 are the defaults.
 func dcCluster(t testing.TB, name string, remotes map[string][]string, pageBytes, pageRecs int, mods ...func(*Config)) *Cluster {
 	t.Helper()
-	const n = 3
-	ports := freePorts(t, 3*n)
-	dir := t.TempDir()
-	var peers []string
-	for i := 0; i < n; i++ {
-		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", ports[n+i]))
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfgs := make([]Config, n)
-	for i := range cfgs {
-		cfgs[i] = Config{
-			ID: i + 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i]), PeerListen: peers[i],
-			Peers: peers, Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: 5 * time.Second, Logger: log,
-			OrderListen: fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]), OrderSecret: testOrderSecret, PeerSecret: testSecret,
-			DCName: name, Remotes: remotes, CatchupPageBytes: pageBytes, CatchupPageRecords: pageRecs,
-		}
+	return startCluster(t, name, 3, 5*time.Second, func(c *Config, spare string) {
+		c.OrderListen, c.OrderSecret = spare, testOrderSecret
+		c.DCName, c.Remotes, c.CatchupPageBytes, c.CatchupPageRecords = name, remotes, pageBytes, pageRecs
 		for _, m := range mods {
-			m(&cfgs[i])
+			m(c)
 		}
-	}
-	c, err := StartNodes(cfgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	testenv.WaitFor(t, 10*time.Second, name+": all nodes connected", c.AllReady)
-	return c
+	})
 }
 
 func peerAddrs(c *Cluster) []string {

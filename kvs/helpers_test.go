@@ -37,6 +37,20 @@ func freePorts(t testing.TB, n int) []int {
 // under t.TempDir(); every node is stopped at cleanup.
 func testCluster(t testing.TB, n, q int, timeout time.Duration) *Cluster {
 	t.Helper()
+	return startCluster(t, "", n, timeout, func(c *Config, spare string) {
+		c.HTTPListen, c.Quorum = spare, q
+	})
+}
+
+// startCluster starts n nodes on free loopback ports with the given request
+// timeout, storing under t.TempDir(): node i gets ID i+1, its RESP and peer
+// listeners, every node's peer address and the test peer secret. set, if
+// not nil, then adjusts each node's Config and receives a third free
+// loopback address of that node's own (for its HTTP or order listener).
+// Every node is stopped at cleanup; it returns once all nodes are
+// connected (name, if not empty, names the cluster in a timeout).
+func startCluster(t testing.TB, name string, n int, timeout time.Duration, set func(c *Config, spare string)) *Cluster {
+	t.Helper()
 	ports := freePorts(t, 3*n)
 	dir := t.TempDir()
 	var peers []string
@@ -47,10 +61,11 @@ func testCluster(t testing.TB, n, q int, timeout time.Duration) *Cluster {
 	cfgs := make([]Config, n)
 	for i := range cfgs {
 		cfgs[i] = Config{
-			ID: i + 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i]), PeerListen: peers[i],
-			HTTPListen: fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]), Peers: peers, Quorum: q,
-			Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: timeout, Logger: log,
-			PeerSecret: testSecret,
+			ID: i + 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i]), PeerListen: peers[i], Peers: peers,
+			Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: timeout, Logger: log, PeerSecret: testSecret,
+		}
+		if set != nil {
+			set(&cfgs[i], fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]))
 		}
 	}
 	c, err := StartNodes(cfgs)
@@ -58,7 +73,11 @@ func testCluster(t testing.TB, n, q int, timeout time.Duration) *Cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	testenv.WaitFor(t, 10*time.Second, "all nodes connected", c.AllReady)
+	what := "all nodes connected"
+	if name != "" {
+		what = name + ": " + what
+	}
+	testenv.WaitFor(t, 10*time.Second, what, c.AllReady)
 	return c
 }
 

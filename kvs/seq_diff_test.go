@@ -2,16 +2,12 @@ package kvs
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
 
 const diffPass = "diff-test-password"
@@ -19,27 +15,7 @@ const diffPass = "diff-test-password"
 // diffDC starts a 3-node ABD cluster whose RESP port needs AUTH.
 func diffDC(t *testing.T) *Cluster {
 	t.Helper()
-	const n = 3
-	ports := freePorts(t, 2*n)
-	dir := t.TempDir()
-	var peers []string
-	for i := 0; i < n; i++ {
-		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", ports[n+i]))
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfgs := make([]Config, n)
-	for i := range cfgs {
-		cfgs[i] = Config{ID: i + 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i]), PeerListen: peers[i],
-			Peers: peers, Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: 2 * time.Second, Logger: log,
-			PeerSecret: testSecret, RequirePass: []byte(diffPass)}
-	}
-	c, err := StartNodes(cfgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	testenv.WaitFor(t, 10*time.Second, "all nodes connected", c.AllReady)
-	return c
+	return startCluster(t, "", 3, 2*time.Second, func(c *Config, _ string) { c.RequirePass = []byte(diffPass) })
 }
 
 func addrs(c *Cluster) []string {

@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,29 +21,9 @@ var testOrderSecret = []byte("order-secret-for-tests-0123456789")
 // seqCluster starts n sequenced nodes (majority quorum) on loopback.
 func seqCluster(t testing.TB, n int, timeout time.Duration) *Cluster {
 	t.Helper()
-	ports := freePorts(t, 3*n)
-	dir := t.TempDir()
-	var peers []string
-	for i := 0; i < n; i++ {
-		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", ports[n+i]))
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfgs := make([]Config, n)
-	for i := range cfgs {
-		cfgs[i] = Config{
-			ID: i + 1, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i]), PeerListen: peers[i],
-			Peers: peers, Dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1)), Timeout: timeout, Logger: log,
-			OrderListen: fmt.Sprintf("127.0.0.1:%d", ports[2*n+i]), OrderSecret: testOrderSecret, PeerSecret: testSecret,
-			UnsequencedGrace: 100 * time.Millisecond,
-		}
-	}
-	c, err := StartNodes(cfgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	testenv.WaitFor(t, 10*time.Second, "all nodes connected", c.AllReady)
-	return c
+	return startCluster(t, "", n, timeout, func(c *Config, spare string) {
+		c.OrderListen, c.OrderSecret, c.UnsequencedGrace = spare, testOrderSecret, 100*time.Millisecond
+	})
 }
 
 // fakeSeq plays the middlebox's part of the order stream towards the nodes
