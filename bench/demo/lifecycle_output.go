@@ -6,10 +6,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"path/filepath"
-	"strings"
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 )
 
 // WriteLifecycleFiles writes prefix.csv (the per-second series with the
@@ -17,48 +16,25 @@ import (
 // prefix.png (writes and reads per second, cuts, heals and rejoins
 // marked) into dir and returns their paths.
 func WriteLifecycleFiles(dir, prefix string, r *LifecycleResult) ([]string, error) {
-	hdr := []string{"second", "writes_acked", "reads", "reads_" + r.Near, "reads_" + r.Far, "reads_unknown",
-		"errors", "write_resets", "read_resets", "stale_reads", "state_" + r.Near, "state_" + r.Far}
-	t := report.NewTable(hdr...)
-	var xs, wr, rd []float64
-	top := 1.0
-	for _, b := range r.Series {
-		row := []any{b.Second + 1, b.Writes, b.Reads}
-		for _, v := range b.ReadsByDC {
-			row = append(row, v)
-		}
-		row = append(row, b.Errors, b.WriteResets, b.ReadResets, b.Stale,
-			stateAt(r, r.Near, float64(b.Second+1)), stateAt(r, r.Far, float64(b.Second+1)))
-		t.Add(row...)
-		xs = append(xs, float64(b.Second+1))
-		wr = append(wr, float64(b.Writes))
-		rd = append(rd, float64(b.Reads))
-		top = max(top, float64(b.Writes), float64(b.Reads))
-	}
-	var files []string
-	csvPath := filepath.Join(dir, prefix+".csv")
-	if err := t.WriteCSV(csvPath); err != nil {
-		return nil, err
-	}
-	files = append(files, csvPath)
+	t, p := seriesTable(r.Series, []string{r.Near, r.Far},
+		[]string{"errors", "write_resets", "read_resets", "stale_reads", "state_" + r.Near, "state_" + r.Far},
+		func(b scenario.Bin) []any {
+			return []any{b.Errors, b.WriteResets, b.ReadResets, b.Stale,
+				stateAt(r, r.Near, float64(b.Second+1)), stateAt(r, r.Far, float64(b.Second+1))}
+		})
 	dt := report.NewTable("disaster", "dc", "survivor", "cut_at_s", "down_at_s", "rto_write_s", "rto_read_s",
 		"checked", "lost", "heal_at_s", "joining_at_s", "pass_done_at_s", "live_at_s", "catchup_s", "catchup_keys", "catchup_bytes")
 	for _, d := range r.Disasters {
 		dt.Add(d.N, d.DC, d.Survivor, d.CutAt, d.DownAt, d.RTOWrite, d.RTORead, d.Checked, d.Lost,
 			d.HealAt, d.JoiningAt, d.PassDoneAt, d.LiveAt, d.CatchupS, d.CatchupKeys, d.CatchupBytes)
 	}
-	dPath := filepath.Join(dir, prefix+"-disasters.csv")
-	if err := dt.WriteCSV(dPath); err != nil {
-		return files, err
-	}
-	files = append(files, dPath)
 	lp := report.LinePlot{
 		Title: fmt.Sprintf("sdnkvs lifecycle: %d disasters, %d rejoins, RPO %d of %d, %d stale reads",
 			len(r.Disasters), r.Rejoins, r.RPOLost, r.AckedWrites, r.StaleReads),
 		XLabel: "time (s)", YLabel: "operations per second",
 		Series: []report.Series{
-			{Name: "writes acked (forked)", X: xs, Y: wr},
-			{Name: "reads (anycast)", X: xs, Y: rd},
+			{Name: "writes acked (forked)", X: p.xs, Y: p.writes},
+			{Name: "reads (anycast)", X: p.xs, Y: p.reads},
 		},
 	}
 	var cutX, healX, liveX []float64
@@ -76,14 +52,10 @@ func WriteLifecycleFiles(dir, prefix string, r *LifecycleResult) ([]string, erro
 		xs   []float64
 	}{{"cut", cutX}, {"heal", healX}, {"live again", liveX}} {
 		if len(m.xs) > 0 {
-			lp.Series = append(lp.Series, markers(m.name, m.xs, top))
+			lp.Series = append(lp.Series, markers(m.name, m.xs, p.top))
 		}
 	}
-	pngPath := filepath.Join(dir, prefix+".png")
-	if err := lp.Save(pngPath); err != nil {
-		return files, err
-	}
-	return append(files, pngPath), nil
+	return saveReport(dir, prefix, lp, csvFile{table: t}, csvFile{suffix: "-disasters", table: dt})
 }
 
 // markers is one series of vertical lines at xs from 0 to top (joined
@@ -150,16 +122,5 @@ func (r *LifecycleResult) Print(out io.Writer) {
 	t.Add("writes/s (whole run)", fmt.Sprintf("%.0f", r.WritesPerS))
 	t.Add("write connections reset / errors", fmt.Sprintf("%d / %d", r.WriteResets, r.Errors))
 	t.Fprint(w)
-	if len(r.Timeline) > 0 {
-		fmt.Fprintf(w, "DC states (time from workload start):\n")
-		for _, s := range r.Timeline {
-			fmt.Fprintf(w, "  %s\n", s)
-		}
-	}
-	if len(r.LostSamples) > 0 {
-		fmt.Fprintf(w, "lost keys (sample): %s\n", strings.Join(r.LostSamples, " "))
-	}
-	for _, f := range r.Files {
-		fmt.Fprintf(w, "wrote %s\n", f)
-	}
+	printTail(w, "DC states (time from workload start):", r.Timeline, r.LostSamples, r.Files)
 }

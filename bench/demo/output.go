@@ -6,12 +6,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 )
 
 // maxGap is the longest interval (s) without an event in sorted-or-not
@@ -64,33 +64,15 @@ func throughput(res *Result, writes, reads []int64, cut, end time.Duration) {
 // WriteFiles writes the per-second series as CSV and a PNG plot into dir,
 // named prefix.csv and prefix.png, and returns their paths.
 func WriteFiles(dir, prefix string, r *Result) ([]string, error) {
-	dcs := []string{r.Near, r.Far, "unknown"}
-	hdr := []string{"second", "writes_acked", "reads"}
-	for _, d := range dcs {
-		hdr = append(hdr, "reads_"+d)
-	}
-	hdr = append(hdr, "errors", "write_reconnects", "read_reconnects", "write_resets", "read_resets", "stale_reads", "cut")
-	t := report.NewTable(hdr...)
-	var xs, wr, rd []float64
-	for _, b := range r.Series {
-		row := []any{b.Second + 1, b.Writes, b.Reads}
-		for _, v := range b.ReadsByDC {
-			row = append(row, v)
-		}
-		isCut := 0
-		if r.CutAt >= 0 && b.Second == int(r.CutAt) {
-			isCut = 1
-		}
-		row = append(row, b.Errors, b.WriteReconnects, b.ReadReconnects, b.WriteResets, b.ReadResets, b.Stale, isCut)
-		t.Add(row...)
-		xs = append(xs, float64(b.Second+1))
-		wr = append(wr, float64(b.Writes))
-		rd = append(rd, float64(b.Reads))
-	}
-	csvPath := filepath.Join(dir, prefix+".csv")
-	if err := t.WriteCSV(csvPath); err != nil {
-		return nil, err
-	}
+	t, p := seriesTable(r.Series, []string{r.Near, r.Far},
+		[]string{"errors", "write_reconnects", "read_reconnects", "write_resets", "read_resets", "stale_reads", "cut"},
+		func(b scenario.Bin) []any {
+			isCut := 0
+			if r.CutAt >= 0 && b.Second == int(r.CutAt) {
+				isCut = 1
+			}
+			return []any{b.Errors, b.WriteReconnects, b.ReadReconnects, b.WriteResets, b.ReadResets, b.Stale, isCut}
+		})
 	title := fmt.Sprintf("sdnkvs demo (%s): %s cut at %.1fs, RPO %d of %d", r.Mode, r.Near, r.CutAt, r.RPOLost, r.AckedWrites)
 	if r.CutAt < 0 {
 		title = fmt.Sprintf("sdnkvs demo (%s): no cut, RPO %d of %d", r.Mode, r.RPOLost, r.AckedWrites)
@@ -98,22 +80,14 @@ func WriteFiles(dir, prefix string, r *Result) ([]string, error) {
 	lp := report.LinePlot{
 		Title: title, XLabel: "time (s)", YLabel: "operations per second",
 		Series: []report.Series{
-			{Name: "writes acked" + map[bool]string{true: " (forked)"}[r.Mode == "sdn"], X: xs, Y: wr},
-			{Name: "reads" + map[bool]string{true: " (anycast)"}[r.Mode == "sdn"], X: xs, Y: rd},
+			{Name: "writes acked" + map[bool]string{true: " (forked)"}[r.Mode == "sdn"], X: p.xs, Y: p.writes},
+			{Name: "reads" + map[bool]string{true: " (anycast)"}[r.Mode == "sdn"], X: p.xs, Y: p.reads},
 		},
 	}
 	if r.CutAt >= 0 {
-		top := 1.0
-		for i := range wr {
-			top = max(top, wr[i], rd[i])
-		}
-		lp.Series = append(lp.Series, report.Series{Name: "cut", X: []float64{r.CutAt, r.CutAt}, Y: []float64{0, top}})
+		lp.Series = append(lp.Series, report.Series{Name: "cut", X: []float64{r.CutAt, r.CutAt}, Y: []float64{0, p.top}})
 	}
-	pngPath := filepath.Join(dir, prefix+".png")
-	if err := lp.Save(pngPath); err != nil {
-		return []string{csvPath}, err
-	}
-	return []string{csvPath, pngPath}, nil
+	return saveReport(dir, prefix, lp, csvFile{table: t})
 }
 
 // Print writes the human-readable summary of r.
@@ -125,12 +99,6 @@ func (r *Result) Print(out io.Writer) {
 		fmt.Fprintf(w, ", detector %s", r.Detector)
 	}
 	fmt.Fprintf(w, "): %s near, %s far, %d nodes each ==\n", r.Near, r.Far, r.Nodes)
-	secs := func(v float64) string {
-		if v < 0 {
-			return "not recovered"
-		}
-		return fmt.Sprintf("%.2f s", v)
-	}
 	t := report.NewTable("measure", "value")
 	t.Add("RPO: acknowledged writes lost", fmt.Sprintf("%d of %d (checked in %s; %d missing, %d wrong)", r.RPOLost, r.AckedWrites, r.CheckedDC, r.RPOMissing, r.RPOWrong))
 	if r.CutAt >= 0 {
@@ -150,18 +118,7 @@ func (r *Result) Print(out io.Writer) {
 	t.Add("reads served before cut", fmtDCs(r.ReadsByDCBefore))
 	t.Add("reads served after cut", fmtDCs(r.ReadsByDCAfter))
 	t.Fprint(w)
-	if len(r.Transitions) > 0 {
-		fmt.Fprintf(w, "middlebox failover decisions (time from workload start):\n")
-		for _, t := range r.Transitions {
-			fmt.Fprintf(w, "  %s\n", t)
-		}
-	}
-	if len(r.LostSamples) > 0 {
-		fmt.Fprintf(w, "lost keys (sample): %s\n", strings.Join(r.LostSamples, " "))
-	}
-	for _, f := range r.Files {
-		fmt.Fprintf(w, "wrote %s\n", f)
-	}
+	printTail(w, "middlebox failover decisions (time from workload start):", r.Transitions, r.LostSamples, r.Files)
 }
 
 func fmtDCs(m map[string]int64) string {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"path/filepath"
 	"slices"
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
@@ -141,10 +140,6 @@ func (r *RunsResult) WriteFiles(dir, prefix string) ([]string, error) {
 	for i := range r.Runs {
 		t.Add(i+1, r.RTOWrite[i], r.WriteStallMax[i], r.RTORead[i], r.RPOLost[i], r.AckedWrites[i], r.WriteResets[i])
 	}
-	csvPath := filepath.Join(dir, prefix+".csv")
-	if err := t.WriteCSV(csvPath); err != nil {
-		return nil, err
-	}
 	cdf := func(name string, vs []float64) report.Series {
 		s := report.Series{Name: name}
 		ok := slices.DeleteFunc(slices.Clone(vs), func(v float64) bool { return v < 0 })
@@ -164,11 +159,7 @@ func (r *RunsResult) WriteFiles(dir, prefix string) ([]string, error) {
 			cdf("RTO reads", r.RTORead),
 		},
 	}
-	pngPath := filepath.Join(dir, prefix+".png")
-	if err := lp.Save(pngPath); err != nil {
-		return []string{csvPath}, err
-	}
-	return []string{csvPath, pngPath}, nil
+	return saveReport(dir, prefix, lp, csvFile{table: t})
 }
 
 // Print writes the distributions as a table.
@@ -193,9 +184,7 @@ func (r *RunsResult) Print(out io.Writer) {
 		acked += v
 	}
 	fmt.Fprintf(w, "RPO: %d of %d acknowledged writes lost over the runs\n", r.Lost(), acked)
-	for _, f := range r.Files {
-		fmt.Fprintf(w, "wrote %s\n", f)
-	}
+	printTail(w, "", nil, nil, r.Files)
 }
 
 // Lost is the number of acknowledged writes lost over the runs.
