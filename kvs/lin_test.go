@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,62 +13,9 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/redis/go-redis/v9"
+	"github.com/sdnkvs/sdnkvs/internal/linmodel"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
 )
-
-type kvInput struct {
-	op    byte // 'g', 's', 'd'
-	key   string
-	value string
-}
-
-type kvOutput struct {
-	value string // "" = absent
-}
-
-// kvModel is a map of registers partitioned by key; values are unique and
-// non-empty, so "" means absent.
-var kvModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		by := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, o := range history {
-			k := o.Input.(kvInput).key
-			if _, ok := by[k]; !ok {
-				keys = append(keys, k)
-			}
-			by[k] = append(by[k], o)
-		}
-		sort.Strings(keys)
-		var out [][]porcupine.Operation
-		for _, k := range keys {
-			out = append(out, by[k])
-		}
-		return out
-	},
-	Init: func() any { return "" },
-	Step: func(state, input, output any) (bool, any) {
-		in, st := input.(kvInput), state.(string)
-		switch in.op {
-		case 'g':
-			return output.(kvOutput).value == st, st
-		case 's':
-			return true, in.value
-		default:
-			return true, ""
-		}
-	},
-	DescribeOperation: func(input, output any) string {
-		in := input.(kvInput)
-		switch in.op {
-		case 'g':
-			return fmt.Sprintf("get(%s) -> %q", in.key, output.(kvOutput).value)
-		case 's':
-			return fmt.Sprintf("set(%s, %s)", in.key, in.value)
-		}
-		return fmt.Sprintf("del(%s)", in.key)
-	},
-}
 
 type history struct {
 	mu    sync.Mutex
@@ -136,32 +80,11 @@ func runClientsAt(t *testing.T, addrs []string, readTimeout time.Duration, nClie
 				default:
 				}
 				rc := clients[node]
-				in := kvInput{key: fmt.Sprintf("k%d", r.IntN(nKeys))}
-				switch p := r.IntN(10); {
-				case p < 5:
-					in.op = 'g'
-				case p < 9:
-					in.op, in.value = 's', fmt.Sprintf("c%d-%d", ci, seq)
-				default:
-					in.op = 'd'
-				}
+				in := randomInput(r, ci, seq, nKeys)
 				call := h.now()
-				var out kvOutput
-				var err error
-				switch in.op {
-				case 'g':
-					out.value, err = rc.Get(bg, in.key).Result()
-					if errors.Is(err, redis.Nil) {
-						err, out.value = nil, ""
-					}
-				case 's':
-					err = rc.Set(bg, in.key, in.value, 0).Err()
-				case 'd':
-					var n int64
-					n, err = rc.Del(bg, in.key).Result()
-					if err == nil && n != 1 {
-						t.Errorf("DEL of one key answered %d", n)
-					}
+				out, n, err := apply(rc, rc, in)
+				if err == nil && in.Op == linmodel.Del && n != 1 {
+					t.Errorf("DEL of one key answered %d", n)
 				}
 				ret := h.now()
 				if err != nil {
@@ -172,16 +95,14 @@ func runClientsAt(t *testing.T, addrs []string, readTimeout time.Duration, nClie
 						t.Errorf("unexpected error kind: %v", err)
 					}
 					node = (node + 1) % len(addrs)
-					if in.op == 'g' {
+					if in.Op == linmodel.Get {
 						continue
 					}
 					ret = math.MaxInt64 // outcome unknown
 				} else {
 					h.ok.Add(1)
 				}
-				h.mu.Lock()
-				h.ops = append(h.ops, porcupine.Operation{ClientId: ci, Input: in, Call: call, Output: out, Return: ret})
-				h.mu.Unlock()
+				h.add(ci, in, call, out, ret)
 			}
 		}(ci)
 	}
@@ -190,19 +111,54 @@ func runClientsAt(t *testing.T, addrs []string, readTimeout time.Duration, nClie
 	return h
 }
 
+// randomInput is client ci's operation number seq on one of nKeys keys:
+// half GETs, 40% SETs of a value unique to it, 10% DELs.
+func randomInput(r *rand.Rand, ci, seq, nKeys int) linmodel.Input {
+	in := linmodel.Input{Key: fmt.Sprintf("k%d", r.IntN(nKeys))}
+	switch p := r.IntN(10); {
+	case p < 5:
+		in.Op = linmodel.Get
+	case p < 9:
+		in.Op, in.Value = linmodel.Set, fmt.Sprintf("c%d-%d", ci, seq)
+	default:
+		in.Op = linmodel.Del
+	}
+	return in
+}
+
+// apply sends in, a GET to rd, a SET or DEL to wr. A GET returns the value
+// read ("" when absent), a DEL the number of keys it removed.
+func apply(wr, rd *redis.Client, in linmodel.Input) (string, int64, error) {
+	switch in.Op {
+	case linmodel.Get:
+		v, err := rd.Get(bg, in.Key).Result()
+		if errors.Is(err, redis.Nil) {
+			return "", 0, nil
+		}
+		return v, 0, err
+	case linmodel.Set:
+		return "", 0, wr.Set(bg, in.Key, in.Value, 0).Err()
+	default:
+		n, err := wr.Del(bg, in.Key).Result()
+		return "", n, err
+	}
+}
+
+// add records an operation (ret math.MaxInt64: its outcome is unknown).
+func (h *history) add(ci int, in linmodel.Input, call int64, out string, ret int64) {
+	h.mu.Lock()
+	h.ops = append(h.ops, porcupine.Operation{ClientId: ci, Input: in, Call: call, Output: out, Return: ret})
+	h.mu.Unlock()
+}
+
 func checkLinearizable(t *testing.T, h *history) {
 	t.Helper()
 	h.mu.Lock()
 	ops := append([]porcupine.Operation(nil), h.ops...)
 	h.mu.Unlock()
-	res, info := porcupine.CheckOperationsVerbose(kvModel, ops, 60*time.Second)
+	res, path := linmodel.Check(ops, 60*time.Second, t.TempDir())
 	t.Logf("%d operations (%d ok, %d failed), linearizability: %v", len(ops), h.ok.Load(), h.fail.Load(), res)
 	if res != porcupine.Ok {
-		path := filepath.Join(t.TempDir(), "history.html")
-		if f, err := os.Create(path); err == nil {
-			porcupine.Visualize(kvModel, info, f)
-			f.Close()
-		}
 		t.Fatalf("history is not linearizable (%v); visualization in %s", res, path)
 	}
 }

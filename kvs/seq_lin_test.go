@@ -2,8 +2,6 @@ package kvs
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -12,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anishathalye/porcupine"
 	"github.com/redis/go-redis/v9"
+	"github.com/sdnkvs/sdnkvs/internal/linmodel"
 	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
 )
 
@@ -86,47 +84,25 @@ func TestSeqLinearizable(t *testing.T) {
 					return
 				default:
 				}
-				in := kvInput{key: fmt.Sprintf("k%d", r.IntN(nKeys))}
-				switch p := r.IntN(10); {
-				case p < 5:
-					in.op = 'g'
-				case p < 9:
-					in.op, in.value = 's', fmt.Sprintf("c%d-%d", ci, op)
-				default:
-					in.op = 'd'
-				}
+				in := randomInput(r, ci, op, nKeys)
 				call := h.now()
-				var out kvOutput
-				var err error
-				switch in.op {
-				case 'g':
-					out.value, err = rd.Get(bg, in.key).Result()
-					if errors.Is(err, redis.Nil) {
-						err = nil
-					}
-				case 's':
-					err = wr.Set(bg, in.key, in.value, 0).Err()
-				case 'd':
-					err = wr.Del(bg, in.key).Err()
-				}
+				out, _, err := apply(wr, rd, in)
 				ret := h.now()
 				if err != nil {
 					// A loaded machine may miss a deadline (outcome unknown);
 					// any other error (a refused or unstamped write) fails.
 					if !strings.Contains(err.Error(), "quorum timeout") {
-						t.Errorf("client %d %c: %v", ci, in.op, err)
+						t.Errorf("client %d %c: %v", ci, in.Op, err)
 					}
 					h.fail.Add(1)
-					if in.op == 'g' {
+					if in.Op == linmodel.Get {
 						continue
 					}
 					ret = math.MaxInt64
 				} else {
 					h.ok.Add(1)
 				}
-				h.mu.Lock()
-				h.ops = append(h.ops, porcupine.Operation{ClientId: ci, Input: in, Call: call, Output: out, Return: ret})
-				h.mu.Unlock()
+				h.add(ci, in, call, out, ret)
 			}
 		}(ci)
 	}

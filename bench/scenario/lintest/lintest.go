@@ -1,10 +1,10 @@
 //go:build linux
 
 // Package lintest is test support for linearizability checks through the
-// VIP (porcupine, github.com/anishathalye/porcupine): a model of a map of
-// registers, a concurrent history, and clients that SET through the forked
-// port and GET through the anycast port, reconnecting after any error or
-// every so often. Only tests import it.
+// VIP (porcupine, github.com/anishathalye/porcupine, with the map of
+// registers in internal/linmodel): a concurrent history, and clients that
+// SET through the forked port and GET through the anycast port,
+// reconnecting after any error or every so often. Only tests import it.
 package lintest
 
 import (
@@ -13,8 +13,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,51 +20,8 @@ import (
 	"github.com/anishathalye/porcupine"
 	"github.com/sdnkvs/sdnkvs/bench/resp"
 	"github.com/sdnkvs/sdnkvs/bench/scenario"
+	"github.com/sdnkvs/sdnkvs/internal/linmodel"
 )
-
-// Input is one operation: a SET of value or a GET of key.
-type Input struct {
-	Set   bool
-	Key   string
-	Value string
-}
-
-// Model is a map of registers partitioned by key; values are unique and
-// non-empty, so "" means absent.
-var Model = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		by := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, o := range history {
-			k := o.Input.(Input).Key
-			if _, ok := by[k]; !ok {
-				keys = append(keys, k)
-			}
-			by[k] = append(by[k], o)
-		}
-		sort.Strings(keys)
-		var out [][]porcupine.Operation
-		for _, k := range keys {
-			out = append(out, by[k])
-		}
-		return out
-	},
-	Init: func() any { return "" },
-	Step: func(state, input, output any) (bool, any) {
-		in := input.(Input)
-		if in.Set {
-			return true, in.Value
-		}
-		return output.(string) == state.(string), state
-	},
-	DescribeOperation: func(input, output any) string {
-		in := input.(Input)
-		if in.Set {
-			return fmt.Sprintf("set(%s, %s)", in.Key, in.Value)
-		}
-		return fmt.Sprintf("get(%s) -> %q", in.Key, output)
-	},
-}
 
 // History is a concurrent history with counters. Its methods are safe
 // for concurrent use.
@@ -140,9 +95,9 @@ func Client(ctx context.Context, e *scenario.Env, h *History, id int, writer boo
 			}
 			c, opened = resp.NewClient(conn), time.Now()
 		}
-		in := Input{Set: writer, Key: fmt.Sprintf("lin:%d", rng.IntN(nKeys))}
+		in := linmodel.Input{Op: linmodel.Get, Key: fmt.Sprintf("lin:%d", rng.IntN(nKeys))}
 		if writer {
-			in.Value = fmt.Sprintf("c%d-%d", id, seq)
+			in.Op, in.Value = linmodel.Set, fmt.Sprintf("c%d-%d", id, seq)
 		}
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		call := h.now()
@@ -198,15 +153,5 @@ func Client(ctx context.Context, e *scenario.Env, h *History, id int, writer boo
 // when it is not linearizable, writes a visualization and returns its
 // path.
 func Check(h *History, timeout time.Duration) (porcupine.CheckResult, string) {
-	ops := h.Ops()
-	res, info := porcupine.CheckOperationsVerbose(Model, ops, timeout)
-	if res == porcupine.Ok {
-		return res, ""
-	}
-	path := filepath.Join(os.TempDir(), fmt.Sprintf("sdnkvs-lin-%d.html", time.Now().UnixNano()))
-	if f, err := os.Create(path); err == nil {
-		porcupine.Visualize(Model, info, f)
-		f.Close()
-	}
-	return res, path
+	return linmodel.Check(h.Ops(), timeout, os.TempDir())
 }
