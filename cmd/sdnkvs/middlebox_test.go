@@ -3,12 +3,14 @@ package main
 import (
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/alecthomas/kong"
 	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/failover/prober"
+	"github.com/sdnkvs/sdnkvs/middlebox"
 )
 
 func parseMiddlebox(t *testing.T, args ...string) (*CLI, error) {
@@ -22,19 +24,26 @@ func parseMiddlebox(t *testing.T, args ...string) (*CLI, error) {
 	return &cli, err
 }
 
+// middleboxConfig parses args as parseMiddlebox does and builds the
+// middlebox's config; an error from either fails the test.
+func middleboxConfig(t *testing.T, args ...string) (*MiddleboxCmd, middlebox.Config) {
+	t.Helper()
+	cli, err := parseMiddlebox(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cli.Middlebox.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cli.Middlebox, cfg
+}
+
 func TestMiddleboxFlagsDocumentedShape(t *testing.T) {
-	cli, err := parseMiddlebox(t, "--tun", "sdn0", "--vip", "10.200.100.1",
+	c, cfg := middleboxConfig(t, "--tun", "sdn0", "--vip", "10.200.100.1",
 		"--multicast", "6379", "--anycast", "6380",
 		"--dc", "sydney=10.210.1.11:6379,10.210.1.12:6379",
 		"--dc", "dublin=10.210.2.11:6379", "--control", "127.0.0.1:9090", "--routes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := cli.Middlebox
-	cfg, err := c.config()
-	if err != nil {
-		t.Fatal(err)
-	}
 	if cfg.VIP != netip.MustParseAddr("10.200.100.1") || len(cfg.DCs) != 2 || cfg.DCs[0].Name != "sydney" || len(cfg.DCs[0].Nodes) != 2 ||
 		cfg.DCs[1].Nodes[0] != netip.MustParseAddrPort("10.210.2.11:6379") || !c.Routes || c.TUNMode != "offload" ||
 		c.MTU != 1500 || c.MaxFlows != 262144 || c.IdleTimeout.Minutes() != 5 {
@@ -46,23 +55,14 @@ func TestMiddleboxFlagsDocumentedShape(t *testing.T) {
 }
 
 func TestMiddleboxDetectorFlags(t *testing.T) {
-	cli, err := parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379", "--detector", "paper", "--probe", "tcp", "--probe-port", "7000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := cli.Middlebox.config()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, cfg := middleboxConfig(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379", "--detector", "paper", "--probe", "tcp", "--probe-port", "7000")
 	if cfg.Failover == nil || cfg.Failover.Detector.Mode.String() != "paper" || cfg.Failover.ProbePort != 7000 {
 		t.Fatalf("failover config %+v", cfg.Failover)
 	}
-	cli, _ = parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379")
-	if cfg, _ := cli.Middlebox.config(); cfg.Failover == nil || cfg.Failover.Detector.Mode != failover.Safe || cfg.Failover.Probe != prober.HTTP {
+	if _, cfg := middleboxConfig(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379"); cfg.Failover == nil || cfg.Failover.Detector.Mode != failover.Safe || cfg.Failover.Probe != prober.HTTP {
 		t.Fatalf("default detector %+v, want safe with readiness probes", cfg.Failover)
 	}
-	cli, _ = parseMiddlebox(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379", "--detector", "none")
-	if cfg, _ := cli.Middlebox.config(); cfg.Failover != nil {
+	if _, cfg := middleboxConfig(t, "--vip", "10.200.100.1", "--anycast", "6380", "--dc", "a=10.0.0.1:6379", "--detector", "none"); cfg.Failover != nil {
 		t.Fatal("--detector none runs a detector")
 	}
 }
@@ -141,44 +141,28 @@ func TestMiddleboxBadFlagsNameTheFlag(t *testing.T) {
 	}
 }
 
-// Forked flows keep SACK by default; --no-sack strips it as the paper did.
-func TestMiddleboxSACKFlag(t *testing.T) {
+// Forked flows keep SACK and verify reply bytes by default; --no-sack
+// strips SACK as the paper did, --no-verify-replies turns verification off.
+func TestMiddleboxForkBoolFlags(t *testing.T) {
 	base := []string{"--vip", "10.200.100.1", "--multicast", "6379", "--dc", "a=10.0.0.1:6379"}
+	sack := func(c middlebox.Config) bool { return c.Fork.SACK }
+	verify := func(c middlebox.Config) bool { return !c.Fork.NoVerify }
 	for _, c := range []struct {
 		extra []string
+		field string
+		get   func(middlebox.Config) bool
 		want  bool
-	}{{nil, true}, {[]string{"--no-sack"}, false}, {[]string{"--sack"}, true}} {
-		cli, err := parseMiddlebox(t, append(append([]string{}, base...), c.extra...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := cli.Middlebox.config()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cfg.Fork.SACK != c.want {
-			t.Errorf("%v: Fork.SACK %v, want %v", c.extra, cfg.Fork.SACK, c.want)
-		}
-	}
-}
-
-// Forked flows verify reply bytes by default; --no-verify-replies turns it off.
-func TestMiddleboxVerifyRepliesFlag(t *testing.T) {
-	base := []string{"--vip", "10.200.100.1", "--multicast", "6379", "--dc", "a=10.0.0.1:6379"}
-	for _, c := range []struct {
-		extra []string
-		want  bool // Fork.NoVerify
-	}{{nil, false}, {[]string{"--no-verify-replies"}, true}, {[]string{"--verify-replies"}, false}} {
-		cli, err := parseMiddlebox(t, append(append([]string{}, base...), c.extra...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := cli.Middlebox.config()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cfg.Fork.NoVerify != c.want {
-			t.Errorf("%v: Fork.NoVerify %v, want %v", c.extra, cfg.Fork.NoVerify, c.want)
+	}{
+		{nil, "Fork.SACK", sack, true},
+		{[]string{"--no-sack"}, "Fork.SACK", sack, false},
+		{[]string{"--sack"}, "Fork.SACK", sack, true},
+		{nil, "!Fork.NoVerify", verify, true},
+		{[]string{"--no-verify-replies"}, "!Fork.NoVerify", verify, false},
+		{[]string{"--verify-replies"}, "!Fork.NoVerify", verify, true},
+	} {
+		_, cfg := middleboxConfig(t, append(slices.Clone(base), c.extra...)...)
+		if got := c.get(cfg); got != c.want {
+			t.Errorf("%v: %s %v, want %v", c.extra, c.field, got, c.want)
 		}
 	}
 }
