@@ -8,8 +8,10 @@ package kvs
 // tag, so nothing newer is ever overwritten). It reports PROGRESS at least
 // every 500 ms and once at the end.
 //
-// Memory: two pages requested ahead (one in flight on the WAN while the
-// previous one is written locally), each bounded by the page limits.
+// Memory: catchupAhead pages requested ahead (on the WAN while the
+// previous one is written locally), each bounded by the page limits, so
+// at most catchupAhead+1 pages (20 MiB with the default 4 MiB pages) plus
+// catchupApplyWindow of local batches.
 
 import (
 	"context"
@@ -30,7 +32,7 @@ import (
 const ProgressEvery = 500 * time.Millisecond
 
 const (
-	catchupInflight   = 1024 // local quorum writes in flight (of the node's 16,384 ops)
+	catchupAhead      = 4 // pages requested ahead of the one being written
 	catchupReadTimout = 30 * time.Second
 )
 
@@ -254,11 +256,13 @@ func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter
 	start = binary.BigEndian.AppendUint32(start, uint32(pageRecs))
 	var wbuf []byte
 	wbuf = appendReadReq(wbuf, kindCatchup, 1, start)
-	wbuf = appendReadReq(wbuf, kindCatchup, 2, []byte{catchupNext})
+	for id := uint64(2); id <= catchupAhead; id++ {
+		wbuf = appendReadReq(wbuf, kindCatchup, id, []byte{catchupNext})
+	}
 	if _, err := c.Write(wbuf); err != nil {
 		return false, err
 	}
-	nextID := uint64(3)
+	nextID := uint64(catchupAhead + 1)
 	fr := newFrameReader(c, maxCatchupFrame)
 	var r response
 	for want := uint64(1); ; want++ {
@@ -315,82 +319,22 @@ func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter
 	}
 }
 
-// applyPage writes a page's records at the local quorum, each with its own
-// tag, at most catchupInflight at a time; it returns records and bytes.
+// applyPage checks a page's records and writes them at the local quorum,
+// each with its own tag (catchup_apply.go); it returns records and bytes
+// (keys and values).
 func (n *Node) applyPage(ctx context.Context, b []byte, limiter *rate.Limiter) (int, int, error) {
-	var recs []scanRecord
+	count, err := n.checkBatch(b)
+	if err != nil {
+		return 0, 0, fmt.Errorf("page: %w", err)
+	}
 	size := 0
-	for len(b) > 0 {
-		var rec scanRecord
-		var err error
-		if b, err = nextScanRecord(b, &rec); err != nil {
-			return 0, 0, fmt.Errorf("malformed page: %w", err)
-		}
-		if err := n.checkTag(rec.tag); err != nil || rec.tag.IsZero() {
-			return 0, 0, fmt.Errorf("record %q with a tag this DC refuses (%v): %v", rec.key, rec.tag, err)
-		}
-		if len(rec.key) > n.cfg.MaxKey || len(rec.val) > n.cfg.MaxValue {
-			return 0, 0, fmt.Errorf("record %q over this DC's key or value limit", rec.key)
-		}
-		recs = append(recs, rec)
+	var rec scanRecord
+	for r := b; len(r) > 0; {
+		r, _ = nextScanRecord(r, &rec)
 		size += len(rec.key) + len(rec.val)
 	}
-	if limiter != nil {
-		for left := size; left > 0; {
-			k := min(left, limiter.Burst())
-			if err := limiter.WaitN(ctx, k); err != nil {
-				return 0, 0, err
-			}
-			left -= k
-		}
-	}
-	if err := n.writeAllAtQuorum(recs); err != nil {
+	if err := n.applyRecords(ctx, b, limiter); err != nil {
 		return 0, 0, err
 	}
-	return len(recs), size, ctx.Err()
-}
-
-// writeAllAtQuorum stores every record with its own tag on a quorum of this
-// DC (one round each, as a stamped write: the tag is already unique and
-// ordered), keeping at most catchupInflight ops of the shared pool in
-// flight so client commands keep theirs.
-func (n *Node) writeAllAtQuorum(recs []scanRecord) error {
-	var d deadline
-	defer d.stop()
-	var inflight []*op
-	var ferr error
-	waitOldest := func() {
-		o := inflight[0]
-		inflight = inflight[1:]
-		d.reset(n.cfg.Timeout)
-		if err := n.coord.wait(o, &d); err != nil && ferr == nil {
-			ferr = fmt.Errorf("%w: %v", errCatchupLocal, err)
-		}
-		n.coord.release(o)
-	}
-	for i := range recs {
-		if len(inflight) >= catchupInflight {
-			waitOldest()
-		}
-		if ferr != nil {
-			break
-		}
-		rec := &recs[i]
-		d.reset(n.cfg.Timeout)
-		o, err := n.coord.acquireOp(&d)
-		if err != nil {
-			ferr = fmt.Errorf("%w: %v", errCatchupLocal, err)
-			break
-		}
-		kind := opSet
-		if rec.flags&flagTombstone != 0 {
-			kind = opDel
-		}
-		n.coord.startStamped(o, kind, rec.key, rec.val, rec.tag)
-		inflight = append(inflight, o)
-	}
-	for len(inflight) > 0 {
-		waitOldest()
-	}
-	return ferr
+	return count, size, nil
 }

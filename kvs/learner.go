@@ -301,28 +301,12 @@ const callBit = 1 << 62 // ids of calls (coordinator op ids are below 2^46)
 
 // call sends one kindStatus or kindScan request and waits for its answer.
 func (p *peerClient) call(kind byte, payload []byte, timeout time.Duration) (response, error) {
-	w := p.w.Load()
-	if w == nil {
-		return response{}, errors.New("not connected")
-	}
-	id := callBit | p.callSeq.Add(1)
 	ch := make(chan response, 1)
-	p.callMu.Lock()
-	if p.calls == nil {
-		p.calls = map[uint64]chan response{}
+	done, err := p.startCall(ch, func(b []byte, id uint64) []byte { return appendReadReq(b, kind, id, payload) })
+	if err != nil {
+		return response{}, err
 	}
-	p.calls[id] = ch
-	p.callMu.Unlock()
-	defer func() {
-		p.callMu.Lock()
-		delete(p.calls, id)
-		p.callMu.Unlock()
-	}()
-	b, ok := w.lock()
-	if !ok {
-		return response{}, errors.New("not connected")
-	}
-	w.unlock(appendReadReq(b, kind, id, payload))
+	defer done()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -333,6 +317,35 @@ func (p *peerClient) call(kind byte, payload []byte, timeout time.Duration) (res
 	case <-p.n.closing:
 		return response{}, errors.New("closing")
 	}
+}
+
+// startCall sends the request frame appendReq builds with a fresh call id;
+// the answer is sent on ch without blocking (ch needs room for it). done
+// forgets the call (a later answer is dropped); it must be called once.
+func (p *peerClient) startCall(ch chan response, appendReq func(b []byte, id uint64) []byte) (done func(), err error) {
+	w := p.w.Load()
+	if w == nil {
+		return nil, errors.New("not connected")
+	}
+	id := callBit | p.callSeq.Add(1)
+	p.callMu.Lock()
+	if p.calls == nil {
+		p.calls = map[uint64]chan response{}
+	}
+	p.calls[id] = ch
+	p.callMu.Unlock()
+	done = func() {
+		p.callMu.Lock()
+		delete(p.calls, id)
+		p.callMu.Unlock()
+	}
+	b, ok := w.lock()
+	if !ok {
+		done()
+		return nil, errors.New("not connected")
+	}
+	w.unlock(appendReq(b, id))
+	return done, nil
 }
 
 // deliverCall hands a call's answer (val copied) to its waiter.

@@ -70,7 +70,7 @@ func (n *Node) servePeer(c net.Conn) {
 			}
 			return
 		}
-		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey+9 || len(req.val) > n.cfg.MaxValue {
+		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey+9 || (len(req.val) > n.cfg.MaxValue && req.kind != kindApply) {
 			n.stats.PeerBad.Add(1)
 			n.log.Warn("malformed peer request; dropping connection", "peer", c.RemoteAddr())
 			return
@@ -92,6 +92,9 @@ func (n *Node) servePeer(c net.Conn) {
 			case kindChanges:
 				st, f, v = n.serveChanges(req.key, vbuf[:0])
 			default:
+				if !cs.started {
+					n.paceCatchup(c) // a catch-up stream: send at most at --catchup-rate
+				}
 				st, f, v = n.serveCatchup(&cs, req.key, vbuf[:0])
 			}
 			vbuf = v
@@ -136,6 +139,12 @@ func (n *Node) servePeer(c net.Conn) {
 				return
 			}
 			n.store.Put(req.key, req.tag, req.flags, req.val, req.id, sc)
+		case kindApply:
+			if !n.serveApply(req.id, req.val, sc) {
+				n.stats.PeerBad.Add(1)
+				n.log.Warn("malformed catch-up batch; dropping connection", "peer", c.RemoteAddr(), "id", peer.ID)
+				return
+			}
 		}
 	}
 }

@@ -24,6 +24,7 @@ const (
 	kindScan    byte = 5 // key: 0 | nothing (from the start) or 1 | last key; answer value: Scan records, flags: scanMore
 	kindChanges byte = 6 // key: cursor tag | max entries u32; answer value: change-index entries above the cursor, flags: scanMore
 	kindCatchup byte = 7 // key: catch-up stream op (catchup_source.go); answer value: end cursor | remaining | records, flags: flagTail
+	kindApply   byte = 8 // a DC peer's catch-up batch (catchup_apply.go): kindWrite's layout, empty key, zero tag, value: records in the Scan format; one answer for all
 	kindResp    byte = 0x80
 
 	statusOK      byte = 0
@@ -120,7 +121,7 @@ func decodeReq(b []byte, r *request) error {
 		if len(b) != 0 {
 			return errBadFrame
 		}
-	case kindWrite:
+	case kindWrite, kindApply:
 		if len(b) < TagSize+1+4 {
 			return errBadFrame
 		}
@@ -163,7 +164,7 @@ func decodeResp(b []byte, r *response) error {
 		return errBadFrame
 	}
 	r.val = b[respHeader:]
-	if r.kind < kindRead || r.kind > kindCatchup {
+	if r.kind < kindRead || r.kind > kindApply {
 		return errBadFrame
 	}
 	return nil

@@ -13,15 +13,16 @@ import (
 // Table is the summary: one row per case, catch-up and latency next to
 // the steady-state baseline of the same run.
 func (r *Result) Table() *report.Table {
-	t := report.NewTable("case", "cut", "loaded", "catch-up s", "keys copied", "MB copied", "keys/s", "MB/s", "x link",
-		"write p50/p99 ms before", "during", "after", "p99 during/before")
+	t := report.NewTable("case", "cut", "loaded", "catch-up s", "1st pass s", "keys copied", "MB copied", "keys/s", "MB/s", "x link",
+		"copy s", "copy keys/s", "copy MB/s", "copy x link", "write p50/p99 ms before", "during", "after", "p99 during/before")
 	for _, w := range r.Rows {
 		ratio := 0.0
 		if w.BeforeP99 > 0 {
 			ratio = w.DuringP99 / w.BeforeP99
 		}
-		t.Add(w.Case.String(), w.DC, w.Loaded, fmt.Sprintf("%.2f", w.CatchupS), w.KeysCopied, fmt.Sprintf("%.1f", float64(w.BytesCopied)/1e6),
-			fmt.Sprintf("%.0f", w.KeysPerS), fmt.Sprintf("%.2f", w.MBPerS), fmt.Sprintf("%.2f", w.LinkRatio),
+		t.Add(w.Case.String(), w.DC, w.Loaded, fmt.Sprintf("%.2f", w.CatchupS), fmt.Sprintf("%.2f", w.FirstPassS), w.KeysCopied,
+			fmt.Sprintf("%.1f", float64(w.BytesCopied)/1e6), fmt.Sprintf("%.0f", w.KeysPerS), fmt.Sprintf("%.2f", w.MBPerS), fmt.Sprintf("%.2f", w.LinkRatio),
+			fmt.Sprintf("%.2f", w.PassS), fmt.Sprintf("%.0f", w.CopyKeysPerS), fmt.Sprintf("%.2f", w.CopyMBPerS), fmt.Sprintf("%.2f", w.CopyLinkRatio),
 			fmt.Sprintf("%.1f/%.1f", w.BeforeP50, w.BeforeP99), fmt.Sprintf("%.1f/%.1f", w.DuringP50, w.DuringP99),
 			fmt.Sprintf("%.1f/%.1f", w.AfterP50, w.AfterP99), fmt.Sprintf("%.2f", ratio))
 	}
@@ -33,7 +34,8 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "\n== sdnkvs bench rejoin: %s (%v) and %s (%v), link %.0f Mbit/s, %d nodes each, --catchup-rate %q ==\n",
 		r.Near, r.DelayNear, r.Far, r.DelayFar, float64(r.LinkRateBPS)/1e6, r.Nodes, r.CatchupRate)
 	r.Table().Fprint(w)
-	fmt.Fprintln(w, "catch-up s: heal to live (/dcs); keys, MB: what the catch-up passes reported; x link: copy bit rate / link rate;")
+	fmt.Fprintln(w, "catch-up s: heal to live (/dcs); 1st pass s: heal to the first completed pass; keys, MB: what the catch-up passes reported;")
+	fmt.Fprintln(w, "keys/s, MB/s, x link (bit rate / link rate): over heal to live; copy s: first to last progress of the passes, copy rates over it;")
 	fmt.Fprintln(w, "write latency: a closed-loop SET through the forked port, before the cut (baseline), joining..live, live..+after.")
 	if len(r.Timeline) > 0 {
 		fmt.Fprintln(w, "DC states (time from the start):")
@@ -50,11 +52,12 @@ func (r *Result) Print(w io.Writer) {
 // (every probe write), rejoin-latency.png (probe latency over time) and
 // rejoin-rate.png (catch-up rate per case) into dir.
 func (r *Result) WriteFiles(dir string) ([]string, error) {
-	t := report.NewTable("keys", "value_size", "cut_dc", "source_dc", "loaded", "load_s", "catchup_s", "pass_s", "keys_copied", "bytes_copied",
-		"keys_per_s", "mb_per_s", "link_ratio", "before_p50_ms", "before_p99_ms", "during_p50_ms", "during_p99_ms",
+	t := report.NewTable("keys", "value_size", "cut_dc", "source_dc", "loaded", "load_s", "catchup_s", "pass_s", "first_pass_s", "keys_copied", "bytes_copied",
+		"keys_per_s", "mb_per_s", "link_ratio", "copy_keys_per_s", "copy_mb_per_s", "copy_link_ratio", "before_p50_ms", "before_p99_ms", "during_p50_ms", "during_p99_ms",
 		"after_p50_ms", "after_p99_ms", "before_n", "during_n", "after_n", "probe_errors")
 	for _, w := range r.Rows {
-		t.Add(w.Keys, w.ValueSize, w.DC, w.Source, w.Loaded, w.LoadS, w.CatchupS, w.PassS, w.KeysCopied, w.BytesCopied, w.KeysPerS, w.MBPerS, w.LinkRatio,
+		t.Add(w.Keys, w.ValueSize, w.DC, w.Source, w.Loaded, w.LoadS, w.CatchupS, w.PassS, w.FirstPassS, w.KeysCopied, w.BytesCopied, w.KeysPerS, w.MBPerS, w.LinkRatio,
+			w.CopyKeysPerS, w.CopyMBPerS, w.CopyLinkRatio,
 			w.BeforeP50, w.BeforeP99, w.DuringP50, w.DuringP99, w.AfterP50, w.AfterP99, w.BeforeN, w.DuringN, w.AfterN, w.ProbeErrors)
 	}
 	var files []string

@@ -12,8 +12,9 @@
 //	  (MSET through VIP:6379: only the other DC gets them) ─► heal X ─►
 //	  joining (catch-up from the live DC, progress from /dcs) ─► live ─► after
 //
-// It reports catch-up time (heal to live, and the first to the last
-// progress sample), keys/s, MB/s and the ratio to the link rate, and the
+// It reports catch-up time (heal to live, heal to the first completed
+// pass, and the first to the last progress sample: the copy), keys/s, MB/s
+// and the ratio to the link rate over heal to live and over the copy, and the
 // probe's write latency p50/p99 before the cut (steady state: the
 // baseline), during catch-up and after it.
 package rejoin
@@ -173,8 +174,13 @@ type Row struct {
 	KeysCopied, BytesCopied uint64
 	KeysPerS, MBPerS        float64
 	// LinkRatio is the copy's bit rate over the link rate (0: unlimited
-	// link).
+	// link), over heal to live.
 	LinkRatio float64
+	// CopyKeysPerS, CopyMBPerS and CopyLinkRatio are the same over PassS
+	// (the copy itself, without the wait for a clean pass).
+	CopyKeysPerS, CopyMBPerS, CopyLinkRatio float64
+	// FirstPassS is heal to the first completed pass.
+	FirstPassS float64
 	// Probe write latency in milliseconds: before the cut (steady state,
 	// the baseline), during catch-up (joining to live) and after it.
 	BeforeP50, BeforeP99     float64
@@ -251,8 +257,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if err != nil {
 			return res, err
 		}
-		fmt.Fprintf(log, "case %s: catch-up %.2fs (heal to live), %d keys, %.1f MB, %.0f keys/s, %.2f MB/s (%.2fx link); write p99 before %.1fms during %.1fms after %.1fms\n",
-			c, row.CatchupS, row.KeysCopied, float64(row.BytesCopied)/1e6, row.KeysPerS, row.MBPerS, row.LinkRatio, row.BeforeP99, row.DuringP99, row.AfterP99)
+		fmt.Fprintf(log, "case %s: catch-up %.2fs (heal to live; first pass done %.2fs), %d keys, %.1f MB, %.0f keys/s, %.2f MB/s (%.2fx link); copy %.2fs: %.0f keys/s, %.2f MB/s (%.2fx link); write p99 before %.1fms during %.1fms after %.1fms\n",
+			c, row.CatchupS, row.FirstPassS, row.KeysCopied, float64(row.BytesCopied)/1e6, row.KeysPerS, row.MBPerS, row.LinkRatio,
+			row.PassS, row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio, row.BeforeP99, row.DuringP99, row.AfterP99)
 	}
 	if cfg.Out != "" {
 		pr.stop()
@@ -269,7 +276,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 // runCase runs one case in the running environment.
 func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Timeline, pr *probe, origin time.Time, c Case, idx int, source string) (Row, error) {
 	log := cfg.Log
-	row := Row{Case: c, DC: cfg.Cut, Source: source, CatchupS: -1, PassS: -1}
+	row := Row{Case: c, DC: cfg.Cut, Source: source, CatchupS: -1, PassS: -1, FirstPassS: -1}
 	since := func() time.Duration { return time.Since(origin) }
 	fmt.Fprintf(log, "case %s: %v steady with both DCs live\n", c, cfg.Steady)
 	steady0 := since()
@@ -320,17 +327,25 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 	if first > 0 && last > first {
 		row.PassS = (last - first).Seconds()
 	}
-	if row.CatchupS > 0 {
-		row.KeysPerS = float64(keys) / row.CatchupS
-		row.MBPerS = float64(bytes) / 1e6 / row.CatchupS
+	if t, ok := scenario.FirstPassDone(tl.Progress(), cfg.Cut, healAt, afterEnd); ok {
+		row.FirstPassS = (t - healAt).Seconds()
+	}
+	rates := func(sec float64) (kps, mbps, ratio float64) {
+		if sec <= 0 {
+			return 0, 0, 0
+		}
+		kps, mbps = float64(keys)/sec, float64(bytes)/1e6/sec
 		if rate := cfg.DCs[0].Rate; rate > 0 {
 			link := float64(min(rate, cfg.DCs[1].Rate))
 			if cfg.DCs[1].Rate == 0 {
 				link = float64(rate)
 			}
-			row.LinkRatio = float64(bytes) * 8 / row.CatchupS / link
+			ratio = float64(bytes) * 8 / sec / link
 		}
+		return kps, mbps, ratio
 	}
+	row.KeysPerS, row.MBPerS, row.LinkRatio = rates(row.CatchupS)
+	row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio = rates(row.PassS)
 	lat := func(from, to time.Duration) (p50, p99 float64, n int) {
 		var ls []time.Duration
 		for _, s := range pr.samples() {

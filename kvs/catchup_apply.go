@@ -1,0 +1,252 @@
+package kvs
+
+// Catch-up, local writes (docs/design-lifecycle.md, "The driver"): the
+// driver writes a pulled page at its own DC's quorum in batches, not one
+// quorum op per record. A batch is a run of the page's records (already in
+// the Scan format) of at most catchupBatchBytes, or one larger record; it
+// goes to every DC peer as one kindApply frame and into the local store,
+// and is done when a quorum of voters stored every record of it. Each
+// replica puts each record through its committer with the record's own
+// tag, so the higher tag wins per key exactly as for a kindWrite (a record
+// this DC got newer is kept) and the change index follows.
+//
+//	driver ──kindApply(records)──► each DC peer: Put every record ─► one answer
+//	       └─ Put every record locally ──────────────────────────► one answer
+//
+// Batches in flight are bounded by catchupApplyWindow bytes, so memory and
+// the peers' committer queues stay bounded and a client write waits behind
+// at most that much catch-up data on a peer connection.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+const (
+	catchupBatchBytes   = scanBatch // a batch's records (a peer's frame limit allows one more record of any size)
+	catchupApplyWindow  = 4 << 20   // batch bytes in flight to the local replicas
+	catchupApplyTimeout = 10 * time.Second
+)
+
+// applySink counts a batch's record writes on one replica and calls fin
+// once, after the last, with whether all were stored.
+type applySink struct {
+	left   atomic.Int64
+	failed atomic.Bool
+	fin    func(ok bool)
+}
+
+func (s *applySink) writeDone(_ uint64, ok bool, _ Tag) {
+	if !ok {
+		s.failed.Store(true)
+	}
+	if s.left.Add(-1) == 0 {
+		s.fin(!s.failed.Load())
+	}
+}
+
+// putBatch puts every record of b (Scan format, validated) into the local
+// store; fin is called once they are all durable or failed.
+func (n *Node) putBatch(b []byte, count int, fin func(ok bool)) {
+	s := &applySink{fin: fin}
+	s.left.Store(int64(count))
+	var rec scanRecord
+	for len(b) > 0 {
+		b, _ = nextScanRecord(b, &rec)
+		n.store.Put(rec.key, rec.tag, rec.flags, rec.val, 0, s)
+	}
+}
+
+// checkBatch validates a batch of records from a DC peer or a source DC
+// and returns their number.
+func (n *Node) checkBatch(b []byte) (int, error) {
+	count := 0
+	var rec scanRecord
+	for len(b) > 0 {
+		var err error
+		if b, err = nextScanRecord(b, &rec); err != nil {
+			return 0, fmt.Errorf("malformed records: %w", err)
+		}
+		if err := n.checkTag(rec.tag); err != nil || rec.tag.IsZero() {
+			return 0, fmt.Errorf("record %q with a tag this DC refuses (%v): %v", rec.key, rec.tag, err)
+		}
+		if len(rec.key) > n.cfg.MaxKey || len(rec.val) > n.cfg.MaxValue {
+			return 0, fmt.Errorf("record %q over this DC's key or value limit", rec.key)
+		}
+		count++
+	}
+	return count, nil
+}
+
+// serveApply answers a DC peer's kindApply once every record is stored; it
+// returns false for a malformed batch (the caller drops the connection, as
+// for a write with a bad tag).
+func (n *Node) serveApply(id uint64, b []byte, sc *serverConn) bool {
+	count, err := n.checkBatch(b)
+	if err != nil || count == 0 {
+		return false
+	}
+	n.putBatch(b, count, func(ok bool) {
+		st := statusOK
+		if !ok {
+			st = statusErr
+		} else if !n.voter.Load() {
+			st = statusLearner
+		}
+		buf, live := sc.w.lock()
+		if !live {
+			return
+		}
+		sc.w.unlock(appendResp(buf, kindApply, id, st, Tag{}, 0, nil))
+	})
+	return true
+}
+
+// appendApplyReq appends a kindApply request frame carrying records.
+func appendApplyReq(b []byte, id uint64, records []byte) []byte {
+	b, s := beginFrame(b)
+	b = append(b, kindApply)
+	b = binary.BigEndian.AppendUint64(b, id)
+	b = binary.BigEndian.AppendUint16(b, 0) // no key
+	b = AppendTag(b, Tag{})
+	b = append(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(records)))
+	b = append(b, records...)
+	return endFrame(b, s)
+}
+
+// applyBatch is one batch in flight: answers from the replicas arrive on res.
+type applyBatch struct {
+	size  int
+	res   chan response
+	sent  int // answers expected on res
+	fails int // replicas that could not be asked
+	dones []func()
+}
+
+// startBatch sends records (count of them) to every DC peer and puts them
+// into the local store.
+func (n *Node) startBatch(records []byte, count int) *applyBatch {
+	a := &applyBatch{size: len(records), res: make(chan response, len(n.peers)+1)}
+	for _, p := range n.peers {
+		done, err := p.startCall(a.res, func(b []byte, id uint64) []byte { return appendApplyReq(b, id, records) })
+		if err != nil {
+			a.fails++
+			continue
+		}
+		a.sent++
+		a.dones = append(a.dones, done)
+	}
+	voter := n.voter.Load()
+	a.sent++
+	n.putBatch(records, count, func(ok bool) {
+		st := statusOK
+		if !ok {
+			st = statusErr
+		} else if !voter {
+			st = statusLearner
+		}
+		a.res <- response{kind: kindApply, status: st}
+	})
+	return a
+}
+
+// wait waits until a quorum of voters stored the batch, or that cannot
+// happen, or its deadline.
+func (n *Node) waitBatch(a *applyBatch) error {
+	defer func() {
+		for _, d := range a.dones {
+			d()
+		}
+	}()
+	t := time.NewTimer(catchupApplyTimeout)
+	defer t.Stop()
+	ok, got := 0, 0
+	for ok < n.quorum {
+		if ok+(a.sent-got) < n.quorum {
+			return fmt.Errorf("%w: %d of %d replicas stored a batch (%d unreachable), a quorum is %d", errCatchupLocal, ok, n.size, a.fails, n.quorum)
+		}
+		select {
+		case r := <-a.res:
+			got++
+			if r.kind == kindApply && r.status == statusOK {
+				ok++
+			}
+		case <-t.C:
+			return fmt.Errorf("%w: %d of %d replicas stored a batch within %v, a quorum is %d", errCatchupLocal, ok, n.size, catchupApplyTimeout, n.quorum)
+		case <-n.closing:
+			return errors.New("closing")
+		}
+	}
+	return nil
+}
+
+// applyRecords writes a page's records (Scan format, validated, count of
+// them) at the local quorum in batches, at most catchupApplyWindow bytes in
+// flight, each batch passing limiter first; it returns when every batch is
+// on a quorum.
+func (n *Node) applyRecords(ctx context.Context, b []byte, limiter *rate.Limiter) error {
+	var inflight []*applyBatch
+	bytesIn := 0
+	var ferr error
+	waitOldest := func() {
+		a := inflight[0]
+		inflight = inflight[1:]
+		bytesIn -= a.size
+		if err := n.waitBatch(a); err != nil && ferr == nil {
+			ferr = err
+		}
+	}
+	var rec scanRecord
+	for len(b) > 0 && ferr == nil {
+		// Cut the next batch: records up to catchupBatchBytes, at least one.
+		end, count, data := 0, 0, 0
+		for rest := b; len(rest) > 0; {
+			next, _ := nextScanRecord(rest, &rec)
+			l := len(rest) - len(next)
+			if count > 0 && end+l > catchupBatchBytes {
+				break
+			}
+			end += l
+			count++
+			data += len(rec.key) + len(rec.val)
+			rest = next
+		}
+		batch := b[:end]
+		b = b[end:]
+		if limiter != nil { // the rate counts record data (keys and values)
+			for left := data; left > 0; {
+				k := min(left, limiter.Burst())
+				if err := limiter.WaitN(ctx, k); err != nil {
+					ferr = err
+					break
+				}
+				left -= k
+			}
+			if ferr != nil {
+				break
+			}
+		}
+		for len(inflight) > 0 && bytesIn+len(batch) > catchupApplyWindow {
+			waitOldest()
+		}
+		if ferr != nil {
+			break
+		}
+		inflight = append(inflight, n.startBatch(batch, count))
+		bytesIn += len(batch)
+	}
+	for len(inflight) > 0 {
+		waitOldest()
+	}
+	if ferr == nil {
+		ferr = ctx.Err()
+	}
+	return ferr
+}
