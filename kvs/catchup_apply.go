@@ -13,9 +13,10 @@ package kvs
 //	driver ──kindApply(records)──► each DC peer: Put every record ─► one answer
 //	       └─ Put every record locally ──────────────────────────► one answer
 //
-// Batches in flight are bounded by catchupApplyWindow bytes, so memory and
-// the peers' committer queues stay bounded and a client write waits behind
-// at most that much catch-up data on a peer connection.
+// Batches in flight are bounded (catchupApplyBatches),
+// so memory and the replicas' committer queues stay small and a client
+// write waits behind little catch-up data on a peer connection or in a
+// committer.
 
 import (
 	"context"
@@ -29,8 +30,14 @@ import (
 )
 
 const (
-	catchupBatchBytes   = scanBatch // a batch's records (a peer's frame limit allows one more record of any size)
-	catchupApplyWindow  = 4 << 20   // batch bytes in flight to the local replicas
+	// catchupBatchBytes bounds a batch's records (a peer's frame limit,
+	// scanBatch beyond the largest record, allows one more of any size).
+	catchupBatchBytes = 32 << 10
+	// catchupApplyBatches bounds the batches in flight to the local
+	// replicas: a client write queued behind them in a replica's committer
+	// waits for at most 4 x 32 KiB of catch-up records (~2,000 small ones),
+	// or four larger ones.
+	catchupApplyBatches = 4
 	catchupApplyTimeout = 10 * time.Second
 )
 
@@ -123,7 +130,6 @@ func appendApplyReq(b []byte, id uint64, records []byte) []byte {
 
 // applyBatch is one batch in flight: answers from the replicas arrive on res.
 type applyBatch struct {
-	size  int
 	res   chan response
 	sent  int // answers expected on res
 	fails int // replicas that could not be asked
@@ -133,7 +139,7 @@ type applyBatch struct {
 // startBatch sends records (count of them) to every DC peer and puts them
 // into the local store.
 func (n *Node) startBatch(records []byte, count int) *applyBatch {
-	a := &applyBatch{size: len(records), res: make(chan response, len(n.peers)+1)}
+	a := &applyBatch{res: make(chan response, len(n.peers)+1)}
 	for _, p := range n.peers {
 		done, err := p.startCall(a.res, func(b []byte, id uint64) []byte { return appendApplyReq(b, id, records) })
 		if err != nil {
@@ -188,17 +194,15 @@ func (n *Node) waitBatch(a *applyBatch) error {
 }
 
 // applyRecords writes a page's records (Scan format, validated, count of
-// them) at the local quorum in batches, at most catchupApplyWindow bytes in
+// them) at the local quorum in batches, at most catchupApplyBatches in
 // flight, each batch passing limiter first; it returns when every batch is
 // on a quorum.
 func (n *Node) applyRecords(ctx context.Context, b []byte, limiter *rate.Limiter) error {
 	var inflight []*applyBatch
-	bytesIn := 0
 	var ferr error
 	waitOldest := func() {
 		a := inflight[0]
 		inflight = inflight[1:]
-		bytesIn -= a.size
 		if err := n.waitBatch(a); err != nil && ferr == nil {
 			ferr = err
 		}
@@ -233,14 +237,13 @@ func (n *Node) applyRecords(ctx context.Context, b []byte, limiter *rate.Limiter
 				break
 			}
 		}
-		for len(inflight) > 0 && bytesIn+len(batch) > catchupApplyWindow {
+		for len(inflight) > 0 && len(inflight) >= catchupApplyBatches {
 			waitOldest()
 		}
 		if ferr != nil {
 			break
 		}
 		inflight = append(inflight, n.startBatch(batch, count))
-		bytesIn += len(batch)
 	}
 	for len(inflight) > 0 {
 		waitOldest()

@@ -234,11 +234,30 @@ func (n *Node) dialCatchup(ctx context.Context, addr string) (net.Conn, error) {
 // pullFrom runs the stream against one source node until the tail (nil),
 // a failure, or ctx's end. progressed reports whether a page was applied.
 func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter *rate.Limiter) (progressed bool, err error) {
+	if cc := n.takeCatchupConn(addr); cc != nil {
+		n.catchStats.Reused.Add(1)
+		progressed, err := n.pullOn(ctx, j, cc, limiter)
+		if err == nil || progressed || ctx.Err() != nil || errors.Is(err, errCatchupLocal) {
+			return progressed, err
+		}
+		// The kept connection went stale (the source closed it): dial.
+	}
 	c, err := n.dialCatchup(ctx, addr)
 	if err != nil {
 		return false, err
 	}
-	defer c.Close()
+	return n.pullOn(ctx, j, &catchupConn{addr: addr, c: c, fr: newFrameReader(c, maxCatchupFrame), nextID: 1}, limiter)
+}
+
+// pullOn runs the stream on cc (closing it, or parking it after the tail).
+func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, limiter *rate.Limiter) (progressed bool, err error) {
+	c := cc.c
+	keep := false
+	defer func() {
+		if !keep {
+			c.Close()
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	pageBytes, pageRecs := n.cfg.CatchupPageBytes, n.cfg.CatchupPageRecords
@@ -255,17 +274,18 @@ func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter
 	start = binary.BigEndian.AppendUint32(start, uint32(pageBytes))
 	start = binary.BigEndian.AppendUint32(start, uint32(pageRecs))
 	var wbuf []byte
-	wbuf = appendReadReq(wbuf, kindCatchup, 1, start)
-	for id := uint64(2); id <= catchupAhead; id++ {
+	first := cc.nextID
+	wbuf = appendReadReq(wbuf, kindCatchup, first, start)
+	for id := first + 1; id < first+catchupAhead; id++ {
 		wbuf = appendReadReq(wbuf, kindCatchup, id, []byte{catchupNext})
 	}
 	if _, err := c.Write(wbuf); err != nil {
 		return false, err
 	}
-	nextID := uint64(catchupAhead + 1)
-	fr := newFrameReader(c, maxCatchupFrame)
+	nextID := first + catchupAhead
+	fr := cc.fr
 	var r response
-	for want := uint64(1); ; want++ {
+	for want := first; ; want++ {
 		c.SetReadDeadline(time.Now().Add(catchupReadTimout))
 		body, err := fr.next()
 		if err != nil {
@@ -314,6 +334,21 @@ func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter
 		}
 		j.mu.Unlock()
 		if tail {
+			// Read the answers to the pages asked ahead, then keep the
+			// connection for the next pass (catchup_conn.go).
+			for want++; want < nextID; want++ {
+				c.SetReadDeadline(time.Now().Add(catchupReadTimout))
+				body, err := fr.next()
+				if err != nil || decodeResp(body, &r) != nil || r.id != want {
+					return progressed, nil
+				}
+			}
+			c.SetReadDeadline(time.Time{})
+			if stop() {
+				keep = true
+				cc.nextID = nextID
+				n.parkCatchupConn(cc)
+			}
 			return progressed, nil
 		}
 	}

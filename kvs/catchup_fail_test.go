@@ -1,6 +1,7 @@
 package kvs
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"strings"
@@ -199,16 +200,24 @@ func TestCatchupRemoteIsReadOnly(t *testing.T) {
 	if _, err := dialAs(testSecret, peerauth.Hello{Cluster: "sdnkvs", Role: roleDCReader, ID: 9}); err == nil {
 		t.Fatal("a dc-reader accepted on the cluster's own handshake")
 	}
-	for _, kind := range []byte{kindWrite, kindRead, kindScan, kindChanges, kindStatus} {
+	for _, kind := range []byte{kindWrite, kindApply, kindRead, kindScan, kindChanges, kindStatus} {
 		c, err := dial(testSecret)
 		if err != nil {
 			t.Fatal(err)
 		}
 		before := a.Node(0).CatchupStats().RemoteRefused.Load()
 		var req []byte
-		if kind == kindWrite {
+		switch kind {
+		case kindWrite:
 			req = appendWriteReq(nil, 1, []byte("k"), stampTag(1<<40), 0, []byte("forged"))
-		} else {
+		case kindApply: // a batch of records, as a DC peer's catch-up driver sends
+			rec := binary.BigEndian.AppendUint16(nil, 1)
+			rec = append(rec, 'k')
+			rec = AppendTag(rec, stampTag(1<<40))
+			rec = append(rec, 0)
+			rec = binary.BigEndian.AppendUint32(rec, 6)
+			req = appendApplyReq(nil, 1, append(rec, "forged"...))
+		default:
 			req = appendReadReq(nil, kind, 1, []byte("k"))
 		}
 		c.Write(req)
@@ -266,4 +275,61 @@ func TestCatchupRateLimit(t *testing.T) {
 	if took < want/2 {
 		t.Errorf("pulled %d bytes in %v: faster than the limit allows (%v)", f.Bytes, took, want)
 	}
+}
+
+// TestCatchupConnKeptBetweenPasses: a pass that reached the tail keeps its
+// source connection, the next pass to the same node runs on it (no dial,
+// no handshake, TCP's window kept), and a kept connection that went stale
+// is replaced by a new one without failing the pass.
+func TestCatchupConnKeptBetweenPasses(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0)
+	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 0)
+	g := fillA(t, a, 300, 100, 1_000_000)
+	st := b.Node(0).CatchupStats()
+	pass := func(job uint64, from Tag) orderwire.Frame {
+		t.Helper()
+		var pl progressLog
+		b.Node(0).StartCatchup(job, "A", from, pl.report)
+		f := pl.waitEnd(t, 60*time.Second)
+		if f.State != orderwire.JobDone {
+			t.Fatalf("pass %d: state %d", job, f.State)
+		}
+		return f
+	}
+	f := pass(1, Tag{})
+	if st.Reused.Load() != 0 {
+		t.Fatalf("first pass reused %d connections", st.Reused.Load())
+	}
+	// New writes, then a second pass from the first one's cursor.
+	for i := 0; i < 50; i++ {
+		g++
+		putOn(t, a, []int{0, 1, 2}, fmt.Sprintf("later%03d", i), stampTag(g), "new", false)
+	}
+	f2 := pass(2, Tag{Counter: f.G, Writer: f.W})
+	if got := st.Reused.Load(); got != 1 {
+		t.Errorf("second pass: %d connections reused, want 1", got)
+	}
+	if f2.Keys != 50 {
+		t.Errorf("second pass copied %d records, want the 50 new ones", f2.Keys)
+	}
+	assertConverged(t, a, b)
+	// The kept connection goes stale: the third pass dials again.
+	n := b.Node(0)
+	n.catchConns.mu.Lock()
+	cc := n.catchConns.parked
+	n.catchConns.mu.Unlock()
+	if cc == nil {
+		t.Fatal("no connection kept after the second pass")
+	}
+	cc.c.Close()
+	g++
+	putOn(t, a, []int{0, 1, 2}, "last", stampTag(g), "v", false)
+	fails := st.Failures.Load()
+	if f3 := pass(3, Tag{Counter: f2.G, Writer: f2.W}); f3.Keys != 1 {
+		t.Errorf("third pass copied %d records, want 1", f3.Keys)
+	}
+	if got := st.Failures.Load(); got != fails {
+		t.Errorf("a stale kept connection counted as a source failure (%d -> %d)", fails, got)
+	}
+	assertConverged(t, a, b)
 }

@@ -20,6 +20,7 @@ type CatchupStats struct {
 	Bytes      atomic.Uint64 // bytes of those records (keys and values)
 	Pages      atomic.Uint64 // pages pulled
 	Failures   atomic.Uint64 // source connections lost or refused (the job moves to the next source node)
+	Reused     atomic.Uint64 // passes that ran on the connection kept from the previous pass
 	rate       atomic.Uint64 // float64 bits: bytes/s of the running job
 
 	ServedPages     atomic.Uint64 // pages served to drivers
@@ -41,8 +42,8 @@ func (n *Node) CatchupStats() *CatchupStats { return &n.catchStats }
 func (s *CatchupStats) appendInfo(b *strings.Builder) {
 	fmt.Fprintf(b, "\r\n# Catchup\r\nsdnkvs_catchup_jobs:%d\r\nsdnkvs_catchup_jobs_done:%d\r\nsdnkvs_catchup_jobs_failed:%d\r\nsdnkvs_catchup_running:%d\r\n",
 		s.Jobs.Load(), s.JobsDone.Load(), s.JobsFailed.Load(), s.Running.Load())
-	fmt.Fprintf(b, "sdnkvs_catchup_records:%d\r\nsdnkvs_catchup_bytes:%d\r\nsdnkvs_catchup_pages:%d\r\nsdnkvs_catchup_failures:%d\r\nsdnkvs_catchup_rate_bytes_per_sec:%.0f\r\n",
-		s.Records.Load(), s.Bytes.Load(), s.Pages.Load(), s.Failures.Load(), s.Rate())
+	fmt.Fprintf(b, "sdnkvs_catchup_records:%d\r\nsdnkvs_catchup_bytes:%d\r\nsdnkvs_catchup_pages:%d\r\nsdnkvs_catchup_failures:%d\r\nsdnkvs_catchup_conns_reused:%d\r\nsdnkvs_catchup_rate_bytes_per_sec:%.0f\r\n",
+		s.Records.Load(), s.Bytes.Load(), s.Pages.Load(), s.Failures.Load(), s.Reused.Load(), s.Rate())
 	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
 		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
 }
@@ -74,6 +75,7 @@ var catchupMetrics = []struct {
 	{"bytes_total", "Bytes (keys and values) of those records.", false, func(s *CatchupStats) float64 { return float64(s.Bytes.Load()) }},
 	{"pages_total", "Catch-up pages pulled.", false, func(s *CatchupStats) float64 { return float64(s.Pages.Load()) }},
 	{"failures_total", "Source connections lost or refused during catch-up.", false, func(s *CatchupStats) float64 { return float64(s.Failures.Load()) }},
+	{"conns_reused_total", "Catch-up passes that ran on the source connection kept from the previous pass.", false, func(s *CatchupStats) float64 { return float64(s.Reused.Load()) }},
 	{"rate_bytes_per_second", "Pull rate of the running catch-up job.", true, func(s *CatchupStats) float64 { return s.Rate() }},
 	{"served_pages_total", "Catch-up pages served to another DC.", false, func(s *CatchupStats) float64 { return float64(s.ServedPages.Load()) }},
 	{"served_records_total", "Records in those pages.", false, func(s *CatchupStats) float64 { return float64(s.ServedRecords.Load()) }},

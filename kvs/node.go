@@ -96,6 +96,7 @@ type Node struct {
 	stats      Stats
 	catchStats CatchupStats
 	catchup    catchupDriver // the running catch-up job (catchup_driver.go)
+	catchConns catchupConns  // a catch-up stream kept between passes (catchup_conn.go)
 	penalty    *penaltyBox   // nil: protocol errors are never held
 	collision  atomic.Bool   // another process claimed this node's id
 
