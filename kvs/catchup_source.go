@@ -35,6 +35,7 @@ import (
 const (
 	catchupStart byte = 1 // cursor(16) | max bytes u32 | max records u32
 	catchupNext  byte = 2
+	catchupPing  byte = 3 // keeps a parked stream busy (catchup_conn.go); answers an empty page, the stream unchanged
 )
 
 // Limits of the catch-up source.
@@ -70,6 +71,8 @@ func (n *Node) serveCatchup(cs *catchupStream, payload, dst []byte) (byte, byte,
 		}
 		*cs = catchupStream{started: true, cursor: DecodeTag(payload[1:]), maxBytes: mb, maxRecs: mr}
 		first = true
+	case len(payload) == 1 && payload[0] == catchupPing:
+		return statusOK, 0, dst
 	case len(payload) == 1 && payload[0] == catchupNext:
 		if !cs.started {
 			return statusErr, 0, append(dst, "catch-up: next before start"...)
