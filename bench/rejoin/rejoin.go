@@ -13,8 +13,8 @@
 //	  joining (catch-up from the live DC, progress from /dcs) ─► live ─► after
 //
 // It reports catch-up time (heal to live, heal to the first completed
-// pass, and the first to the last progress sample: the copy), keys/s, MB/s
-// and the ratio to the link rate over heal to live and over the copy, and the
+// pass, and the time passes were running: the copy), keys/s, MB/s and the
+// ratio to the link rate over heal to live and over the copy, and the
 // probe's write latency p50/p99 before the cut (steady state: the
 // baseline), during catch-up and after it.
 package rejoin
@@ -176,8 +176,10 @@ type Row struct {
 	// LinkRatio is the copy's bit rate over the link rate (0: unlimited
 	// link), over heal to live.
 	LinkRatio float64
-	// CopyKeysPerS, CopyMBPerS and CopyLinkRatio are the same over PassS
-	// (the copy itself, without the wait for a clean pass).
+	// CopyS is the time passes were running (each from its first running
+	// sample to its done sample), without the waits between passes;
+	// CopyKeysPerS, CopyMBPerS and CopyLinkRatio are the rates over it.
+	CopyS                                   float64
 	CopyKeysPerS, CopyMBPerS, CopyLinkRatio float64
 	// FirstPassS is heal to the first completed pass.
 	FirstPassS float64
@@ -259,7 +261,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		fmt.Fprintf(log, "case %s: catch-up %.2fs (heal to live; first pass done %.2fs), %d keys, %.1f MB, %.0f keys/s, %.2f MB/s (%.2fx link); copy %.2fs: %.0f keys/s, %.2f MB/s (%.2fx link); write p99 before %.1fms during %.1fms after %.1fms\n",
 			c, row.CatchupS, row.FirstPassS, row.KeysCopied, float64(row.BytesCopied)/1e6, row.KeysPerS, row.MBPerS, row.LinkRatio,
-			row.PassS, row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio, row.BeforeP99, row.DuringP99, row.AfterP99)
+			row.CopyS, row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio, row.BeforeP99, row.DuringP99, row.AfterP99)
 	}
 	if cfg.Out != "" {
 		pr.stop()
@@ -345,7 +347,8 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		return kps, mbps, ratio
 	}
 	row.KeysPerS, row.MBPerS, row.LinkRatio = rates(row.CatchupS)
-	row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio = rates(row.PassS)
+	row.CopyS = passesRunning(tl.Progress(), cfg.Cut, healAt, afterEnd).Seconds()
+	row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio = rates(row.CopyS)
 	lat := func(from, to time.Duration) (p50, p99 float64, n int) {
 		var ls []time.Duration
 		for _, s := range pr.samples() {
@@ -373,6 +376,36 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		}
 	}
 	return row, nil
+}
+
+// passesRunning sums the running time of dc's catch-up passes that start
+// between from and to: each from its first sample as running to its first
+// sample as done (or the first sample of a later pass).
+func passesRunning(samples []scenario.ProgressSample, dc string, from, to time.Duration) time.Duration {
+	old := map[uint64]bool{} // passes seen before from
+	var total, start time.Duration
+	var job uint64
+	running := false
+	for _, s := range samples {
+		if s.DC != dc {
+			continue
+		}
+		if s.At < from {
+			old[s.Job] = true
+			continue
+		}
+		if s.At > to {
+			break
+		}
+		if running && (s.Job != job || s.State == "done" || s.Done) {
+			total += s.At - start
+			running = false
+		}
+		if !running && !old[s.Job] && s.State == "running" && s.Job != job {
+			job, start, running = s.Job, s.At, true
+		}
+	}
+	return total
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

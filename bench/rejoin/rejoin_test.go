@@ -4,6 +4,9 @@ package rejoin
 
 import (
 	"testing"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/bench/scenario"
 )
 
 func TestParseCases(t *testing.T) {
@@ -24,5 +27,22 @@ func TestParseCases(t *testing.T) {
 		if _, err := ParseCases(bad); err == nil {
 			t.Errorf("ParseCases(%q): no error", bad)
 		}
+	}
+}
+
+func TestPassesRunning(t *testing.T) {
+	s := func(at float64, job uint64, state string) scenario.ProgressSample {
+		return scenario.ProgressSample{At: time.Duration(at * float64(time.Second)), DC: "dublin",
+			CatchupProgress: scenario.CatchupProgress{Job: job, State: state}}
+	}
+	samples := []scenario.ProgressSample{
+		s(0.5, 7, "running"), // a pass of an earlier case: left out
+		s(1, 1, "running"), s(2, 1, "running"), s(3, 1, "done"), s(4, 1, "done"),
+		s(5, 2, "running"), {At: 5500 * time.Millisecond, DC: "sydney"}, s(6.5, 2, "done"),
+		s(7, 3, "running"), s(7.5, 4, "running"), s(8, 4, "done"), // pass 3 replaced by pass 4
+	}
+	got := passesRunning(samples, "dublin", time.Second, 10*time.Second)
+	if want := 2*time.Second + 1500*time.Millisecond + 500*time.Millisecond + 500*time.Millisecond; got != want {
+		t.Fatalf("passes running %v, want %v", got, want)
 	}
 }
