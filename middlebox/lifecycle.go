@@ -48,14 +48,15 @@ type LifecycleConfig struct {
 
 // lifecycle is the driver's state, under Middlebox.flows.
 type lifecycle struct {
-	cfg     LifecycleConfig
-	m       *failover.Lifecycle
-	reach   []bool   // last reachability reported per DC
-	lacking []int    // forked flows lacking each DC
-	jobNode []int    // node running each DC's job (-1 none yet)
-	jobID   []uint64 // each DC's current job (0 none)
-	jobFrom []failover.Tag
-	jobSrc  []failover.DCID
+	cfg      LifecycleConfig
+	m        *failover.Lifecycle
+	reach    []bool   // last reachability reported per DC
+	lacking  []int    // forked flows lacking each DC
+	jobNode  []int    // node running each DC's job (-1 none yet)
+	lastNode []int    // node that ran each DC's previous job (-1 none): the next pass goes there first, to reuse its source connection
+	jobID    []uint64 // each DC's current job (0 none)
+	jobFrom  []failover.Tag
+	jobSrc   []failover.DCID
 
 	refused     atomic.Uint64 // new connections refused: no current DC
 	resets      atomic.Uint64 // flows reset because they lacked a joining DC
@@ -79,10 +80,10 @@ func (m *Middlebox) startLifecycle() error {
 		return err
 	}
 	n := len(m.dcs)
-	l := &lifecycle{cfg: cfg, m: lm, reach: make([]bool, n), lacking: make([]int, n), jobNode: make([]int, n),
+	l := &lifecycle{cfg: cfg, m: lm, reach: make([]bool, n), lacking: make([]int, n), jobNode: make([]int, n), lastNode: make([]int, n),
 		jobID: make([]uint64, n), jobFrom: make([]failover.Tag, n), jobSrc: make([]failover.DCID, n), wake: make(chan struct{}, 1)}
 	for i := range n {
-		l.reach[i], l.jobNode[i] = true, -1
+		l.reach[i], l.jobNode[i], l.lastNode[i] = true, -1, -1
 	}
 	m.life = l
 	if cfg.StatePath != "" {
@@ -278,7 +279,13 @@ func (m *Middlebox) lifeAssign(dc failover.DCID) {
 	if l.jobID[dc] == 0 || l.jobNode[dc] >= 0 || m.seq == nil {
 		return
 	}
-	for _, ni := range m.dcNode[dc] {
+	// The node of the previous pass first: it keeps its connection to the
+	// source warm between passes (kvs/catchup_conn.go).
+	order := m.dcNode[dc]
+	if last := l.lastNode[dc]; last >= 0 {
+		order = append([]uint16{uint16(last)}, order...)
+	}
+	for _, ni := range order {
 		o := m.seq.conns[ni]
 		if !m.nodes[ni].live.Load() || !o.up.Load() {
 			continue
@@ -288,7 +295,7 @@ func (m *Middlebox) lifeAssign(dc failover.DCID) {
 			continue
 		}
 		o.flush()
-		l.jobNode[dc] = int(ni)
+		l.jobNode[dc], l.lastNode[dc] = int(ni), int(ni)
 		m.log.Info("dc catch-up job", "dc", m.dcs[dc].Name, "job", l.jobID[dc], "node", m.nodes[ni].ap, "source", m.dcs[l.jobSrc[dc]].Name, "cursor_g", l.jobFrom[dc].G)
 		return
 	}

@@ -380,10 +380,11 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 
 // passesRunning sums the running time of dc's catch-up passes that start
 // between from and to: each from its first sample as running to its first
-// sample as done (or the first sample of a later pass).
+// sample as done (or the first sample of a later pass, or its last sample:
+// the pass that makes the DC live leaves /dcs without a done sample).
 func passesRunning(samples []scenario.ProgressSample, dc string, from, to time.Duration) time.Duration {
 	old := map[uint64]bool{} // passes seen before from
-	var total, start time.Duration
+	var total, start, last time.Duration
 	var job uint64
 	running := false
 	for _, s := range samples {
@@ -404,6 +405,13 @@ func passesRunning(samples []scenario.ProgressSample, dc string, from, to time.D
 		if !running && !old[s.Job] && s.State == "running" && s.Job != job {
 			job, start, running = s.Job, s.At, true
 		}
+		if running {
+			last = s.At
+		}
+	}
+	if running {
+		total += last - start
+		running = false
 	}
 	return total
 }

@@ -40,9 +40,11 @@ func TestPassesRunning(t *testing.T) {
 		s(1, 1, "running"), s(2, 1, "running"), s(3, 1, "done"), s(4, 1, "done"),
 		s(5, 2, "running"), {At: 5500 * time.Millisecond, DC: "sydney"}, s(6.5, 2, "done"),
 		s(7, 3, "running"), s(7.5, 4, "running"), s(8, 4, "done"), // pass 3 replaced by pass 4
+		s(9, 5, "running"), s(10, 5, "running"), s(11, 5, "running"), // the DC goes live: no done sample
+		s(12, 9, "running"), // after to
 	}
-	got := passesRunning(samples, "dublin", time.Second, 10*time.Second)
-	if want := 2*time.Second + 1500*time.Millisecond + 500*time.Millisecond + 500*time.Millisecond; got != want {
+	got := passesRunning(samples, "dublin", time.Second, 11500*time.Millisecond)
+	if want := 2*time.Second + 1500*time.Millisecond + 500*time.Millisecond + 500*time.Millisecond + 2*time.Second; got != want {
 		t.Fatalf("passes running %v, want %v", got, want)
 	}
 }
