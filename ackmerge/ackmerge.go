@@ -208,6 +208,9 @@ type Event struct {
 	// range whose hashes differed (the ranges before it agreed or were
 	// not comparable).
 	Offset uint64
+	// Peer, for CauseReplyMismatch: a branch whose bytes won the vote (to
+	// show next to the removed one's, Flow.ReplyTail).
+	Peer int
 }
 
 // Emit is one packet to send. Buf is ready for Device.Write at Out.Offset:

@@ -61,10 +61,40 @@ const (
 	verifyMaxBr    = 64   // verification covers flows of up to 64 branches
 )
 
+// ReplyTail is how many of its last hashed reply bytes a branch keeps, so
+// that a mismatch can be shown (Flow.ReplyTail).
+const ReplyTail = 48
+
 // vbranch is one branch's hashing state.
 type vbranch struct {
-	h   maphash.Hash // bytes [chunk start of pos, pos)
-	pos uint64       // stream offset of the next byte to hash
+	h     maphash.Hash // bytes [chunk start of pos, pos)
+	pos   uint64       // stream offset of the next byte to hash
+	tail  [ReplyTail]byte
+	tailN int // tail[ReplyTail-tailN:] are the bytes [pos-tailN, pos)
+}
+
+// keepTail appends hashed bytes d (ending at pos) to the branch's tail.
+func (vb *vbranch) keepTail(d []byte) {
+	if len(d) >= ReplyTail {
+		copy(vb.tail[:], d[len(d)-ReplyTail:])
+		vb.tailN = ReplyTail
+		return
+	}
+	copy(vb.tail[:], vb.tail[len(d):])
+	copy(vb.tail[ReplyTail-len(d):], d)
+	vb.tailN = min(ReplyTail, vb.tailN+len(d))
+}
+
+// ReplyTail returns the last reply bytes (at most ReplyTail) branch k sent
+// that the verification hashed, and the stream offset they end at; empty
+// when verification is off or the branch's bytes since a hole were none.
+// The slice aliases the flow's state: copy it before the next Step.
+func (f *Flow) ReplyTail(k int) (end uint64, b []byte) {
+	if !f.ver.on || k < 0 || k >= len(f.ver.br) {
+		return 0, nil
+	}
+	vb := &f.ver.br[k]
+	return vb.pos, vb.tail[ReplyTail-vb.tailN:]
 }
 
 // vslot is one comparison point.
@@ -159,6 +189,7 @@ func (f *Flow) verifyFeed(k int, off uint64, data []byte, push, fin bool) {
 		if next > vb.pos {
 			vb.pos = next
 			vb.h.Reset()
+			vb.tailN = 0
 		}
 	}
 	for vb.pos < end {
@@ -168,6 +199,7 @@ func (f *Flow) verifyFeed(k int, off uint64, data []byte, push, fin bool) {
 			stop = v.slot[i].at
 		}
 		vb.h.Write(data[vb.pos-off : stop-off])
+		vb.keepTail(data[vb.pos-off : stop-off])
 		vb.pos = stop
 		switch {
 		case stop%verifyChunk == 0:
@@ -268,6 +300,7 @@ func (f *Flow) verifySettle(now time.Time, out *Out) {
 		}
 		at, chunk, got := s.at, s.chunk, s.got&live
 		losers, decisive := v.losers(s, got, got == live)
+		peer := bits.TrailingZeros64(got &^ losers) // one of the winners
 		v.pop()
 		v.floor = at
 		if chunk {
@@ -310,6 +343,7 @@ func (f *Flow) verifySettle(now time.Time, out *Out) {
 				f.removeBranch(j, CauseReplyMismatch, now, out)
 				if ev < len(out.Events) && out.Events[ev].Kind == EvBranchRemoved {
 					out.Events[ev].Offset = from
+					out.Events[ev].Peer = peer
 				}
 			}
 			v.agreed = at

@@ -490,3 +490,47 @@ func TestVerifyDifferentLengthNeverForwardedWithThree(t *testing.T) {
 		}
 	}
 }
+
+// A mismatch names a winning branch (Peer), and both sides' last reply
+// bytes can be shown: at most ReplyTail of them, ending at the branch's
+// position, whatever the segmentation.
+func TestVerifyMismatchShowsBothReplies(t *testing.T) {
+	h := newHarness(t, 2, Config{})
+	h.open()
+	long := string(bytes.Repeat([]byte("a"), 100)) // pushes older bytes out of the tail
+	h.push(0, 0, long)
+	h.push(1, 0, long)
+	h.push(0, 100, "+OK\r\n")
+	h.push(1, 100, "-ERR quorum timeout\r\n")
+	ev, ok := h.removed(1)
+	if !ok || ev.Cause != CauseReplyMismatch || ev.Peer != 0 || ev.Offset != 100 {
+		t.Fatalf("removal %+v %v; events %v", ev, ok, h.events)
+	}
+	end, b := h.f.ReplyTail(1)
+	want := long[100-(ReplyTail-len("-ERR quorum timeout\r\n")):] + "-ERR quorum timeout\r\n"
+	if end != 121 || string(b) != want {
+		t.Fatalf("removed branch's tail [%d) %q, want [121) %q", end, b, want)
+	}
+	end, b = h.f.ReplyTail(0)
+	if want := long[100-(ReplyTail-5):] + "+OK\r\n"; end != 105 || string(b) != want {
+		t.Fatalf("winner's tail [%d) %q, want [105) %q", end, b, want)
+	}
+	if _, b := h.f.ReplyTail(7); b != nil {
+		t.Fatalf("tail of no branch: %q", b)
+	}
+}
+
+// The tail keeps the last ReplyTail bytes across small and large writes.
+func TestKeepTail(t *testing.T) {
+	var vb vbranch
+	var all []byte
+	for i, n := range []int{1, 3, 47, 2, 100, 5, 0, 48, 49, 1} {
+		d := bytes.Repeat([]byte{byte('a' + i)}, n)
+		vb.keepTail(d)
+		all = append(all, d...)
+		want := all[max(0, len(all)-ReplyTail):]
+		if got := vb.tail[ReplyTail-vb.tailN:]; !bytes.Equal(got, want) {
+			t.Fatalf("after write %d: %q, want %q", i, got, want)
+		}
+	}
+}

@@ -2,9 +2,12 @@ package middlebox
 
 import (
 	"bufio"
+	"context"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,6 +51,8 @@ func TestReplyMismatchDropsDCThroughMemnet(t *testing.T) {
 			}
 		}
 	})
+	logs := &captureLog{}
+	r.mb.log = slog.New(logs)
 	c := r.dial(t, 6379)
 	rd := bufio.NewReader(c)
 	ask := func(req, want string) {
@@ -83,10 +88,72 @@ func TestReplyMismatchDropsDCThroughMemnet(t *testing.T) {
 	if fl[0].Fork.ReplyMismatches != 1 || fl[0].Fork.RepliesVerified < 2 {
 		t.Fatalf("fork stats %+v", *fl[0].Fork)
 	}
+	// The log shows both replies, quoted and bounded, with the offset.
+	rec := logs.find("forked flow: DC replied different bytes; branch removed")
+	if rec == nil {
+		t.Fatalf("no mismatch log; logs %v", logs.all())
+	}
+	if rec["dc"] != "dublin" || rec["peer_dc"] != "sydney" || rec["offset"] != "10" ||
+		rec["bytes"] != `[0,17) "+OK\r\n+OK\r\n$1\r\nx\r\n"` || rec["peer_bytes"] != `[0,17) "+OK\r\n+OK\r\n$1\r\nv\r\n"` {
+		t.Fatalf("mismatch log %v", rec)
+	}
 	// The connection goes on with sydney alone.
 	ask("SET", "+OK\r\n")
 	ask("GET", "$1\r\nv\r\n")
 	if n := r.mb.c.branchesRemoved.Load(); n != 1 {
 		t.Fatalf("%d branches removed, want 1", n)
+	}
+}
+
+// captureLog is a slog.Handler keeping every record's message and
+// attributes (as strings). Safe for concurrent use.
+type captureLog struct {
+	mu   sync.Mutex
+	recs []map[string]string
+}
+
+func (c *captureLog) Enabled(context.Context, slog.Level) bool { return true }
+func (c *captureLog) WithAttrs([]slog.Attr) slog.Handler       { return c }
+func (c *captureLog) WithGroup(string) slog.Handler            { return c }
+func (c *captureLog) Handle(_ context.Context, r slog.Record) error {
+	m := map[string]string{"msg": r.Message}
+	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	c.mu.Lock()
+	c.recs = append(c.recs, m)
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *captureLog) find(msg string) map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.recs {
+		if m["msg"] == msg {
+			return m
+		}
+	}
+	return nil
+}
+
+func (c *captureLog) all() []map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]map[string]string(nil), c.recs...)
+}
+
+// Mismatch logs are rate-limited: mismatchLogBurst per mismatchLogEvery,
+// the next one logged says how many were left out.
+func TestMismatchLogRateLimited(t *testing.T) {
+	var l mismatchLog
+	t0 := time.Unix(1000, 0)
+	for i := range mismatchLogBurst + 3 {
+		ok, s := l.allow(t0.Add(time.Duration(i) * time.Millisecond))
+		if want := i < mismatchLogBurst; ok != want || s != 0 {
+			t.Fatalf("log %d: allowed %v (suppressed %d), want %v", i, ok, s, want)
+		}
+	}
+	ok, s := l.allow(t0.Add(mismatchLogEvery))
+	if !ok || s != 3 {
+		t.Fatalf("next period: allowed %v, suppressed %d; want true, 3", ok, s)
 	}
 }

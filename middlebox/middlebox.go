@@ -102,6 +102,8 @@ type Middlebox struct {
 		tab    *flowTable
 		forked int                        // forked flows in tab
 		det    *failover.Detector[detKey] // nil without Config.Failover
+		// mismatchLog rate-limits the reply mismatch logs (fork_verify.go).
+		mismatchLog mismatchLog
 	}
 
 	// dp is the data path's state, used only by the Run goroutine (within
