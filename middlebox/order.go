@@ -37,6 +37,18 @@ import (
 // (sequencer.DefaultRetain) ago; a node that still lacks a stamp then fails
 // the write instead of guessing a tag.
 
+// Dead connections. A node's DC can be cut off for a minute while its
+// order connection has frames in flight: TCP then retransmits with
+// exponential backoff, and after the heal the next retransmission may be
+// half a minute away. Meanwhile the connection looks up and nothing on it
+// moves: OPENs of new flows (the node refuses their writes as
+// unsequenced, a reply the other DCs do not give: the middlebox removes
+// the DC for a reply mismatch) and CATCHUP (no PROGRESS comes back: the
+// pass is restarted every 5 s). So the connection is dialed with
+// TCP_USER_TIMEOUT (orderUserTimeout: bytes unacknowledged that long end
+// it) and keepalives (an idle one is probed): a dead stream ends within
+// seconds and is redialed, fresh, as soon as the node is reachable.
+
 // orderCluster and the roles are what the order stream's peerauth
 // handshake says.
 const orderCluster = "sdnkvs-order"
@@ -47,6 +59,11 @@ const (
 	orderWriteTimeout = 5 * time.Second
 	orderBackoffMin   = 50 * time.Millisecond
 	orderBackoffMax   = 2 * time.Second
+	// orderUserTimeout ends a connection whose sent bytes stay
+	// unacknowledged this long (above the WAN's RTT plus queueing under
+	// load; under the lifecycle's 5 s PROGRESS timeout).
+	orderUserTimeout = 3 * time.Second
+	orderKeepAlive   = time.Second // idle time before a probe, and between probes
 )
 
 // orderConn is the order stream to one node. push is called by the data
@@ -229,7 +246,8 @@ func (o *orderConn) run(ctx context.Context) {
 var errSessionRan = errors.New("order stream ended")
 
 func (o *orderConn) session(ctx context.Context) error {
-	d := net.Dialer{Timeout: orderDialTimeout}
+	d := net.Dialer{Timeout: orderDialTimeout, Control: orderDialControl,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: orderKeepAlive, Interval: orderKeepAlive, Count: 3}}
 	c, err := d.DialContext(ctx, "tcp", o.addr)
 	if err != nil {
 		return err
