@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/sdnkvs/sdnkvs/bench/report"
 )
@@ -64,6 +65,10 @@ type RunsResult struct {
 	RPOLost       []int     `json:"rpo_lost"`
 	AckedWrites   []int     `json:"acked_writes"`
 	WriteResets   []int64   `json:"write_resets"`
+	// Transitions are each run's failover decisions (Result.Transitions),
+	// so a run that stalled can be told apart: a far DC declared down
+	// under load shows here with its signal and cause.
+	Transitions [][]string `json:"transitions"`
 
 	RTOWriteDist      Dist `json:"rto_write_dist"`
 	WriteStallMaxDist Dist `json:"write_stall_max_dist"`
@@ -82,6 +87,7 @@ func (r *RunsResult) add(res *Result) {
 	r.RPOLost = append(r.RPOLost, res.RPOLost)
 	r.AckedWrites = append(r.AckedWrites, res.AckedWrites)
 	r.WriteResets = append(r.WriteResets, res.WriteResets)
+	r.Transitions = append(r.Transitions, res.Transitions)
 	r.RTOWriteDist, r.WriteStallMaxDist, r.RTOReadDist = distOf(r.RTOWrite), distOf(r.WriteStallMax), distOf(r.RTORead)
 }
 
@@ -114,6 +120,9 @@ func RunSeries(ctx context.Context, cfg Config, n int, progress io.Writer) (*Run
 		r.add(res)
 		fmt.Fprintf(progress, "run %2d/%d: RTO writes %s, longest write stall %.2f s, RTO reads %s, RPO %d of %d, write resets %d\n",
 			i, n, secs(res.RTOWrite), res.WriteStallMax, secs(res.RTORead), res.RPOLost, res.AckedWrites, res.WriteResets)
+		for _, t := range farDecisions(res) {
+			fmt.Fprintf(progress, "        the survivor was judged too: %s\n", t)
+		}
 	}
 	if out != "" {
 		files, err := r.WriteFiles(out, "demo-runs-"+cfg.Mode)
@@ -123,6 +132,18 @@ func RunSeries(ctx context.Context, cfg Config, n int, progress io.Writer) (*Run
 		}
 	}
 	return r, nil
+}
+
+// farDecisions returns the run's transitions that name the far DC, the
+// one that survives the cut: any of them is a misjudgement of a live DC.
+func farDecisions(res *Result) []string {
+	var out []string
+	for _, t := range res.Transitions {
+		if strings.Contains(t, " "+res.Far+" ") {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func secs(v float64) string {

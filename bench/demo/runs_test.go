@@ -45,3 +45,18 @@ func TestRunsFilesAndTable(t *testing.T) {
 		t.Fatalf("table:\n%s", sb.String())
 	}
 }
+
+func TestFarDecisionsNameOnlyTheSurvivor(t *testing.T) {
+	res := &Result{Near: "sydney", Far: "dublin", Transitions: []string{
+		"+1.20s sydney down dc (probe): 2 probes missed",
+		"+3.40s dublin down dc (probe): 2 probes missed",
+		"+3.90s dublin live dc (probe): answered",
+	}}
+	got := farDecisions(res)
+	if len(got) != 2 || !strings.Contains(got[0], "+3.40s dublin down") || !strings.Contains(got[1], "dublin live") {
+		t.Fatalf("far decisions %q", got)
+	}
+	if got := farDecisions(&Result{Near: "sydney", Far: "dublin"}); len(got) != 0 {
+		t.Fatalf("no transitions gave %q", got)
+	}
+}
