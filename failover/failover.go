@@ -171,6 +171,9 @@ type Stats struct {
 	TimeWentBack   uint64 // observations whose now was earlier than one already seen
 	PassiveHeld    uint64 // Safe mode: passive decisions held (last live DC, rate limit)
 	LastDCHeld     uint64 // Safe and Fast modes: decisions held because they would take down the last live DC
+	// ProbeStreaksRefuted counts streaks of failed probes ended by a new
+	// reply of the node on the data path (Fast and Safe modes).
+	ProbeStreaksRefuted uint64
 }
 
 type nodeState struct {
@@ -184,6 +187,11 @@ type nodeState struct {
 	lastServer time.Time
 	dups       int
 	misses     int
+	// missSince is when the current streak of failed probes began (its
+	// first miss was observed); missNotReady: a probe of the streak was
+	// answered with "not ready", which the data path cannot refute.
+	missSince    time.Time
+	missNotReady bool
 	// readySince is the start of the current run of ready probes (zero if
 	// the last probe failed or was not ready).
 	readySince time.Time

@@ -73,7 +73,9 @@ func fuzzRun(t *testing.T, mode byte, ops []byte) int {
 			}
 			got = d.ClientSegment(clock, flow, node, seg)
 		case 1:
-			seg := Segment{Ack: seqnum.Value(uint32(arg) * 100), Flags: header.TCPFlagAck}
+			// Replies of 0-40 bytes at a sequence from arg: new ones
+			// refute probe misses, repeated ones (retransmissions) not.
+			seg := Segment{Ack: seqnum.Value(uint32(arg) * 100), Seq: seqnum.Value(uint32(arg>>2) * 20), Len: int(arg>>1) % 3 * 20, Flags: header.TCPFlagAck}
 			if arg&1 != 0 {
 				seg.Flags |= header.TCPFlagRst
 			}

@@ -12,8 +12,10 @@ import (
 // Segment describes one TCP segment as the middlebox saw it. For client
 // segments Seq is in the client's sequence space; for server segments Ack
 // acknowledges client bytes, so it is in the client's sequence space too
-// (the middlebox never translates client sequence numbers). Len is the
-// payload length; SYN and FIN each occupy one sequence number.
+// (the middlebox never translates client sequence numbers), and Seq is in
+// the server's own sequence space, consistent per flow (new reply payload
+// is evidence of life, see Probe). Len is the payload length; SYN and FIN
+// each occupy one sequence number.
 type Segment struct {
 	Seq   seqnum.Value
 	Ack   seqnum.Value
@@ -52,7 +54,12 @@ type flowState struct {
 	outstanding bool
 	// dupEpoch is the node's evidence epoch in which this flow last
 	// counted a duplicate (Safe mode: each flow counts once per epoch).
-	dupEpoch   uint32
+	dupEpoch uint32
+	// srvNxt is the end of the highest server payload seen (valid when
+	// srvData): a segment that extends it is a new reply, which only the
+	// server process can send.
+	srvNxt     seqnum.Value
+	srvData    bool
 	outSince   time.Time // when outstanding last became true
 	lagSince   time.Time
 	last       time.Time // last segment either way
@@ -150,6 +157,13 @@ func (d *Detector[K]) ServerSegment(now time.Time, flow K, node NodeID, seg Segm
 	f.last = d.now
 	f.srvSince = true
 	f.srvSeen = true
+	if seg.Len > 0 && seg.Flags&header.TCPFlagRst == 0 {
+		end := seg.Seq.Add(seqnum.Size(seg.Len))
+		if !f.srvData || f.srvNxt.LessThan(end) {
+			f.srvData, f.srvNxt = true, end
+			d.refuteMisses(ns)
+		}
+	}
 	if seg.Flags&header.TCPFlagAck != 0 {
 		if f.srvAck.LessThan(seg.Ack) {
 			f.srvAck = seg.Ack
@@ -234,7 +248,11 @@ func (d *Detector[K]) Probe(now time.Time, node NodeID, r ProbeResult) []Decisio
 			ns.readySince = d.now
 		}
 	} else {
+		if ns.misses == 0 {
+			ns.missSince, ns.missNotReady = d.now, false
+		}
 		ns.misses++
+		ns.missNotReady = ns.missNotReady || r.OK
 		ns.readySince = time.Time{}
 	}
 	if !ns.up {
@@ -315,6 +333,24 @@ func (d *Detector[K]) Tick(now time.Time) []Decision {
 		}
 	}
 	return d.out
+}
+
+// refuteMisses ends ns's streak of failed probes when the node has just
+// sent a new reply on the data path: bytes beyond any it sent before on a
+// flow, which only its server process produces (a stopped process's
+// kernel still acknowledges and answers keepalives, but sends no new
+// payload). Probes that time out while the node keeps replying say more
+// about the probe path, a starved prober above all, than about the node;
+// counting them took a live DC down under CPU load, the survivor of a
+// cut included. A streak with a "not ready" answer stands: the node said
+// so itself. Only a reply observed after the streak's first miss counts,
+// so a cut node's last replies in flight cannot refute it.
+func (d *Detector[K]) refuteMisses(ns *nodeState) {
+	if ns.misses == 0 || ns.missNotReady || !ns.up || d.cfg.Mode == Paper || !d.now.After(ns.missSince) {
+		return
+	}
+	ns.misses = 0
+	d.stats.ProbeStreaksRefuted++
 }
 
 // rto is the retransmission timeout a TCP stack would use towards ns.

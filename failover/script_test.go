@@ -146,6 +146,12 @@ func step(t *testing.T, d *Detector[string], lineNo int, f []string) []Decision 
 			seg.Ack = seqnum.Value(atoi(t, lineNo, ack))
 			seg.Flags |= header.TCPFlagAck
 		}
+		if v, ok := a["seq"]; ok {
+			seg.Seq = seqnum.Value(atoi(t, lineNo, v))
+		}
+		if v, ok := a["len"]; ok {
+			seg.Len = atoi(t, lineNo, v)
+		}
 		return d.ServerSegment(now, f[3], parseNode(t, lineNo, f[4]), seg)
 	case "end":
 		d.FlowEnded(f[3])

@@ -271,6 +271,7 @@ type collector struct {
 	replyMismatch                                  *prometheus.Desc
 	adopted, hoEvicted, hoExpired, rstPassed       *prometheus.Desc
 	detTracked, detEvicted, detHeld, detLastDC     *prometheus.Desc
+	detRefuted                                     *prometheus.Desc
 }
 
 func newCollector(m *Middlebox) *collector {
@@ -308,11 +309,12 @@ func newCollector(m *Middlebox) *collector {
 		detEvicted:    d("failover_flows_evicted_total", "Flows the failure detector forgot to make room (its table full), idle and half-open first."),
 		detHeld:       d("failover_passive_held_total", "Passive down decisions held (the last live DC, or the rate limit)."),
 		detLastDC:     d("failover_last_dc_held_total", "Down decisions held because they would take down the last live DC (safe and fast modes)."),
+		detRefuted:    d("failover_probe_streaks_refuted_total", "Streaks of failed probes ended by a new reply of the node on a flow (safe and fast modes): the probe path, not the node, was slow."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.replyMismatch, c.forkResets, c.probesLost, c.adopted, c.hoEvicted, c.hoExpired, c.rstPassed, c.detTracked, c.detEvicted, c.detHeld, c.detLastDC} {
+	for _, d := range []*prometheus.Desc{c.pktsIn, c.pktsOut, c.bytesIn, c.bytesOut, c.local, c.rst, c.drops, c.active, c.created, c.expired, c.reset, c.nodeFlows, c.nodeTotal, c.nodeLive, c.nodeDowns, c.nodeUps, c.failoverRST, c.branchRemoved, c.replyMismatch, c.forkResets, c.probesLost, c.adopted, c.hoEvicted, c.hoExpired, c.rstPassed, c.detTracked, c.detEvicted, c.detHeld, c.detLastDC, c.detRefuted} {
 		ch <- d
 	}
 }
@@ -355,6 +357,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		cnt(c.detEvicted, ds.FlowsEvicted)
 		cnt(c.detHeld, ds.PassiveHeld)
 		cnt(c.detLastDC, ds.LastDCHeld)
+		cnt(c.detRefuted, ds.ProbeStreaksRefuted)
 	}
 	for _, n := range m.nodes {
 		dc, addr := m.dcs[n.dc].Name, n.ap.String()
