@@ -429,6 +429,51 @@ func TestForkedFlowReachesEveryDC(t *testing.T) {
 	}
 }
 
+// gwProbes dials probes through a "gw" host of a rig's network, as from
+// the gateway. The rig's network is built inside newRig, so the host is
+// added after (attach) and dials fail until then.
+type gwProbes struct {
+	h atomic.Pointer[netstacktest.NetHost]
+}
+
+func (g *gwProbes) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	h := g.h.Load()
+	if h == nil {
+		return nil, errors.New("no gw host yet")
+	}
+	return h.DialTCP(ctx, netip.MustParseAddrPort(addr))
+}
+
+// attach adds the gw host to r's network, serves ready on port 8379 of
+// every DC host, and waits until the detector has RTT samples of every
+// node (probes answer): a node never heard from keeps the benefit of the
+// doubt for the prober's MaxTimeout.
+func (g *gwProbes) attach(t *testing.T, r *rig, ready http.HandlerFunc) {
+	t.Helper()
+	h, err := r.net.AddHost("gw", netip.MustParseAddr("10.200.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.h.Store(h)
+	for _, dc := range []string{"sydney", "dublin"} {
+		ln, err := r.dcs[dc].ListenTCP(netip.MustParseAddrPort("0.0.0.0:8379"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: ready}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	}
+	testenv.WaitFor(t, 5*time.Second, "probes of every node to answer", func() bool {
+		for i := range r.mb.nodes {
+			if st, ok := r.mb.failoverNode(i); !ok || st.LastHeard.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // TestFailoverCutMovesAnycastClients: probes (through a memnet host, as
 // from the gateway) watch every node's /ready; when sydney is cut, the
 // detector declares it down, the live anycast flow to it gets a RST the
@@ -443,47 +488,14 @@ func TestFailoverCutMovesAnycastClients(t *testing.T) {
 		return !sydney[[4]byte(pkt[12:16])] && !sydney[[4]byte(pkt[16:20])]
 	}
 	cfg := testConfig()
-	// The rig's network is built inside newRig; probes dial through a
-	// "gw" host added to it, so the prober's DialContext is set after.
-	var gw atomic.Pointer[netstacktest.NetHost]
+	var gw gwProbes
 	cfg.Failover = &FailoverConfig{
 		Detector: failover.Config{Mode: failover.Fast, ReadmitAfter: 300 * time.Millisecond},
 		Probe:    prober.HTTP,
-		Prober: prober.Config{Interval: 50 * time.Millisecond, MinTimeout: 400 * time.Millisecond, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			h := gw.Load()
-			if h == nil {
-				return nil, errors.New("no gw host yet")
-			}
-			return h.DialTCP(ctx, netip.MustParseAddrPort(addr))
-		}},
+		Prober:   prober.Config{Interval: 50 * time.Millisecond, MinTimeout: 400 * time.Millisecond, DialContext: gw.dial},
 	}
 	r := newRigOpts(t, cfg, whoServer, netstacktest.NetworkOptions{Filter: filter})
-	g, err := r.net.AddHost("gw", netip.MustParseAddr("10.200.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw.Store(g)
-	for _, dc := range []string{"sydney", "dublin"} {
-		ln, err := r.dcs[dc].ListenTCP(netip.MustParseAddrPort("0.0.0.0:8379"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ready")) })}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-	}
-	// Wait until the detector has RTT samples of every node (probes
-	// answer): a node never heard from keeps the benefit of the doubt for
-	// the prober's MaxTimeout.
-	testenv.WaitFor(t, 5*time.Second, "probes of every node to answer", func() bool {
-		for i := range 3 {
-			st, ok := r.mb.failoverNode(i)
-			if !ok || st.LastHeard.IsZero() {
-				return false
-			}
-		}
-		return true
-	})
+	gw.attach(t, r, func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ready")) })
 	c := r.dial(t, anyPort)
 	if got := readLine(t, c); got != syd1.String() && got != syd2.String() {
 		t.Fatalf("before the cut: served by %s", got)

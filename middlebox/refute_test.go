@@ -2,12 +2,9 @@ package middlebox
 
 import (
 	"bufio"
-	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +12,6 @@ import (
 	"github.com/sdnkvs/sdnkvs/failover"
 	"github.com/sdnkvs/sdnkvs/failover/prober"
 	"github.com/sdnkvs/sdnkvs/internal/testenv"
-	"github.com/sdnkvs/sdnkvs/netstackio/netstacktest"
 )
 
 // TestStarvedProbesDoNotTakeDownServingDCs: every probe times out (a
@@ -26,7 +22,7 @@ import (
 // were not simply ignored.
 func TestStarvedProbesDoNotTakeDownServingDCs(t *testing.T) {
 	var starve atomic.Bool
-	var gw atomic.Pointer[netstacktest.NetHost]
+	var gw gwProbes
 	cfg := testConfig()
 	cfg.MulticastPorts = []uint16{6379}
 	cfg.Failover = &FailoverConfig{
@@ -34,13 +30,7 @@ func TestStarvedProbesDoNotTakeDownServingDCs(t *testing.T) {
 		// machine may pause the echo loop for a few hundred ms.
 		Detector: failover.Config{Mode: failover.Fast, ReadmitAfter: 300 * time.Millisecond, ProbeMisses: 8, DCProbeMisses: 4},
 		Probe:    prober.HTTP,
-		Prober: prober.Config{Interval: 100 * time.Millisecond, MinTimeout: 300 * time.Millisecond, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			h := gw.Load()
-			if h == nil {
-				return nil, errors.New("no gw host yet")
-			}
-			return h.DialTCP(ctx, netip.MustParseAddrPort(addr))
-		}},
+		Prober:   prober.Config{Interval: 100 * time.Millisecond, MinTimeout: 300 * time.Millisecond, DialContext: gw.dial},
 	}
 	r := newRig(t, cfg, func(c net.Conn) {
 		defer c.Close()
@@ -55,33 +45,12 @@ func TestStarvedProbesDoNotTakeDownServingDCs(t *testing.T) {
 			}
 		}
 	})
-	g, err := r.net.AddHost("gw", netip.MustParseAddr("10.200.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw.Store(g)
-	for _, dc := range []string{"sydney", "dublin"} {
-		ln, err := r.dcs[dc].ListenTCP(netip.MustParseAddrPort("0.0.0.0:8379"))
-		if err != nil {
-			t.Fatal(err)
+	gw.attach(t, r, func(w http.ResponseWriter, req *http.Request) {
+		if starve.Load() {
+			<-req.Context().Done() // no answer before the probe's timeout
+			return
 		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			if starve.Load() {
-				<-req.Context().Done() // no answer before the probe's timeout
-				return
-			}
-			w.Write([]byte("ready"))
-		})}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-	}
-	testenv.WaitFor(t, 5*time.Second, "probes of every node to answer", func() bool {
-		for i := range 3 {
-			if st, ok := r.mb.failoverNode(i); !ok || st.LastHeard.IsZero() {
-				return false
-			}
-		}
-		return true
+		w.Write([]byte("ready"))
 	})
 
 	c := r.dial(t, 6379)
