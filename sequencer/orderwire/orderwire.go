@@ -69,6 +69,7 @@ var (
 	ErrBufferSmall = errors.New("orderwire: buffer too small for frame")
 	ErrBadName     = errors.New("orderwire: DC name empty or NUL inside its padding")
 	ErrBadState    = errors.New("orderwire: unknown catch-up job state")
+	ErrBadFlags    = errors.New("orderwire: unknown catch-up flags")
 )
 
 // Flow names one forked client connection as a node sees it: the client's
@@ -101,8 +102,15 @@ func (f Flow) String() string {
 //	Stamp:   Flow, Start, End, G   (bytes [Start, End) of the client stream have G)
 //	Close:   Flow
 //	Applied: G                     (highest G the node has applied)
-//	Catchup: Job, G, W, Source     (copy from DC Source every record whose
-//	                                tag is above (G, W) in tag order)
+//	Catchup: Job, G, W, Source, Flags, Bound
+//	                               (copy from DC Source every record whose
+//	                                tag is above (G, W) in tag order; with
+//	                                CatchupVerify in Flags, first compare the
+//	                                whole store with the source's by digests
+//	                                and repair every record whose tag is at
+//	                                or below Bound, a sequencer G, to the
+//	                                source's: docs/design-lifecycle.md,
+//	                                "Verify pass")
 //	Stop:    Job                   (stop that job)
 //	Progress: Job, State, Keys, Bytes, Remaining, G, W
 //	                               (records and bytes copied so far, an
@@ -125,7 +133,12 @@ type Frame struct {
 	Keys      uint64
 	Bytes     uint64
 	Remaining uint64
+	Flags     uint8  // Catchup: CatchupVerify
+	Bound     uint64 // Catchup with CatchupVerify: records at or below this G are the source's
 }
+
+// CatchupVerify in a CATCHUP frame's Flags asks for a verify pass.
+const CatchupVerify uint8 = 1
 
 // SetSource sets f.Source to name; it fails if name is empty, longer than
 // NameLen bytes or holds a NUL.
@@ -165,7 +178,7 @@ func BodyLen(t Type) (int, bool) {
 	case Applied, Stop:
 		return 8, true
 	case Catchup:
-		return 8 + 16 + NameLen, true
+		return 8 + 16 + NameLen + 1 + 8, true
 	case Progress:
 		return 8 + 1 + 5*8, true
 	}
@@ -190,6 +203,9 @@ func (f *Frame) check() error {
 	}
 	if f.Type == Catchup && !validName(f.Source[:]) {
 		return ErrBadName
+	}
+	if f.Type == Catchup && f.Flags&^CatchupVerify != 0 {
+		return ErrBadFlags
 	}
 	if f.Type == Progress && (f.State < JobRunning || f.State > JobFailed) {
 		return ErrBadState
@@ -252,6 +268,8 @@ func put(b []byte, f *Frame) {
 		binary.BigEndian.PutUint64(p[8:], f.G)
 		binary.BigEndian.PutUint64(p[16:], f.W)
 		copy(p[24:], f.Source[:])
+		p[24+NameLen] = f.Flags
+		binary.BigEndian.PutUint64(p[25+NameLen:], f.Bound)
 	case Progress:
 		binary.BigEndian.PutUint64(p, f.Job)
 		p[8] = f.State
@@ -350,6 +368,11 @@ func Decode(b []byte, f *Frame) (int, error) {
 		copy(f.Source[:], p[24:])
 		if !validName(f.Source[:]) {
 			return 0, ErrBadName
+		}
+		f.Flags = p[24+NameLen]
+		f.Bound = binary.BigEndian.Uint64(p[25+NameLen:])
+		if f.Flags&^CatchupVerify != 0 {
+			return 0, ErrBadFlags
 		}
 	case Progress:
 		f.Job = binary.BigEndian.Uint64(p)

@@ -18,6 +18,7 @@ var sample = []Frame{
 	{Type: Close, Flow: Flow{ClientIP: [4]byte{10, 0, 0, 1}, ClientPort: 40000, NodePort: 6379}},
 	{Type: Applied, G: 123456789},
 	{Type: Catchup, Job: 3, G: 1 << 60, W: 1<<63 | 99, Source: [NameLen]byte{'s', 'y', 'd', 'n', 'e', 'y'}},
+	{Type: Catchup, Job: 4, G: 5, W: 6, Source: [NameLen]byte{'d'}, Flags: CatchupVerify, Bound: 1<<60 + 7},
 	{Type: Stop, Job: 3},
 	{Type: Progress, Job: 3, State: JobRunning, Keys: 1000, Bytes: 1 << 20, Remaining: ^uint64(0), G: 1 << 60, W: 7},
 	{Type: Progress, Job: 4, State: JobDone, G: 1, W: 2},
@@ -135,12 +136,20 @@ func TestRejects(t *testing.T) {
 	if err := bad.SetSource("dublin"); err != nil || bad.SourceName() != "dublin" {
 		t.Errorf("SetSource dublin: %v %q", err, bad.SourceName())
 	}
-	raw = []byte{byte(Catchup), 0, 40}
+	raw = []byte{byte(Catchup), 0, 49}
 	raw = append(raw, make([]byte, 24)...)
 	raw = append(raw, 'a', 0, 'b')
-	raw = append(raw, make([]byte, 13)...)
+	raw = append(raw, make([]byte, 13+9)...)
 	if _, err := Decode(raw, &f); !errors.Is(err, ErrBadName) {
 		t.Errorf("name with a NUL inside decoded: %v", err)
+	}
+	raw[3+24+1] = 'b' // "ab": a valid name
+	raw[3+24+NameLen] = 2
+	if _, err := Decode(raw, &f); !errors.Is(err, ErrBadFlags) {
+		t.Errorf("unknown catch-up flags decoded: %v", err)
+	}
+	if _, err := Append(nil, &Frame{Type: Catchup, Source: [NameLen]byte{'a'}, Flags: 4}); !errors.Is(err, ErrBadFlags) {
+		t.Errorf("unknown catch-up flags encoded: %v", err)
 	}
 	if _, err := Append(nil, &Frame{Type: Progress, State: 9}); !errors.Is(err, ErrBadState) {
 		t.Errorf("progress with state 9 encoded: %v", err)
@@ -270,13 +279,14 @@ func FuzzRoundTrip(f *testing.F) {
 		case Catchup:
 			fr.Job, fr.G, fr.W = epoch, g, start
 			copy(fr.Source[:], ip)
+			fr.Flags, fr.Bound = uint8(cp), end
 		case Progress:
 			fr.Job, fr.State, fr.Keys, fr.Bytes, fr.Remaining, fr.G, fr.W = epoch, uint8(cp), floor, start, end, g, uint64(np)
 		}
 		b, err := Append(nil, &fr)
 		if err != nil {
 			invalid := fr.Type == Stamp && start >= end ||
-				fr.Type == Catchup && !validName(fr.Source[:]) ||
+				fr.Type == Catchup && (!validName(fr.Source[:]) || fr.Flags&^CatchupVerify != 0) ||
 				fr.Type == Progress && (fr.State < JobRunning || fr.State > JobFailed)
 			if _, known := BodyLen(fr.Type); known && !invalid {
 				t.Fatalf("valid frame refused: %+v: %v", fr, err)
