@@ -3,6 +3,7 @@ package kvs
 // Commands the RESP front answers without a quorum operation.
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"strconv"
@@ -33,7 +34,11 @@ func (cc *clientConn) immediate(args [][]byte) {
 			out = redcon.AppendBulk(out, args[1])
 		}
 	case eq(name, "info"):
-		out = redcon.AppendBulkString(out, n.info())
+		if cc.forked() {
+			out = redcon.AppendBulkString(out, forkedInfo)
+		} else {
+			out = redcon.AppendBulkString(out, n.info())
+		}
 	case eq(name, "config"):
 		if len(args) >= 3 && eq(args[1], "get") {
 			// What redis-benchmark asks for on connect; everything else is
@@ -72,7 +77,7 @@ func (cc *clientConn) immediate(args [][]byte) {
 		out = redcon.AppendBulkString(out, "proto")
 		out = redcon.AppendInt(out, 2)
 		out = redcon.AppendBulkString(out, "id")
-		out = redcon.AppendInt(out, int64(n.cfg.ID))
+		out = redcon.AppendInt(out, cc.clientID())
 		for _, s := range []string{"mode", "standalone", "role", "master"} {
 			out = redcon.AppendBulkString(out, s)
 		}
@@ -87,7 +92,7 @@ func (cc *clientConn) immediate(args [][]byte) {
 		case eq(args[1], "getname"):
 			out = redcon.AppendNull(out)
 		case eq(args[1], "id"):
-			out = redcon.AppendInt(out, int64(n.cfg.ID))
+			out = redcon.AppendInt(out, cc.clientID())
 		default:
 			out = appendErr(out, "ERR unsupported CLIENT subcommand")
 		}
@@ -116,6 +121,36 @@ func (cc *clientConn) immediate(args [][]byte) {
 		out = appendErr(out, string(b))
 	}
 	cc.out = out
+}
+
+// forkedInfo is INFO's reply on a forked connection: every DC must send
+// the same bytes there (the middlebox compares them, docs/design.md
+// section 4), so it names no node and holds no counter.
+const forkedInfo = "# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\nsdnkvs_forked:1\r\n" +
+	"sdnkvs_note:this connection is forked to every DC and their replies must be equal; send INFO on the anycast port or to a node for its figures\r\n"
+
+// forked reports whether the connection is a forked flow of the
+// middlebox's sequenced port: the order stream announced it (OPEN, or a
+// STAMP, both sent before the flow's first segment). Its replies must not
+// depend on the node.
+func (cc *clientConn) forked() bool {
+	if cc.n.seq == nil || !cc.sq.hasFlow {
+		return false
+	}
+	_, res := cc.n.seq.table.lookup(cc.sq.flow, 0)
+	return res != flowUnknown
+}
+
+// clientID is CLIENT ID's and HELLO's id: the node's id on a direct or
+// anycast connection (as before), and on a forked one a number every DC
+// derives alike from the client's address and port (unique among the
+// client connections of one service port).
+func (cc *clientConn) clientID() int64 {
+	if cc.forked() {
+		f := cc.sq.flow
+		return int64(binary.BigEndian.Uint32(f.ClientIP[:]))<<16 | int64(f.ClientPort)
+	}
+	return int64(cc.n.cfg.ID)
 }
 
 func (cc *clientConn) arityErr(out, name []byte) []byte {

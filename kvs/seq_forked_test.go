@@ -1,0 +1,130 @@
+package kvs
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// dialFrom dials node n from local address from (port 0: any), with
+// SO_REUSEADDR so one client port can reach the nodes of several DCs, as a
+// forked connection does through the middlebox.
+func dialFrom(t *testing.T, n *Node, from *net.TCPAddr) *rawConn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: from, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{t: t, c: c, r: bufio.NewReader(c), flow: flowOf(t, c)}
+}
+
+// On a forked connection (announced on the order stream) the commands whose
+// answer used to name the node (INFO, HELLO, CLIENT ID) answer the same
+// bytes in every DC, so one client sending them on the forked port cannot
+// make the middlebox drop a DC for a reply mismatch; on a connection the
+// order stream never announced (anycast, direct) they still name the node.
+func TestSeqForkedRepliesNameNoNode(t *testing.T) {
+	dcA := seqCluster(t, 3, 2*time.Second)
+	dcB := seqCluster(t, 3, 2*time.Second)
+	seq := newFakeSeq(t, 1, 1000)
+	nA, nB := dcA.Node(0), dcB.Node(1)
+	if nA.cfg.ID == nB.cfg.ID {
+		nB = dcB.Node(2)
+	}
+	seq.connect(nA)
+	seq.connect(nB)
+
+	cA := dialFrom(t, nA, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	cB := dialFrom(t, nB, cA.c.LocalAddr().(*net.TCPAddr))
+	cmds := [][]byte{respCmd("INFO"), respCmd("CLIENT", "ID"), respCmd("HELLO", "2")}
+	var stream []byte
+	for _, c := range cmds {
+		stream = append(stream, c...)
+	}
+	for _, c := range []*rawConn{cA, cB} {
+		seq.send(c.n(nA, nB), openFrame(c.flow), stampFrame(c.flow, 0, uint64(len(stream)), seq.next()))
+		waitStamp(t, c.n(nA, nB), c.flow, 0)
+	}
+	var replies [2][]byte
+	for i, c := range []*rawConn{cA, cB} {
+		c.write(stream)
+		replies[i] = readReplies(t, c, 3)
+	}
+	if string(replies[0]) != string(replies[1]) {
+		t.Fatalf("forked replies differ between DCs:\n%q\n%q", replies[0], replies[1])
+	}
+	want := int64(127)<<40 | int64(1)<<16 | int64(cA.c.LocalAddr().(*net.TCPAddr).Port)
+	if !strings.Contains(string(replies[0]), ":"+itoa(want)+"\r\n") || strings.Contains(string(replies[0]), "sdnkvs_node_id") {
+		t.Fatalf("forked replies: want client id %d and no node id: %q", want, replies[0])
+	}
+
+	// Not announced: the node's own INFO and id.
+	d := dialRaw(t, nA)
+	d.write(append(respCmd("INFO"), respCmd("CLIENT", "ID")...))
+	if got := d.reply(); !strings.Contains(got, "sdnkvs_node_id:"+itoa(int64(nA.cfg.ID))) {
+		t.Fatalf("direct INFO: %q", got)
+	}
+	if got := d.reply(); got != ":"+itoa(int64(nA.cfg.ID)) {
+		t.Fatalf("direct CLIENT ID: %q", got)
+	}
+}
+
+// n returns whichever of a and b this connection dialed.
+func (r *rawConn) n(a, b *Node) *Node {
+	if r.c.RemoteAddr().String() == a.Addr() {
+		return a
+	}
+	return b
+}
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// readReplies reads n whole RESP replies from r and returns their bytes.
+func readReplies(t *testing.T, r *rawConn, n int) []byte {
+	t.Helper()
+	r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var out []byte
+	var one func()
+	one = func() {
+		line, err := r.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading reply: %v", err)
+		}
+		out = append(out, line...)
+		k, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+		switch line[0] {
+		case '$':
+			if k >= 0 {
+				b := make([]byte, k+2)
+				if _, err := io.ReadFull(r.r, b); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, b...)
+			}
+		case '*':
+			for range k {
+				one()
+			}
+		}
+	}
+	for range n {
+		one()
+	}
+	return out
+}
