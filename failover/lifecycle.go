@@ -36,6 +36,15 @@ import (
 // after the first completed pass, the flows that still lack the DC are
 // reset (EvResetLacking).
 //
+// A DC that missed bytes for a divergence (a reply mismatch: its store
+// answered otherwise than the others) needs a verify pass: an incremental
+// pass copies only records above the cursor, so a corrupt old record
+// (same tag, another value) would stay. A verify pass (CATCHUP with
+// orderwire.CatchupVerify and a Bound) first repairs every record at or
+// below Bound to the source's. Verify passes of one DC start at most once
+// per VerifyEvery; until the next one may start, plain passes run (the
+// DC follows the writes) but none admits it.
+//
 // Like the Detector it starts no goroutine, opens no socket and never
 // reads the clock; every method takes now, and a now earlier than one
 // already seen counts as the latest. It is not safe for concurrent use.
@@ -225,6 +234,12 @@ type LifecycleConfig struct {
 	// ProgressTimeout (default 5 s; PROGRESS comes every 500 ms) restarts
 	// a job that has not reported for this long.
 	ProgressTimeout time.Duration
+	// VerifyEvery (default DefaultVerifyEvery) is the least time between
+	// the starts of two verify passes of one DC (a verify pass reads both
+	// whole stores). A DC that needs verify while the limit holds gets
+	// plain passes, which do not admit it; the first Tick once the limit
+	// allows restarts a running plain pass as a verify pass.
+	VerifyEvery time.Duration
 }
 
 // Lifecycle defaults.
@@ -233,6 +248,7 @@ const (
 	DefaultRejoinResetAfter = 10 * time.Second
 	DefaultRejoinRetry      = time.Second
 	DefaultProgressTimeout  = 5 * time.Second
+	DefaultVerifyEvery      = time.Minute
 )
 
 // MaxLifecycleDCs is the most DCs a Lifecycle tracks (callers keep a
@@ -252,6 +268,9 @@ func (c LifecycleConfig) withDefaults() LifecycleConfig {
 	if c.ProgressTimeout <= 0 {
 		c.ProgressTimeout = DefaultProgressTimeout
 	}
+	if c.VerifyEvery == 0 {
+		c.VerifyEvery = DefaultVerifyEvery
+	}
 	return c
 }
 
@@ -262,6 +281,9 @@ func (c LifecycleConfig) Validate() error {
 	}
 	if c.Margin < 0 {
 		return fmt.Errorf("margin: %v is negative", c.Margin)
+	}
+	if c.VerifyEvery < 0 {
+		return fmt.Errorf("verify every: %v is negative", c.VerifyEvery)
 	}
 	return nil
 }
@@ -311,7 +333,8 @@ const (
 	// EvTransition: DC moved From -> To for Cause.
 	EvTransition LifeEventKind = iota + 1
 	// EvCatchup: send CATCHUP(Job, Cursor, Source) to one node of DC
-	// (replacing any job it runs).
+	// (replacing any job it runs); with Verify, a verify pass that first
+	// repairs every record at or below Bound (orderwire.CatchupVerify).
 	EvCatchup
 	// EvStop: send STOP(Job) to the node running it.
 	EvStop
@@ -338,6 +361,8 @@ type LifeEvent struct {
 	Job    uint64    // EvCatchup, EvStop
 	Source DCID      // EvCatchup
 	Cursor Tag       // EvCatchup
+	Verify bool      // EvCatchup: a verify pass
+	Bound  uint64    // EvCatchup: the pass's start G minus Margin (records at or below it are repaired by a verify pass)
 }
 
 // LifeStats counts inputs the Lifecycle ignored; every field only grows.
@@ -346,6 +371,7 @@ type LifeStats struct {
 	BadInput      uint64 // unknown DC, cursor below the job's start, ...
 	TimeWentBack  uint64
 	Passes        uint64 // passes started
+	VerifyPasses  uint64 // verify passes started (part of Passes)
 	PassesDone    uint64 // passes completed (JobDone)
 	JobsFailed    uint64
 	JobsLost      uint64 // jobs restarted: their node went away or went silent
@@ -359,6 +385,9 @@ type job struct {
 	source    DCID
 	start     time.Time // pass start
 	from      Tag       // start cursor
+	bound     uint64    // start G minus Margin: a verify pass repairs records at or below it
+	verify    bool      // a verify pass
+	divs      uint64    // the DC's divergences when it started
 	clean     bool      // no flow lacked the DC (for Margin) at start, and nothing missed since
 	last      time.Time // last PROGRESS (or start)
 	reported  bool      // a PROGRESS arrived
@@ -389,6 +418,15 @@ type lifeDC struct {
 	resetAt   time.Time
 	passes    uint64
 	lastDone  Progress // the last completed pass's totals
+	// needVerify: it missed bytes for a divergence and no verify pass
+	// started after the last one has completed; it is not admitted by a
+	// pass until one has. divs counts its divergences (a pass that started
+	// before the last one does not clear needVerify); verifyAt is when
+	// its last verify pass started (zero: none yet), for VerifyEvery.
+	needVerify   bool
+	divs         uint64
+	verifyAt     time.Time
+	verifyPasses uint64
 }
 
 // NewLifecycle returns a Lifecycle for the DCs of topo, all live and
@@ -483,7 +521,7 @@ func (l *Lifecycle) transition(dc DCID, to DCState, cause LifeCause) {
 		d.firstDone, d.resetAt, d.retryAt = time.Time{}, time.Time{}, time.Time{}
 	}
 	if to == DCStateLive {
-		d.synced = true
+		d.synced, d.needVerify = true, false
 	}
 	if to != DCStateJoining {
 		l.stopJob(dc)
@@ -510,7 +548,8 @@ func (l *Lifecycle) stopJob(dc DCID) {
 }
 
 // restartJob stops dc's job and starts a new pass if dc is joining, the
-// mode catches up, a source is live and no retry is pending.
+// mode catches up, a source is live and no retry is pending. The new pass
+// is a verify pass if dc needs one and VerifyEvery allows it.
 func (l *Lifecycle) restartJob(dc DCID) {
 	l.stopJob(dc)
 	d := &l.dcs[dc]
@@ -528,11 +567,29 @@ func (l *Lifecycle) restartJob(dc DCID) {
 		return
 	}
 	clean := d.lacking == 0 && !l.now.Before(d.dirty.Add(l.cfg.Margin))
-	d.job = &job{id: l.nextJob, source: src, start: l.now, from: d.cursor, clean: clean, last: l.now, remaining: ^uint64(0)}
+	verify := d.needVerify && l.verifyAllowed(d)
+	d.job = &job{id: l.nextJob, source: src, start: l.now, from: d.cursor, bound: l.behind(l.gNow()), verify: verify, divs: d.divs,
+		clean: clean, last: l.now, remaining: ^uint64(0)}
 	l.nextJob++
 	d.passes++
 	l.stats.Passes++
-	l.out = append(l.out, LifeEvent{Kind: EvCatchup, DC: dc, Job: d.job.id, Source: src, Cursor: d.cursor})
+	if verify {
+		d.verifyAt = l.now
+		d.verifyPasses++
+		l.stats.VerifyPasses++
+	}
+	l.out = append(l.out, LifeEvent{Kind: EvCatchup, DC: dc, Job: d.job.id, Source: src, Cursor: d.cursor, Verify: verify, Bound: d.job.bound})
+}
+
+// verifyAllowed reports whether VerifyEvery allows d a verify pass now.
+func (l *Lifecycle) verifyAllowed(d *lifeDC) bool {
+	return d.verifyAt.IsZero() || !l.now.Before(d.verifyAt.Add(l.cfg.VerifyEvery))
+}
+
+// verifyDue reports whether d's running pass is a plain one that should
+// give way to a verify pass now.
+func (l *Lifecycle) verifyDue(d *lifeDC) bool {
+	return d.job != nil && !d.job.verify && d.needVerify && l.verifyAllowed(d)
 }
 
 // missed records that dc missed bytes at now: out of sync since at most
@@ -604,7 +661,9 @@ func (l *Lifecycle) DCUp(now time.Time, dc DCID) []LifeEvent {
 // Missed reports that dc missed bytes while reachable: a branch to it was
 // removed from a forked flow that goes on without it, or it was left out
 // of a flow's handshake. low is as for DCStateDown. A live DC becomes joining;
-// a joining DC's running pass is no longer clean. Ignored in RejoinTrust.
+// a joining DC's running pass is no longer clean. Cause LifeDivergence
+// (also a reply mismatch) makes dc need a verify pass, live or joining.
+// Ignored in RejoinTrust.
 func (l *Lifecycle) Missed(now time.Time, dc DCID, cause LifeCause, low uint64) []LifeEvent {
 	l.advance(now)
 	if !l.valid(dc) || cause >= numLifeCauses {
@@ -615,6 +674,11 @@ func (l *Lifecycle) Missed(now time.Time, dc DCID, cause LifeCause, low uint64) 
 		return l.out
 	}
 	l.missed(dc, dec1(low))
+	if cause == LifeDivergence {
+		d := &l.dcs[dc]
+		d.needVerify = true
+		d.divs++
+	}
 	if l.dcs[dc].state == DCStateLive {
 		l.transition(dc, DCStateJoining, cause)
 		l.restartJob(dc)
@@ -646,8 +710,10 @@ func (l *Lifecycle) SetLacking(now time.Time, dc DCID, n int) []LifeEvent {
 // are counted and ignored. The cursor moves only up, never past the
 // report's cursor, and never past Margin before the pass's start (a
 // record stamped later may have reached the source after the scan passed
-// it). JobDone of a clean pass makes dc live; of another pass it starts
-// the next pass. JobFailed retries after RetryAfter.
+// it). JobDone of a verify pass clears dc's need of one unless a
+// divergence was reported since it started. JobDone of a clean pass makes
+// dc live unless dc needs verify; of another pass it starts the next pass.
+// JobFailed retries after RetryAfter.
 func (l *Lifecycle) Progress(now time.Time, dc DCID, p Progress) []LifeEvent {
 	l.advance(now)
 	if !l.valid(dc) {
@@ -687,7 +753,10 @@ func (l *Lifecycle) Progress(now time.Time, dc DCID, p Progress) []LifeEvent {
 		l.stats.PassesDone++
 		d.lastDone = p
 		d.job = nil
-		if j.clean && d.lacking == 0 {
+		if j.verify && j.divs == d.divs {
+			d.needVerify = false
+		}
+		if j.clean && d.lacking == 0 && !d.needVerify {
 			l.transition(dc, DCStateLive, LifeCaughtUp)
 			return l.out
 		}
@@ -741,7 +810,7 @@ var ErrNotManual = errors.New("not in manual rejoin mode")
 
 // Admit makes joining DC dc live on an operator's word: in RejoinManual
 // mode, or in RejoinCatchup mode when no DC is live (nothing to catch up
-// from).
+// from). It clears dc's need of a verify pass (the operator trusts it).
 func (l *Lifecycle) Admit(now time.Time, dc DCID) ([]LifeEvent, error) {
 	l.advance(now)
 	if !l.valid(dc) {
@@ -767,9 +836,10 @@ func (l *Lifecycle) Admit(now time.Time, dc DCID) ([]LifeEvent, error) {
 }
 
 // Tick runs the timers: a job silent for ProgressTimeout is restarted, a
-// job that failed is retried after RetryAfter, and flows lacking a DC
-// are reset ResetAfter after its first completed pass (again every
-// ResetAfter while some remain).
+// job that failed is retried after RetryAfter, a plain pass of a DC that
+// needs verify is restarted as a verify pass once VerifyEvery allows one,
+// and flows lacking a DC are reset ResetAfter after its first completed
+// pass (again every ResetAfter while some remain).
 func (l *Lifecycle) Tick(now time.Time) []LifeEvent {
 	l.advance(now)
 	for i := range l.dcs {
@@ -781,6 +851,10 @@ func (l *Lifecycle) Tick(now time.Time) []LifeEvent {
 		switch {
 		case d.job != nil && l.now.Sub(d.job.last) >= l.cfg.ProgressTimeout:
 			l.stats.JobsLost++
+			l.restartJob(dc)
+		case l.verifyDue(d):
+			// The plain pass cannot admit dc; its reported progress is in
+			// the cursor, which the verify pass starts from.
 			l.restartJob(dc)
 		case d.job == nil:
 			l.restartJob(dc)
@@ -807,6 +881,8 @@ type LifeStatus struct {
 	Cursor       Tag        `json:"cursor"`
 	FlowsLacking int        `json:"flows_lacking"`
 	Passes       uint64     `json:"passes"`
+	VerifyPasses uint64     `json:"verify_passes"`
+	NeedsVerify  bool       `json:"needs_verify"` // missed bytes for a divergence; no pass admits it before a verify pass started since has completed
 	Job          *JobStatus `json:"job,omitempty"`
 	LastPass     *Progress  `json:"last_pass,omitempty"`
 }
@@ -817,6 +893,8 @@ type JobStatus struct {
 	Source      string        `json:"source"`
 	Started     time.Time     `json:"started"`
 	From        Tag           `json:"from"`
+	Verify      bool          `json:"verify"` // a verify pass
+	Bound       uint64        `json:"bound"`  // start G minus Margin: a verify pass repairs records at or below it
 	Clean       bool          `json:"clean"`
 	Keys        uint64        `json:"keys"`
 	Bytes       uint64        `json:"bytes"`
@@ -833,7 +911,7 @@ func (l *Lifecycle) Status(dc DCID) (LifeStatus, bool) {
 	}
 	d := &l.dcs[dc]
 	s := LifeStatus{Name: d.name, State: d.state, Since: d.since, Cause: d.cause, Reachable: d.reachable,
-		InSync: d.synced, Cursor: d.cursor, FlowsLacking: d.lacking, Passes: d.passes}
+		InSync: d.synced, Cursor: d.cursor, FlowsLacking: d.lacking, Passes: d.passes, VerifyPasses: d.verifyPasses, NeedsVerify: d.needVerify}
 	if d.synced {
 		s.Cursor = Tag{}
 	}
@@ -842,7 +920,7 @@ func (l *Lifecycle) Status(dc DCID) (LifeStatus, bool) {
 		s.LastPass = &p
 	}
 	if j := d.job; j != nil {
-		js := &JobStatus{Job: j.id, Source: l.dcs[j.source].name, Started: j.start, From: j.from, Clean: j.clean,
+		js := &JobStatus{Job: j.id, Source: l.dcs[j.source].name, Started: j.start, From: j.from, Verify: j.verify, Bound: j.bound, Clean: j.clean,
 			Keys: j.keys, Bytes: j.bytes, Remaining: -1, BytesPerSec: j.rate, KeysPerSec: j.keyRate, ETA: -1}
 		if j.remaining != ^uint64(0) {
 			js.Remaining = int64(min(j.remaining, 1<<62))
@@ -855,11 +933,20 @@ func (l *Lifecycle) Status(dc DCID) (LifeStatus, bool) {
 	return s, true
 }
 
-// JobOf returns dc's running job: its id, source and start cursor.
-func (l *Lifecycle) JobOf(dc DCID) (id uint64, source DCID, from Tag, ok bool) {
+// LifeJob is a DC's running catch-up pass, as JobOf returns it.
+type LifeJob struct {
+	ID     uint64
+	Source DCID
+	From   Tag    // start cursor
+	Verify bool   // a verify pass
+	Bound  uint64 // start G minus Margin
+}
+
+// JobOf returns dc's running job (false: none).
+func (l *Lifecycle) JobOf(dc DCID) (LifeJob, bool) {
 	if !l.valid(dc) || l.dcs[dc].job == nil {
-		return 0, -1, Tag{}, false
+		return LifeJob{Source: -1}, false
 	}
 	j := l.dcs[dc].job
-	return j.id, j.source, j.from, true
+	return LifeJob{ID: j.id, Source: j.source, From: j.from, Verify: j.verify, Bound: j.bound}, true
 }

@@ -14,11 +14,14 @@ import (
 // regenerates the output). Times are milliseconds since the Unix epoch,
 // so a sequencer position G prints as milliseconds too.
 //
-//	lifecycle [mode=catchup|manual|trust] [dcs=2|3] [margin=<dur>] [reset=<dur>]
+//	lifecycle [mode=catchup|manual|trust] [dcs=2|3] [margin=<dur>] [reset=<dur>] [verify=<dur>]
 //	at <ms> down <dc> [low=<ms>] | up <dc> | missed <dc> cause=<c> [low=<ms>]
 //	at <ms> lacking <dc> n=<n> | lost <dc> [job=<n>] | admit <dc> | tick
 //	at <ms> progress <dc> [job=<n>] state=running|done|failed [keys=<n>] [bytes=<n>] [rem=<n>] g=<ms>
 //	status <dc> | restart <ms>   (export, JSON round trip, import into a fresh Lifecycle)
+//
+// A verify pass prints "verify bound=<ms>" after its catchup event and in
+// status; status prints "needs_verify" and "verify_passes=<n>" when set.
 
 func lms(n int) time.Time { return time.Unix(0, 0).Add(time.Duration(n) * time.Millisecond) }
 
@@ -32,7 +35,11 @@ func renderLife(l *Lifecycle, evs []LifeEvent) []string {
 		case EvTransition:
 			out = append(out, fmt.Sprintf("%s %s->%s %s", name, e.From, e.To, e.Cause))
 		case EvCatchup:
-			out = append(out, fmt.Sprintf("%s catchup job=%d source=%s from=%s", name, e.Job, l.dcs[e.Source].name, gms(e.Cursor.G)))
+			line := fmt.Sprintf("%s catchup job=%d source=%s from=%s", name, e.Job, l.dcs[e.Source].name, gms(e.Cursor.G))
+			if e.Verify {
+				line += " verify bound=" + gms(e.Bound)
+			}
+			out = append(out, line)
 		case EvStop:
 			out = append(out, fmt.Sprintf("%s stop job=%d", name, e.Job))
 		case EvResetLacking:
@@ -63,7 +70,7 @@ func TestLifecycleRules(t *testing.T) {
 				if err != nil {
 					c.Fatalf("%v", err)
 				}
-				cfg = LifecycleConfig{Mode: mode, Margin: c.Duration("margin", 0), ResetAfter: c.Duration("reset", 0)}
+				cfg = LifecycleConfig{Mode: mode, Margin: c.Duration("margin", 0), ResetAfter: c.Duration("reset", 0), VerifyEvery: c.Duration("verify", 0)}
 				topo = testTopoN(1, c.Int("dcs", 2))
 				l, err = NewLifecycle(cfg, topo, lms(0))
 				if err != nil {
@@ -73,11 +80,20 @@ func TestLifecycleRules(t *testing.T) {
 			case "status":
 				s, _ := l.Status(dcOf(c, c.Pos[0]))
 				line := fmt.Sprintf("%s %s since=%dms cause=%s in_sync=%v lacking=%d passes=%d", s.Name, s.State, s.Since.UnixMilli(), s.Cause, s.InSync, s.FlowsLacking, s.Passes)
+				if s.VerifyPasses > 0 {
+					line += fmt.Sprintf(" verify_passes=%d", s.VerifyPasses)
+				}
+				if s.NeedsVerify {
+					line += " needs_verify"
+				}
 				if !s.InSync {
 					line += " cursor=" + gms(s.Cursor.G)
 				}
 				if j := s.Job; j != nil {
 					line += fmt.Sprintf(" job=%d source=%s clean=%v keys=%d bytes=%d", j.Job, j.Source, j.Clean, j.Keys, j.Bytes)
+					if j.Verify {
+						line += " verify bound=" + gms(j.Bound)
+					}
 				}
 				return []string{line}
 			case "restart":
@@ -126,8 +142,8 @@ func lifeStep(c *script.Cmd, l *Lifecycle, dcOf func(*script.Cmd, string) DCID) 
 		if _, ok := c.Arg("job"); ok {
 			return uint64(c.Int("job", 0))
 		}
-		id, _, _, _ := l.JobOf(dc)
-		return id
+		j, _ := l.JobOf(dc)
+		return j.ID
 	}
 	switch c.Pos[1] {
 	case "down":
@@ -184,5 +200,42 @@ func TestLifecycleAdmitOutsideManual(t *testing.T) {
 	}
 	if _, err := l.Admit(lms(20003), 1); err != nil || l.State(1) != DCStateLive {
 		t.Errorf("manual: Admit: %v, state %v", err, l.State(1))
+	}
+}
+
+// A state file written before verify passes (no needs_verify) loads, with
+// needs_verify false; a file with it restores it; a lost state makes every
+// DC need a verify pass.
+func TestLifecycleStateNeedsVerify(t *testing.T) {
+	old := `{"version": 1, "next_job": 7, "dcs": [
+  {"name": "sydney", "state": "live", "since": "1970-01-01T00:01:40Z", "cause": "start", "in_sync": true, "cursor": {"g": 0, "w": 0}},
+  {"name": "dublin", "state": "joining", "since": "1970-01-01T00:01:40Z", "cause": "divergence", "in_sync": false, "cursor": {"g": 90000000000, "w": 0}}]}`
+	for _, tc := range []struct {
+		file string
+		want bool
+	}{{old, false}, {strings.Replace(old, `"in_sync": false,`, `"in_sync": false, "needs_verify": true,`, 1), true}} {
+		st, err := ParseLifecycleState([]byte(tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, _ := NewLifecycle(LifecycleConfig{}, testTopoN(1, 2), lms(200000))
+		evs := l.Import(lms(200000), st)
+		s, _ := l.Status(1)
+		if s.State != DCStateJoining || s.NeedsVerify != tc.want || s.Job == nil || s.Job.Verify != tc.want {
+			t.Errorf("needs_verify %v in the file: dublin %+v (job %+v), events %v", tc.want, s, s.Job, renderLife(l, evs))
+		}
+		if b, _ := l.MarshalState(); strings.Contains(string(b), "needs_verify") != tc.want {
+			t.Errorf("needs_verify %v: exported %s", tc.want, b)
+		}
+	}
+	l, _ := NewLifecycle(LifecycleConfig{}, testTopoN(1, 2), lms(200000))
+	l.ImportLost(lms(200000))
+	if _, err := l.Admit(lms(200001), 0); err != nil {
+		t.Fatal(err)
+	}
+	s0, _ := l.Status(0)
+	s1, _ := l.Status(1)
+	if s0.NeedsVerify || !s1.NeedsVerify || s1.Job == nil || !s1.Job.Verify {
+		t.Fatalf("lost state, sydney admitted: sydney %+v, dublin %+v (job %+v)", s0, s1, s1.Job)
 	}
 }

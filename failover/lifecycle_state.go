@@ -24,6 +24,9 @@ type LifeDCRecord struct {
 	Cause  LifeCause `json:"cause"`
 	InSync bool      `json:"in_sync"`
 	Cursor Tag       `json:"cursor"`
+	// NeedsVerify: it missed bytes for a divergence and has not completed
+	// a verify pass since (absent in files written before it: false).
+	NeedsVerify bool `json:"needs_verify,omitempty"`
 }
 
 const lifecycleStateVersion = 1
@@ -33,7 +36,8 @@ func (l *Lifecycle) Export() LifecycleState {
 	st := LifecycleState{Version: lifecycleStateVersion, NextJob: l.nextJob}
 	for i := range l.dcs {
 		d := &l.dcs[i]
-		st.DCs = append(st.DCs, LifeDCRecord{Name: d.name, State: d.state, Since: d.since, Cause: d.cause, InSync: d.synced, Cursor: d.cursor})
+		st.DCs = append(st.DCs, LifeDCRecord{Name: d.name, State: d.state, Since: d.since, Cause: d.cause, InSync: d.synced, Cursor: d.cursor,
+			NeedsVerify: d.needVerify})
 	}
 	return st
 }
@@ -57,9 +61,10 @@ func ParseLifecycleState(b []byte) (LifecycleState, error) {
 // matching DCs by name (a DC not in st keeps its fresh state: live; a DC
 // of st not in the topology is ignored). Every DC counts as reachable
 // (report DCStateDown for those that are not): a DC that was out of sync
-// (down or joining) becomes joining, cause LifeRestored, with its cursor,
-// so a restart never trusts it. In RejoinTrust mode nothing is restored
-// but job numbers.
+// (down or joining) becomes joining, cause LifeRestored, with its cursor
+// and its need of a verify pass, so a restart never trusts it. The
+// VerifyEvery limit is not restored: its first verify pass may start at
+// once. In RejoinTrust mode nothing is restored but job numbers.
 func (l *Lifecycle) Import(now time.Time, st LifecycleState) []LifeEvent {
 	l.advance(now)
 	l.nextJob = max(l.nextJob, st.NextJob)
@@ -75,7 +80,7 @@ func (l *Lifecycle) Import(now time.Time, st LifecycleState) []LifeEvent {
 			if r.InSync && r.State == DCStateLive {
 				break
 			}
-			d.synced, d.cursor, d.dirty = false, r.Cursor, l.now
+			d.synced, d.cursor, d.dirty, d.needVerify = false, r.Cursor, l.now, r.NeedsVerify
 			d.state, d.since, d.cause = DCStateJoining, l.now, LifeRestored
 			l.stats.Transitions[DCStateJoining][LifeRestored]++
 			l.out = append(l.out, LifeEvent{Kind: EvTransition, DC: DCID(i), From: DCStateLive, To: DCStateJoining, Cause: LifeRestored})
@@ -95,7 +100,9 @@ func (l *Lifecycle) Import(now time.Time, st LifecycleState) []LifeEvent {
 // start of the order (a catch-up copies everything). Until a DC is
 // admitted (Admit, allowed while no DC is live) there is no source to
 // copy from and new connections are refused; the DCs admitted after that
-// one catch up from it. In RejoinTrust mode nothing is restored.
+// one catch up from it. Whether a DC needed a verify pass is lost too, so
+// every DC needs one (the admitted DC's need is cleared by the admit). In
+// RejoinTrust mode nothing is restored.
 func (l *Lifecycle) ImportLost(now time.Time) []LifeEvent {
 	l.advance(now)
 	if l.cfg.Mode == RejoinTrust {
@@ -104,7 +111,7 @@ func (l *Lifecycle) ImportLost(now time.Time) []LifeEvent {
 	for i := range l.dcs {
 		d := &l.dcs[i]
 		from := d.state
-		d.synced, d.cursor, d.dirty = false, Tag{}, l.now
+		d.synced, d.cursor, d.dirty, d.needVerify = false, Tag{}, l.now, true
 		d.state, d.since, d.cause = DCStateJoining, l.now, LifeRestored
 		l.stats.Transitions[DCStateJoining][LifeRestored]++
 		l.out = append(l.out, LifeEvent{Kind: EvTransition, DC: DCID(i), From: from, To: DCStateJoining, Cause: LifeRestored})
