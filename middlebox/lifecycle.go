@@ -57,6 +57,8 @@ type lifecycle struct {
 	jobID    []uint64 // each DC's current job (0 none)
 	jobFrom  []failover.Tag
 	jobSrc   []failover.DCID
+	jobVer   []bool   // each DC's current job is a verify pass
+	jobBound []uint64 // and its bound (start G minus margin)
 
 	refused     atomic.Uint64 // new connections refused: no current DC
 	resets      atomic.Uint64 // flows reset because they lacked a joining DC
@@ -81,7 +83,8 @@ func (m *Middlebox) startLifecycle() error {
 	}
 	n := len(m.dcs)
 	l := &lifecycle{cfg: cfg, m: lm, reach: make([]bool, n), lacking: make([]int, n), jobNode: make([]int, n), lastNode: make([]int, n),
-		jobID: make([]uint64, n), jobFrom: make([]failover.Tag, n), jobSrc: make([]failover.DCID, n), wake: make(chan struct{}, 1)}
+		jobID: make([]uint64, n), jobFrom: make([]failover.Tag, n), jobSrc: make([]failover.DCID, n), jobVer: make([]bool, n), jobBound: make([]uint64, n),
+		wake: make(chan struct{}, 1)}
 	for i := range n {
 		l.reach[i], l.jobNode[i], l.lastNode[i] = true, -1, -1
 	}
@@ -100,7 +103,8 @@ func (m *Middlebox) startLifecycle() error {
 		l.dirty.Store(true)
 		l.wg.Go(func() { m.lifePersister(ctx) })
 	}
-	m.log.Info("lifecycle started", "rejoin", cfg.Mode, "margin", lm.Config().Margin, "reset_after", lm.Config().ResetAfter, "state", cfg.StatePath)
+	m.log.Info("lifecycle started", "rejoin", cfg.Mode, "margin", lm.Config().Margin, "reset_after", lm.Config().ResetAfter,
+		"verify_every", lm.Config().VerifyEvery, "state", cfg.StatePath)
 	return nil
 }
 
@@ -254,6 +258,7 @@ func (m *Middlebox) lifeApply(evs []failover.LifeEvent) {
 			m.lifeChanged()
 		case failover.EvCatchup:
 			l.jobID[e.DC], l.jobFrom[e.DC], l.jobSrc[e.DC], l.jobNode[e.DC] = e.Job, e.Cursor, e.Source, -1
+			l.jobVer[e.DC], l.jobBound[e.DC] = e.Verify, e.Bound
 			m.lifeAssign(e.DC)
 			m.lifeChanged()
 		case failover.EvStop:
@@ -291,12 +296,19 @@ func (m *Middlebox) lifeAssign(dc failover.DCID) {
 			continue
 		}
 		l.frame = orderwire.Frame{Type: orderwire.Catchup, Job: l.jobID[dc], G: l.jobFrom[dc].G, W: l.jobFrom[dc].W}
+		if l.jobVer[dc] {
+			// A verify pass: the node first repairs every record at or
+			// below Bound to the source's (docs/design-lifecycle.md,
+			// "Verify pass").
+			l.frame.Flags, l.frame.Bound = orderwire.CatchupVerify, l.jobBound[dc]
+		}
 		if l.frame.SetSource(m.dcs[l.jobSrc[dc]].Name) != nil || !o.push(&l.frame) {
 			continue
 		}
 		o.flush()
 		l.jobNode[dc], l.lastNode[dc] = int(ni), int(ni)
-		m.log.Info("dc catch-up job", "dc", m.dcs[dc].Name, "job", l.jobID[dc], "node", m.nodes[ni].ap, "source", m.dcs[l.jobSrc[dc]].Name, "cursor_g", l.jobFrom[dc].G)
+		m.log.Info("dc catch-up job", "dc", m.dcs[dc].Name, "job", l.jobID[dc], "node", m.nodes[ni].ap, "source", m.dcs[l.jobSrc[dc]].Name, "cursor_g", l.jobFrom[dc].G,
+			"verify", l.jobVer[dc], "bound", l.jobBound[dc])
 		return
 	}
 }

@@ -17,6 +17,7 @@ type DCLifeInfo struct {
 	InSync       bool          `json:"in_sync,omitempty"`
 	Cursor       *failover.Tag `json:"cursor,omitempty"` // out of sync since (every record it may lack is above)
 	FlowsLacking int           `json:"flows_lacking"`
+	NeedsVerify  bool          `json:"needs_verify"` // missed bytes for a divergence: admitted only after a verify pass
 	Catchup      *CatchupInfo  `json:"catchup,omitempty"`
 }
 
@@ -27,7 +28,9 @@ type CatchupInfo struct {
 	Source      string       `json:"source"`
 	Node        string       `json:"node,omitempty"` // the node running it ("" not sent yet)
 	State       string       `json:"state"`          // running, waiting (no node or source yet), done
-	Clean       bool         `json:"clean"`          // admits the DC when it completes
+	Clean       bool         `json:"clean"`          // admits the DC when it completes (unless it needs verify)
+	Verify      bool         `json:"verify"`         // a verify pass: repairs every record at or below bound to the source's first
+	Bound       uint64       `json:"bound"`          // the pass's start G minus the margin
 	Started     string       `json:"started,omitempty"`
 	From        failover.Tag `json:"from"`
 	Keys        uint64       `json:"keys"`
@@ -49,7 +52,8 @@ func (m *Middlebox) lifeInfo(d int) DCLifeInfo {
 	s, _ := m.life.m.Status(failover.DCID(d))
 	node := m.life.jobNode[d]
 	m.flows.Unlock()
-	li := DCLifeInfo{State: s.State.String(), Since: s.Since.Format(time.RFC3339Nano), Cause: s.Cause.String(), InSync: s.InSync, FlowsLacking: s.FlowsLacking}
+	li := DCLifeInfo{State: s.State.String(), Since: s.Since.Format(time.RFC3339Nano), Cause: s.Cause.String(), InSync: s.InSync, FlowsLacking: s.FlowsLacking,
+		NeedsVerify: s.NeedsVerify}
 	if !s.InSync {
 		c := s.Cursor
 		li.Cursor = &c
@@ -57,7 +61,8 @@ func (m *Middlebox) lifeInfo(d int) DCLifeInfo {
 	switch {
 	case s.Job != nil:
 		j := s.Job
-		ci := &CatchupInfo{Job: j.Job, Source: j.Source, State: "waiting", Clean: j.Clean, Started: j.Started.Format(time.RFC3339Nano), From: j.From,
+		ci := &CatchupInfo{Job: j.Job, Source: j.Source, State: "waiting", Clean: j.Clean, Verify: j.Verify, Bound: j.Bound,
+			Started: j.Started.Format(time.RFC3339Nano), From: j.From,
 			Keys: j.Keys, Bytes: j.Bytes, Remaining: ^uint64(0), Rate: j.BytesPerSec, KeysPerSec: j.KeysPerSec, ETA: -1, Passes: s.Passes, PassesTotal: s.Passes}
 		if node >= 0 {
 			ci.Node, ci.State = m.nodes[node].ap.String(), "running"
@@ -96,6 +101,7 @@ type lifeCollector struct {
 	m                                   *Middlebox
 	state, trans, keys, bytes, rem, lac *prometheus.Desc
 	refused, resets, persistErrs, pass  *prometheus.Desc
+	verifyPass                          *prometheus.Desc
 }
 
 func newLifeCollector(m *Middlebox) *lifeCollector {
@@ -111,6 +117,7 @@ func newLifeCollector(m *Middlebox) *lifeCollector {
 		rem:         d("dc_catchup_remaining", "Records the running catch-up pass estimates are left (-1 unknown).", "dc"),
 		lac:         d("dc_flows_lacking", "Forked flows that lack the DC (opened while it was down, or dropped its branch).", "dc"),
 		pass:        d("dc_catchup_passes_total", "Catch-up passes started for the DC.", "dc"),
+		verifyPass:  d("dc_catchup_verify_passes_total", "Verify passes started for the DC (part of the catch-up passes): after a divergence, at most one per --rejoin-verify-every.", "dc"),
 		refused:     d("middlebox_lifecycle_refused_total", "New connections refused (RST) because no DC was live, only joining or down ones."),
 		resets:      d("middlebox_lifecycle_flow_resets_total", "Forked flows reset because they lacked a joining DC past --rejoin-reset-after."),
 		persistErrs: d("middlebox_lifecycle_persist_errors_total", "Failed writes of the lifecycle state file."),
@@ -118,7 +125,7 @@ func newLifeCollector(m *Middlebox) *lifeCollector {
 }
 
 func (c *lifeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.state, c.trans, c.keys, c.bytes, c.rem, c.lac, c.pass, c.refused, c.resets, c.persistErrs} {
+	for _, d := range []*prometheus.Desc{c.state, c.trans, c.keys, c.bytes, c.rem, c.lac, c.pass, c.verifyPass, c.refused, c.resets, c.persistErrs} {
 		ch <- d
 	}
 }
@@ -157,6 +164,7 @@ func (c *lifeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.rem, rem, dc.Name)
 		gauge(c.lac, float64(s.FlowsLacking), dc.Name)
 		cnt(c.pass, s.Passes, dc.Name)
+		cnt(c.verifyPass, s.VerifyPasses, dc.Name)
 	}
 	for _, x := range failover.DCStates() {
 		for _, cause := range failover.LifeCauses() {

@@ -1,8 +1,12 @@
 package middlebox
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -163,6 +167,12 @@ func TestLifecycleCutHealCatchup(t *testing.T) {
 	if cu.SourceName() != "dublin" || cu.G > uint64(cutAt.UnixNano()) || cu.G < uint64(cutAt.Add(-testMargin-time.Second).UnixNano()) {
 		t.Fatalf("CATCHUP %+v (source %q), want source dublin and a cursor about %v before the cut", cu, cu.SourceName(), testMargin)
 	}
+	if cu.Flags != 0 || cu.Bound != 0 {
+		t.Fatalf("CATCHUP after a cut has flags %#x, bound %d: want a plain pass", cu.Flags, cu.Bound)
+	}
+	if d := r.dcInfo(t, "sydney"); d.NeedsVerify || d.Catchup == nil || d.Catchup.Verify {
+		t.Fatalf("/dcs sydney after a cut: needs_verify %v, catchup %+v; want a plain pass", d.NeedsVerify, d.Catchup)
+	}
 	for range 3 {
 		if dc := r.anycastDC(t); dc != "dublin" {
 			t.Fatalf("anycast to %s while sydney is joining", dc)
@@ -187,10 +197,116 @@ func TestLifecycleCutHealCatchup(t *testing.T) {
 	rec := httptest.NewRecorder()
 	r.mb.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	for _, want := range []string{`sdnkvs_dc_state{dc="sydney",state="live"} 1`, `sdnkvs_dc_transitions_total{cause="caught_up",state="live"} 1`,
-		`sdnkvs_dc_transitions_total{cause="cut",state="down"} 1`, `sdnkvs_dc_catchup_passes_total{dc="sydney"}`} {
+		`sdnkvs_dc_transitions_total{cause="cut",state="down"} 1`, `sdnkvs_dc_catchup_passes_total{dc="sydney"}`,
+		`sdnkvs_dc_catchup_verify_passes_total{dc="sydney"} 0`} {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// dcInfo returns DC name's entry of /dcs (through the handler, as JSON).
+func (r *seqRig) dcInfo(t *testing.T, name string) DCInfo {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	r.mb.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/dcs", nil))
+	var dcs []DCInfo
+	if err := json.Unmarshal(rec.Body.Bytes(), &dcs); err != nil {
+		t.Fatalf("/dcs: %v\n%s", err, rec.Body)
+	}
+	for _, d := range dcs {
+		if d.Name == name {
+			return d
+		}
+	}
+	t.Fatalf("/dcs has no %s:\n%s", name, rec.Body)
+	return DCInfo{}
+}
+
+// A forked flow whose DCs answer a read differently (dublin holds a
+// corrupt record): dublin is dropped from the flow for a reply mismatch
+// and joins (cause divergence, needs_verify); its CATCHUP is a verify
+// pass (orderwire.CatchupVerify) with a Bound a margin behind the clock's
+// G when the pass started. Once the verify pass is done, later passes are
+// plain and admit dublin when the flow that lacks it is gone.
+func TestLifecycleReplyMismatchVerifyPass(t *testing.T) {
+	r := newSeqRigServe(t, "", func(c *Config) {
+		c.Lifecycle = &LifecycleConfig{LifecycleConfig: failover.LifecycleConfig{Mode: failover.RejoinCatchup, Margin: testMargin, ResetAfter: -1}}
+	}, func(c net.Conn) {
+		defer c.Close()
+		val := "v"
+		if strings.HasPrefix(c.LocalAddr().String(), dub1.Addr().String()) {
+			val = "x" // dublin's copy of the record is corrupt
+		}
+		rd := bufio.NewReader(c)
+		for {
+			line, err := rd.ReadString('\n')
+			if err != nil {
+				return
+			}
+			out := "+OK\r\n"
+			if strings.TrimSpace(line) == "GET" {
+				out = "$1\r\n" + val + "\r\n"
+			}
+			if _, err := io.WriteString(c, out); err != nil {
+				return
+			}
+		}
+	})
+	c := r.dial(t, 6379)
+	rd := bufio.NewReader(c)
+	ask := func(req, want string) {
+		t.Helper()
+		if _, err := io.WriteString(c, req+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(rd, got); err != nil || string(got) != want {
+			t.Fatalf("%s: %q, %v; want %q", req, got, err, want)
+		}
+	}
+	ask("SET", "+OK\r\n")
+	before := time.Now()
+	ask("GET", "$1\r\nv\r\n") // sydney's answer: it is first in the flow
+	s := r.waitState(t, "dublin", failover.DCStateJoining)
+	if s.Cause != failover.LifeDivergence || !s.NeedsVerify {
+		t.Fatalf("dublin after a reply mismatch: %+v", s)
+	}
+	cu := r.waitCatchup(t, dub1, 0)
+	after := time.Now()
+	lo, hi := uint64(before.Add(-testMargin).UnixNano()), uint64(after.Add(-testMargin).UnixNano())
+	if cu.Flags != orderwire.CatchupVerify || cu.Bound < lo || cu.Bound > hi || cu.SourceName() != "sydney" {
+		t.Fatalf("CATCHUP %+v (source %q): want flags %#x, source sydney and a bound in [%d, %d] (the clock's G minus %v)",
+			cu, cu.SourceName(), orderwire.CatchupVerify, lo, hi, testMargin)
+	}
+	if cu.G > cu.Bound {
+		t.Fatalf("CATCHUP cursor %d above its bound %d", cu.G, cu.Bound)
+	}
+	d := r.dcInfo(t, "dublin")
+	if !d.NeedsVerify || d.Catchup == nil || !d.Catchup.Verify || d.Catchup.Bound != cu.Bound || d.Catchup.Job != cu.Job {
+		t.Fatalf("/dcs dublin: needs_verify %v, catchup %+v; want needs_verify and the verify pass %d, bound %d", d.NeedsVerify, d.Catchup, cu.Job, cu.Bound)
+	}
+	rec := httptest.NewRecorder()
+	r.mb.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := `sdnkvs_dc_catchup_verify_passes_total{dc="dublin"} 1`; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("/metrics lacks %q", want)
+	}
+	// The verify pass completes: dublin no longer needs one; the flow
+	// that lacks it keeps it joining, with plain passes.
+	r.progress(t, dub1, orderwire.Frame{Job: cu.Job, State: orderwire.JobDone, G: cu.G + 1})
+	testenv.WaitFor(t, 10*time.Second, "needs_verify cleared", func() bool { return !r.dcInfo(t, "dublin").NeedsVerify })
+	cu2 := r.waitCatchup(t, dub1, cu.Job)
+	if cu2.Flags != 0 || cu2.Bound != 0 {
+		t.Fatalf("pass after the verify pass: %+v, want a plain one", cu2)
+	}
+	if s := r.life(t, "dublin"); s.State != failover.DCStateJoining || s.FlowsLacking != 1 {
+		t.Fatalf("dublin while the flow lacks it: %+v", s)
+	}
+	c.Close()
+	testenv.WaitFor(t, 10*time.Second, "the flow gone", func() bool { return r.life(t, "dublin").FlowsLacking == 0 })
+	r.finishPasses(t, "dublin", dub1)
+	if s := r.life(t, "dublin"); s.VerifyPasses != 1 || s.NeedsVerify {
+		t.Fatalf("dublin live again: %+v, want 1 verify pass", s)
 	}
 }
 

@@ -177,6 +177,12 @@ func newSeqRig(t *testing.T, state string) *seqRig { return newSeqRigCfg(t, stat
 
 // newSeqRigCfg is newSeqRig with a last word on the configuration.
 func newSeqRigCfg(t *testing.T, state string, edit func(*Config)) *seqRig {
+	return newSeqRigServe(t, state, edit, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
+}
+
+// newSeqRigServe is newSeqRigCfg with the nodes' server serve instead of
+// an echo.
+func newSeqRigServe(t *testing.T, state string, edit func(*Config), serve func(net.Conn)) *seqRig {
 	cfg := testConfig()
 	cfg.MulticastPorts = []uint16{6379}
 	nodes := map[netip.AddrPort]*fakeOrderNode{}
@@ -195,7 +201,7 @@ func newSeqRigCfg(t *testing.T, state string, edit func(*Config)) *seqRig {
 	if edit != nil {
 		edit(&cfg)
 	}
-	r := newRig(t, cfg, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
+	r := newRig(t, cfg, serve)
 	sr := &seqRig{rig: r, nodes: nodes, state: state}
 	testenv.WaitFor(t, 10*time.Second, "order streams up", func() bool {
 		for _, dc := range r.mb.DCs() {
