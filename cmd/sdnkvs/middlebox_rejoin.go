@@ -17,6 +17,7 @@ type RejoinFlags struct {
 	RejoinMargin     time.Duration `name:"rejoin-margin" default:"10s" help:"Catch-up cursors start this far behind the clock, and a pass admits a DC only if no forked flow lacked it for this long before the pass started (a write is stored within it of its stamp, or never)."`
 	RejoinStateLost  bool          `name:"rejoin-state-lost" help:"Start with every DC joining (out of sync), whatever lifecycle.json holds: the recovery when it is damaged, or missing while --sequencer-state exists. Admit the DC to trust with POST /dcs/NAME/admit; the others then catch up from it."`
 	RejoinResetAfter time.Duration `name:"rejoin-reset-after" default:"10s" help:"Forked flows that still lack a joining DC this long after its first completed catch-up pass are reset, so their clients reconnect including it (0: never; the DC then stays joining until they close)."`
+	RejoinVerify     time.Duration `name:"rejoin-verify-every" default:"1m" help:"The least time between the starts of two verify passes of one DC. A DC dropped from a forked flow for a divergence (a reply mismatch) rejoins only after a verify pass (its node compares the whole store with a live DC's and repairs what differs), which reads both whole stores: this bounds that cost. Until the next one may start, plain passes keep the DC following the writes but do not admit it (0: no limit)."`
 }
 
 // config returns the lifecycle configuration; statePath is where the
@@ -43,9 +44,16 @@ func (r *RejoinFlags) config(sequenced bool, seqState string) (*middlebox.Lifecy
 	if r.RejoinResetAfter < 0 {
 		return nil, fmt.Errorf("--rejoin-reset-after: %v is negative", r.RejoinResetAfter)
 	}
-	lc := &middlebox.LifecycleConfig{LifecycleConfig: failover.LifecycleConfig{Mode: mode, Margin: r.RejoinMargin, ResetAfter: r.RejoinResetAfter}}
+	if r.RejoinVerify < 0 {
+		return nil, fmt.Errorf("--rejoin-verify-every: %v is negative", r.RejoinVerify)
+	}
+	lc := &middlebox.LifecycleConfig{LifecycleConfig: failover.LifecycleConfig{Mode: mode, Margin: r.RejoinMargin, ResetAfter: r.RejoinResetAfter,
+		VerifyEvery: r.RejoinVerify}}
 	if r.RejoinResetAfter == 0 {
 		lc.ResetAfter = -1 // never
+	}
+	if r.RejoinVerify == 0 {
+		lc.VerifyEvery = time.Nanosecond // no limit (0 is the default's)
 	}
 	if sequenced && mode != failover.RejoinTrust {
 		lc.StatePath = filepath.Join(filepath.Dir(seqState), "lifecycle.json")

@@ -27,8 +27,15 @@ func TestMiddleboxRejoinFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	lc := cfg.Lifecycle
-	if lc == nil || lc.Mode != failover.RejoinCatchup || lc.Margin != 10*time.Second || lc.ResetAfter != 10*time.Second || lc.StatePath != filepath.Join(dir, "lifecycle.json") {
+	if lc == nil || lc.Mode != failover.RejoinCatchup || lc.Margin != 10*time.Second || lc.ResetAfter != 10*time.Second || lc.StatePath != filepath.Join(dir, "lifecycle.json") ||
+		lc.VerifyEvery != time.Minute {
 		t.Fatalf("sequenced default lifecycle %+v", lc)
+	}
+	for arg, want := range map[string]time.Duration{"5s": 5 * time.Second, "0s": time.Nanosecond} {
+		cli, _ = parseMiddlebox(t, append(append(append([]string(nil), base...), seq...), "--rejoin-verify-every", arg)...)
+		if cfg, err := cli.Middlebox.config(); err != nil || cfg.Lifecycle.VerifyEvery != want {
+			t.Fatalf("--rejoin-verify-every %s: lifecycle %+v, %v; want VerifyEvery %v", arg, cfg.Lifecycle, err, want)
+		}
 	}
 	cli, _ = parseMiddlebox(t, append(append(append([]string(nil), base...), seq...), "--rejoin-state-lost")...)
 	if cfg, err := cli.Middlebox.config(); err != nil || !cfg.Lifecycle.StateLost {
@@ -50,6 +57,7 @@ func TestMiddleboxRejoinFlags(t *testing.T) {
 		{[]string{"--rejoin", "sometimes"}, "--rejoin"},
 		{[]string{"--rejoin-margin", "0s"}, "--rejoin-margin"},
 		{[]string{"--rejoin-reset-after", "-1s"}, "--rejoin-reset-after"},
+		{[]string{"--rejoin-verify-every", "-1s"}, "--rejoin-verify-every"},
 		{[]string{"--rejoin-state-lost"}, "--rejoin-state-lost"},
 	} {
 		_, err := parseMiddlebox(t, append(append([]string(nil), base...), tc.args...)...)
