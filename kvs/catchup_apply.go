@@ -59,20 +59,26 @@ func (s *applySink) writeDone(_ uint64, ok bool, _ Tag) {
 }
 
 // putBatch puts every record of b (Scan format, validated) into the local
-// store; fin is called once they are all durable or failed.
-func (n *Node) putBatch(b []byte, count int, fin func(ok bool)) {
+// store; fin is called once they are all durable or failed. A non-zero
+// bound makes it a repair batch (Store.PutRepair, catchup_verify.go).
+func (n *Node) putBatch(b []byte, count int, bound Tag, fin func(ok bool)) {
 	s := &applySink{fin: fin}
 	s.left.Store(int64(count))
 	var rec scanRecord
 	for len(b) > 0 {
 		b, _ = nextScanRecord(b, &rec)
-		n.store.Put(rec.key, rec.tag, rec.flags, rec.val, 0, s)
+		if bound.IsZero() {
+			n.store.Put(rec.key, rec.tag, rec.flags, rec.val, 0, s)
+		} else {
+			n.store.PutRepair(rec.key, rec.tag, rec.flags, rec.val, bound, 0, s)
+		}
 	}
 }
 
 // checkBatch validates a batch of records from a DC peer or a source DC
-// and returns their number.
-func (n *Node) checkBatch(b []byte) (int, error) {
+// and returns their number. A repair batch may hold "no record" entries
+// (zero tag, no flags, empty value).
+func (n *Node) checkBatch(b []byte, repair bool) (int, error) {
 	count := 0
 	var rec scanRecord
 	for len(b) > 0 {
@@ -80,7 +86,8 @@ func (n *Node) checkBatch(b []byte) (int, error) {
 		if b, err = nextScanRecord(b, &rec); err != nil {
 			return 0, fmt.Errorf("malformed records: %w", err)
 		}
-		if err := n.checkTag(rec.tag); err != nil || rec.tag.IsZero() {
+		absent := repair && rec.tag.IsZero() && rec.flags == 0 && len(rec.val) == 0
+		if err := n.checkTag(rec.tag); err != nil || rec.tag.IsZero() && !absent {
 			return 0, fmt.Errorf("record %q with a tag this DC refuses (%v): %v", rec.key, rec.tag, err)
 		}
 		if len(rec.key) > n.cfg.MaxKey || len(rec.val) > n.cfg.MaxValue {
@@ -93,13 +100,14 @@ func (n *Node) checkBatch(b []byte) (int, error) {
 
 // serveApply answers a DC peer's kindApply once every record is stored; it
 // returns false for a malformed batch (the caller drops the connection, as
-// for a write with a bad tag).
-func (n *Node) serveApply(id uint64, b []byte, sc *serverConn) bool {
-	count, err := n.checkBatch(b)
+// for a write with a bad tag). A non-zero bound (the request's tag) makes
+// it a repair batch.
+func (n *Node) serveApply(id uint64, bound Tag, b []byte, sc *serverConn) bool {
+	count, err := n.checkBatch(b, !bound.IsZero())
 	if err != nil || count == 0 {
 		return false
 	}
-	n.putBatch(b, count, func(ok bool) {
+	n.putBatch(b, count, bound, func(ok bool) {
 		st := statusOK
 		if !ok {
 			st = statusErr
@@ -115,13 +123,14 @@ func (n *Node) serveApply(id uint64, b []byte, sc *serverConn) bool {
 	return true
 }
 
-// appendApplyReq appends a kindApply request frame carrying records.
-func appendApplyReq(b []byte, id uint64, records []byte) []byte {
+// appendApplyReq appends a kindApply request frame carrying records (a
+// repair batch when bound is not zero).
+func appendApplyReq(b []byte, id uint64, bound Tag, records []byte) []byte {
 	b, s := beginFrame(b)
 	b = append(b, kindApply)
 	b = binary.BigEndian.AppendUint64(b, id)
 	b = binary.BigEndian.AppendUint16(b, 0) // no key
-	b = AppendTag(b, Tag{})
+	b = AppendTag(b, bound)
 	b = append(b, 0)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(records)))
 	b = append(b, records...)
@@ -137,11 +146,11 @@ type applyBatch struct {
 }
 
 // startBatch sends records (count of them) to every DC peer and puts them
-// into the local store.
-func (n *Node) startBatch(records []byte, count int) *applyBatch {
+// into the local store (a repair batch when bound is not zero).
+func (n *Node) startBatch(records []byte, count int, bound Tag) *applyBatch {
 	a := &applyBatch{res: make(chan response, len(n.peers)+1)}
 	for _, p := range n.peers {
-		done, err := p.startCall(a.res, func(b []byte, id uint64) []byte { return appendApplyReq(b, id, records) })
+		done, err := p.startCall(a.res, func(b []byte, id uint64) []byte { return appendApplyReq(b, id, bound, records) })
 		if err != nil {
 			a.fails++
 			continue
@@ -151,7 +160,7 @@ func (n *Node) startBatch(records []byte, count int) *applyBatch {
 	}
 	voter := n.voter.Load()
 	a.sent++
-	n.putBatch(records, count, func(ok bool) {
+	n.putBatch(records, count, bound, func(ok bool) {
 		st := statusOK
 		if !ok {
 			st = statusErr
@@ -196,8 +205,8 @@ func (n *Node) waitBatch(a *applyBatch) error {
 // applyRecords writes a page's records (Scan format, validated, count of
 // them) at the local quorum in batches, at most catchupApplyBatches in
 // flight, each batch passing limiter first; it returns when every batch is
-// on a quorum.
-func (n *Node) applyRecords(ctx context.Context, b []byte, limiter *rate.Limiter) error {
+// on a quorum. A non-zero bound makes them repairs (Store.PutRepair).
+func (n *Node) applyRecords(ctx context.Context, b []byte, bound Tag, limiter *rate.Limiter) error {
 	var inflight []*applyBatch
 	var ferr error
 	waitOldest := func() {
@@ -243,7 +252,7 @@ func (n *Node) applyRecords(ctx context.Context, b []byte, limiter *rate.Limiter
 		if ferr != nil {
 			break
 		}
-		inflight = append(inflight, n.startBatch(batch, count))
+		inflight = append(inflight, n.startBatch(batch, count, bound))
 	}
 	for len(inflight) > 0 {
 		waitOldest()

@@ -45,6 +45,9 @@ type catchupDriver struct {
 type catchupJob struct {
 	id     uint64
 	source string
+	verify bool   // run a verify pass after the incremental one (catchup_verify.go)
+	bound  uint64 // the verify pass's bound (a sequencer G)
+	srcIdx int    // index in --remote of the source node that served the last page
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -70,6 +73,19 @@ var errCatchupLocal = errors.New("local quorum write failed")
 // above cursor. It replaces a running job. report receives every PROGRESS
 // frame (it must not block for long).
 func (n *Node) StartCatchup(id uint64, source string, cursor Tag, report func(orderwire.Frame)) {
+	n.startCatchup(&catchupJob{id: id, source: source, cursor: cursor}, report)
+}
+
+// StartCatchupVerify starts job id as StartCatchup does, followed by a
+// verify pass: the whole store is compared with the source DC's and every
+// record at or below sequencer G bound that differs is repaired to the
+// source's (catchup_verify.go).
+func (n *Node) StartCatchupVerify(id uint64, source string, cursor Tag, bound uint64, report func(orderwire.Frame)) {
+	n.startCatchup(&catchupJob{id: id, source: source, cursor: cursor, verify: true, bound: bound}, report)
+}
+
+func (n *Node) startCatchup(j *catchupJob, report func(orderwire.Frame)) {
+	id := j.id
 	d := &n.catchup
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -84,7 +100,7 @@ func (n *Node) StartCatchup(id uint64, source string, cursor Tag, report func(or
 		n.log.Info("catch-up: job replaced", "old", old.id, "new", id)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	j := &catchupJob{id: id, source: source, cancel: cancel, done: make(chan struct{}), cursor: cursor, remaining: ^uint64(0)}
+	j.cancel, j.done, j.remaining = cancel, make(chan struct{}), ^uint64(0)
 	d.job = j
 	n.catchStats.Jobs.Add(1)
 	n.catchStats.Running.Store(1)
@@ -147,6 +163,9 @@ func (n *Node) runCatchup(ctx context.Context, j *catchupJob, report func(orderw
 		}
 	}()
 	err := n.pullJob(ctx, j)
+	if err == nil && j.verify {
+		err = n.verifyJob(ctx, j)
+	}
 	state := orderwire.JobDone
 	switch {
 	case ctx.Err() != nil:
@@ -177,16 +196,14 @@ func (n *Node) pullJob(ctx context.Context, j *catchupJob) error {
 	if len(addrs) == 0 {
 		return fmt.Errorf("no --remote addresses for source DC %q", j.source)
 	}
-	var limiter *rate.Limiter
-	if n.cfg.CatchupRate > 0 {
-		limiter = rate.NewLimiter(rate.Limit(n.cfg.CatchupRate), int(min(n.cfg.CatchupRate, 1<<20)))
-	}
+	limiter := n.catchupLimiter()
 	fails := 0
 	var errs []error
 	for i := 0; ; i++ {
 		addr := addrs[i%len(addrs)]
 		progressed, err := n.pullFrom(ctx, j, addr, limiter)
 		if err == nil {
+			j.srcIdx = i % len(addrs)
 			return nil
 		}
 		if ctx.Err() != nil || errors.Is(err, errCatchupLocal) {
@@ -208,6 +225,14 @@ func (n *Node) pullJob(ctx context.Context, j *catchupJob) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// catchupLimiter is a job's --catchup-rate bucket (nil: unlimited).
+func (n *Node) catchupLimiter() *rate.Limiter {
+	if n.cfg.CatchupRate <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(n.cfg.CatchupRate), int(min(n.cfg.CatchupRate, 1<<20)))
 }
 
 // dialCatchup connects to a source node's peer port as a dc-reader.
@@ -358,7 +383,7 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, limit
 // each with its own tag (catchup_apply.go); it returns records and bytes
 // (keys and values).
 func (n *Node) applyPage(ctx context.Context, b []byte, limiter *rate.Limiter) (int, int, error) {
-	count, err := n.checkBatch(b)
+	count, err := n.checkBatch(b, false)
 	if err != nil {
 		return 0, 0, fmt.Errorf("page: %w", err)
 	}
@@ -368,7 +393,7 @@ func (n *Node) applyPage(ctx context.Context, b []byte, limiter *rate.Limiter) (
 		r, _ = nextScanRecord(r, &rec)
 		size += len(rec.key) + len(rec.val)
 	}
-	if err := n.applyRecords(ctx, b, limiter); err != nil {
+	if err := n.applyRecords(ctx, b, Tag{}, limiter); err != nil {
 		return 0, 0, err
 	}
 	return count, size, nil

@@ -216,7 +216,7 @@ func TestCatchupRemoteIsReadOnly(t *testing.T) {
 			rec = AppendTag(rec, stampTag(1<<40))
 			rec = append(rec, 0)
 			rec = binary.BigEndian.AppendUint32(rec, 6)
-			req = appendApplyReq(nil, 1, append(rec, "forged"...))
+			req = appendApplyReq(nil, 1, Tag{}, append(rec, "forged"...))
 		default:
 			req = appendReadReq(nil, kind, 1, []byte("k"))
 		}

@@ -28,6 +28,13 @@ type CatchupStats struct {
 	ServedFromPeers atomic.Uint64 // records read from a DC peer because this node lacked them
 	ServeErrors     atomic.Uint64 // pages refused (no read quorum, storage errors)
 	RemoteRefused   atomic.Uint64 // another DC's connections dropped for a request other than the catch-up read
+
+	// Verify passes (catchup_verify.go).
+	Verifies       atomic.Uint64 // verify passes run by this node's jobs
+	VerifyRanges   atomic.Uint64 // key ranges whose digests were compared
+	VerifyListed   atomic.Uint64 // records compared one by one (in ranges whose digests differed)
+	VerifyRepaired atomic.Uint64 // records repaired to the source's (replaced or removed)
+	VerifyServed   atomic.Uint64 // verify requests served to another DC
 }
 
 // Rate is the running job's pull rate in bytes per second (0 when idle).
@@ -46,6 +53,8 @@ func (s *CatchupStats) appendInfo(b *strings.Builder) {
 		s.Records.Load(), s.Bytes.Load(), s.Pages.Load(), s.Failures.Load(), s.Reused.Load(), s.Rate())
 	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
 		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
+	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
+		s.Verifies.Load(), s.VerifyRanges.Load(), s.VerifyListed.Load(), s.VerifyRepaired.Load(), s.VerifyServed.Load())
 }
 
 // catchupCollector exports CatchupStats as sdnkvs_kvs_catchup_* metrics.
@@ -82,6 +91,11 @@ var catchupMetrics = []struct {
 	{"served_from_peers_total", "Served records read from a DC peer because this node lacked them.", false, func(s *CatchupStats) float64 { return float64(s.ServedFromPeers.Load()) }},
 	{"serve_errors_total", "Catch-up pages refused (no read quorum, storage errors).", false, func(s *CatchupStats) float64 { return float64(s.ServeErrors.Load()) }},
 	{"remote_refused_total", "Connections of another DC dropped for a request other than the catch-up read.", false, func(s *CatchupStats) float64 { return float64(s.RemoteRefused.Load()) }},
+	{"verifies_total", "Verify passes (whole-store digest comparison with the source DC) run by this node's jobs.", false, func(s *CatchupStats) float64 { return float64(s.Verifies.Load()) }},
+	{"verify_ranges_total", "Key ranges whose digests a verify pass compared.", false, func(s *CatchupStats) float64 { return float64(s.VerifyRanges.Load()) }},
+	{"verify_listed_total", "Records a verify pass compared one by one (in ranges whose digests differed).", false, func(s *CatchupStats) float64 { return float64(s.VerifyListed.Load()) }},
+	{"verify_repaired_total", "Records a verify pass repaired to the source DC's quorum record (replaced or removed).", false, func(s *CatchupStats) float64 { return float64(s.VerifyRepaired.Load()) }},
+	{"verify_served_total", "Verify requests (digest, list, fetch) served to another DC.", false, func(s *CatchupStats) float64 { return float64(s.VerifyServed.Load()) }},
 }
 
 func (c *catchupCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -61,6 +61,9 @@ type catchupStream struct {
 
 // serveCatchup answers one kindCatchup request: status, flags, value.
 func (n *Node) serveCatchup(cs *catchupStream, payload, dst []byte) (byte, byte, []byte) {
+	if len(payload) > 0 && payload[0] >= verifyDigest && payload[0] <= verifyFetch {
+		return n.serveVerify(payload, dst) // catchup_verify_source.go
+	}
 	first := false
 	switch {
 	case len(payload) == 1+TagSize+8 && payload[0] == catchupStart:

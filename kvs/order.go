@@ -191,8 +191,13 @@ func (s *seqNode) readOrder(c net.Conn) error {
 			s.table.close(f.Flow)
 		case orderwire.Catchup:
 			src := f.SourceName()
-			s.n.log.Info("catch-up: job requested", "job", f.Job, "source", src, "cursor", Tag{Counter: f.G, Writer: f.W})
-			s.n.StartCatchup(f.Job, src, Tag{Counter: f.G, Writer: f.W}, s.report)
+			verify := f.Flags&orderwire.CatchupVerify != 0
+			s.n.log.Info("catch-up: job requested", "job", f.Job, "source", src, "cursor", Tag{Counter: f.G, Writer: f.W}, "verify", verify, "bound_g", f.Bound)
+			if verify {
+				s.n.StartCatchupVerify(f.Job, src, Tag{Counter: f.G, Writer: f.W}, f.Bound, s.report)
+			} else {
+				s.n.StartCatchup(f.Job, src, Tag{Counter: f.G, Writer: f.W}, s.report)
+			}
 		case orderwire.Stop:
 			s.n.StopCatchup(f.Job)
 		default:

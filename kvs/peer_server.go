@@ -140,7 +140,7 @@ func (n *Node) servePeer(c net.Conn) {
 			}
 			n.store.Put(req.key, req.tag, req.flags, req.val, req.id, sc)
 		case kindApply:
-			if !n.serveApply(req.id, req.val, sc) {
+			if !n.serveApply(req.id, req.tag, req.val, sc) {
 				n.stats.PeerBad.Add(1)
 				n.log.Warn("malformed catch-up batch; dropping connection", "peer", c.RemoteAddr(), "id", peer.ID)
 				return

@@ -73,6 +73,11 @@ type commitEntry struct {
 	id             uint64
 	to             completion
 	stored         bool // set in the transaction (not superseded)
+	// repair (PutRepair): the record replaces the replica's whatever its
+	// tag when that is at or below bound; a zero tag removes the key.
+	repair  bool
+	removed bool // set in the transaction: the key was removed
+	bound   Tag
 }
 
 type commitBatch struct {
@@ -290,6 +295,22 @@ func (s *Store) dbGet(key []byte, withValue bool, dst []byte) (t Tag, flags byte
 // called from the committer goroutine once it is durable (or failed). key and
 // val are copied.
 func (s *Store) Put(key []byte, t Tag, flags byte, val []byte, id uint64, to completion) {
+	s.put(key, t, flags, val, id, to, false, Tag{})
+}
+
+// PutRepair queues a repair of key to the source DC's record (t, flags,
+// val) (docs/design-lifecycle.md, "Verify pass"): if the replica's record
+// has a tag at or below bound, or there is none, the given record
+// replaces it even when its tag is lower or equal (a corrupt or forged
+// record), and a zero t removes the key (the source never held it); a
+// record above bound is newer than the comparison and is kept unless t is
+// higher still, as for Put. to.writeDone's held tag is the replica's tag
+// afterwards (zero: removed).
+func (s *Store) PutRepair(key []byte, t Tag, flags byte, val []byte, bound Tag, id uint64, to completion) {
+	s.put(key, t, flags, val, id, to, true, bound)
+}
+
+func (s *Store) put(key []byte, t Tag, flags byte, val []byte, id uint64, to completion, repair bool, bound Tag) {
 	if s.full.Load() {
 		to.writeDone(id, false, Tag{}) // no disk space: refused, never half-written
 		return
@@ -302,7 +323,7 @@ func (s *Store) Put(key []byte, t Tag, flags byte, val []byte, id uint64, to com
 		s.drained.Wait()
 	}
 	b := s.cur
-	e := commitEntry{tag: t, id: id, to: to}
+	e := commitEntry{tag: t, id: id, to: to, repair: repair, bound: bound}
 	e.keyOff = len(b.arena)
 	b.arena = appendUserKey(b.arena, key)
 	e.keyEnd = len(b.arena)
@@ -356,7 +377,7 @@ func (s *Store) apply(b *commitBatch) {
 		e := &b.entries[i]
 		k := b.arena[e.keyOff:e.keyEnd:e.keyEnd]
 		rec := b.arena[e.keyEnd:e.recEnd:e.recEnd]
-		e.stored = false
+		e.stored, e.removed = false, false
 		// The current tag: an earlier entry of this batch for the same key,
 		// else the record cache, else Badger (which sees this transaction's
 		// own writes, so a hash collision is harmless).
@@ -387,7 +408,32 @@ func (s *Store) apply(b *commitBatch) {
 			}
 		}
 		idx.m[h] = i
-		if e.tag.Compare(cur) <= 0 {
+		force := e.repair && cur.Compare(e.bound) <= 0
+		if force && e.tag.IsZero() {
+			// Repair to "no record": remove the key and its index entry.
+			if !cur.IsZero() {
+				dk := appendChangeKey(make([]byte, 0, 1+TagSize+len(k)), cur, k[1:])
+				if txnCount+2 >= s.db.MaxBatchCount() || txnSize+int64(len(k)+len(dk))+2*txnEntryOverhead >= s.db.MaxBatchSize() {
+					if err = txn.Commit(); err != nil {
+						break
+					}
+					s.Commits.Add(1)
+					txn = s.db.NewTransaction(true)
+					txnCount, txnSize = 0, 0
+				}
+				txnCount += 2
+				txnSize += int64(len(k)+len(dk)) + 2*txnEntryOverhead
+				if err = txn.Delete(k); err == nil {
+					err = txn.Delete(dk)
+				}
+				if err != nil {
+					break
+				}
+				e.removed = true
+			}
+			continue
+		}
+		if !force && e.tag.Compare(cur) <= 0 {
 			e.tag = cur // already holds an equal or newer version
 			continue
 		}
@@ -438,7 +484,7 @@ func (s *Store) apply(b *commitBatch) {
 		e := &b.entries[i]
 		key := b.arena[e.keyOff+1 : e.keyEnd]
 		switch {
-		case !ok:
+		case !ok, e.removed:
 			c.forgetLocked(key)
 		case e.stored:
 			rec := b.arena[e.keyEnd:e.recEnd]

@@ -1,0 +1,223 @@
+package kvs
+
+import (
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
+)
+
+// putMany stores records directly on the given nodes' replicas and waits
+// for every commit; with force each replaces whatever the replica holds
+// (Store.PutRepair with an unbounded bound), as a corrupt or forged record
+// would.
+func putMany(t testing.TB, c *Cluster, nodes []int, recs map[string]dcRec, force bool) {
+	t.Helper()
+	var wg sync.WaitGroup
+	done := completionFunc(func(_ uint64, ok bool, _ Tag) {
+		if !ok {
+			t.Error("local put failed")
+		}
+		wg.Done()
+	})
+	for _, i := range nodes {
+		st := c.Node(i).store
+		for k, r := range recs {
+			var flags byte
+			if r.tomb {
+				flags = flagTombstone
+			}
+			wg.Add(1)
+			if force {
+				st.PutRepair([]byte(k), r.tag, flags, []byte(r.val), Tag{Counter: math.MaxUint64, Writer: math.MaxUint64}, 0, done)
+			} else {
+				st.Put([]byte(k), r.tag, flags, []byte(r.val), 0, done)
+			}
+		}
+	}
+	wg.Wait()
+}
+
+// PutRepair replaces a record at or below its bound whatever the tags
+// (lower, equal with another value), removes the key for a zero tag, and
+// keeps a record above the bound unless the repair's tag is higher still;
+// the change index follows every case.
+func TestStorePutRepair(t *testing.T) {
+	s, err := OpenStore(StoreOptions{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	put := func(repair bool, key string, tag Tag, val string, bound Tag) Tag {
+		var held Tag
+		var wg sync.WaitGroup
+		wg.Add(1)
+		done := completionFunc(func(_ uint64, ok bool, h Tag) {
+			if !ok {
+				t.Errorf("put %s failed", key)
+			}
+			held = h
+			wg.Done()
+		})
+		if repair {
+			s.PutRepair([]byte(key), tag, 0, []byte(val), bound, 0, done)
+		} else {
+			s.Put([]byte(key), tag, 0, []byte(val), 0, done)
+		}
+		wg.Wait()
+		return held
+	}
+	bound := boundTag(100)
+	put(false, "same", stampTag(50), "good", Tag{})
+	put(false, "higher", stampTag(90), "forged", Tag{})
+	put(false, "ghost", stampTag(60), "ghost", Tag{})
+	put(false, "new", stampTag(150), "new", Tag{})
+	put(false, "new2", stampTag(150), "new", Tag{})
+
+	cases := []struct {
+		key     string
+		tag     Tag
+		val     string
+		wantTag Tag
+		wantVal string
+	}{
+		{"same", stampTag(50), "fixed", stampTag(50), "fixed"},   // same tag, other value
+		{"higher", stampTag(70), "good", stampTag(70), "good"},   // a lower tag replaces a forged higher one
+		{"ghost", Tag{}, "", Tag{}, ""},                          // removed
+		{"new", stampTag(80), "old", stampTag(150), "new"},       // above the bound: kept
+		{"new2", stampTag(160), "newer", stampTag(160), "newer"}, // above the bound, but the repair is newer
+		{"absent", stampTag(40), "copied", stampTag(40), "copied"},
+	}
+	for _, c := range cases {
+		if held := put(true, c.key, c.tag, c.val, bound); held != c.wantTag {
+			t.Errorf("%s: held %v, want %v", c.key, held, c.wantTag)
+		}
+		tg, _, v, err := s.Get([]byte(c.key), true, nil)
+		if err != nil || tg != c.wantTag || string(v) != c.wantVal {
+			t.Errorf("%s: %v %q (%v), want %v %q", c.key, tg, v, err, c.wantTag, c.wantVal)
+		}
+		// Past the cache: what Badger holds.
+		tg, _, v, err = s.dbGet([]byte(c.key), true, nil)
+		if err != nil || tg != c.wantTag || string(v) != c.wantVal {
+			t.Errorf("%s on disk: %v %q (%v)", c.key, tg, v, err)
+		}
+	}
+	// The change index is exactly the records.
+	idx := map[string]Tag{}
+	if _, err := s.changesAfter(Tag{}, 1000, func(e *changeEntry) bool {
+		if _, dup := idx[string(e.key)]; dup {
+			t.Errorf("two index entries for %s", e.key)
+		}
+		idx[string(e.key)] = e.tag
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		if got, ok := idx[c.key]; ok != !c.wantTag.IsZero() || got != c.wantTag {
+			t.Errorf("%s: index entry %v (%v), want %v", c.key, got, ok, c.wantTag)
+		}
+	}
+}
+
+// TestCatchupVerifyRepairs: DC B holds records that an incremental pass
+// never looks at (at or below its cursor) and that differ from A's: one
+// with A's tag and another value, one with a wrong higher tag, one A never
+// had, one older than A's. A plain pass leaves them; a verify pass makes
+// B equal to A on a quorum, keeps B's record written above the bound, and
+// moves only digests, lists and the differing records.
+func TestCatchupVerifyRepairs(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0, func(c *Config) { c.Cluster = "dc-a" })
+	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
+	all := []int{0, 1, 2}
+	const keys = 20000
+	g := uint64(1_000_000)
+	base := map[string]dcRec{}
+	for i := range keys {
+		g++
+		base[fmt.Sprintf("k%05d", i)] = dcRec{tag: stampTag(g), val: fmt.Sprintf("v%d", g), tomb: i%97 == 0}
+	}
+	putMany(t, a, all, base, false)
+	putMany(t, b, all, base, false)
+	cursor := stampTag(g)
+	bound := g + 1000
+	good := func(k string) dcRec { return base[k] }
+	bad := map[string]dcRec{
+		"k00005": {tag: good("k00005").tag, val: "corrupt"},                   // same tag, other value
+		"k07000": {tag: stampTag(g + 500), val: "forged"},                     // a wrong higher tag below the bound
+		"k19999": {tag: stampTag(good("k19999").tag.Counter - 1), val: "old"}, // older than A's
+		"ghost":  {tag: stampTag(g - 3), val: "A never had it"},               // only in B
+	}
+	putMany(t, b, all, bad, true)
+	// In flight when the pass started: newer in B than the bound, kept.
+	putMany(t, b, all, map[string]dcRec{"k12345": {tag: stampTag(bound + 10), val: "in flight"}}, false)
+	// Above the bound in A only: copied (the incremental pass sees it).
+	putMany(t, a, all, map[string]dcRec{"k15000": {tag: stampTag(bound + 20), val: "new in A"}}, false)
+
+	check := func(wantRepaired bool) (wrong int) {
+		ra, _ := dcRecords(t, a)
+		rb, hb := dcRecords(t, b)
+		for k := range bad {
+			want, inA := ra[k]
+			got, inB := rb[k]
+			if (got == want && inA == inB) != wantRepaired {
+				wrong++
+				t.Logf("%s: B %+v (%v), A %+v (%v)", k, got, inB, want, inA)
+			}
+			if wantRepaired && inB && hb[k] < 2 {
+				t.Errorf("%s repaired on %d of B's nodes, want a quorum", k, hb[k])
+			}
+		}
+		if got := rb["k12345"]; got.val != "in flight" {
+			t.Errorf("k12345: B holds %+v: the verify replaced a record above its bound", got)
+		}
+		for k, want := range ra {
+			if _, isBad := bad[k]; !isBad && k != "k12345" && rb[k] != want {
+				t.Errorf("%s: B holds %+v, A %+v", k, rb[k], want)
+			}
+		}
+		return wrong
+	}
+
+	pc := dialOrder(t, b.Node(0))
+	pc.send(t, catchupFrame(t, 1, cursor, "A"))
+	if f := waitJob(t, pc, 1, 60*time.Second); f.State != orderwire.JobDone {
+		t.Fatalf("plain pass ended in state %d", f.State)
+	}
+	if wrong := check(false); wrong != 0 {
+		t.Fatalf("a plain pass changed %d of the differing records: the test does not test the verify", wrong)
+	}
+
+	f := catchupFrame(t, 2, cursor, "A")
+	f.Flags, f.Bound = orderwire.CatchupVerify, bound
+	pc.send(t, f)
+	if f := waitJob(t, pc, 2, 60*time.Second); f.State != orderwire.JobDone {
+		t.Fatalf("verify pass ended in state %d", f.State)
+	}
+	if wrong := check(true); wrong != 0 {
+		t.Fatalf("%d differing records not repaired", wrong)
+	}
+	st := b.Node(0).CatchupStats()
+	if st.Verifies.Load() != 1 || st.VerifyRepaired.Load() != uint64(len(bad)) {
+		t.Errorf("verifies %d, repaired %d, want 1 and %d", st.Verifies.Load(), st.VerifyRepaired.Load(), len(bad))
+	}
+	// Digests narrowed the comparison: far fewer records listed than held.
+	if listed := st.VerifyListed.Load(); listed == 0 || listed > keys/4 {
+		t.Errorf("listed %d records for %d keys and %d differences", listed, keys, len(bad))
+	}
+	t.Logf("ranges %d, listed %d, repaired %d; served %d verify requests", st.VerifyRanges.Load(), st.VerifyListed.Load(), st.VerifyRepaired.Load(), a.Node(0).CatchupStats().VerifyServed.Load())
+
+	// A second verify finds nothing to repair.
+	f = catchupFrame(t, 3, cursor, "A")
+	f.Flags, f.Bound = orderwire.CatchupVerify, bound
+	pc.send(t, f)
+	if f := waitJob(t, pc, 3, 60*time.Second); f.State != orderwire.JobDone {
+		t.Fatalf("second verify pass ended in state %d", f.State)
+	}
+	if st.VerifyRepaired.Load() != uint64(len(bad)) {
+		t.Errorf("the second verify repaired %d more", st.VerifyRepaired.Load()-uint64(len(bad)))
+	}
+}
