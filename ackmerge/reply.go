@@ -55,6 +55,20 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 			return
 		}
 	}
+	if f.ver.on {
+		if at, differ := f.heldMismatch(k, &s, p.Payload()); differ && f.heldDisagree(k, &s, at, now, out) { // hold_check.go
+			if !b.removed && (f.state == StateEstablished || f.state == StateLinger) {
+				// Held back for the vote: the merge takes in its
+				// acknowledgement, the client gets none of its bytes.
+				f.recompute()
+				f.updateLag(k, s.advanced, now)
+			}
+			return
+		}
+		if b.removed || f.state != StateEstablished && f.state != StateLinger {
+			return
+		}
+	}
 	f.recompute()
 	f.updateLag(k, s.advanced, now)
 	f.keep(k, &s, p.Payload())
