@@ -154,6 +154,10 @@ func TestCatchupVerifyRepairs(t *testing.T) {
 	putMany(t, b, all, bad, true)
 	// In flight when the pass started: newer in B than the bound, kept.
 	putMany(t, b, all, map[string]dcRec{"k12345": {tag: stampTag(bound + 10), val: "in flight"}}, false)
+	// Outside the order (an unsequenced tag, as the testbed's per-DC
+	// marker): each DC keeps its own.
+	putMany(t, a, all, map[string]dcRec{"marker": {tag: Tag{Counter: 5, Writer: 7}, val: "A"}}, false)
+	putMany(t, b, all, map[string]dcRec{"marker": {tag: Tag{Counter: 5, Writer: 8}, val: "B"}}, false)
 	// Above the bound in A only: copied (the incremental pass sees it).
 	putMany(t, a, all, map[string]dcRec{"k15000": {tag: stampTag(bound + 20), val: "new in A"}}, false)
 
@@ -171,11 +175,14 @@ func TestCatchupVerifyRepairs(t *testing.T) {
 				t.Errorf("%s repaired on %d of B's nodes, want a quorum", k, hb[k])
 			}
 		}
+		if got := rb["marker"]; got.val != "B" {
+			t.Errorf("marker: B holds %+v: the verify touched a record outside the order", got)
+		}
 		if got := rb["k12345"]; got.val != "in flight" {
 			t.Errorf("k12345: B holds %+v: the verify replaced a record above its bound", got)
 		}
 		for k, want := range ra {
-			if _, isBad := bad[k]; !isBad && k != "k12345" && rb[k] != want {
+			if _, isBad := bad[k]; !isBad && k != "k12345" && k != "marker" && rb[k] != want {
 				t.Errorf("%s: B holds %+v, A %+v", k, rb[k], want)
 			}
 		}
