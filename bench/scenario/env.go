@@ -176,6 +176,10 @@ func (e *Env) startCluster(ctx context.Context, dc string, args []string) error 
 	return nil
 }
 
+// DataDir is DC dc's cluster data directory (node i's store is in
+// node<i+1> under it).
+func (e *Env) DataDir(dc string) string { return filepath.Join(e.dataDir, dc) }
+
 // StopCluster stops DC dc's kvs cluster (a DC that lost its servers).
 func (e *Env) StopCluster(dc string) {
 	e.mu.Lock()
