@@ -105,7 +105,7 @@ func (f Flow) String() string {
 //	Catchup: Job, G, W, Source, Flags, Bound
 //	                               (copy from DC Source every record whose
 //	                                tag is above (G, W) in tag order; with
-//	                                CatchupVerify in Flags, first compare the
+//	                                CatchupVerify in Flags, then compare the
 //	                                whole store with the source's by digests
 //	                                and repair every record whose tag is at
 //	                                or below Bound, a sequencer G, to the
