@@ -154,3 +154,40 @@ func TestCorruptRecordRepairedByVerify(t *testing.T) {
 		t.Errorf("anycast read with %s cut: served by %q, victim=%q (%v), want %s and the good value", near, dc, got, err, far)
 	}
 }
+
+// Commands whose answer used to name the node (INFO, CLIENT ID, HELLO),
+// sent on the forked port, get the same bytes from every DC: no DC is
+// dropped for a reply mismatch, and none leaves service. Before, one
+// client sending INFO in a loop kept the far DC joining.
+func TestNodeNamingCommandsOnForkedPort(t *testing.T) {
+	env := newLifeEnv(t, scenario.Sequencing{})
+	ctx := context.Background()
+	before, _, err := env.Metric("sdnkvs_dc_transitions_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := dialWrite(ctx, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 20 {
+		for _, cmd := range [][][]byte{{[]byte("INFO")}, {[]byte("CLIENT"), []byte("ID")}, {[]byte("HELLO"), []byte("2")}} {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			rep, err := c.Do(cctx, cmd...)
+			cancel()
+			if err != nil || rep.Kind == '-' {
+				t.Fatalf("round %d %s: %c%s (%v)", i, cmd[0], rep.Kind, rep.Str, err)
+			}
+		}
+		if err := set(ctx, c, "after-info", fmt.Sprint(i)); err != nil {
+			t.Fatalf("round %d: SET on the same connection: %v", i, err)
+		}
+	}
+	if m, _, err := env.Metric("sdnkvs_middlebox_fork_reply_mismatches_total"); err != nil || m != 0 {
+		t.Errorf("reply mismatches %v (%v), want 0", m, err)
+	}
+	if after, _, err := env.Metric("sdnkvs_dc_transitions_total"); err != nil || after != before {
+		t.Errorf("DC lifecycle transitions %v -> %v (%v) after node-naming commands on the forked port", before, after, err)
+	}
+}
