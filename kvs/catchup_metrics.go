@@ -34,6 +34,7 @@ type CatchupStats struct {
 	VerifyRanges   atomic.Uint64 // key ranges whose digests were compared
 	VerifyListed   atomic.Uint64 // records compared one by one (in ranges whose digests differed)
 	VerifyRepaired atomic.Uint64 // records repaired to the source's (replaced or removed)
+	VerifyBytes    atomic.Uint64 // bytes of verify answers received (digests, lists, fetched records)
 	VerifyServed   atomic.Uint64 // verify requests served to another DC
 }
 
@@ -53,8 +54,8 @@ func (s *CatchupStats) appendInfo(b *strings.Builder) {
 		s.Records.Load(), s.Bytes.Load(), s.Pages.Load(), s.Failures.Load(), s.Reused.Load(), s.Rate())
 	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
 		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
-	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
-		s.Verifies.Load(), s.VerifyRanges.Load(), s.VerifyListed.Load(), s.VerifyRepaired.Load(), s.VerifyServed.Load())
+	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_bytes:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
+		s.Verifies.Load(), s.VerifyRanges.Load(), s.VerifyListed.Load(), s.VerifyRepaired.Load(), s.VerifyBytes.Load(), s.VerifyServed.Load())
 }
 
 // catchupCollector exports CatchupStats as sdnkvs_kvs_catchup_* metrics.
@@ -95,6 +96,7 @@ var catchupMetrics = []struct {
 	{"verify_ranges_total", "Key ranges whose digests a verify pass compared.", false, func(s *CatchupStats) float64 { return float64(s.VerifyRanges.Load()) }},
 	{"verify_listed_total", "Records a verify pass compared one by one (in ranges whose digests differed).", false, func(s *CatchupStats) float64 { return float64(s.VerifyListed.Load()) }},
 	{"verify_repaired_total", "Records a verify pass repaired to the source DC's quorum record (replaced or removed).", false, func(s *CatchupStats) float64 { return float64(s.VerifyRepaired.Load()) }},
+	{"verify_bytes_total", "Bytes of verify answers received from the source DC (digests, lists, fetched records).", false, func(s *CatchupStats) float64 { return float64(s.VerifyBytes.Load()) }},
 	{"verify_served_total", "Verify requests (digest, list, fetch) served to another DC.", false, func(s *CatchupStats) float64 { return float64(s.VerifyServed.Load()) }},
 }
 

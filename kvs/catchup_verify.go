@@ -95,6 +95,7 @@ func (v *verifier) roundTrips(payloads [][]byte) ([]response, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading a verify answer: %w", err)
 		}
+		v.n.catchStats.VerifyBytes.Add(uint64(len(body)))
 		r := &out[i]
 		if err := decodeResp(body, r); err != nil || r.kind != kindCatchup || r.id != first+uint64(i) {
 			return nil, fmt.Errorf("malformed verify answer (kind %d, id %d, want %d): %v", r.kind, r.id, first+uint64(i), err)
