@@ -1,6 +1,7 @@
 package ackmerge
 
 import (
+	"bytes"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
@@ -36,9 +37,10 @@ import (
 //     that wins has its copy delivered by the removal, a sender that wins
 //     retransmits its bytes (its TCP has no acknowledgement for them).
 //
-// Cost: one comparison of the bytes both sent, only for segments of a
-// branch other than the held source while a copy is held (the slower
-// branches' segments); nothing is allocated.
+// Cost: one comparison (bytes.Equal) of the bytes both sent, only for
+// segments of a branch other than the held source while a copy is held
+// (the slower branches' segments); nothing is allocated. BenchmarkVerifyCost:
+// about 20 ns more per segment (docs/design.md section 4).
 
 // heldMismatch reports whether segment s of branch k (payload, in the
 // reference space) differs from the held copy where both hold bytes the
@@ -63,13 +65,15 @@ func (f *Flow) heldMismatch(k int, s *replySeg, payload []byte) (at seqnum.Value
 		return 0, false
 	}
 	a := payload[s.seq.Size(lo):s.seq.Size(hi)]
-	b := f.held[f.heldOff+int(f.heldAt.Size(lo)):]
-	for i := range a {
-		if a[i] != b[i] {
-			return lo.Add(seqnum.Size(i)), true
-		}
+	b := f.held[f.heldOff+int(f.heldAt.Size(lo)):][:len(a)]
+	if bytes.Equal(a, b) {
+		return 0, false
 	}
-	return 0, false
+	i := 0
+	for a[i] == b[i] {
+		i++
+	}
+	return lo.Add(seqnum.Size(i)), true
 }
 
 // heldDisagree acts on a difference at at between segment s of branch k
