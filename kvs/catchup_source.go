@@ -177,25 +177,28 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []
 	}
 	out = AppendTag(dst, end)
 	out = binary.BigEndian.AppendUint64(out, remaining)
-	var vbuf []byte
-	for _, p := range picks[:cut] {
-		t, flags, v, err := n.store.Get(p.e.key, true, vbuf[:0])
-		if err != nil {
-			return dst, cursor, false, fmt.Errorf("local read: %w", err)
-		}
-		vbuf = v
+	keys := make([][]byte, cut)
+	for i, p := range picks[:cut] {
+		keys[i] = p.e.key
+	}
+	var perr error // a failure that is not the local store's
+	err = n.store.getMany(keys, func(i int, t Tag, flags byte, v []byte) error {
+		p := picks[i]
 		if t.Compare(p.e.tag) < 0 {
 			// This node missed it: read it from the node that listed it
 			// (replicas never go back, so it holds that tag or a newer one).
 			if p.src == nil {
-				return dst, cursor, false, errors.New("local record older than its own index entry")
+				perr = errors.New("local record older than its own index entry")
+				return errStopGetMany
 			}
 			r, err := p.src.call(kindRead, p.e.key, changesCallTimeout)
 			if err != nil || r.status != statusOK {
-				return dst, cursor, false, fmt.Errorf("read of a record this node lacks from peer %s failed: %v (status %d)", p.src.addr, err, r.status)
+				perr = fmt.Errorf("read of a record this node lacks from peer %s failed: %v (status %d)", p.src.addr, err, r.status)
+				return errStopGetMany
 			}
 			if err := n.checkTag(r.tag); err != nil || r.tag.Compare(p.e.tag) < 0 {
-				return dst, cursor, false, fmt.Errorf("peer %s answered tag %v for an index entry at %v (%v)", p.src.addr, r.tag, p.e.tag, err)
+				perr = fmt.Errorf("peer %s answered tag %v for an index entry at %v (%v)", p.src.addr, r.tag, p.e.tag, err)
+				return errStopGetMany
 			}
 			t, flags, v = r.tag, r.flags, r.val
 			n.catchStats.ServedFromPeers.Add(1)
@@ -207,8 +210,16 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []
 		out = binary.BigEndian.AppendUint32(out, uint32(len(v)))
 		out = append(out, v...)
 		if len(out)-len(dst) > maxCatchupFrame-1024 {
-			return dst, cursor, false, fmt.Errorf("page over %d bytes (one command's keys share a tag and cannot be split)", maxCatchupFrame)
+			perr = fmt.Errorf("page over %d bytes (one command's keys share a tag and cannot be split)", maxCatchupFrame)
+			return errStopGetMany
 		}
+		return nil
+	})
+	if perr != nil {
+		return dst, cursor, false, perr
+	}
+	if err != nil {
+		return dst, cursor, false, fmt.Errorf("local read: %w", err)
 	}
 	n.catchStats.ServedRecords.Add(uint64(cut))
 	return out, end, tail, nil

@@ -262,6 +262,54 @@ func (s *Store) Get(key []byte, withValue bool, dst []byte) (t Tag, flags byte, 
 	return t, flags, val, err
 }
 
+// getMany calls fn with each key's record (as Get, with its value), in
+// order, reading in one Badger transaction: a catch-up page reads
+// thousands of records at once, and a transaction per record cost more
+// than the reads. Records not in the record cache are not added to it (a
+// bulk read must not evict the hot keys). val is valid only during fn.
+func (s *Store) getMany(keys [][]byte, fn func(i int, t Tag, flags byte, val []byte) error) error {
+	var kb, vb []byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		for i, key := range keys {
+			t, flags, val, hit, _ := s.cache.get(key, true, vb[:0])
+			if !hit {
+				t, flags, val = Tag{}, 0, vb[:0]
+				kb = appendUserKey(kb[:0], key)
+				item, err := txn.Get(kb)
+				switch {
+				case errors.Is(err, badger.ErrKeyNotFound):
+				case err != nil:
+					return err
+				default:
+					err = item.Value(func(v []byte) error {
+						if len(v) < recordHeader {
+							return errCorruptRecord
+						}
+						t, flags = DecodeTag(v), v[TagSize]
+						val = append(val, v[recordHeader:]...)
+						return nil
+					})
+					if err != nil {
+						return err
+					}
+				}
+			}
+			vb = val
+			if err := fn(i, t, flags, val); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopGetMany) {
+		s.noteDamage(err)
+	}
+	return err
+}
+
+// errStopGetMany is for a getMany callback's own errors (not damage).
+var errStopGetMany = errors.New("stop")
+
 func (s *Store) dbGet(key []byte, withValue bool, dst []byte) (t Tag, flags byte, val []byte, err error) {
 	var kb [256]byte
 	k := appendUserKey(kb[:0], key)
