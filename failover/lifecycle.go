@@ -662,8 +662,12 @@ func (l *Lifecycle) DCUp(now time.Time, dc DCID) []LifeEvent {
 // removed from a forked flow that goes on without it, or it was left out
 // of a flow's handshake. low is as for DCStateDown. A live DC becomes joining;
 // a joining DC's running pass is no longer clean. Cause LifeDivergence
-// (also a reply mismatch) makes dc need a verify pass, live or joining.
-// Ignored in RejoinTrust.
+// (also a reply mismatch) of a live DC makes it need a verify pass: it
+// answered otherwise while counted current. A joining DC's replies are
+// expected to differ (it lacks what it has not caught up yet, and forked
+// reads of those keys drop it from their flows), so its divergences add
+// no verify pass; counting them kept a DC read through the forked port
+// joining for a verify pass per VerifyEvery. Ignored in RejoinTrust.
 func (l *Lifecycle) Missed(now time.Time, dc DCID, cause LifeCause, low uint64) []LifeEvent {
 	l.advance(now)
 	if !l.valid(dc) || cause >= numLifeCauses {
@@ -674,7 +678,7 @@ func (l *Lifecycle) Missed(now time.Time, dc DCID, cause LifeCause, low uint64) 
 		return l.out
 	}
 	l.missed(dc, dec1(low))
-	if cause == LifeDivergence {
+	if cause == LifeDivergence && l.dcs[dc].state == DCStateLive {
 		d := &l.dcs[dc]
 		d.needVerify = true
 		d.divs++

@@ -17,9 +17,9 @@ import (
 //  3. a DC that missed bytes (catchup and manual modes) is never live
 //     again without a completed pass or an admit;
 //  4. states move only along allowed edges, and events match the state;
-//  5. a DC that missed bytes for a divergence is never made live by a
-//     pass (caught_up) unless a verify pass that started after its last
-//     divergence has completed; a verify pass's bound is its start G
+//  5. a DC that missed bytes for a divergence while live is never made
+//     live by a pass (caught_up) unless a verify pass that started after
+//     that divergence has completed; a verify pass's bound is its start G
 //     minus Margin, and two verify passes of a DC start at least
 //     VerifyEvery apart.
 type lifeModel struct {
@@ -59,7 +59,7 @@ func FuzzLifecycle(f *testing.F) {
 func TestLifecycleProperty(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	var caught, admitted, resets, verifies, divLive int
-	for range 300 {
+	for range 800 {
 		b := make([]byte, 40+r.IntN(400))
 		for i := range b {
 			b[i] = byte(r.Uint32())
@@ -133,10 +133,11 @@ func runLifeProperty(t *testing.T, data []byte) (LifeStats, int) {
 			if cause > LifeBranchDown {
 				cause = LifeDivergence
 			}
+			wasLive := l.State(dc) == DCStateLive
 			evs = l.Missed(now, dc, cause, ^uint64(0))
 			if mode != RejoinTrust {
 				m.missed[dc], m.dirty[dc] = true, now
-				if cause == LifeDivergence {
+				if cause == LifeDivergence && wasLive {
 					m.divs[dc]++
 					m.needV[dc] = true
 				}
