@@ -235,12 +235,7 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []
 	}
 	for i, p := range picks[:cut] {
 		r := &recs[i]
-		out = binary.BigEndian.AppendUint16(out, uint16(len(p.e.key)))
-		out = append(out, p.e.key...)
-		out = AppendTag(out, r.t)
-		out = append(out, r.flags)
-		out = binary.BigEndian.AppendUint32(out, uint32(r.vlen))
-		out = append(out, arena[r.off:r.off+r.vlen]...)
+		out = appendScanRecord(out, p.e.key, r.t, r.flags, arena[r.off:r.off+r.vlen])
 		if len(out)-len(dst) > maxCatchupFrame-1024 {
 			return dst, cursor, false, fmt.Errorf("page over %d bytes (one command's keys share a tag and cannot be split)", maxCatchupFrame)
 		}

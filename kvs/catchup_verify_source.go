@@ -193,12 +193,7 @@ func (n *Node) serveVerify(payload, dst []byte) (byte, byte, []byte) {
 			if err != nil {
 				return bad(err.Error())
 			}
-			out = binary.BigEndian.AppendUint16(out, uint16(len(k)))
-			out = append(out, k...)
-			out = AppendTag(out, t)
-			out = append(out, flags)
-			out = binary.BigEndian.AppendUint32(out, uint32(len(v)))
-			out = append(out, v...)
+			out = appendScanRecord(out, k, t, flags, v)
 			if len(out)-len(dst) > maxCatchupFrame-1024 {
 				return bad("fetch answer too large")
 			}

@@ -421,6 +421,21 @@ func (s *Store) apply(b *commitBatch) {
 	clear(idx.m)
 	var err error
 	var txnCount, txnSize int64
+	// fit makes room for n more entries of size bytes: it commits the
+	// transaction first if they might not fit in it.
+	fit := func(n, size int64) error {
+		if txnCount+n >= s.db.MaxBatchCount() || txnSize+size >= s.db.MaxBatchSize() {
+			if err := txn.Commit(); err != nil {
+				return err
+			}
+			s.Commits.Add(1)
+			txn = s.db.NewTransaction(true)
+			txnCount, txnSize = 0, 0
+		}
+		txnCount += n
+		txnSize += size
+		return nil
+	}
 	for i := range b.entries {
 		e := &b.entries[i]
 		k := b.arena[e.keyOff:e.keyEnd:e.keyEnd]
@@ -461,16 +476,9 @@ func (s *Store) apply(b *commitBatch) {
 			// Repair to "no record": remove the key and its index entry.
 			if !cur.IsZero() {
 				dk := appendChangeKey(make([]byte, 0, 1+TagSize+len(k)), cur, k[1:])
-				if txnCount+2 >= s.db.MaxBatchCount() || txnSize+int64(len(k)+len(dk))+2*txnEntryOverhead >= s.db.MaxBatchSize() {
-					if err = txn.Commit(); err != nil {
-						break
-					}
-					s.Commits.Add(1)
-					txn = s.db.NewTransaction(true)
-					txnCount, txnSize = 0, 0
+				if err = fit(2, int64(len(k)+len(dk))+2*txnEntryOverhead); err != nil {
+					break
 				}
-				txnCount += 2
-				txnSize += int64(len(k)+len(dk)) + 2*txnEntryOverhead
 				if err = txn.Delete(k); err == nil {
 					err = txn.Delete(dk)
 				}
@@ -493,17 +501,9 @@ func (s *Store) apply(b *commitBatch) {
 		if !cur.IsZero() {
 			dk = appendChangeKey(make([]byte, 0, 1+TagSize+len(k)), cur, k[1:])
 		}
-		need := int64(len(k)+min(len(rec), valueThreshold)+len(ik)+len(iv)+len(dk)) + 3*txnEntryOverhead
-		if txnCount+3 >= s.db.MaxBatchCount() || txnSize+need >= s.db.MaxBatchSize() {
-			if err = txn.Commit(); err != nil {
-				break
-			}
-			s.Commits.Add(1)
-			txn = s.db.NewTransaction(true)
-			txnCount, txnSize = 0, 0
+		if err = fit(3, int64(len(k)+min(len(rec), valueThreshold)+len(ik)+len(iv)+len(dk))+3*txnEntryOverhead); err != nil {
+			break
 		}
-		txnCount += 3
-		txnSize += need
 		if err = txn.Set(k, rec); err == nil {
 			if dk != nil {
 				err = txn.Delete(dk)

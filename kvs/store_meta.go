@@ -169,6 +169,17 @@ type scanRecord struct {
 	val   []byte
 }
 
+// appendScanRecord appends one record in the Scan format (key length
+// u16 | key | tag | flags | value length u32 | value).
+func appendScanRecord(b, key []byte, t Tag, flags byte, val []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(key)))
+	b = append(b, key...)
+	b = AppendTag(b, t)
+	b = append(b, flags)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(val)))
+	return append(b, val...)
+}
+
 // nextScanRecord decodes the first record of b and returns the rest.
 func nextScanRecord(b []byte, r *scanRecord) ([]byte, error) {
 	if len(b) < 2 {

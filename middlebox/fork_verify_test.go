@@ -25,32 +25,7 @@ import (
 func TestReplyMismatchDropsDCThroughMemnet(t *testing.T) {
 	cfg := testConfig()
 	cfg.MulticastPorts = []uint16{6379}
-	r := newRig(t, cfg, func(c net.Conn) {
-		defer c.Close()
-		val := "v"
-		if strings.HasPrefix(c.LocalAddr().String(), dub1.Addr().String()) {
-			val = "x" // dublin's copy of the record is corrupt
-		}
-		rd := bufio.NewReader(c)
-		for {
-			line, err := rd.ReadString('\n')
-			if err != nil {
-				return
-			}
-			var out string
-			switch strings.TrimSpace(line) {
-			case "SET":
-				out = "+OK\r\n"
-			case "GET":
-				out = "$1\r\n" + val + "\r\n"
-			default:
-				out = "-ERR\r\n"
-			}
-			if _, err := io.WriteString(c, out); err != nil {
-				return
-			}
-		}
-	})
+	r := newRig(t, cfg, corruptDublin)
 	logs := &captureLog{}
 	r.mb.log = slog.New(logs)
 	c := r.dial(t, 6379)
@@ -155,5 +130,35 @@ func TestMismatchLogRateLimited(t *testing.T) {
 	ok, s := l.allow(t0.Add(mismatchLogEvery))
 	if !ok || s != 3 {
 		t.Fatalf("next period: allowed %v, suppressed %d; want true, 3", ok, s)
+	}
+}
+
+// corruptDublin is a fake kvs node whose DC dublin holds a corrupt copy
+// of the record: one request a line, "SET" answers +OK, "GET" the value
+// (v, or x on dublin's node), anything else -ERR.
+func corruptDublin(c net.Conn) {
+	defer c.Close()
+	val := "v"
+	if strings.HasPrefix(c.LocalAddr().String(), dub1.Addr().String()) {
+		val = "x" // dublin's copy of the record is corrupt
+	}
+	rd := bufio.NewReader(c)
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			return
+		}
+		var out string
+		switch strings.TrimSpace(line) {
+		case "SET":
+			out = "+OK\r\n"
+		case "GET":
+			out = "$1\r\n" + val + "\r\n"
+		default:
+			out = "-ERR\r\n"
+		}
+		if _, err := io.WriteString(c, out); err != nil {
+			return
+		}
 	}
 }

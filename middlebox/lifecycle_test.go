@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -232,27 +231,7 @@ func (r *seqRig) dcInfo(t *testing.T, name string) DCInfo {
 func TestLifecycleReplyMismatchVerifyPass(t *testing.T) {
 	r := newSeqRigServe(t, "", func(c *Config) {
 		c.Lifecycle = &LifecycleConfig{LifecycleConfig: failover.LifecycleConfig{Mode: failover.RejoinCatchup, Margin: testMargin, ResetAfter: -1}}
-	}, func(c net.Conn) {
-		defer c.Close()
-		val := "v"
-		if strings.HasPrefix(c.LocalAddr().String(), dub1.Addr().String()) {
-			val = "x" // dublin's copy of the record is corrupt
-		}
-		rd := bufio.NewReader(c)
-		for {
-			line, err := rd.ReadString('\n')
-			if err != nil {
-				return
-			}
-			out := "+OK\r\n"
-			if strings.TrimSpace(line) == "GET" {
-				out = "$1\r\n" + val + "\r\n"
-			}
-			if _, err := io.WriteString(c, out); err != nil {
-				return
-			}
-		}
-	})
+	}, corruptDublin)
 	c := r.dial(t, 6379)
 	rd := bufio.NewReader(c)
 	ask := func(req, want string) {
