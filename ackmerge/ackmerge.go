@@ -293,5 +293,4 @@ type Stats struct {
 	ReplyMismatches   uint64 // comparison points whose hashes differed
 	HeldSent          uint64 // held reply bytes sent to the client on a removal
 	HoldFull          uint64 // reply segments past the held bytes not kept (hold full)
-	ReplyHeldBack     uint64 // reply segments not forwarded: they differ from the held copy and the vote decides (hold_check.go)
 }

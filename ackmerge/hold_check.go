@@ -25,17 +25,20 @@ import (
 // are compared with it, byte for byte; the held source and the sender
 // disagree where they differ:
 //
-//   - two live branches: a tie, settled as the vote settles one (the
-//     branch first in the flow's branch order stays; CauseReplyMismatch
-//     for the other, with the offset of the first differing byte). If the
-//     sender goes, its bytes are not forwarded and the removal delivers
-//     the held copy (sendHeld); if the held source goes, its copy is
-//     dropped and the sender's bytes go on.
-//   - more branches: two reports cannot outvote the others, so the
-//     sender's bytes are held back from the client (counted in
-//     ReplyHeldBack) until the vote removes the odd branch: a held source
-//     that wins has its copy delivered by the removal, a sender that wins
-//     retransmits its bytes (its TCP has no acknowledgement for them).
+// With two live branches that is a tie, settled as the vote settles one:
+// the branch first in the flow's branch order stays, the other goes with
+// CauseReplyMismatch and the offset of the first differing byte. If the
+// sender goes, its bytes are not forwarded and the removal delivers the
+// held copy (sendHeld); if the held source goes, its copy is dropped and
+// the sender's bytes go on.
+//
+// With three or more live branches the check stays off: two copies
+// cannot outvote the others, and holding back the sender's bytes while
+// their coverage counts let the held source's own next segment forward
+// its (odd) bytes up to that coverage (found by TestForkNSReplyMismatchDropsDC).
+// There the vote already keeps odd bytes from the client: a point opens
+// where the first branch stops, and a branch passing it reports there
+// (TestVerifyDifferentLengthNeverForwardedWithThree).
 //
 // Cost: one comparison (bytes.Equal) of the bytes both sent, only for
 // segments of a branch other than the held source while a copy is held
@@ -46,7 +49,7 @@ import (
 // reference space) differs from the held copy where both hold bytes the
 // client has not been sent, and the first byte that differs.
 func (f *Flow) heldMismatch(k int, s *replySeg, payload []byte) (at seqnum.Value, differ bool) {
-	if f.cfg.HoldBytes <= 0 || s.plen == 0 || len(payload) != s.plen || f.heldFrom == k {
+	if f.live != 2 || f.cfg.HoldBytes <= 0 || s.plen == 0 || len(payload) != s.plen || f.heldFrom == k {
 		return 0, false
 	}
 	f.dropHeld()
@@ -76,15 +79,11 @@ func (f *Flow) heldMismatch(k int, s *replySeg, payload []byte) (at seqnum.Value
 	return lo.Add(seqnum.Size(i)), true
 }
 
-// heldDisagree acts on a difference at at between segment s of branch k
-// and the held copy. It reports whether k's bytes must not be forwarded
-// (k was removed, or the vote must decide first).
-func (f *Flow) heldDisagree(k int, s *replySeg, at seqnum.Value, now time.Time, out *Out) bool {
+// heldDisagree settles a difference at at between a segment of branch k
+// and the held copy, with two live branches: the later branch in the
+// order is removed (if that is k, its bytes must not be forwarded).
+func (f *Flow) heldDisagree(k int, at seqnum.Value, now time.Time, out *Out) {
 	h := f.heldFrom
-	if f.live > 2 {
-		f.stats.ReplyHeldBack++ // the vote counts the mismatch
-		return true
-	}
 	f.stats.ReplyMismatches++
 	loser, winner := max(h, k), min(h, k)
 	// The stream offset of at: branch k's covBytes counts its stream up
@@ -97,5 +96,4 @@ func (f *Flow) heldDisagree(k int, s *replySeg, at seqnum.Value, now time.Time, 
 		out.Events[ev].Offset = off
 		out.Events[ev].Peer = winner
 	}
-	return loser == k
 }

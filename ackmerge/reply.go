@@ -56,17 +56,11 @@ func (f *Flow) fromBranch(k int, buf []byte, p *packet.TCP, now time.Time, out *
 		}
 	}
 	if f.ver.on {
-		if at, differ := f.heldMismatch(k, &s, p.Payload()); differ && f.heldDisagree(k, &s, at, now, out) { // hold_check.go
-			if !b.removed && (f.state == StateEstablished || f.state == StateLinger) {
-				// Held back for the vote: the merge takes in its
-				// acknowledgement, the client gets none of its bytes.
-				f.recompute()
-				f.updateLag(k, s.advanced, now)
+		if at, differ := f.heldMismatch(k, &s, p.Payload()); differ { // hold_check.go
+			f.heldDisagree(k, at, now, out)
+			if b.removed || f.state != StateEstablished && f.state != StateLinger {
+				return
 			}
-			return
-		}
-		if b.removed || f.state != StateEstablished && f.state != StateLinger {
-			return
 		}
 	}
 	f.recompute()

@@ -540,3 +540,42 @@ func TestKeepTail(t *testing.T) {
 		}
 	}
 }
+
+// Three branches, the odd one (a longer, stale reply) first: the first
+// bytes the client gets at every offset are the majority's, also after the
+// odd branch retransmits (a first held-copy check held the others' bytes
+// back while their coverage counted, and the odd branch's retransmission
+// then delivered its bytes first: TestForkNSReplyMismatchDropsDC). A
+// retransmission of bytes already delivered may carry another branch's
+// copy; the client's TCP drops it as a duplicate.
+func TestVerifyOddFirstNeverDeliveredWithThree(t *testing.T) {
+	h := newHarness(t, 3, Config{})
+	h.open()
+	good := "$4\r\ngood\r\n"
+	first := map[int]byte{} // first byte the client got at each offset
+	deliver := func(segs []seg) {
+		for _, sg := range segs {
+			if sg.To != ToClient {
+				continue
+			}
+			rel := int(h.relSeq(sg))
+			for i, c := range sg.Data {
+				if _, ok := first[rel+i]; !ok {
+					first[rel+i] = c
+				}
+			}
+		}
+	}
+	deliver(h.push(1, 0, "$11\r\nstale-value\r\n"))
+	deliver(h.push(0, 0, good))
+	deliver(h.push(2, 0, good))
+	deliver(h.push(1, 0, "$11\r\nstale-value\r\n")) // retransmitted
+	for off, c := range first {
+		if off >= len(good) || c != good[off] {
+			t.Fatalf("client first got %q at %d, want the majority's reply %q", c, off, good)
+		}
+	}
+	if len(first) != len(good) {
+		t.Fatalf("client got %d bytes of the reply, want %d", len(first), len(good))
+	}
+}
