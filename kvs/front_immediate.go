@@ -105,6 +105,14 @@ func (cc *clientConn) immediate(args [][]byte) {
 			out = appendErr(out, "ERR DB index is out of range")
 		}
 	case eq(name, "sdnkvs.digest"), eq(name, "sdnkvs.scan"):
+		if cc.forked() {
+			// One node's store, never the same bytes in every DC (a node
+			// may lack a record its DC holds on a quorum): on a forked
+			// connection it would only get a DC dropped.
+			n.stats.BadRequests.Add(1)
+			out = appendErr(out, "ERR "+strings.ToUpper(string(appendSafe(nil, name)))+" reads one node's store: send it to a node or on the anycast port, not on a forked port")
+			break
+		}
 		out = cc.adminCmd(out, args) // divergence scan (kvs/seq_diff.go)
 	case eq(name, "command"):
 		out = redcon.AppendArray(out, 0)

@@ -36,7 +36,8 @@ func dialFrom(t *testing.T, n *Node, from *net.TCPAddr) *rawConn {
 
 // On a forked connection (announced on the order stream) the commands whose
 // answer used to name the node (INFO, HELLO, CLIENT ID) answer the same
-// bytes in every DC, so one client sending them on the forked port cannot
+// bytes in every DC, and SDNKVS.DIGEST and SCAN (one node's store) are
+// refused alike, so one client sending them on the forked port cannot
 // make the middlebox drop a DC for a reply mismatch; on a connection the
 // order stream never announced (anycast, direct) they still name the node.
 func TestSeqForkedRepliesNameNoNode(t *testing.T) {
@@ -52,7 +53,7 @@ func TestSeqForkedRepliesNameNoNode(t *testing.T) {
 
 	cA := dialFrom(t, nA, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	cB := dialFrom(t, nB, cA.c.LocalAddr().(*net.TCPAddr))
-	cmds := [][]byte{respCmd("INFO"), respCmd("CLIENT", "ID"), respCmd("HELLO", "2")}
+	cmds := [][]byte{respCmd("INFO"), respCmd("CLIENT", "ID"), respCmd("HELLO", "2"), respCmd("SDNKVS.DIGEST", "", "")}
 	var stream []byte
 	for _, c := range cmds {
 		stream = append(stream, c...)
@@ -64,13 +65,14 @@ func TestSeqForkedRepliesNameNoNode(t *testing.T) {
 	var replies [2][]byte
 	for i, c := range []*rawConn{cA, cB} {
 		c.write(stream)
-		replies[i] = readReplies(t, c, 3)
+		replies[i] = readReplies(t, c, len(cmds))
 	}
 	if string(replies[0]) != string(replies[1]) {
 		t.Fatalf("forked replies differ between DCs:\n%q\n%q", replies[0], replies[1])
 	}
 	want := int64(127)<<40 | int64(1)<<16 | int64(cA.c.LocalAddr().(*net.TCPAddr).Port)
-	if !strings.Contains(string(replies[0]), ":"+itoa(want)+"\r\n") || strings.Contains(string(replies[0]), "sdnkvs_node_id") {
+	if !strings.Contains(string(replies[0]), ":"+itoa(want)+"\r\n") || strings.Contains(string(replies[0]), "sdnkvs_node_id") ||
+		!strings.Contains(string(replies[0]), "-ERR SDNKVS.DIGEST reads one node's store") {
 		t.Fatalf("forked replies: want client id %d and no node id: %q", want, replies[0])
 	}
 
