@@ -37,6 +37,7 @@ const (
 	ReasonSpoofedNode                        // to the VIP from a node's address (forged, from the client side)
 	ReasonRSTOutOfWindow                     // client RST behind the node's acknowledgement, or not exact on a forked flow (RFC 5961)
 	ReasonNoCurrentDC                        // SYN while no DC is live (current), only joining or down ones (a RST is sent back)
+	ReasonFlowQuota                          // SYN from a source holding MaxFlowsPerSource flows (a RST is sent back)
 	numReasons
 )
 
@@ -46,6 +47,7 @@ var reasonNames = [numReasons]string{
 	"no_live_node", "multicast_unavailable", "reverse_collision", "fork_refused",
 	"stack_refused", "write_failed", "no_buffer", "not_sequenced",
 	"half_open_quota", "spoofed_node", "rst_out_of_window", "no_current_dc",
+	"flow_quota",
 }
 
 func (r Reason) String() string {
@@ -287,7 +289,7 @@ func (m *Middlebox) unknownFromClient(k fwdKey, p *packet.TCP) (int32, verdict) 
 		r = ReasonUnknownFlow // not adopted: it stays unknown
 	}
 	m.drop(r)
-	if syn && (r == ReasonTableFull || r == ReasonNoLiveNode || r == ReasonNoCurrentDC) {
+	if syn && (r == ReasonTableFull || r == ReasonNoLiveNode || r == ReasonNoCurrentDC || r == ReasonFlowQuota) {
 		_, v := m.rstToClient(p)
 		return -1, v
 	}

@@ -36,6 +36,14 @@ type Config struct {
 	// address (default DefaultMaxHalfOpenPerSource); its further SYNs are
 	// dropped, so a flood from few addresses holds little state.
 	MaxHalfOpenPerSource int
+	// MaxFlowsPerSource bounds the flows (half-open or not) of one client
+	// address (default DefaultMaxFlowsPerSource; negative: no bound); its
+	// further SYNs get a RST. Without it one client could open enough
+	// anycast connections to fill a node's client limit (kvs
+	// --maxclients), and that node would then answer forked connections
+	// "-ERR max number of clients reached" where the other DCs answer:
+	// a reply mismatch that takes its DC out of service.
+	MaxFlowsPerSource int
 	// BatchSize caps the packets per Device call (default: the device's).
 	BatchSize int
 	// Headroom is free space in front of the virtio-net header in each
@@ -75,6 +83,7 @@ const (
 
 	DefaultHalfOpenTimeout      = 5 * time.Second
 	DefaultMaxHalfOpenPerSource = 256
+	DefaultMaxFlowsPerSource    = 4096
 	defaultHeadroom             = 22
 )
 
@@ -123,6 +132,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxHalfOpenPerSource == 0 {
 		c.MaxHalfOpenPerSource = DefaultMaxHalfOpenPerSource
+	}
+	if c.MaxFlowsPerSource == 0 {
+		c.MaxFlowsPerSource = DefaultMaxFlowsPerSource
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = DefaultTickInterval

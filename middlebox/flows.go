@@ -94,6 +94,8 @@ type flowTable struct {
 	hoHead, hoTail int32
 	hoCount        int
 	hoBySrc        map[[4]byte]int32
+	// bySrc counts every flow per client address (MaxFlowsPerSource).
+	bySrc map[[4]byte]int32
 }
 
 func newFlowTable(max int) *flowTable {
@@ -108,6 +110,7 @@ func newFlowTable(max int) *flowTable {
 		hoHead:  -1,
 		hoTail:  -1,
 		hoBySrc: make(map[[4]byte]int32),
+		bySrc:   make(map[[4]byte]int32),
 	}
 }
 
@@ -174,6 +177,13 @@ func (t *flowTable) alloc() int32 {
 
 // release frees slot i (its keys must already be removed).
 func (t *flowTable) release(i int32) {
+	if f := &t.slab[i]; f.used {
+		if n := t.bySrc[f.key.cli] - 1; n > 0 {
+			t.bySrc[f.key.cli] = n
+		} else {
+			delete(t.bySrc, f.key.cli)
+		}
+	}
 	t.slab[i] = flow{}
 	t.free = append(t.free, i)
 	t.count--
@@ -188,6 +198,9 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 	t := m.flows.tab
 	if int(t.hoBySrc[k.cli]) >= m.cfg.MaxHalfOpenPerSource {
 		return -1, ReasonHalfOpenQuota
+	}
+	if m.cfg.MaxFlowsPerSource > 0 && int(t.bySrc[k.cli]) >= m.cfg.MaxFlowsPerSource {
+		return -1, ReasonFlowQuota
 	}
 	forked := m.ports[k.vport] == portMulticast
 	if m.lifeRefuse() {
@@ -247,6 +260,7 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 	now := m.dp.nowUnix
 	f := &t.slab[i]
 	*f = flow{used: true, kind: kindAnycast, state: st, key: k, nodes: nodes, nbranch: uint8(nb), created: now, last: now, cliISS: iss}
+	t.bySrc[k.cli]++
 	t.addHalfOpen(i)
 	if forked {
 		f.kind = kindForked
@@ -258,6 +272,7 @@ func (m *Middlebox) newFlow(k fwdKey, iss uint32, st uint8) (int32, Reason) {
 		client := netip.AddrPortFrom(netip.AddrFrom4(k.cli), k.cport)
 		ff, err := ackmerge.NewFlow(m.cfg.Fork, client, netip.AddrPortFrom(m.cfg.VIP, k.vport), targets[:nb])
 		if err != nil {
+			t.dropHalfOpen(i)
 			t.release(i)
 			return -1, ReasonForkRefused
 		}

@@ -93,6 +93,46 @@ func TestHalfOpenQuotaPerSource(t *testing.T) {
 	}
 }
 
+// One source holds at most MaxFlowsPerSource flows, established or not: its
+// further SYNs get a RST (counted as flow_quota), other sources are
+// unaffected, and a flow that ends frees a place. Without it one client
+// could fill a node's client limit with anycast connections, and the node
+// would then answer forked connections otherwise than the other DCs.
+func TestFlowQuotaPerSource(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxFlowsPerSource = 3
+	dev := newFakeDev(false, true)
+	m, _ := newUnit(t, cfg, dev)
+	hog := netip.MustParseAddr("10.200.1.9")
+	for p := range 3 {
+		handshake(t, m, dev, netip.AddrPortFrom(hog, uint16(30000+p)))
+	}
+	feed(m, nil, synFrom(netip.AddrPortFrom(hog, 30003), vipAny, 1))
+	out := dev.take()
+	if len(out) != 1 || header.TCP(out[0][virtio.HdrLen+20:]).Flags() != header.TCPFlagRst|header.TCPFlagAck || m.Drop(ReasonFlowQuota) != 1 {
+		t.Fatalf("4th connection of one source: %d packets, flow_quota %d; want a RST and 1", len(out), m.Drop(ReasonFlowQuota))
+	}
+	handshake(t, m, dev, cliAP)
+	if s := m.Stats(); s.FlowsActive != 4 {
+		t.Fatalf("another source's connection: %d flows, want 4", s.FlowsActive)
+	}
+	// One of the source's flows ends: a place is free again.
+	var victim int32 = -1
+	for i := range m.flows.tab.slab {
+		if f := &m.flows.tab.slab[i]; f.used && f.key.cli == hog.As4() {
+			victim = int32(i)
+			break
+		}
+	}
+	m.flows.Lock()
+	m.removeFlow(victim)
+	m.flows.Unlock()
+	handshake(t, m, dev, netip.AddrPortFrom(hog, 30004))
+	if got := m.flows.tab.bySrc[hog.As4()]; got != 3 || m.Drop(ReasonFlowQuota) != 1 {
+		t.Fatalf("source holds %d flows (want 3), flow_quota %d (want 1)", got, m.Drop(ReasonFlowQuota))
+	}
+}
+
 // A full table evicts the oldest half-open flow for a new SYN, never an
 // established one; with only established flows, the SYN gets a RST.
 func TestFullTableEvictsHalfOpenFirst(t *testing.T) {

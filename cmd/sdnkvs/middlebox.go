@@ -44,6 +44,7 @@ type MiddleboxCmd struct {
 	IdleTimeout time.Duration `name:"idle-timeout" default:"5m" help:"Remove flows idle this long."`
 	HalfOpen    time.Duration `name:"half-open-timeout" default:"5s" help:"Remove a flow whose handshake has not completed this long after its SYN (SYN_SENT, SYN_RECV)."`
 	MaxHalfOpen int           `name:"max-half-open" default:"256" help:"Half-open flows one client address may hold; its further SYNs are dropped (SYN-flood resistance)."`
+	MaxPerSrc   int           `name:"max-flows-per-source" default:"4096" help:"Flows (connections) one client address may hold; its further SYNs get a RST, so one client cannot fill the nodes' --maxclients. 0: no limit."`
 
 	Detector      failover.Mode `name:"detector" default:"safe" help:"Failure detector: safe (default: down only on failed probes, or on duplicates from several clients and flows confirmed by the node's silence and a failed probe; never the last live DC), fast (every signal, uncorroborated: one client's retransmissions count), paper (the paper's Algorithm 1 alone; one client's few SYNs take a DC down: for reproduction only), none (liveness only via SetNodeLive)."`
 	Probe         prober.Kind   `name:"probe" default:"ready" help:"Detector probes: ready (HTTP GET http://<node-ip>:<probe-port>/ready), tcp (connect to <node-ip>:<probe-port>), none."`
@@ -72,6 +73,7 @@ var flagOf = map[string]string{
 	"IdleTimeout":              "--idle-timeout",
 	"HalfOpenTimeout":          "--half-open-timeout",
 	"MaxHalfOpenPerSource":     "--max-half-open",
+	"MaxFlowsPerSource":        "--max-flows-per-source",
 	"Fork.MinReplicas":         "--min-replicas",
 	"Fork.HandshakeTimeout":    "--handshake-timeout",
 	"Fork.BranchTimeout":       "--branch-timeout",
@@ -123,6 +125,14 @@ func (c *MiddleboxCmd) config() (middlebox.Config, error) {
 		return cfg, fmt.Errorf("--max-half-open: %d is below 1", c.MaxHalfOpen)
 	}
 	cfg.HalfOpenTimeout, cfg.MaxHalfOpenPerSource = c.HalfOpen, c.MaxHalfOpen
+	switch {
+	case c.MaxPerSrc < 0:
+		return cfg, fmt.Errorf("--max-flows-per-source: %d is negative (0: no limit)", c.MaxPerSrc)
+	case c.MaxPerSrc == 0:
+		cfg.MaxFlowsPerSource = -1
+	default:
+		cfg.MaxFlowsPerSource = c.MaxPerSrc
+	}
 	cfg.Fork.MinReplicas = c.MinReplicas
 	cfg.Fork.SACK = c.SACK
 	cfg.Fork.HandshakeTimeout = c.HandshakeTimeout

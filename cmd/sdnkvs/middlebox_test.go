@@ -124,6 +124,7 @@ func TestMiddleboxBadFlagsNameTheFlag(t *testing.T) {
 		{"idle", append(base(nil), "--idle-timeout", "1ms"), "--idle-timeout"},
 		{"half-open", append(base(nil), "--half-open-timeout", "0s"), "--half-open-timeout"},
 		{"max half-open", append(base(nil), "--max-half-open", "0"), "--max-half-open"},
+		{"max flows per source", append(base(nil), "--max-flows-per-source=-1"), "--max-flows-per-source"},
 		{"control", append(base(nil), "--control", "nowhere"), "--control"},
 		{"tun name", append(base(nil), "--tun", "a-very-long-interface-name"), "--tun"},
 		{"no vip", []string{"--anycast", "6380", "--dc", "a=10.0.0.1:1"}, "--vip"},
