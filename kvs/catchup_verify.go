@@ -58,12 +58,6 @@ type verifier struct {
 	local   map[string]listEntry
 }
 
-// stamped reports whether t is a sequencer tag. Records with other tags
-// (written before the DC was sequenced, or directly into one DC, such as
-// the testbed's per-DC marker) are outside the one order: DCs may hold
-// them differently by design, and a verify pass leaves them alone.
-func stamped(t Tag) bool { return t.Writer&stampedBit != 0 }
-
 // boundTag is the highest tag at or below sequencer G bound.
 func boundTag(g uint64) Tag { return Tag{Counter: g, Writer: ^uint64(0)} }
 
@@ -234,15 +228,18 @@ func (v *verifier) compare(r keyRange, first *response) error {
 			if ok && (le.tag.Compare(v.bound) > 0 || le.tag == re.tag && le.flags == re.flags && le.sum == re.sum) {
 				continue
 			}
-			if !stamped(re.tag) && (!ok || !stamped(le.tag)) {
-				continue // outside the one order on both sides
+			if !re.tag.IsStamped() && (!ok || !le.tag.IsStamped()) {
+				// Outside the one order on both sides (written before the
+				// DC was sequenced, or into one DC only, as the testbed's
+				// per-DC marker): DCs may hold them differently by design.
+				continue
 			}
 			if err := v.queue(re.key); err != nil {
 				return err
 			}
 		}
 		for k, le := range v.local { // the source node has no record
-			if le.tag.Compare(v.bound) <= 0 && stamped(le.tag) {
+			if le.tag.Compare(v.bound) <= 0 && le.tag.IsStamped() {
 				if err := v.queue([]byte(k)); err != nil {
 					return err
 				}

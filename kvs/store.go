@@ -273,25 +273,13 @@ func (s *Store) getMany(keys [][]byte, fn func(i int, t Tag, flags byte, val []b
 		for i, key := range keys {
 			t, flags, val, hit, _ := s.cache.get(key, true, vb[:0])
 			if !hit {
-				t, flags, val = Tag{}, 0, vb[:0]
 				kb = appendUserKey(kb[:0], key)
-				item, err := txn.Get(kb)
-				switch {
-				case errors.Is(err, badger.ErrKeyNotFound):
-				case err != nil:
+				var err error
+				t, flags, val, err = txnRecord(txn, kb, true, vb[:0])
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					t, flags, val = Tag{}, 0, vb[:0]
+				} else if err != nil {
 					return err
-				default:
-					err = item.Value(func(v []byte) error {
-						if len(v) < recordHeader {
-							return errCorruptRecord
-						}
-						t, flags = DecodeTag(v), v[TagSize]
-						val = append(val, v[recordHeader:]...)
-						return nil
-					})
-					if err != nil {
-						return err
-					}
 				}
 			}
 			vb = val
@@ -315,27 +303,35 @@ func (s *Store) dbGet(key []byte, withValue bool, dst []byte) (t Tag, flags byte
 	k := appendUserKey(kb[:0], key)
 	val = dst
 	err = s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(k)
-		if err != nil {
-			return err
-		}
-		return item.Value(func(v []byte) error {
-			if len(v) < recordHeader {
-				return errCorruptRecord
-			}
-			t = DecodeTag(v)
-			flags = v[TagSize]
-			if withValue {
-				val = append(val, v[recordHeader:]...)
-			}
-			return nil
-		})
+		t, flags, val, err = txnRecord(txn, k, withValue, dst)
+		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		err = nil
 	} else if err != nil {
 		s.noteDamage(err)
 	}
+	return t, flags, val, err
+}
+
+// txnRecord reads the record of prefixed key k in txn, appending its
+// value to dst when withValue (badger.ErrKeyNotFound when there is none).
+func txnRecord(txn *badger.Txn, k []byte, withValue bool, dst []byte) (t Tag, flags byte, val []byte, err error) {
+	val = dst
+	item, err := txn.Get(k)
+	if err != nil {
+		return t, flags, val, err
+	}
+	err = item.Value(func(v []byte) error {
+		if len(v) < recordHeader {
+			return errCorruptRecord
+		}
+		t, flags = DecodeTag(v), v[TagSize]
+		if withValue {
+			val = append(val, v[recordHeader:]...)
+		}
+		return nil
+	})
 	return t, flags, val, err
 }
 
