@@ -228,3 +228,36 @@ func TestCatchupVerifyRepairs(t *testing.T) {
 		t.Errorf("the second verify repaired %d more", st.VerifyRepaired.Load()-uint64(len(bad)))
 	}
 }
+
+// A source node that cannot be reached (dead, or killed mid-comparison:
+// both end its verifyFrom with an error) makes the verify pass go on with
+// the source DC's next node, from the start of the comparison; the
+// records are repaired all the same, and the failure is counted.
+func TestCatchupVerifyNextSourceNode(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0, func(c *Config) { c.Cluster = "dc-a" })
+	dead := fmt.Sprintf("127.0.0.1:%d", freePorts(t, 1)[0]) // nothing listens
+	b := dcCluster(t, "B", map[string][]string{"A": append([]string{dead}, peerAddrs(a)...)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
+	all := []int{0, 1, 2}
+	g := uint64(1_000_000)
+	base := map[string]dcRec{}
+	for i := range 2000 {
+		g++
+		base[fmt.Sprintf("k%05d", i)] = dcRec{tag: stampTag(g), val: fmt.Sprint("v", g)}
+	}
+	putMany(t, a, all, base, false)
+	putMany(t, b, all, base, false)
+	putMany(t, b, all, map[string]dcRec{"k00042": {tag: base["k00042"].tag, val: "corrupt"}}, true)
+
+	n := b.Node(0)
+	j := &catchupJob{id: 1, source: "A", verify: true, bound: g + 1000} // srcIdx 0: the dead node first
+	if err := n.verifyJob(t.Context(), j); err != nil {
+		t.Fatalf("verify with the first source node dead: %v", err)
+	}
+	st := n.CatchupStats()
+	if st.Failures.Load() < 1 || st.VerifyRepaired.Load() != 1 {
+		t.Fatalf("failures %d (want >= 1), repaired %d (want 1)", st.Failures.Load(), st.VerifyRepaired.Load())
+	}
+	if rb, hb := dcRecords(t, b); rb["k00042"] != base["k00042"] || hb["k00042"] < 2 {
+		t.Fatalf("k00042 in B: %+v on %d nodes, want %+v on a quorum", rb["k00042"], hb["k00042"], base["k00042"])
+	}
+}
