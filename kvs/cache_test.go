@@ -161,3 +161,66 @@ func TestRecCacheByteBudget(t *testing.T) {
 		t.Fatal("cache empty: nothing was cached")
 	}
 }
+
+// TestStorePutBulkCache: a bulk record (catch-up, learner sync) updates a
+// cached key, never adds an uncached one, and is read back from the store
+// either way; a lower bulk tag leaves the cached record alone.
+func TestStorePutBulkCache(t *testing.T) {
+	s, err := OpenStore(StoreOptions{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	bulk := func(key string, tg Tag, val string) Tag {
+		done := make(chan Tag, 1)
+		s.PutBulk([]byte(key), tg, 0, []byte(val), 1, completionFunc(func(_ uint64, ok bool, held Tag) {
+			if !ok {
+				t.Error("store failed")
+			}
+			done <- held
+		}))
+		return <-done
+	}
+	cached := func(key string) (Tag, string, bool) {
+		s.cache.mu.RLock()
+		defer s.cache.mu.RUnlock()
+		e := s.cache.m[key]
+		if e == nil {
+			return Tag{}, "", false
+		}
+		return e.tag, string(e.val), true
+	}
+	putWait(t, s, []byte("hot"), stampTag(10), 0, []byte("old"))
+	if _, _, ok := cached("hot"); !ok {
+		t.Fatal("a client write was not cached")
+	}
+	if held := bulk("hot", stampTag(20), "new"); held != stampTag(20) {
+		t.Fatalf("bulk put holds %v, want %v", held, stampTag(20))
+	}
+	if tg, v, ok := cached("hot"); !ok || tg != stampTag(20) || v != "new" {
+		t.Fatalf("cached hot key after a newer bulk record: %v %q %v", tg, v, ok)
+	}
+	if held := bulk("hot", stampTag(15), "older"); held != stampTag(20) {
+		t.Fatalf("an older bulk record replaced a newer one: holds %v", held)
+	}
+	if tg, v, _ := cached("hot"); tg != stampTag(20) || v != "new" {
+		t.Fatalf("an older bulk record changed the cache: %v %q", tg, v)
+	}
+	for i := 0; i < 100; i++ {
+		bulk(fmt.Sprintf("cold-%d", i), stampTag(uint64(100+i)), "v")
+	}
+	s.cache.mu.RLock()
+	n := len(s.cache.m)
+	s.cache.mu.RUnlock()
+	if n != 1 {
+		t.Fatalf("bulk records of uncached keys entered the cache: %d entries, want 1", n)
+	}
+	tg, _, v, err := s.dbGet([]byte("cold-7"), true, nil)
+	if err != nil || tg != stampTag(107) || string(v) != "v" {
+		t.Fatalf("bulk record in the store: %v %q %v", tg, v, err)
+	}
+	tg, _, v, err = s.Get([]byte("cold-7"), true, nil)
+	if err != nil || tg != stampTag(107) || string(v) != "v" {
+		t.Fatalf("bulk record read through the cache: %v %q %v", tg, v, err)
+	}
+}

@@ -233,7 +233,7 @@ func (n *Node) syncFrom(p *peerClient) (int64, error) {
 				return count, fmt.Errorf("record with a bad tag: %w", err)
 			}
 			sink.wg.Add(1)
-			n.store.Put(rec.key, rec.tag, rec.flags, rec.val, 0, &sink)
+			n.store.PutBulk(rec.key, rec.tag, rec.flags, rec.val, 0, &sink)
 			last = rec.key
 			count++
 		}

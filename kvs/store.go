@@ -78,6 +78,10 @@ type commitEntry struct {
 	repair  bool
 	removed bool // set in the transaction: the key was removed
 	bound   Tag
+	// bulk (PutBulk): a copied record, cached only when its key already is
+	// (a catch-up or a learner's sync would otherwise evict every hot key
+	// and pay an eviction per record).
+	bulk bool
 }
 
 type commitBatch struct {
@@ -339,7 +343,15 @@ func txnRecord(txn *badger.Txn, k []byte, withValue bool, dst []byte) (t Tag, fl
 // called from the committer goroutine once it is durable (or failed). key and
 // val are copied.
 func (s *Store) Put(key []byte, t Tag, flags byte, val []byte, id uint64, to completion) {
-	s.put(key, t, flags, val, id, to, false, Tag{})
+	s.put(commitEntry{tag: t, id: id, to: to}, key, flags, val)
+}
+
+// PutBulk is Put for a copied record (a catch-up page, a learner's sync):
+// the same rule, but the record enters the record cache only if its key is
+// cached already, so a bulk copy neither evicts the hot keys nor pays an
+// eviction per record.
+func (s *Store) PutBulk(key []byte, t Tag, flags byte, val []byte, id uint64, to completion) {
+	s.put(commitEntry{tag: t, id: id, to: to, bulk: true}, key, flags, val)
 }
 
 // PutRepair queues a repair of key to the source DC's record (t, flags,
@@ -351,12 +363,13 @@ func (s *Store) Put(key []byte, t Tag, flags byte, val []byte, id uint64, to com
 // higher still, as for Put. to.writeDone's held tag is the replica's tag
 // afterwards (zero: removed).
 func (s *Store) PutRepair(key []byte, t Tag, flags byte, val []byte, bound Tag, id uint64, to completion) {
-	s.put(key, t, flags, val, id, to, true, bound)
+	s.put(commitEntry{tag: t, id: id, to: to, repair: true, bound: bound}, key, flags, val)
 }
 
-func (s *Store) put(key []byte, t Tag, flags byte, val []byte, id uint64, to completion, repair bool, bound Tag) {
+// put queues e (tag, id, completion and mode set) for key's record.
+func (s *Store) put(e commitEntry, key []byte, flags byte, val []byte) {
 	if s.full.Load() {
-		to.writeDone(id, false, Tag{}) // no disk space: refused, never half-written
+		e.to.writeDone(e.id, false, Tag{}) // no disk space: refused, never half-written
 		return
 	}
 	s.mu.Lock()
@@ -367,11 +380,10 @@ func (s *Store) put(key []byte, t Tag, flags byte, val []byte, id uint64, to com
 		s.drained.Wait()
 	}
 	b := s.cur
-	e := commitEntry{tag: t, id: id, to: to, repair: repair, bound: bound}
 	e.keyOff = len(b.arena)
 	b.arena = appendUserKey(b.arena, key)
 	e.keyEnd = len(b.arena)
-	b.arena = AppendTag(b.arena, t)
+	b.arena = AppendTag(b.arena, e.tag)
 	b.arena = append(b.arena, flags)
 	b.arena = append(b.arena, val...)
 	e.recEnd = len(b.arena)
@@ -530,7 +542,7 @@ func (s *Store) apply(b *commitBatch) {
 		switch {
 		case !ok, e.removed:
 			c.forgetLocked(key)
-		case e.stored:
+		case e.stored && (!e.bulk || c.m[string(key)] != nil):
 			rec := b.arena[e.keyEnd:e.recEnd]
 			c.setLocked(key, e.tag, rec[TagSize], true, rec[recordHeader:])
 		}
