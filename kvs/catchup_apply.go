@@ -68,7 +68,7 @@ func (n *Node) putBatch(b []byte, count int, bound Tag, fin func(ok bool)) {
 	for len(b) > 0 {
 		b, _ = nextScanRecord(b, &rec)
 		if bound.IsZero() {
-			n.store.Put(rec.key, rec.tag, rec.flags, rec.val, 0, s)
+			n.store.PutBulk(rec.key, rec.tag, rec.flags, rec.val, 0, s)
 		} else {
 			n.store.PutRepair(rec.key, rec.tag, rec.flags, rec.val, bound, 0, s)
 		}
@@ -202,19 +202,38 @@ func (n *Node) waitBatch(a *applyBatch) error {
 	return nil
 }
 
+// catchupPace is what a job's local writes pass: the --catchup-rate
+// bucket (nil: unlimited) and the delay-based window (catchup_window.go).
+type catchupPace struct {
+	limiter *rate.Limiter
+	win     *applyWindow
+}
+
 // applyRecords writes a page's records (Scan format, validated, count of
-// them) at the local quorum in batches, at most catchupApplyBatches in
-// flight, each batch passing limiter first; it returns when every batch is
-// on a quorum. A non-zero bound makes them repairs (Store.PutRepair).
-func (n *Node) applyRecords(ctx context.Context, b []byte, bound Tag, limiter *rate.Limiter) error {
-	var inflight []*applyBatch
+// them) at the local quorum in batches, each batch passing the rate bucket
+// first, with at most the window's limit in flight (and its pause after a
+// batch when the window is below one); it returns when every batch is on
+// a quorum. A non-zero bound makes them repairs (Store.PutRepair).
+func (n *Node) applyRecords(ctx context.Context, b []byte, bound Tag, pace *catchupPace) error {
+	type flight struct {
+		a     *applyBatch
+		start time.Time
+	}
+	var inflight []flight
 	var ferr error
+	var pause time.Duration
 	waitOldest := func() {
-		a := inflight[0]
+		f := inflight[0]
 		inflight = inflight[1:]
-		if err := n.waitBatch(a); err != nil && ferr == nil {
-			ferr = err
+		if err := n.waitBatch(f.a); err != nil {
+			if ferr == nil {
+				ferr = err
+			}
+			return
 		}
+		now := time.Now()
+		pause = pace.win.done(now.Sub(f.start), now)
+		n.catchStats.setWindow(pace.win)
 	}
 	var rec scanRecord
 	for len(b) > 0 && ferr == nil {
@@ -233,10 +252,10 @@ func (n *Node) applyRecords(ctx context.Context, b []byte, bound Tag, limiter *r
 		}
 		batch := b[:end]
 		b = b[end:]
-		if limiter != nil { // the rate counts record data (keys and values)
+		if l := pace.limiter; l != nil { // the rate counts record data (keys and values)
 			for left := data; left > 0; {
-				k := min(left, limiter.Burst())
-				if err := limiter.WaitN(ctx, k); err != nil {
+				k := min(left, l.Burst())
+				if err := l.WaitN(ctx, k); err != nil {
 					ferr = err
 					break
 				}
@@ -246,13 +265,25 @@ func (n *Node) applyRecords(ctx context.Context, b []byte, bound Tag, limiter *r
 				break
 			}
 		}
-		for len(inflight) > 0 && len(inflight) >= catchupApplyBatches {
+		for len(inflight) > 0 && len(inflight) >= pace.win.limit() {
 			waitOldest()
 		}
 		if ferr != nil {
 			break
 		}
-		inflight = append(inflight, n.startBatch(batch, count, bound))
+		if pause > 0 {
+			n.catchStats.Paused.Add(uint64(pause))
+			select {
+			case <-ctx.Done():
+				ferr = ctx.Err()
+			case <-time.After(pause):
+			}
+			pause = 0
+			if ferr != nil {
+				break
+			}
+		}
+		inflight = append(inflight, flight{n.startBatch(batch, count, bound), time.Now()})
 	}
 	for len(inflight) > 0 {
 		waitOldest()

@@ -196,12 +196,12 @@ func (n *Node) pullJob(ctx context.Context, j *catchupJob) error {
 	if len(addrs) == 0 {
 		return fmt.Errorf("no --remote addresses for source DC %q", j.source)
 	}
-	limiter := n.catchupLimiter()
+	pace := n.newCatchupPace()
 	fails := 0
 	var errs []error
 	for i := 0; ; i++ {
 		addr := addrs[i%len(addrs)]
-		progressed, err := n.pullFrom(ctx, j, addr, limiter)
+		progressed, err := n.pullFrom(ctx, j, addr, pace)
 		if err == nil {
 			j.srcIdx = i % len(addrs)
 			return nil
@@ -227,12 +227,16 @@ func (n *Node) pullJob(ctx context.Context, j *catchupJob) error {
 	}
 }
 
-// catchupLimiter is a job's --catchup-rate bucket (nil: unlimited).
-func (n *Node) catchupLimiter() *rate.Limiter {
-	if n.cfg.CatchupRate <= 0 {
-		return nil
+// newCatchupPace is a job's pace: its --catchup-rate bucket (nil:
+// unlimited) and its --catchup-target window.
+func (n *Node) newCatchupPace() *catchupPace {
+	p := &catchupPace{win: newApplyWindow(n.cfg.CatchupTarget)}
+	if n.cfg.CatchupRate > 0 {
+		// A burst of one batch: pages arrive whole, and a larger bucket
+		// let one be written at full speed after a quiet spell.
+		p.limiter = rate.NewLimiter(rate.Limit(n.cfg.CatchupRate), int(min(n.cfg.CatchupRate, catchupBatchBytes)))
 	}
-	return rate.NewLimiter(rate.Limit(n.cfg.CatchupRate), int(min(n.cfg.CatchupRate, 1<<20)))
+	return p
 }
 
 // dialCatchup connects to a source node's peer port as a dc-reader.
@@ -258,10 +262,10 @@ func (n *Node) dialCatchup(ctx context.Context, addr string) (net.Conn, error) {
 
 // pullFrom runs the stream against one source node until the tail (nil),
 // a failure, or ctx's end. progressed reports whether a page was applied.
-func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter *rate.Limiter) (progressed bool, err error) {
+func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, pace *catchupPace) (progressed bool, err error) {
 	if cc := n.takeCatchupConn(addr); cc != nil {
 		n.catchStats.Reused.Add(1)
-		progressed, err := n.pullOn(ctx, j, cc, limiter)
+		progressed, err := n.pullOn(ctx, j, cc, pace)
 		if err == nil || progressed || ctx.Err() != nil || errors.Is(err, errCatchupLocal) {
 			return progressed, err
 		}
@@ -271,11 +275,11 @@ func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, limiter
 	if err != nil {
 		return false, err
 	}
-	return n.pullOn(ctx, j, &catchupConn{addr: addr, c: c, fr: newFrameReader(c, maxCatchupFrame), nextID: 1}, limiter)
+	return n.pullOn(ctx, j, &catchupConn{addr: addr, c: c, fr: newFrameReader(c, maxCatchupFrame), nextID: 1}, pace)
 }
 
 // pullOn runs the stream on cc (closing it, or parking it after the tail).
-func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, limiter *rate.Limiter) (progressed bool, err error) {
+func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace *catchupPace) (progressed bool, err error) {
 	c := cc.c
 	keep := false
 	defer func() {
@@ -337,7 +341,7 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, limit
 				return progressed, err
 			}
 		}
-		recs, size, err := n.applyPage(ctx, r.val[TagSize+8:], limiter)
+		recs, size, err := n.applyPage(ctx, r.val[TagSize+8:], pace)
 		if err != nil {
 			return progressed, err
 		}
@@ -382,7 +386,7 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, limit
 // applyPage checks a page's records and writes them at the local quorum,
 // each with its own tag (catchup_apply.go); it returns records and bytes
 // (keys and values).
-func (n *Node) applyPage(ctx context.Context, b []byte, limiter *rate.Limiter) (int, int, error) {
+func (n *Node) applyPage(ctx context.Context, b []byte, pace *catchupPace) (int, int, error) {
 	count, err := n.checkBatch(b, false)
 	if err != nil {
 		return 0, 0, fmt.Errorf("page: %w", err)
@@ -393,7 +397,7 @@ func (n *Node) applyPage(ctx context.Context, b []byte, limiter *rate.Limiter) (
 		r, _ = nextScanRecord(r, &rec)
 		size += len(rec.key) + len(rec.val)
 	}
-	if err := n.applyRecords(ctx, b, Tag{}, limiter); err != nil {
+	if err := n.applyRecords(ctx, b, Tag{}, pace); err != nil {
 		return 0, 0, err
 	}
 	return count, size, nil

@@ -333,3 +333,36 @@ func TestCatchupConnKeptBetweenPasses(t *testing.T) {
 	}
 	assertConverged(t, a, b)
 }
+
+// TestCatchupWindowYields: with --catchup-target, the driver's local
+// batches pass the delay-based window (catchup_window.go): at a target no
+// queue can meet the window falls below one batch and the driver pauses
+// between batches, and the job still copies every record to a quorum;
+// with no target the window is the fixed one and never pauses.
+func TestCatchupWindowYields(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0)
+	fillA(t, a, 150, 20000, 1_000_000) // one record a batch
+	for _, tc := range []struct {
+		target time.Duration
+		pause  bool
+	}{{time.Nanosecond, true}, {0, false}} {
+		b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 50, func(c *Config) {
+			c.CatchupTarget, c.CatchupRate = tc.target, 0
+		})
+		st := b.Node(0).CatchupStats()
+		var pl progressLog
+		b.Node(0).StartCatchup(1, "A", Tag{}, pl.report)
+		if f := pl.waitEnd(t, 60*time.Second); f.State != orderwire.JobDone || f.Keys != 150 {
+			t.Fatalf("target %v: state %d, %d keys", tc.target, f.State, f.Keys)
+		}
+		assertConverged(t, a, b)
+		paused := time.Duration(st.Paused.Load())
+		t.Logf("target %v: window %.3f, paused %v", tc.target, st.Window(), paused)
+		if tc.pause && (paused == 0 || st.Window() >= 1) {
+			t.Errorf("target %v: window %.3f, paused %v; want below one batch, with pauses", tc.target, st.Window(), paused)
+		}
+		if !tc.pause && paused != 0 {
+			t.Errorf("no target: paused %v", paused)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -22,6 +23,9 @@ type CatchupStats struct {
 	Failures   atomic.Uint64 // source connections lost or refused (the job moves to the next source node)
 	Reused     atomic.Uint64 // passes that ran on the connection kept from the previous pass
 	rate       atomic.Uint64 // float64 bits: bytes/s of the running job
+	Paused     atomic.Uint64 // ns the driver paused between batches (window below one batch, catchup_window.go)
+	window     atomic.Uint64 // float64 bits: the running job's window (batches in flight)
+	queued     atomic.Int64  // ns: the last batch's latency above the floor
 
 	ServedPages     atomic.Uint64 // pages served to drivers
 	ServedRecords   atomic.Uint64 // records in those pages
@@ -43,6 +47,21 @@ func (s *CatchupStats) Rate() float64 { return math.Float64frombits(s.rate.Load(
 
 func (s *CatchupStats) setRate(r float64) { s.rate.Store(math.Float64bits(r)) }
 
+// Window is the running job's window in batches in flight (below 1: a
+// duty cycle) and Queued the last batch's quorum latency above the floor.
+func (s *CatchupStats) Window() float64 { return math.Float64frombits(s.window.Load()) }
+
+// Queued is the delay the last batch met above the floor (catchup_window.go).
+func (s *CatchupStats) Queued() time.Duration { return time.Duration(s.queued.Load()) }
+
+func (s *CatchupStats) setWindow(a *applyWindow) {
+	if a == nil || a.target <= 0 {
+		return
+	}
+	s.window.Store(math.Float64bits(a.w))
+	s.queued.Store(int64(a.queued))
+}
+
 // CatchupStats returns the node's catch-up counters.
 func (n *Node) CatchupStats() *CatchupStats { return &n.catchStats }
 
@@ -52,6 +71,8 @@ func (s *CatchupStats) appendInfo(b *strings.Builder) {
 		s.Jobs.Load(), s.JobsDone.Load(), s.JobsFailed.Load(), s.Running.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_records:%d\r\nsdnkvs_catchup_bytes:%d\r\nsdnkvs_catchup_pages:%d\r\nsdnkvs_catchup_failures:%d\r\nsdnkvs_catchup_conns_reused:%d\r\nsdnkvs_catchup_rate_bytes_per_sec:%.0f\r\n",
 		s.Records.Load(), s.Bytes.Load(), s.Pages.Load(), s.Failures.Load(), s.Reused.Load(), s.Rate())
+	fmt.Fprintf(b, "sdnkvs_catchup_window:%.3f\r\nsdnkvs_catchup_queued_ms:%.1f\r\nsdnkvs_catchup_paused_seconds:%.1f\r\n",
+		s.Window(), float64(s.Queued())/1e6, float64(s.Paused.Load())/1e9)
 	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
 		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_bytes:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
@@ -87,6 +108,9 @@ var catchupMetrics = []struct {
 	{"failures_total", "Source connections lost or refused during catch-up.", false, func(s *CatchupStats) float64 { return float64(s.Failures.Load()) }},
 	{"conns_reused_total", "Catch-up passes that ran on the source connection kept from the previous pass.", false, func(s *CatchupStats) float64 { return float64(s.Reused.Load()) }},
 	{"rate_bytes_per_second", "Pull rate of the running catch-up job.", true, func(s *CatchupStats) float64 { return s.Rate() }},
+	{"window_batches", "The running job's window: local batches in flight (below 1: one batch, then a pause), set by --catchup-target.", true, func(s *CatchupStats) float64 { return s.Window() }},
+	{"queued_seconds", "The last catch-up batch's quorum latency above its floor: the delay the copy adds to live writes.", true, func(s *CatchupStats) float64 { return s.Queued().Seconds() }},
+	{"paused_seconds_total", "Time the catch-up driver paused between batches to keep the delay it adds under --catchup-target.", false, func(s *CatchupStats) float64 { return float64(s.Paused.Load()) / 1e9 }},
 	{"served_pages_total", "Catch-up pages served to another DC.", false, func(s *CatchupStats) float64 { return float64(s.ServedPages.Load()) }},
 	{"served_records_total", "Records in those pages.", false, func(s *CatchupStats) float64 { return float64(s.ServedRecords.Load()) }},
 	{"served_from_peers_total", "Served records read from a DC peer because this node lacked them.", false, func(s *CatchupStats) float64 { return float64(s.ServedFromPeers.Load()) }},

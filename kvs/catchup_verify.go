@@ -42,20 +42,18 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // verifier runs one verify pass against one source node.
 type verifier struct {
-	n       *Node
-	ctx     context.Context
-	cc      *catchupConn
-	bound   Tag
-	limiter *rate.Limiter
-	wbuf    []byte
-	fetch   [][]byte // candidate keys waiting for a fetch
-	local   map[string]listEntry
+	n     *Node
+	ctx   context.Context
+	cc    *catchupConn
+	bound Tag
+	pace  *catchupPace
+	wbuf  []byte
+	fetch [][]byte // candidate keys waiting for a fetch
+	local map[string]listEntry
 }
 
 // boundTag is the highest tag at or below sequencer G bound.
@@ -300,7 +298,7 @@ func (v *verifier) flush() error {
 	if count == 0 {
 		return nil
 	}
-	if err := v.n.applyRecords(v.ctx, batch, v.bound, v.limiter); err != nil {
+	if err := v.n.applyRecords(v.ctx, batch, v.bound, v.pace); err != nil {
 		return err
 	}
 	v.n.catchStats.VerifyRepaired.Add(uint64(count))
@@ -311,12 +309,12 @@ func (v *verifier) flush() error {
 // one fails (the comparison starts over there).
 func (n *Node) verifyJob(ctx context.Context, j *catchupJob) error {
 	addrs := n.cfg.Remotes[j.source]
-	limiter := n.catchupLimiter()
+	pace := n.newCatchupPace()
 	n.catchStats.Verifies.Add(1)
 	var errs []error
 	for i := range addrs {
 		addr := addrs[(j.srcIdx+i)%len(addrs)]
-		err := n.verifyFrom(ctx, j, addr, limiter)
+		err := n.verifyFrom(ctx, j, addr, pace)
 		if err == nil {
 			return nil
 		}
@@ -332,7 +330,7 @@ func (n *Node) verifyJob(ctx context.Context, j *catchupJob) error {
 
 // verifyFrom runs the verify pass against one source node, on the parked
 // connection if it goes there, and parks the connection after.
-func (n *Node) verifyFrom(ctx context.Context, j *catchupJob, addr string, limiter *rate.Limiter) error {
+func (n *Node) verifyFrom(ctx context.Context, j *catchupJob, addr string, pace *catchupPace) error {
 	cc := n.takeCatchupConn(addr)
 	if cc == nil {
 		c, err := n.dialCatchup(ctx, addr)
@@ -344,7 +342,7 @@ func (n *Node) verifyFrom(ctx context.Context, j *catchupJob, addr string, limit
 	stop := context.AfterFunc(ctx, func() { cc.c.Close() })
 	start := time.Now()
 	before := n.catchStats.VerifyRepaired.Load()
-	v := &verifier{n: n, ctx: ctx, cc: cc, bound: boundTag(j.bound), limiter: limiter, local: map[string]listEntry{}}
+	v := &verifier{n: n, ctx: ctx, cc: cc, bound: boundTag(j.bound), pace: pace, local: map[string]listEntry{}}
 	err := v.run()
 	if !stop() || err != nil {
 		cc.c.Close()

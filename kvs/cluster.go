@@ -44,7 +44,7 @@ type ClusterConfig struct {
 	DebugListen   string // pprof of node 1 on this loopback address
 	Reconfigure   bool   // accept a changed membership (see Config.Reconfigure)
 	// Limits: MaxClients, IdleTimeout, WriteTimeout, MaxCmdKeys,
-	// MinFreeDisk and the catch-up settings (DCName, Remotes, CatchupRate)
+	// MinFreeDisk and the catch-up settings (DCName, Remotes, CatchupRate, CatchupTarget)
 	// are copied to every node (zero: the defaults).
 	Limits Config
 }
@@ -122,6 +122,7 @@ func (cc ClusterConfig) NodeConfigs() ([]Config, error) {
 			MaxClients:  cc.Limits.MaxClients, IdleTimeout: cc.Limits.IdleTimeout, WriteTimeout: cc.Limits.WriteTimeout,
 			MaxCmdKeys: cc.Limits.MaxCmdKeys, MinFreeDisk: cc.Limits.MinFreeDisk,
 			DCName: cc.Limits.DCName, Remotes: cc.Limits.Remotes, CatchupRate: cc.Limits.CatchupRate,
+			CatchupTarget: cc.Limits.CatchupTarget,
 		}
 		if i == 0 {
 			cfgs[i].DebugListen = cc.DebugListen

@@ -60,6 +60,9 @@ type Config struct {
 	DCName      string
 	Remotes     map[string][]string
 	CatchupRate int64
+	// CatchupTarget is the delay a catch-up job's local writes may add to
+	// live writes in this DC (catchup_window.go); 0: a fixed window.
+	CatchupTarget time.Duration
 	// CatchupPageBytes and CatchupPageRecords bound one pulled page
 	// (0: CatchupPageBytes, CatchupPageRecords).
 	CatchupPageBytes   int

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sdnkvs/sdnkvs/kvs"
 )
@@ -15,6 +16,8 @@ type KvsCatchupFlags struct {
 	DCName      string   `name:"dc-name" placeholder:"NAME" help:"This DC's name (1-16 bytes), the name the middlebox gives it in --dc."`
 	Remote      []string `name:"remote" sep:"none" placeholder:"NAME=HOST:PORT[,HOST:PORT...]" help:"Another DC's nodes' PEER addresses (repeatable, one per DC): a catch-up job the middlebox starts on this node pulls from them. The DCs must share --cluster-id and --peer-secret-file; a remote DC's node may only read the catch-up stream."`
 	CatchupRate string   `name:"catchup-rate" default:"64MiB" placeholder:"BYTES" help:"Bytes per second of record data a catch-up job pulls (e.g. 64MiB, 512KiB); 0 = unlimited."`
+	// CatchupTarget: catchup_window.go in package kvs.
+	CatchupTarget time.Duration `name:"catchup-target" default:"25ms" placeholder:"DURATION" help:"Delay a catch-up job's writes may add to live writes in this DC: the job's window of local batches shrinks (down to a pause between batches) while their latency is more than this above its floor; 0 = a fixed window of 4 batches."`
 }
 
 // apply validates the flags into c.
@@ -55,7 +58,10 @@ func (f KvsCatchupFlags) apply(c *kvs.Config) error {
 	if err != nil {
 		return fmt.Errorf("--catchup-rate: %w", err)
 	}
-	c.DCName, c.CatchupRate = f.DCName, rate
+	if f.CatchupTarget < 0 {
+		return fmt.Errorf("--catchup-target: %v is negative", f.CatchupTarget)
+	}
+	c.DCName, c.CatchupRate, c.CatchupTarget = f.DCName, rate, f.CatchupTarget
 	if len(remotes) > 0 {
 		c.Remotes = remotes
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sdnkvs/sdnkvs/kvs"
 )
@@ -26,7 +27,7 @@ func TestKvsCatchupFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	c = kvs.Config{}
-	if err := cli.Kvs.Node.KvsCatchupFlags.apply(&c); err != nil || c.CatchupRate != 64<<20 || c.Remotes != nil {
+	if err := cli.Kvs.Node.KvsCatchupFlags.apply(&c); err != nil || c.CatchupRate != 64<<20 || c.Remotes != nil || c.CatchupTarget != kvs.DefaultCatchupTarget {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
 	for _, bad := range []struct {
@@ -40,6 +41,7 @@ func TestKvsCatchupFlags(t *testing.T) {
 		{KvsCatchupFlags{DCName: "near", Remote: []string{"far=h:1", "far=h:2"}, CatchupRate: "0"}, "given twice"},
 		{KvsCatchupFlags{DCName: "near", Remote: []string{"far=h:99999"}, CatchupRate: "0"}, "not HOST:PORT"},
 		{KvsCatchupFlags{DCName: "near", CatchupRate: "fast"}, "--catchup-rate"},
+		{KvsCatchupFlags{DCName: "near", CatchupRate: "0", CatchupTarget: -time.Millisecond}, "--catchup-target"},
 	} {
 		err := bad.f.apply(&kvs.Config{})
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
