@@ -103,12 +103,21 @@ func (cc *clientConn) flush() {
 }
 
 func (n *Node) serveClient(c net.Conn) {
-	if n.stats.Clients.Add(1) > int64(n.cfg.MaxClients) {
-		n.stats.Clients.Add(-1)
-		n.stats.Rejected.Add(1)
-		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write(appendErr(nil, "ERR max number of clients reached"))
-		return
+	if open := n.stats.Clients.Add(1); open > int64(n.cfg.MaxClients) {
+		// A forked connection of the sequenced port is spared (up to
+		// forkedClientsFactor x MaxClients): every DC gets it, so
+		// refusing it here while the other DCs serve it is a reply
+		// mismatch, and whoever filled this node with anycast or direct
+		// connections would take its DC out of service. The middlebox
+		// bounds forked flows (--max-flows, --max-flows-per-source).
+		if open > int64(forkedClientsFactor*n.cfg.MaxClients) || !n.forkedConn(c) {
+			n.stats.Clients.Add(-1)
+			n.stats.Rejected.Add(1)
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(appendErr(nil, "ERR max number of clients reached"))
+			return
+		}
+		n.stats.ForkedOverMax.Add(1)
 	}
 	// Runs last (after the client count is released and the connection
 	// state is dropped): a protocol error over its IP's budget is answered

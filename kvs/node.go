@@ -122,11 +122,14 @@ type Stats struct {
 	AuthFail     atomic.Uint64 // client commands refused with NOAUTH or WRONGPASS
 	Promotions   atomic.Uint64 // learner -> voter
 	Rejected     atomic.Uint64 // connections refused over MaxClients
-	SlowClients  atomic.Uint64 // clients closed for not reading their replies
-	ProtoHeld    atomic.Uint64 // connections held before their close for a source IP's repeated protocol errors
-	DiskFull     atomic.Uint64 // writes refused for lack of disk space
-	DamageOpen   atomic.Uint64 // stores found damaged at open (moved aside, rebuilt)
-	Clients      atomic.Int64  // open client connections
+	// ForkedOverMax counts forked connections accepted over MaxClients
+	// (front.go: refusing them in one DC only is a reply mismatch).
+	ForkedOverMax atomic.Uint64
+	SlowClients   atomic.Uint64 // clients closed for not reading their replies
+	ProtoHeld     atomic.Uint64 // connections held before their close for a source IP's repeated protocol errors
+	DiskFull      atomic.Uint64 // writes refused for lack of disk space
+	DamageOpen    atomic.Uint64 // stores found damaged at open (moved aside, rebuilt)
+	Clients       atomic.Int64  // open client connections
 }
 
 // Start opens storage, listens on the configured addresses and starts

@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
+	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
 )
 
 // dialFrom dials node n from local address from (port 0: any), with
@@ -129,4 +133,86 @@ func readReplies(t *testing.T, r *rawConn, n int) []byte {
 		one()
 	}
 	return out
+}
+
+// freeLoopbackPort returns a loopback TCP port nothing listens on (for a
+// client port the test announces on the order stream before dialing).
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestMaxClientsSparesForked: a node full of anycast or direct clients
+// (--maxclients) still serves a forked connection of the sequenced port,
+// whether its OPEN came before the connection or just after it, since the
+// other DCs serve it and a refusal here would be a reply mismatch that
+// drops this DC; a connection the order stream never announced is
+// refused as before.
+func TestMaxClientsSparesForked(t *testing.T) {
+	c := startCluster(t, "", 3, 2*time.Second, func(c *Config, spare string) {
+		c.OrderListen, c.OrderSecret, c.UnsequencedGrace = spare, testOrderSecret, 100*time.Millisecond
+		c.MaxClients = 2
+	})
+	n := c.Node(0)
+	seq := newFakeSeq(t, 1, 1000)
+	seq.connect(n)
+	ping := respCmd("PING")
+	for i := 0; i < 2; i++ {
+		d := dialRaw(t, n)
+		d.write(ping)
+		if r := readReplies(t, d, 1); string(r) != "+PONG\r\n" {
+			t.Fatalf("client %d: %q", i, r)
+		}
+	}
+	over := dialRaw(t, n)
+	over.write(ping)
+	if r := readReplies(t, over, 1); !strings.HasPrefix(string(r), "-ERR max number of clients reached") {
+		t.Fatalf("a third direct client: %q, want the max-clients error", r)
+	}
+
+	srv, err := netip.ParseAddrPort(n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowAt := func(port int) orderwire.Flow {
+		f, ok := orderwire.FlowOf(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), srv.Port())
+		if !ok {
+			t.Fatal("flow")
+		}
+		return f
+	}
+	// OPEN before the connection, as the middlebox sends it.
+	p1 := freeLoopbackPort(t)
+	seq.send(n, openFrame(flowAt(p1)))
+	testenv.WaitFor(t, 5*time.Second, "OPEN received", func() bool {
+		_, res := n.seq.table.lookup(flowAt(p1), 0)
+		return res != flowUnknown
+	})
+	f1 := dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p1})
+	f1.write(ping)
+	if r := readReplies(t, f1, 1); string(r) != "+PONG\r\n" {
+		t.Fatalf("forked connection over --maxclients: %q, want +PONG", r)
+	}
+	// OPEN just after the SYN (the order stream is another connection).
+	p2 := freeLoopbackPort(t)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		seq.send(n, openFrame(flowAt(p2)))
+	}()
+	f2 := dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p2})
+	f2.write(ping)
+	if r := readReplies(t, f2, 1); string(r) != "+PONG\r\n" {
+		t.Fatalf("forked connection whose OPEN came after it: %q, want +PONG", r)
+	}
+	if got := n.stats.ForkedOverMax.Load(); got != 2 {
+		t.Fatalf("forked connections over --maxclients counted %d, want 2", got)
+	}
+	if got := n.stats.Rejected.Load(); got != 1 {
+		t.Fatalf("refused %d connections, want 1 (the direct one)", got)
+	}
 }

@@ -47,6 +47,28 @@ func flowOfConn(c net.Conn) (orderwire.Flow, bool) {
 	return orderwire.FlowOf(netip.AddrPortFrom(ip, uint16(ra.Port)), uint16(la.Port))
 }
 
+// forkedClientsFactor bounds the connections a node keeps open when the
+// ones over MaxClients are forked flows (serveClient).
+const forkedClientsFactor = 4
+
+// forkedOpenWait is how long a connection over MaxClients waits for the
+// order stream's OPEN (sent before the flow's SYN, but on another
+// connection) before it is taken for one the middlebox did not fork.
+const forkedOpenWait = 250 * time.Millisecond
+
+// forkedConn reports whether c is a flow the order stream announced
+// (OPEN or STAMP), waiting up to forkedOpenWait for the announcement.
+func (n *Node) forkedConn(c net.Conn) bool {
+	if n.seq == nil {
+		return false
+	}
+	k, ok := flowOfConn(c)
+	if !ok {
+		return false
+	}
+	return n.seq.table.awaitOpen(k, time.Now().Add(forkedOpenWait))
+}
+
 // seqAttach registers the connection's flow with the stamp table.
 func (cc *clientConn) seqAttach() {
 	if cc.n.seq == nil {

@@ -341,6 +341,32 @@ func (t *stampTable) lookupLocked(k orderwire.Flow, off uint64) (uint64, lookupR
 }
 
 // lookup returns the stamp of byte off of flow k, if announced.
+// awaitOpen reports whether flow k is open (an OPEN or a STAMP came),
+// waiting for it until deadline.
+func (t *stampTable) awaitOpen(k orderwire.Flow, deadline time.Time) bool {
+	for {
+		t.mu.Lock()
+		_, res := t.lookupLocked(k, 0)
+		if res != flowUnknown {
+			t.mu.Unlock()
+			return true
+		}
+		ch := t.waitChanLocked()
+		t.mu.Unlock()
+		d := time.Until(deadline)
+		if d <= 0 {
+			return false
+		}
+		tm := time.NewTimer(d)
+		select {
+		case <-ch:
+			tm.Stop()
+		case <-tm.C:
+			return false
+		}
+	}
+}
+
 func (t *stampTable) lookup(k orderwire.Flow, off uint64) (uint64, lookupResult) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
