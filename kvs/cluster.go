@@ -119,7 +119,7 @@ func (cc ClusterConfig) NodeConfigs() ([]Config, error) {
 			Timeout: cc.Timeout, Logger: cc.Logger, OrderSecret: cc.OrderSecret,
 			Cluster: cc.Cluster, PeerSecret: secret, InsecurePeers: cc.InsecurePeers, RequirePass: cc.RequirePass,
 			Reconfigure: cc.Reconfigure,
-			MaxClients:  cc.Limits.MaxClients, IdleTimeout: cc.Limits.IdleTimeout, WriteTimeout: cc.Limits.WriteTimeout,
+			MaxClients:  cc.Limits.MaxClients, MaxClientsPerIP: cc.Limits.MaxClientsPerIP, IdleTimeout: cc.Limits.IdleTimeout, WriteTimeout: cc.Limits.WriteTimeout,
 			MaxCmdKeys: cc.Limits.MaxCmdKeys, MinFreeDisk: cc.Limits.MinFreeDisk,
 			DCName: cc.Limits.DCName, Remotes: cc.Limits.Remotes, CatchupRate: cc.Limits.CatchupRate,
 			CatchupTarget: cc.Limits.CatchupTarget,

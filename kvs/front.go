@@ -103,21 +103,48 @@ func (cc *clientConn) flush() {
 }
 
 func (n *Node) serveClient(c net.Conn) {
-	if open := n.stats.Clients.Add(1); open > int64(n.cfg.MaxClients) {
-		// A forked connection of the sequenced port is spared (up to
-		// forkedClientsFactor x MaxClients): every DC gets it, so
-		// refusing it here while the other DCs serve it is a reply
-		// mismatch, and whoever filled this node with anycast or direct
-		// connections would take its DC out of service. The middlebox
-		// bounds forked flows (--max-flows, --max-flows-per-source).
-		if open > int64(forkedClientsFactor*n.cfg.MaxClients) || !n.forkedConn(c) {
+	// A forked connection (announced on the order stream) does not count
+	// toward its address's bound, and is spared over either bound (up to
+	// forkedClientsFactor x MaxClients): every DC gets it, so refusing it
+	// here while the other DCs serve it is a reply mismatch, and whoever
+	// filled this node with anycast or direct connections would take its
+	// DC out of service. The middlebox bounds forked flows (--max-flows,
+	// --max-flows-per-source).
+	ip := addrOf(c)
+	forked := n.forkedConn(c, time.Time{})
+	perIP := 0
+	if !forked {
+		perIP = n.perIP.add(ip)
+	}
+	open := n.stats.Clients.Add(1)
+	overIP := !forked && n.cfg.MaxClientsPerIP > 0 && perIP > n.cfg.MaxClientsPerIP
+	if open > int64(n.cfg.MaxClients) || overIP {
+		// The OPEN travels on another connection than the SYN: wait a
+		// little for it before refusing.
+		if !forked && open <= int64(forkedClientsFactor*n.cfg.MaxClients) && n.forkedConn(c, time.Now().Add(forkedOpenWait)) {
+			forked = true
+			n.perIP.done(ip)
+		}
+		if !forked || open > int64(forkedClientsFactor*n.cfg.MaxClients) {
+			if !forked {
+				n.perIP.done(ip)
+			}
 			n.stats.Clients.Add(-1)
-			n.stats.Rejected.Add(1)
+			msg := "ERR max number of clients reached"
+			if overIP && open <= int64(n.cfg.MaxClients) {
+				msg = "ERR max number of clients per address reached"
+				n.stats.RejectedPerIP.Add(1)
+			} else {
+				n.stats.Rejected.Add(1)
+			}
 			c.SetWriteDeadline(time.Now().Add(time.Second))
-			c.Write(appendErr(nil, "ERR max number of clients reached"))
+			c.Write(appendErr(nil, msg))
 			return
 		}
 		n.stats.ForkedOverMax.Add(1)
+	}
+	if !forked {
+		defer n.perIP.done(ip)
 	}
 	// Runs last (after the client count is released and the connection
 	// state is dropped): a protocol error over its IP's budget is answered

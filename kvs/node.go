@@ -37,15 +37,18 @@ type Config struct {
 	MaxKey   int           // default 4 KiB
 	MaxValue int           // default 1 MiB
 
-	MaxClients   int           // open client connections; default 10000
-	IdleTimeout  time.Duration // close a client idle this long; 0: never
-	WriteTimeout time.Duration // close a client that does not take its replies within this; default 10s
-	MaxCmdKeys   int           // keys in one MGET/MSET/DEL/EXISTS; default 1024
-	ProtoErrRate float64       // protocol errors per second per source IP before their connections are held (penalty.go); default 1
-	ProtoErrHold time.Duration // how long such a connection is held before its -ERR and close; default 1s, negative: never held
-	StoreQueue   int           // bytes of writes queued for the committer before writers wait; default 64 MiB
-	MinFreeDisk  int64         // refuse writes while the data directory has less free space; 0: no check
-	Logger       *slog.Logger
+	MaxClients int // open client connections; default 10000
+	// MaxClientsPerIP bounds one source address's open client
+	// connections (clients_ip.go); 0: no bound.
+	MaxClientsPerIP int
+	IdleTimeout     time.Duration // close a client idle this long; 0: never
+	WriteTimeout    time.Duration // close a client that does not take its replies within this; default 10s
+	MaxCmdKeys      int           // keys in one MGET/MSET/DEL/EXISTS; default 1024
+	ProtoErrRate    float64       // protocol errors per second per source IP before their connections are held (penalty.go); default 1
+	ProtoErrHold    time.Duration // how long such a connection is held before its -ERR and close; default 1s, negative: never held
+	StoreQueue      int           // bytes of writes queued for the committer before writers wait; default 64 MiB
+	MinFreeDisk     int64         // refuse writes while the data directory has less free space; 0: no check
+	Logger          *slog.Logger
 
 	// Sequenced mode (docs/design-sequencer.md): OrderListen is the address
 	// the middlebox's order stream dials; writes then take stamped tags in
@@ -97,6 +100,7 @@ type Node struct {
 	closed  bool
 
 	stats      Stats
+	perIP      ipCounts // open client connections per source address (clients_ip.go)
 	catchStats CatchupStats
 	catchup    catchupDriver // the running catch-up job (catchup_driver.go)
 	catchConns catchupConns  // a catch-up stream kept between passes (catchup_conn.go)
@@ -122,6 +126,8 @@ type Stats struct {
 	AuthFail     atomic.Uint64 // client commands refused with NOAUTH or WRONGPASS
 	Promotions   atomic.Uint64 // learner -> voter
 	Rejected     atomic.Uint64 // connections refused over MaxClients
+	// RejectedPerIP counts connections refused over MaxClientsPerIP.
+	RejectedPerIP atomic.Uint64
 	// ForkedOverMax counts forked connections accepted over MaxClients
 	// (front.go: refusing them in one DC only is a reply mismatch).
 	ForkedOverMax atomic.Uint64

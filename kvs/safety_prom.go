@@ -22,6 +22,7 @@ var safetyMetrics = []struct{ name, help string }{
 	{"id_collisions_total", "Handshakes where a peer claimed an id it does not own."},
 	{"client_auth_failures_total", "Client commands answered NOAUTH or WRONGPASS."},
 	{"clients_rejected_total", "Client connections refused over --maxclients."},
+	{"clients_rejected_per_ip_total", "Client connections refused over --maxclients-per-ip."},
 	{"forked_clients_over_max_total", "Forked connections (announced on the order stream) accepted over --maxclients, which every DC must serve alike."},
 	{"slow_clients_closed_total", "Clients closed for not reading their replies in time."},
 	{"protocol_error_clients_held_total", "Connections held before their close because their source IP exceeded --protocol-error-rate."},
@@ -69,6 +70,7 @@ func (c *safetyCollector) Collect(ch chan<- prometheus.Metric) {
 	cnt("client_auth_failures_total", s.AuthFail.Load())
 	cnt("clients_rejected_total", s.Rejected.Load())
 	cnt("forked_clients_over_max_total", s.ForkedOverMax.Load())
+	cnt("clients_rejected_per_ip_total", s.RejectedPerIP.Load())
 	cnt("slow_clients_closed_total", s.SlowClients.Load())
 	cnt("protocol_error_clients_held_total", s.ProtoHeld.Load())
 	cnt("writes_refused_disk_total", s.DiskFull.Load())

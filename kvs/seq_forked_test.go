@@ -216,3 +216,56 @@ func TestMaxClientsSparesForked(t *testing.T) {
 		t.Fatalf("refused %d connections, want 1 (the direct one)", got)
 	}
 }
+
+// TestMaxClientsPerIP: one source address holds at most
+// --maxclients-per-ip connections to a node, so it cannot take all of
+// --maxclients from other clients; another address is served, a closed
+// connection frees its place, and a forked connection from the same
+// address is spared (the middlebox bounds those per source).
+func TestMaxClientsPerIP(t *testing.T) {
+	c := startCluster(t, "", 3, 2*time.Second, func(c *Config, spare string) {
+		c.OrderListen, c.OrderSecret, c.UnsequencedGrace = spare, testOrderSecret, 100*time.Millisecond
+		c.MaxClientsPerIP = 2
+	})
+	n := c.Node(0)
+	seq := newFakeSeq(t, 1, 1000)
+	seq.connect(n)
+	ping := respCmd("PING")
+	do := func(r *rawConn) string {
+		r.write(ping)
+		return string(readReplies(t, r, 1))
+	}
+	a1, a2 := dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}), dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	for _, r := range []*rawConn{a1, a2} {
+		if got := do(r); got != "+PONG\r\n" {
+			t.Fatalf("a client within its address's bound: %q", got)
+		}
+	}
+	if got := do(dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})); !strings.HasPrefix(got, "-ERR max number of clients per address reached") {
+		t.Fatalf("a third connection from 127.0.0.1: %q, want the per-address error", got)
+	}
+	if got := do(dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)})); got != "+PONG\r\n" {
+		t.Fatalf("a client from another address: %q", got)
+	}
+	// A forked connection from the full address is served.
+	srv, err := netip.ParseAddrPort(n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := freeLoopbackPort(t)
+	f, _ := orderwire.FlowOf(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(p)), srv.Port())
+	seq.send(n, openFrame(f))
+	if got := do(dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p})); got != "+PONG\r\n" {
+		t.Fatalf("a forked connection from a full address: %q", got)
+	}
+	// Closing one frees a place.
+	a1.c.Close()
+	testenv.WaitFor(t, 5*time.Second, "a place freed", func() bool {
+		r := dialFrom(t, n, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		defer r.c.Close()
+		return do(r) == "+PONG\r\n"
+	})
+	if got := n.stats.RejectedPerIP.Load(); got < 1 {
+		t.Fatalf("refusals per address counted %d", got)
+	}
+}

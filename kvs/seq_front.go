@@ -57,8 +57,9 @@ const forkedClientsFactor = 4
 const forkedOpenWait = 250 * time.Millisecond
 
 // forkedConn reports whether c is a flow the order stream announced
-// (OPEN or STAMP), waiting up to forkedOpenWait for the announcement.
-func (n *Node) forkedConn(c net.Conn) bool {
+// (OPEN or STAMP), waiting for the announcement until deadline (zero: not
+// at all).
+func (n *Node) forkedConn(c net.Conn, deadline time.Time) bool {
 	if n.seq == nil {
 		return false
 	}
@@ -66,7 +67,7 @@ func (n *Node) forkedConn(c net.Conn) bool {
 	if !ok {
 		return false
 	}
-	return n.seq.table.awaitOpen(k, time.Now().Add(forkedOpenWait))
+	return n.seq.table.awaitOpen(k, deadline)
 }
 
 // seqAttach registers the connection's flow with the stamp table.

@@ -42,17 +42,22 @@ type KvsNodeCmd struct {
 
 // KvsLimitFlags bound what one client can make a node hold.
 type KvsLimitFlags struct {
-	MaxClients   int           `name:"maxclients" default:"10000" help:"Open client connections per node; more are answered -ERR max number of clients reached and closed."`
-	IdleTimeout  time.Duration `name:"idle-timeout" default:"0s" help:"Close a client connection idle this long (0: never, as Redis's timeout 0)."`
-	WriteTimeout time.Duration `name:"client-write-timeout" default:"10s" help:"Close a client that does not read its replies within this (bounds the output buffer, like Redis's client-output-buffer-limit)."`
-	MaxCmdKeys   int           `name:"max-command-keys" default:"1024" help:"Keys in one MGET, MSET, DEL or EXISTS; a larger command fails at once instead of holding the node's operation pool."`
-	ProtoErrRate float64       `name:"protocol-error-rate" default:"1" help:"Protocol errors per second (burst 10) a source IP may make before each further one holds its connection, unread and unanswered, for --protocol-error-hold before its -ERR reply and close (slows a client that reconnects and resends a bad command in a loop; other clients, even from the same IP, are served normally)."`
-	ProtoErrHold time.Duration `name:"protocol-error-hold" default:"1s" help:"How long a connection over its IP's --protocol-error-rate is held before its -ERR reply and close; 0 answers and closes at once (no penalty)."`
-	MinFreeDisk  string        `name:"min-free-disk" default:"256MiB" help:"Refuse writes (-MISCONF) while the data directory's file system has less free space than this; reads keep working. 0 disables the check."`
+	MaxClients      int           `name:"maxclients" default:"10000" help:"Open client connections per node; more are answered -ERR max number of clients reached and closed."`
+	MaxClientsPerIP int           `name:"maxclients-per-ip" default:"2500" help:"Open client connections per node from one source address; more are answered -ERR max number of clients per address reached and closed (forked connections of the middlebox's sequenced port are spared: it bounds them per source); 0 = no bound."`
+	IdleTimeout     time.Duration `name:"idle-timeout" default:"0s" help:"Close a client connection idle this long (0: never, as Redis's timeout 0)."`
+	WriteTimeout    time.Duration `name:"client-write-timeout" default:"10s" help:"Close a client that does not read its replies within this (bounds the output buffer, like Redis's client-output-buffer-limit)."`
+	MaxCmdKeys      int           `name:"max-command-keys" default:"1024" help:"Keys in one MGET, MSET, DEL or EXISTS; a larger command fails at once instead of holding the node's operation pool."`
+	ProtoErrRate    float64       `name:"protocol-error-rate" default:"1" help:"Protocol errors per second (burst 10) a source IP may make before each further one holds its connection, unread and unanswered, for --protocol-error-hold before its -ERR reply and close (slows a client that reconnects and resends a bad command in a loop; other clients, even from the same IP, are served normally)."`
+	ProtoErrHold    time.Duration `name:"protocol-error-hold" default:"1s" help:"How long a connection over its IP's --protocol-error-rate is held before its -ERR reply and close; 0 answers and closes at once (no penalty)."`
+	MinFreeDisk     string        `name:"min-free-disk" default:"256MiB" help:"Refuse writes (-MISCONF) while the data directory's file system has less free space than this; reads keep working. 0 disables the check."`
 }
 
 func (f KvsLimitFlags) apply(c *kvs.Config) error {
 	c.MaxClients, c.IdleTimeout, c.WriteTimeout, c.MaxCmdKeys = f.MaxClients, f.IdleTimeout, f.WriteTimeout, f.MaxCmdKeys
+	if f.MaxClientsPerIP < 0 {
+		return fmt.Errorf("--maxclients-per-ip: must be >= 0, got %d", f.MaxClientsPerIP)
+	}
+	c.MaxClientsPerIP = f.MaxClientsPerIP
 	if f.ProtoErrRate <= 0 {
 		return fmt.Errorf("--protocol-error-rate: must be > 0, got %v", f.ProtoErrRate)
 	}

@@ -148,3 +148,28 @@ func TestKvsSecretFlags(t *testing.T) {
 		t.Fatalf("good files: %q %q %v", secret, pass, err)
 	}
 }
+
+// --maxclients-per-ip: default 2500, given values reach kvs.Config, and a
+// negative one is refused with a message naming the flag.
+func TestKvsMaxClientsPerIPFlag(t *testing.T) {
+	cli, _, err := parseArgs(t, "kvs", "cluster", "--data", "/tmp/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c kvs.Config
+	if err := cli.Kvs.Cluster.KvsLimitFlags.apply(&c); err != nil || c.MaxClientsPerIP != 2500 {
+		t.Fatalf("default: %d, %v", c.MaxClientsPerIP, err)
+	}
+	cli, _, err = parseArgs(t, "kvs", "cluster", "--data", "/tmp/c", "--maxclients-per-ip", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Kvs.Cluster.KvsLimitFlags.apply(&c); err != nil || c.MaxClientsPerIP != 0 {
+		t.Fatalf("0: %d, %v", c.MaxClientsPerIP, err)
+	}
+	f := cli.Kvs.Cluster.KvsLimitFlags
+	f.MaxClientsPerIP = -1
+	if err := f.apply(&kvs.Config{}); err == nil || !strings.Contains(err.Error(), "--maxclients-per-ip") {
+		t.Fatalf("negative: %v", err)
+	}
+}
