@@ -54,6 +54,13 @@ type verifier struct {
 	wbuf  []byte
 	fetch [][]byte // candidate keys waiting for a fetch
 	local map[string]listEntry
+	// peers are this DC's other replicas, compared with the source as
+	// this node's own store is (catchup_verify_peers.go); force holds
+	// the queued keys one of them differs on (repaired even when this
+	// node's own record equals the source's).
+	peers  []*catchupConn
+	force  map[string]bool
+	queued map[string]bool // the keys in fetch
 }
 
 // boundTag is the highest tag at or below sequencer G bound.
@@ -67,10 +74,19 @@ const (
 	verifyGroup = 64
 )
 
-// roundTrips sends one kindCatchup request per payload on cc, all at once,
-// and reads their answers in order.
+// roundTrips sends one kindCatchup request per payload to the source node,
+// all at once, and reads their answers in order.
 func (v *verifier) roundTrips(payloads [][]byte) ([]response, error) {
-	cc := v.cc
+	first, err := v.send(v.cc, payloads)
+	if err != nil {
+		return nil, err
+	}
+	return v.recv(v.cc, first, len(payloads))
+}
+
+// send writes one kindCatchup request per payload on cc and returns the
+// first one's id.
+func (v *verifier) send(cc *catchupConn, payloads [][]byte) (uint64, error) {
 	first := cc.nextID
 	v.wbuf = v.wbuf[:0]
 	for _, p := range payloads {
@@ -78,10 +94,13 @@ func (v *verifier) roundTrips(payloads [][]byte) ([]response, error) {
 		cc.nextID++
 	}
 	cc.c.SetDeadline(time.Now().Add(catchupReadTimout))
-	if _, err := cc.c.Write(v.wbuf); err != nil {
-		return nil, err
-	}
-	out := make([]response, len(payloads))
+	_, err := cc.c.Write(v.wbuf)
+	return first, err
+}
+
+// recv reads the answers to n requests sent on cc from id first.
+func (v *verifier) recv(cc *catchupConn, first uint64, n int) ([]response, error) {
+	out := make([]response, n)
 	for i := range out {
 		body, err := cc.fr.next()
 		if err != nil {
@@ -93,7 +112,7 @@ func (v *verifier) roundTrips(payloads [][]byte) ([]response, error) {
 			return nil, fmt.Errorf("malformed verify answer (kind %d, id %d, want %d): %v", r.kind, r.id, first+uint64(i), err)
 		}
 		if r.status != statusOK {
-			return nil, fmt.Errorf("source refused: %s", r.val)
+			return nil, fmt.Errorf("refused: %s", r.val)
 		}
 		r.val = append([]byte(nil), r.val...) // the reader reuses its buffer
 	}
@@ -116,10 +135,12 @@ func (v *verifier) run() error {
 			for i, r := range group {
 				reqs[i] = appendKeyRange([]byte{verifyDigest}, r)
 			}
+			pending := v.peersSend(reqs)
 			ans, err := v.roundTrips(reqs)
 			if err != nil {
 				return err
 			}
+			peerAns := v.peersRecv(pending, len(reqs))
 			var leaves []keyRange
 			for i, r := range group {
 				a := ans[i]
@@ -133,7 +154,19 @@ func (v *verifier) run() error {
 					return fmt.Errorf("%w: local digest: %v", errCatchupLocal, err)
 				}
 				v.n.catchStats.VerifyRanges.Add(1)
-				if rc == uint64(lc) && bytes.Equal(ld[:], a.val[8:40]) {
+				same := rc == uint64(lc) && bytes.Equal(ld[:], a.val[8:40])
+				for _, pa := range peerAns {
+					if pa == nil {
+						continue
+					}
+					if p := pa[i].val; len(p) < 8+32 || binary.BigEndian.Uint64(p) != rc || !bytes.Equal(p[8:40], a.val[8:40]) {
+						same = false
+						if lsplit == nil && len(p) > 40 {
+							lsplit, lc = p[40:], int(binary.BigEndian.Uint64(p))
+						}
+					}
+				}
+				if same {
 					continue
 				}
 				split := rsplit
@@ -243,6 +276,9 @@ func (v *verifier) compare(r keyRange, first *response) error {
 				}
 			}
 		}
+		if err := v.comparePeers(sub, remote); err != nil {
+			return err
+		}
 		if sub.end == nil || r.end != nil && bytes.Equal(sub.end, r.end) {
 			return nil
 		}
@@ -250,8 +286,12 @@ func (v *verifier) compare(r keyRange, first *response) error {
 	}
 }
 
-// queue adds key to the next fetch, fetching when it is full.
+// queue adds key to the next fetch (once), fetching when it is full.
 func (v *verifier) queue(key []byte) error {
+	if v.queued[string(key)] {
+		return nil
+	}
+	v.queued[string(key)] = true
 	v.fetch = append(v.fetch, append([]byte(nil), key...))
 	if len(v.fetch) >= verifyFetchMax {
 		return v.flush()
@@ -271,6 +311,8 @@ func (v *verifier) flush() error {
 		req = append(req, k...)
 	}
 	v.fetch = v.fetch[:0]
+	defer clear(v.force)
+	clear(v.queued)
 	ans, err := v.roundTrips([][]byte{req})
 	if err != nil {
 		return err
@@ -289,7 +331,7 @@ func (v *verifier) flush() error {
 		if err != nil {
 			return fmt.Errorf("%w: local read: %v", errCatchupLocal, err)
 		}
-		if t != rec.tag || flags != rec.flags || !bytes.Equal(val, rec.val) {
+		if v.force[string(rec.key)] || t != rec.tag || flags != rec.flags || !bytes.Equal(val, rec.val) {
 			batch = append(batch, b[:len(b)-len(next)]...)
 			count++
 		}
@@ -342,7 +384,9 @@ func (n *Node) verifyFrom(ctx context.Context, j *catchupJob, addr string, pace 
 	stop := context.AfterFunc(ctx, func() { cc.c.Close() })
 	start := time.Now()
 	before := n.catchStats.VerifyRepaired.Load()
-	v := &verifier{n: n, ctx: ctx, cc: cc, bound: boundTag(j.bound), pace: pace, local: map[string]listEntry{}}
+	v := &verifier{n: n, ctx: ctx, cc: cc, bound: boundTag(j.bound), pace: pace, local: map[string]listEntry{}, force: map[string]bool{}, queued: map[string]bool{}}
+	v.dialPeers()
+	defer v.closePeers()
 	err := v.run()
 	if !stop() || err != nil {
 		cc.c.Close()

@@ -1,12 +1,14 @@
 package kvs
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
 )
 
@@ -259,5 +261,73 @@ func TestCatchupVerifyNextSourceNode(t *testing.T) {
 	}
 	if rb, hb := dcRecords(t, b); rb["k00042"] != base["k00042"] || hb["k00042"] < 2 {
 		t.Fatalf("k00042 in B: %+v on %d nodes, want %+v on a quorum", rb["k00042"], hb["k00042"], base["k00042"])
+	}
+}
+
+// TestCatchupVerifyRepairsMinorityReplica: a record that differs on one
+// replica of the joining DC only, a replica other than the driver (a
+// corrupt value with the good tag, an older record, a key the source never
+// had), is found by comparing the source with every replica of the DC and
+// repaired on that replica; a plain pass leaves it.
+func TestCatchupVerifyRepairsMinorityReplica(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0, func(c *Config) { c.Cluster = "dc-a" })
+	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
+	all := []int{0, 1, 2}
+	g := uint64(1_000_000)
+	base := map[string]dcRec{}
+	for i := range 5000 {
+		g++
+		base[fmt.Sprintf("k%05d", i)] = dcRec{tag: stampTag(g), val: fmt.Sprintf("v%d", g)}
+	}
+	putMany(t, a, all, base, false)
+	putMany(t, b, all, base, false)
+	cursor, bound := stampTag(g), g+1000
+	putMany(t, b, []int{2}, map[string]dcRec{
+		"k00005": {tag: base["k00005"].tag, val: "corrupt"},
+		"ghost":  {tag: stampTag(g - 3), val: "A never had it"},
+	}, true)
+	putMany(t, b, []int{1}, map[string]dcRec{
+		"k04000": {tag: stampTag(base["k04000"].tag.Counter - 1), val: "old"},
+	}, true)
+	held := func(node int, k string) (Tag, string) {
+		tg, _, v, err := b.Node(node).store.dbGet([]byte(k), true, nil)
+		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+			t.Fatal(err)
+		}
+		return tg, string(v)
+	}
+	wrong := func() (n int) {
+		for _, c := range []struct {
+			node int
+			key  string
+		}{{2, "k00005"}, {2, "ghost"}, {1, "k04000"}} {
+			tg, v := held(c.node, c.key)
+			want, inA := base[c.key]
+			if inA && (tg != want.tag || v != want.val) || !inA && !tg.IsZero() {
+				n++
+				t.Logf("B node %d %s: %v %q", c.node+1, c.key, tg, v)
+			}
+		}
+		return n
+	}
+	pc := dialOrder(t, b.Node(0))
+	pc.send(t, catchupFrame(t, 1, cursor, "A"))
+	if f := waitJob(t, pc, 1, 60*time.Second); f.State != orderwire.JobDone {
+		t.Fatalf("plain pass ended in state %d", f.State)
+	}
+	if n := wrong(); n != 3 {
+		t.Fatalf("a plain pass changed the minority records (%d of 3 still differ): the test does not test the verify", n)
+	}
+	f := catchupFrame(t, 2, cursor, "A")
+	f.Flags, f.Bound = orderwire.CatchupVerify, bound
+	pc.send(t, f)
+	if f := waitJob(t, pc, 2, 60*time.Second); f.State != orderwire.JobDone {
+		t.Fatalf("verify pass ended in state %d", f.State)
+	}
+	if n := wrong(); n != 0 {
+		t.Fatalf("%d of 3 records that differ on one replica other than the driver were not repaired", n)
+	}
+	if got := b.Node(0).CatchupStats().VerifyRepaired.Load(); got < 3 {
+		t.Errorf("repaired %d records, want at least 3", got)
 	}
 }

@@ -1,0 +1,150 @@
+package kvs
+
+// Verify pass, this DC's other replicas (docs/design-lifecycle.md,
+// "Verify pass (store side)"): the driver compares the source node's store
+// with its own and with each of its DC peers', so a record that differs on
+// one replica of this DC only (a replica the driver is not) is found too.
+// Each peer is read on a catch-up connection of its own (a peer's digest of
+// a large range takes a while, and the peer connection carries the live
+// writes); its digests and lists are asked with the source's, in the same
+// round trip. A key any replica differs on is repaired at this DC's quorum
+// (every replica gets the repair and applies Store.PutRepair's rule to its
+// own record). A peer that cannot be reached or fails mid-pass is left out
+// of the rest of the pass (logged); the pass goes on with the others.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+)
+
+// dialPeers opens a catch-up connection to each DC peer.
+func (v *verifier) dialPeers() {
+	for _, p := range v.n.peers {
+		c, err := v.n.dialCatchup(v.ctx, p.addr)
+		if err != nil {
+			v.n.log.Warn("catch-up: verify leaves out a DC peer it cannot reach", "peer", p.addr, "err", err)
+			continue
+		}
+		v.peers = append(v.peers, &catchupConn{addr: p.addr, c: c, fr: newFrameReader(c, maxCatchupFrame), nextID: 1})
+	}
+}
+
+func (v *verifier) closePeers() {
+	for _, cc := range v.peers {
+		if cc != nil {
+			cc.c.Close()
+		}
+	}
+	v.peers = nil
+}
+
+// dropPeer leaves peer i out of the rest of the pass.
+func (v *verifier) dropPeer(i int, err error) {
+	v.n.log.Warn("catch-up: verify leaves out a DC peer that failed", "peer", v.peers[i].addr, "err", err)
+	v.peers[i].c.Close()
+	v.peers[i] = nil
+}
+
+// peersSend sends reqs to every peer still in the pass and returns each
+// one's first request id (ok false: left out).
+func (v *verifier) peersSend(reqs [][]byte) []peerPending {
+	out := make([]peerPending, len(v.peers))
+	for i, cc := range v.peers {
+		if cc == nil {
+			continue
+		}
+		first, err := v.send(cc, reqs)
+		if err != nil {
+			v.dropPeer(i, err)
+			continue
+		}
+		out[i] = peerPending{first: first, ok: true}
+	}
+	return out
+}
+
+type peerPending struct {
+	first uint64
+	ok    bool
+}
+
+// peersRecv reads the n answers of each peer sent to (nil for a peer left
+// out).
+func (v *verifier) peersRecv(pending []peerPending, n int) [][]response {
+	out := make([][]response, len(pending))
+	for i, p := range pending {
+		if !p.ok || v.peers[i] == nil {
+			continue
+		}
+		ans, err := v.recv(v.peers[i], p.first, n)
+		if err != nil {
+			v.dropPeer(i, err)
+			continue
+		}
+		out[i] = ans
+	}
+	return out
+}
+
+// comparePeers lists sub on every peer and queues, to be repaired
+// whatever this node holds, each key a peer holds otherwise than the
+// source node's list remote says (a peer's record above the bound is a
+// newer write and is left alone, as this node's own).
+func (v *verifier) comparePeers(sub keyRange, remote []listEntry) error {
+	if len(v.peers) == 0 {
+		return nil
+	}
+	req := [][]byte{binary.BigEndian.AppendUint32(appendKeyRange([]byte{verifyList}, sub), verifyListMax)}
+	for i, ans := range v.peersRecv(v.peersSend(req), 1) {
+		if ans == nil {
+			continue
+		}
+		entries, err := parseList(ans[0].val)
+		if err != nil {
+			v.dropPeer(i, fmt.Errorf("verify list: %w", err))
+			continue
+		}
+		end := sub.end
+		if ans[0].flags&flagScanMore != 0 && len(entries) > 0 {
+			// Far more records here than on the source: compare up to
+			// the last one listed (the rest of sub on a later pass).
+			end = append(append([]byte(nil), entries[len(entries)-1].key...), 0)
+		}
+		held := make(map[string]listEntry, len(entries))
+		for _, e := range entries {
+			held[string(e.key)] = e
+		}
+		for _, re := range remote {
+			if end != nil && bytes.Compare(re.key, end) >= 0 {
+				break
+			}
+			pe, ok := held[string(re.key)]
+			delete(held, string(re.key))
+			if ok && (pe.tag.Compare(v.bound) > 0 || pe.tag == re.tag && pe.flags == re.flags && pe.sum == re.sum) {
+				continue
+			}
+			if !re.tag.IsStamped() && (!ok || !pe.tag.IsStamped()) {
+				continue // outside the one order on both sides
+			}
+			if err := v.queueForced(re.key); err != nil {
+				return err
+			}
+		}
+		for k, pe := range held { // the source node has no record
+			if pe.tag.Compare(v.bound) <= 0 && pe.tag.IsStamped() {
+				if err := v.queueForced([]byte(k)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// queueForced queues key for a fetch and a repair even if this node's own
+// record equals the source's.
+func (v *verifier) queueForced(key []byte) error {
+	v.force[string(key)] = true
+	return v.queue(key)
+}
