@@ -38,8 +38,11 @@ type CatchupStats struct {
 	VerifyRanges   atomic.Uint64 // key ranges whose digests were compared
 	VerifyListed   atomic.Uint64 // records compared one by one (in ranges whose digests differed)
 	VerifyRepaired atomic.Uint64 // records repaired to the source's (replaced or removed)
-	VerifyBytes    atomic.Uint64 // bytes of verify answers received (digests, lists, fetched records)
-	VerifyServed   atomic.Uint64 // verify requests served to another DC
+	VerifyBytes    atomic.Uint64 // bytes of verify answers received from the source DC (digests, lists, fetched records)
+	// VerifyPeerBytes: bytes of verify answers from this DC's peers
+	// (catchup_verify_peers.go; they do not cross the WAN).
+	VerifyPeerBytes atomic.Uint64
+	VerifyServed    atomic.Uint64 // verify requests served to another DC
 }
 
 // Rate is the running job's pull rate in bytes per second (0 when idle).
@@ -75,8 +78,8 @@ func (s *CatchupStats) appendInfo(b *strings.Builder) {
 		s.Window(), float64(s.Queued())/1e6, float64(s.Paused.Load())/1e9)
 	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
 		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
-	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_bytes:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
-		s.Verifies.Load(), s.VerifyRanges.Load(), s.VerifyListed.Load(), s.VerifyRepaired.Load(), s.VerifyBytes.Load(), s.VerifyServed.Load())
+	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_bytes:%d\r\nsdnkvs_catchup_verify_peer_bytes:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
+		s.Verifies.Load(), s.VerifyRanges.Load(), s.VerifyListed.Load(), s.VerifyRepaired.Load(), s.VerifyBytes.Load(), s.VerifyPeerBytes.Load(), s.VerifyServed.Load())
 }
 
 // catchupCollector exports CatchupStats as sdnkvs_kvs_catchup_* metrics.
@@ -121,6 +124,7 @@ var catchupMetrics = []struct {
 	{"verify_listed_total", "Records a verify pass compared one by one (in ranges whose digests differed).", false, func(s *CatchupStats) float64 { return float64(s.VerifyListed.Load()) }},
 	{"verify_repaired_total", "Records a verify pass repaired to the source DC's quorum record (replaced or removed).", false, func(s *CatchupStats) float64 { return float64(s.VerifyRepaired.Load()) }},
 	{"verify_bytes_total", "Bytes of verify answers received from the source DC (digests, lists, fetched records).", false, func(s *CatchupStats) float64 { return float64(s.VerifyBytes.Load()) }},
+	{"verify_peer_bytes_total", "Bytes of verify answers received from this DC's other replicas (digests and lists; they do not cross the WAN).", false, func(s *CatchupStats) float64 { return float64(s.VerifyPeerBytes.Load()) }},
 	{"verify_served_total", "Verify requests (digest, list, fetch) served to another DC.", false, func(s *CatchupStats) float64 { return float64(s.VerifyServed.Load()) }},
 }
 

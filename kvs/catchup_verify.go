@@ -106,7 +106,11 @@ func (v *verifier) recv(cc *catchupConn, first uint64, n int) ([]response, error
 		if err != nil {
 			return nil, fmt.Errorf("reading a verify answer: %w", err)
 		}
-		v.n.catchStats.VerifyBytes.Add(uint64(len(body)))
+		if cc == v.cc {
+			v.n.catchStats.VerifyBytes.Add(uint64(len(body)))
+		} else {
+			v.n.catchStats.VerifyPeerBytes.Add(uint64(len(body)))
+		}
 		r := &out[i]
 		if err := decodeResp(body, r); err != nil || r.kind != kindCatchup || r.id != first+uint64(i) {
 			return nil, fmt.Errorf("malformed verify answer (kind %d, id %d, want %d): %v", r.kind, r.id, first+uint64(i), err)
