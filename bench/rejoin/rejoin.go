@@ -190,6 +190,11 @@ type Row struct {
 	AfterP50, AfterP99       float64
 	BeforeN, DuringN, AfterN int
 	ProbeErrors              int
+	// PausedS is the time the cut DC's catch-up drivers paused between
+	// batches to keep the delay they add to live writes under their
+	// --catchup-target (INFO sdnkvs_catchup_paused_seconds, summed over
+	// the DC's nodes, from the cut to the end of the case; -1: unknown).
+	PausedS float64
 }
 
 // Result is every case of a run.
@@ -285,6 +290,7 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 	if err := sleep(ctx, cfg.Steady); err != nil {
 		return row, err
 	}
+	paused0, perr := catchupPaused(ctx, env, cfg.Cut)
 	cutAt := since()
 	if err := env.TB.Cut(cfg.Cut); err != nil {
 		return row, err
@@ -324,6 +330,10 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		return row, err
 	}
 	afterEnd := since()
+	row.PausedS = -1
+	if paused1, err := catchupPaused(ctx, env, cfg.Cut); err == nil && perr == nil {
+		row.PausedS = paused1 - paused0
+	}
 	keys, bytes, first, last := scenario.CatchupTotals(tl.Progress(), cfg.Cut, healAt, afterEnd)
 	row.KeysCopied, row.BytesCopied = keys, bytes
 	if first > 0 && last > first {
@@ -376,6 +386,42 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		}
 	}
 	return row, nil
+}
+
+// catchupPaused sums INFO's sdnkvs_catchup_paused_seconds over dc's nodes
+// (each asked from inside the DC).
+func catchupPaused(ctx context.Context, env *scenario.Env, dc string) (float64, error) {
+	total := 0.0
+	for i := range env.TB.NodeAddrs(dc) {
+		c, err := env.DialDC(ctx, dc, i)
+		if err != nil {
+			return 0, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		rep, err := c.Do(cctx, []byte("INFO"))
+		cancel()
+		c.Close()
+		if err != nil {
+			return 0, err
+		}
+		v, ok := infoField(string(rep.Str), "sdnkvs_catchup_paused_seconds")
+		if !ok {
+			return 0, fmt.Errorf("rejoin: %s node %d: INFO has no sdnkvs_catchup_paused_seconds", dc, i+1)
+		}
+		total += v
+	}
+	return total, nil
+}
+
+// infoField is the number after "name:" on one of INFO's lines.
+func infoField(info, name string) (float64, bool) {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 // passesRunning sums the running time of dc's catch-up passes that start

@@ -48,3 +48,21 @@ func TestPassesRunning(t *testing.T) {
 		t.Fatalf("passes running %v, want %v", got, want)
 	}
 }
+
+// infoField reads a number from INFO's CRLF lines, and reports a field
+// that is missing or not a number.
+func TestInfoField(t *testing.T) {
+	info := "# Catchup\r\nsdnkvs_catchup_window:3.250\r\nsdnkvs_catchup_paused_seconds:12.5\r\nsdnkvs_catchup_paused_seconds_x:1\r\nbad:x\r\n"
+	if v, ok := infoField(info, "sdnkvs_catchup_paused_seconds"); !ok || v != 12.5 {
+		t.Fatalf("paused: %v %v", v, ok)
+	}
+	if _, ok := infoField(info, "missing"); ok {
+		t.Fatal("a missing field was found")
+	}
+	if _, ok := infoField(info, "bad"); ok {
+		t.Fatal("a field that is not a number was read")
+	}
+	if got := paused(-1); got != "-" {
+		t.Fatalf("unknown paused time rendered %q", got)
+	}
+}
