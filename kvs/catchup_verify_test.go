@@ -192,20 +192,12 @@ func TestCatchupVerifyRepairs(t *testing.T) {
 	}
 
 	pc := dialOrder(t, b.Node(0))
-	pc.send(t, catchupFrame(t, 1, cursor, "A"))
-	if f := waitJob(t, pc, 1, 60*time.Second); f.State != orderwire.JobDone {
-		t.Fatalf("plain pass ended in state %d", f.State)
-	}
+	runPass(t, pc, 1, cursor, 0)
 	if wrong := check(false); wrong != 0 {
 		t.Fatalf("a plain pass changed %d of the differing records: the test does not test the verify", wrong)
 	}
 
-	f := catchupFrame(t, 2, cursor, "A")
-	f.Flags, f.Bound = orderwire.CatchupVerify, bound
-	pc.send(t, f)
-	if f := waitJob(t, pc, 2, 60*time.Second); f.State != orderwire.JobDone {
-		t.Fatalf("verify pass ended in state %d", f.State)
-	}
+	runPass(t, pc, 2, cursor, bound)
 	if wrong := check(true); wrong != 0 {
 		t.Fatalf("%d differing records not repaired", wrong)
 	}
@@ -220,12 +212,7 @@ func TestCatchupVerifyRepairs(t *testing.T) {
 	t.Logf("ranges %d, listed %d, repaired %d; served %d verify requests", st.VerifyRanges.Load(), st.VerifyListed.Load(), st.VerifyRepaired.Load(), a.Node(0).CatchupStats().VerifyServed.Load())
 
 	// A second verify finds nothing to repair.
-	f = catchupFrame(t, 3, cursor, "A")
-	f.Flags, f.Bound = orderwire.CatchupVerify, bound
-	pc.send(t, f)
-	if f := waitJob(t, pc, 3, 60*time.Second); f.State != orderwire.JobDone {
-		t.Fatalf("second verify pass ended in state %d", f.State)
-	}
+	runPass(t, pc, 3, cursor, bound)
 	if st.VerifyRepaired.Load() != uint64(len(bad)) {
 		t.Errorf("the second verify repaired %d more", st.VerifyRepaired.Load()-uint64(len(bad)))
 	}
@@ -240,14 +227,7 @@ func TestCatchupVerifyNextSourceNode(t *testing.T) {
 	dead := fmt.Sprintf("127.0.0.1:%d", freePorts(t, 1)[0]) // nothing listens
 	b := dcCluster(t, "B", map[string][]string{"A": append([]string{dead}, peerAddrs(a)...)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
 	all := []int{0, 1, 2}
-	g := uint64(1_000_000)
-	base := map[string]dcRec{}
-	for i := range 2000 {
-		g++
-		base[fmt.Sprintf("k%05d", i)] = dcRec{tag: stampTag(g), val: fmt.Sprint("v", g)}
-	}
-	putMany(t, a, all, base, false)
-	putMany(t, b, all, base, false)
+	base, g := sameRecords(t, 2000, a, b)
 	putMany(t, b, all, map[string]dcRec{"k00042": {tag: base["k00042"].tag, val: "corrupt"}}, true)
 
 	n := b.Node(0)
@@ -272,15 +252,7 @@ func TestCatchupVerifyNextSourceNode(t *testing.T) {
 func TestCatchupVerifyRepairsMinorityReplica(t *testing.T) {
 	a := dcCluster(t, "A", nil, 0, 0, func(c *Config) { c.Cluster = "dc-a" })
 	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
-	all := []int{0, 1, 2}
-	g := uint64(1_000_000)
-	base := map[string]dcRec{}
-	for i := range 5000 {
-		g++
-		base[fmt.Sprintf("k%05d", i)] = dcRec{tag: stampTag(g), val: fmt.Sprintf("v%d", g)}
-	}
-	putMany(t, a, all, base, false)
-	putMany(t, b, all, base, false)
+	base, g := sameRecords(t, 5000, a, b)
 	cursor, bound := stampTag(g), g+1000
 	putMany(t, b, []int{2}, map[string]dcRec{
 		"k00005": {tag: base["k00005"].tag, val: "corrupt"},
@@ -311,23 +283,46 @@ func TestCatchupVerifyRepairsMinorityReplica(t *testing.T) {
 		return n
 	}
 	pc := dialOrder(t, b.Node(0))
-	pc.send(t, catchupFrame(t, 1, cursor, "A"))
-	if f := waitJob(t, pc, 1, 60*time.Second); f.State != orderwire.JobDone {
-		t.Fatalf("plain pass ended in state %d", f.State)
-	}
+	runPass(t, pc, 1, cursor, 0)
 	if n := wrong(); n != 3 {
 		t.Fatalf("a plain pass changed the minority records (%d of 3 still differ): the test does not test the verify", n)
 	}
-	f := catchupFrame(t, 2, cursor, "A")
-	f.Flags, f.Bound = orderwire.CatchupVerify, bound
-	pc.send(t, f)
-	if f := waitJob(t, pc, 2, 60*time.Second); f.State != orderwire.JobDone {
-		t.Fatalf("verify pass ended in state %d", f.State)
-	}
+	runPass(t, pc, 2, cursor, bound)
 	if n := wrong(); n != 0 {
 		t.Fatalf("%d of 3 records that differ on one replica other than the driver were not repaired", n)
 	}
 	if got := b.Node(0).CatchupStats().VerifyRepaired.Load(); got < 3 {
 		t.Errorf("repaired %d records, want at least 3", got)
+	}
+}
+
+// sameRecords stores n records (keys k00000.., stamped tags from
+// 1,000,001) on every node of each DC given and returns them with the
+// last tag's G.
+func sameRecords(t *testing.T, n int, dcs ...*Cluster) (map[string]dcRec, uint64) {
+	t.Helper()
+	g := uint64(1_000_000)
+	base := map[string]dcRec{}
+	for i := range n {
+		g++
+		base[fmt.Sprintf("k%05d", i)] = dcRec{tag: stampTag(g), val: fmt.Sprintf("v%d", g)}
+	}
+	for _, c := range dcs {
+		putMany(t, c, []int{0, 1, 2}, base, false)
+	}
+	return base, g
+}
+
+// runPass sends job a CATCHUP from source DC "A" above cursor (a verify
+// pass with bound when bound is not 0) and waits until it is done.
+func runPass(t *testing.T, pc *progressConn, job uint64, cursor Tag, bound uint64) {
+	t.Helper()
+	f := catchupFrame(t, job, cursor, "A")
+	if bound != 0 {
+		f.Flags, f.Bound = orderwire.CatchupVerify, bound
+	}
+	pc.send(t, f)
+	if f := waitJob(t, pc, job, 60*time.Second); f.State != orderwire.JobDone {
+		t.Fatalf("pass %d (verify bound %d) ended in state %d", job, bound, f.State)
 	}
 }

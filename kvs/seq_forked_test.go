@@ -135,6 +135,19 @@ func readReplies(t *testing.T, r *rawConn, n int) []byte {
 	return out
 }
 
+// seqNodeWith starts a sequenced 3-node cluster with mod applied to every
+// node's config and returns its first node, order stream connected.
+func seqNodeWith(t *testing.T, mod func(*Config)) (*Node, *fakeSeq) {
+	t.Helper()
+	c := startCluster(t, "", 3, 2*time.Second, func(c *Config, spare string) {
+		c.OrderListen, c.OrderSecret, c.UnsequencedGrace = spare, testOrderSecret, 100*time.Millisecond
+		mod(c)
+	})
+	seq := newFakeSeq(t, 1, 1000)
+	seq.connect(c.Node(0))
+	return c.Node(0), seq
+}
+
 // freeLoopbackPort returns a loopback TCP port nothing listens on (for a
 // client port the test announces on the order stream before dialing).
 func freeLoopbackPort(t *testing.T) int {
@@ -154,13 +167,7 @@ func freeLoopbackPort(t *testing.T) int {
 // drops this DC; a connection the order stream never announced is
 // refused as before.
 func TestMaxClientsSparesForked(t *testing.T) {
-	c := startCluster(t, "", 3, 2*time.Second, func(c *Config, spare string) {
-		c.OrderListen, c.OrderSecret, c.UnsequencedGrace = spare, testOrderSecret, 100*time.Millisecond
-		c.MaxClients = 2
-	})
-	n := c.Node(0)
-	seq := newFakeSeq(t, 1, 1000)
-	seq.connect(n)
+	n, seq := seqNodeWith(t, func(c *Config) { c.MaxClients = 2 })
 	ping := respCmd("PING")
 	for i := 0; i < 2; i++ {
 		d := dialRaw(t, n)
@@ -223,13 +230,7 @@ func TestMaxClientsSparesForked(t *testing.T) {
 // connection frees its place, and a forked connection from the same
 // address is spared (the middlebox bounds those per source).
 func TestMaxClientsPerIP(t *testing.T) {
-	c := startCluster(t, "", 3, 2*time.Second, func(c *Config, spare string) {
-		c.OrderListen, c.OrderSecret, c.UnsequencedGrace = spare, testOrderSecret, 100*time.Millisecond
-		c.MaxClientsPerIP = 2
-	})
-	n := c.Node(0)
-	seq := newFakeSeq(t, 1, 1000)
-	seq.connect(n)
+	n, seq := seqNodeWith(t, func(c *Config) { c.MaxClientsPerIP = 2 })
 	ping := respCmd("PING")
 	do := func(r *rawConn) string {
 		r.write(ping)
