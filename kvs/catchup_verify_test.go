@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/sdnkvs/sdnkvs/internal/testenv"
 	"github.com/sdnkvs/sdnkvs/sequencer/orderwire"
 )
 
@@ -324,5 +325,43 @@ func runPass(t *testing.T, pc *progressConn, job uint64, cursor Tag, bound uint6
 	pc.send(t, f)
 	if f := waitJob(t, pc, job, 60*time.Second); f.State != orderwire.JobDone {
 		t.Fatalf("pass %d (verify bound %d) ended in state %d", job, bound, f.State)
+	}
+}
+
+// TestCatchupVerifySourceAndPeerKilled: the source node and one of the
+// joining DC's peers stop while the verify pass waits for their first
+// digests (the whole store's): the pass goes on with the source DC's next
+// node and without the peer, completes, and repairs the record on the
+// replicas still up.
+func TestCatchupVerifySourceAndPeerKilled(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0, func(c *Config) { c.Cluster = "dc-a" })
+	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
+	base, g := sameRecords(t, 50000, a, b)
+	putMany(t, b, []int{0, 1, 2}, map[string]dcRec{"k34567": {tag: base["k34567"].tag, val: "corrupt"}}, true)
+	n := b.Node(0)
+	st := n.CatchupStats()
+	served := a.Node(0).CatchupStats()
+	j := &catchupJob{id: 1, source: "A", verify: true, bound: g + 1000}
+	done := make(chan error, 1)
+	go func() { done <- n.verifyJob(t.Context(), j) }()
+	testenv.WaitFor(t, 20*time.Second, "the source's first digest asked", func() bool { return served.VerifyServed.Load() >= 1 })
+	a.Stop(0)
+	b.Stop(2)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("verify with its source node and a peer stopped mid-pass: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("verify did not end")
+	}
+	if st.Failures.Load() < 1 {
+		t.Fatalf("no source failure counted: the source node was stopped after the pass ended, the test does not test a kill mid-pass")
+	}
+	for _, i := range []int{0, 1} {
+		tg, _, v, err := b.Node(i).store.dbGet([]byte("k34567"), true, nil)
+		if err != nil || tg != base["k34567"].tag || string(v) != base["k34567"].val {
+			t.Fatalf("B node %d holds %v %q (%v), want A's record", i+1, tg, v, err)
+		}
 	}
 }
