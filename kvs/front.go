@@ -121,14 +121,12 @@ func (n *Node) serveClient(c net.Conn) {
 	if open > int64(n.cfg.MaxClients) || overIP {
 		// The OPEN travels on another connection than the SYN: wait a
 		// little for it before refusing.
-		if !forked && open <= int64(forkedClientsFactor*n.cfg.MaxClients) && n.forkedConn(c, time.Now().Add(forkedOpenWait)) {
-			forked = true
-			n.perIP.done(ip)
+		spared := open <= int64(forkedClientsFactor*n.cfg.MaxClients) &&
+			(forked || n.forkedConn(c, time.Now().Add(forkedOpenWait)))
+		if !forked {
+			n.perIP.done(ip) // refused, or forked after all: not counted
 		}
-		if !forked || open > int64(forkedClientsFactor*n.cfg.MaxClients) {
-			if !forked {
-				n.perIP.done(ip)
-			}
+		if !spared {
 			n.stats.Clients.Add(-1)
 			msg := "ERR max number of clients reached"
 			if overIP && open <= int64(n.cfg.MaxClients) {
@@ -141,6 +139,7 @@ func (n *Node) serveClient(c net.Conn) {
 			c.Write(appendErr(nil, msg))
 			return
 		}
+		forked = true
 		n.stats.ForkedOverMax.Add(1)
 	}
 	if !forked {
