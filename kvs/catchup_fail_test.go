@@ -364,5 +364,8 @@ func TestCatchupWindowYields(t *testing.T) {
 		if !tc.pause && paused != 0 {
 			t.Errorf("no target: paused %v", paused)
 		}
+		if m := promText(t, b.Node(0)); tc.pause && (strings.Contains(m, "\nsdnkvs_kvs_catchup_paused_seconds_total 0\n") || !strings.Contains(m, "\nsdnkvs_kvs_catchup_window_batches ")) {
+			t.Errorf("/metrics lacks the window or the time paused:\n%s", m)
+		}
 	}
 }

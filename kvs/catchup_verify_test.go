@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -294,6 +295,9 @@ func TestCatchupVerifyRepairsMinorityReplica(t *testing.T) {
 	}
 	if got := b.Node(0).CatchupStats().VerifyRepaired.Load(); got < 3 {
 		t.Errorf("repaired %d records, want at least 3", got)
+	}
+	if m := promText(t, b.Node(0)); strings.Contains(m, "\nsdnkvs_kvs_catchup_verify_peer_bytes_total 0\n") || !strings.Contains(m, "\nsdnkvs_kvs_catchup_verify_peer_bytes_total ") {
+		t.Errorf("/metrics: no bytes from the DC peers counted:\n%s", m)
 	}
 }
 

@@ -2,8 +2,10 @@ package kvs
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -148,6 +150,14 @@ func seqNodeWith(t *testing.T, mod func(*Config)) (*Node, *fakeSeq) {
 	return c.Node(0), seq
 }
 
+// promText is n's /metrics page, from its handler (no HTTP listener).
+func promText(t *testing.T, n *Node) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	n.metricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
+}
+
 // freeLoopbackPort returns a loopback TCP port nothing listens on (for a
 // client port the test announces on the order stream before dialing).
 func freeLoopbackPort(t *testing.T) int {
@@ -219,6 +229,9 @@ func TestMaxClientsSparesForked(t *testing.T) {
 	if got := n.stats.ForkedOverMax.Load(); got != 2 {
 		t.Fatalf("forked connections over --maxclients counted %d, want 2", got)
 	}
+	if m := promText(t, n); !strings.Contains(m, "\nsdnkvs_kvs_forked_clients_over_max_total 2\n") {
+		t.Fatalf("/metrics lacks the spared forked connections:\n%s", m)
+	}
 	if got := n.stats.Rejected.Load(); got != 1 {
 		t.Fatalf("refused %d connections, want 1 (the direct one)", got)
 	}
@@ -268,5 +281,8 @@ func TestMaxClientsPerIP(t *testing.T) {
 	})
 	if got := n.stats.RejectedPerIP.Load(); got < 1 {
 		t.Fatalf("refusals per address counted %d", got)
+	}
+	if m, want := promText(t, n), fmt.Sprintf("\nsdnkvs_kvs_clients_rejected_per_ip_total %d\n", n.stats.RejectedPerIP.Load()); !strings.Contains(m, want) {
+		t.Fatalf("/metrics lacks %q:\n%s", strings.TrimSpace(want), m)
 	}
 }
