@@ -163,7 +163,7 @@ func BenchmarkCatchupPage(b *testing.B) {
 	for range b.N {
 		start := time.Now()
 		for cursor := (Tag{}); ; {
-			out, end, tail, err := node.catchupPage(cursor, CatchupPageBytes, CatchupPageRecords, false, nil)
+			out, end, tail, err := node.catchupPage(cursor, CatchupPageBytes, CatchupPageRecords, false, Tag{}, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -279,6 +279,10 @@ func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, pace *c
 }
 
 // pullOn runs the stream on cc (closing it, or parking it after the tail).
+// Answers come in request order: pages (catchupAhead asked ahead) and the
+// fetches of stub pages' missing records (catchup_stub.go). The cursor
+// moves to a page's end once the page and every fetch asked before its
+// end are written.
 func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace *catchupPace) (progressed bool, err error) {
 	c := cc.c
 	keep := false
@@ -297,11 +301,14 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace 
 		pageRecs = CatchupPageRecords
 	}
 	j.mu.Lock()
-	cursor := j.cursor
+	base := j.cursor
 	j.mu.Unlock()
-	start := append([]byte{catchupStart}, AppendTag(nil, cursor)...)
+	start := append([]byte{catchupStart}, AppendTag(nil, base)...)
 	start = binary.BigEndian.AppendUint32(start, uint32(pageBytes))
 	start = binary.BigEndian.AppendUint32(start, uint32(pageRecs))
+	if stubTo := n.catchCover.stubBound(base); !stubTo.IsZero() {
+		start = AppendTag(start, stubTo)
+	}
 	var wbuf []byte
 	first := cc.nextID
 	wbuf = appendReadReq(wbuf, kindCatchup, first, start)
@@ -312,43 +319,20 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace 
 		return false, err
 	}
 	nextID := first + catchupAhead
-	fr := cc.fr
-	var r response
-	for want := first; ; want++ {
-		c.SetReadDeadline(time.Now().Add(catchupReadTimout))
-		body, err := fr.next()
-		if err != nil {
-			return progressed, fmt.Errorf("reading a page: %w", err)
-		}
-		if err := decodeResp(body, &r); err != nil || r.kind != kindCatchup || r.id != want {
-			return progressed, fmt.Errorf("malformed catch-up answer (kind %d, id %d, want %d): %v", r.kind, r.id, want, err)
-		}
-		if r.status != statusOK {
-			return progressed, fmt.Errorf("source refused: %s", r.val)
-		}
-		if len(r.val) < TagSize+8 {
-			return progressed, errBadFrame
-		}
-		end := DecodeTag(r.val)
-		remaining := binary.BigEndian.Uint64(r.val[TagSize:])
-		tail := r.flags&flagTail != 0
-		if !tail {
-			// Ask for the page after the one in flight before writing this
-			// one: the WAN round trip overlaps the local writes.
-			wbuf = appendReadReq(wbuf[:0], kindCatchup, nextID, []byte{catchupNext})
-			nextID++
-			if _, err := c.Write(wbuf); err != nil {
-				return progressed, err
-			}
-		}
-		recs, size, err := n.applyPage(ctx, r.val[TagSize+8:], pace)
-		if err != nil {
-			return progressed, err
-		}
-		progressed = true
-		n.catchStats.Pages.Add(1)
-		n.catchStats.Records.Add(uint64(recs))
-		n.catchStats.Bytes.Add(uint64(size))
+	send := func(payload []byte) (uint64, error) {
+		id := nextID
+		nextID++
+		wbuf = appendReadReq(wbuf[:0], kindCatchup, id, payload)
+		_, err := c.Write(wbuf)
+		return id, err
+	}
+	fetches := map[uint64]bool{} // ids of fetches not answered yet
+	var held Tag                 // a page end waiting for fetches
+	tail := false
+	// advance moves the cursor to end (zero: stays), counts recs records
+	// of size bytes copied, and takes done records off the remaining
+	// estimate (after setting it to remaining, unless ^0).
+	advance := func(end Tag, recs, size, done int, remaining uint64) {
 		j.mu.Lock()
 		if end.Compare(j.cursor) > 0 {
 			j.cursor = end
@@ -359,28 +343,115 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace 
 			j.remaining = remaining
 		}
 		if j.remaining != ^uint64(0) {
-			j.remaining -= min(j.remaining, uint64(recs))
+			j.remaining -= min(j.remaining, uint64(done))
 		}
 		j.mu.Unlock()
-		if tail {
-			// Read the answers to the pages asked ahead, then keep the
-			// connection for the next pass (catchup_conn.go).
-			for want++; want < nextID; want++ {
-				c.SetReadDeadline(time.Now().Add(catchupReadTimout))
-				body, err := fr.next()
-				if err != nil || decodeResp(body, &r) != nil || r.id != want {
-					return progressed, nil
-				}
-			}
-			c.SetReadDeadline(time.Time{})
-			if stop() {
-				keep = true
-				cc.nextID = nextID
-				n.parkCatchupConn(cc)
-			}
-			return progressed, nil
+		if !end.IsZero() {
+			n.catchCover.note(base, end)
 		}
 	}
+	var r response
+	var fetch []byte
+	for want := first; want < nextID; want++ {
+		c.SetReadDeadline(time.Now().Add(catchupReadTimout))
+		body, err := cc.fr.next()
+		if err == nil && (decodeResp(body, &r) != nil || r.kind != kindCatchup || r.id != want) {
+			err = fmt.Errorf("malformed catch-up answer (kind %d, id %d, want %d)", r.kind, r.id, want)
+		}
+		if err != nil && tail && len(fetches) == 0 {
+			return progressed, nil // an answer to a page asked beyond the tail: the pass is done, the connection is not kept
+		}
+		if err != nil {
+			return progressed, fmt.Errorf("reading a page: %w", err)
+		}
+		if fetches[want] {
+			delete(fetches, want)
+			if r.status != statusOK {
+				return progressed, fmt.Errorf("source refused a stub fetch: %s", r.val)
+			}
+			recs, count, err := n.fetchedRecords(r.val)
+			if err != nil {
+				return progressed, err
+			}
+			size := 0
+			if count > 0 {
+				if size, err = n.applyFetched(ctx, recs, pace); err != nil {
+					return progressed, err
+				}
+			}
+			n.catchStats.StubFetched.Add(uint64(count))
+			n.catchStats.Records.Add(uint64(count))
+			n.catchStats.Bytes.Add(uint64(size))
+			progressed = true
+			end := Tag{}
+			if len(fetches) == 0 {
+				end, held = held, Tag{}
+			}
+			advance(end, count, size, 0, ^uint64(0))
+			continue
+		}
+		if tail {
+			continue // answers to pages asked beyond the tail
+		}
+		if r.status != statusOK {
+			return progressed, fmt.Errorf("source refused: %s", r.val)
+		}
+		if len(r.val) < TagSize+8 {
+			return progressed, errBadFrame
+		}
+		end := DecodeTag(r.val)
+		remaining := binary.BigEndian.Uint64(r.val[TagSize:])
+		tail = r.flags&flagTail != 0
+		if !tail {
+			// Ask for the page after the one in flight before writing this
+			// one: the WAN round trip overlaps the local writes.
+			if _, err := send([]byte{catchupNext}); err != nil {
+				return progressed, err
+			}
+		}
+		recs := r.val[TagSize+8:]
+		count, size, done := 0, 0, 0
+		if r.flags&flagStub != 0 {
+			if done, err = n.checkBatch(recs, false); err != nil {
+				return progressed, fmt.Errorf("stub page: %w", err)
+			}
+			lacking, err := n.stubsLacking(recs)
+			if err != nil {
+				return progressed, fmt.Errorf("stub page: %w", err)
+			}
+			n.catchStats.Stubs.Add(uint64(done))
+			for from := 0; from < len(lacking); from += verifyFetchMax {
+				fetch = appendFetchReq(fetch[:0], lacking[from:min(from+verifyFetchMax, len(lacking))])
+				id, err := send(fetch)
+				if err != nil {
+					return progressed, err
+				}
+				fetches[id] = true
+			}
+		} else {
+			if count, size, err = n.applyPage(ctx, recs, pace); err != nil {
+				return progressed, err
+			}
+			done = count
+		}
+		progressed = true
+		n.catchStats.Pages.Add(1)
+		n.catchStats.Records.Add(uint64(count))
+		n.catchStats.Bytes.Add(uint64(size))
+		if len(fetches) > 0 {
+			end, held = Tag{}, end
+		}
+		advance(end, count, size, done, remaining)
+	}
+	// Every answer read, the tail among them: keep the connection for the
+	// next pass (catchup_conn.go).
+	c.SetReadDeadline(time.Time{})
+	if stop() {
+		keep = true
+		cc.nextID = nextID
+		n.parkCatchupConn(cc)
+	}
+	return progressed, nil
 }
 
 // applyPage checks a page's records and writes them at the local quorum,
@@ -401,4 +472,19 @@ func (n *Node) applyPage(ctx context.Context, b []byte, pace *catchupPace) (int,
 		return 0, 0, err
 	}
 	return count, size, nil
+}
+
+// applyFetched writes a stub fetch's records (validated) at the local
+// quorum and returns their bytes (keys and values).
+func (n *Node) applyFetched(ctx context.Context, b []byte, pace *catchupPace) (int, error) {
+	size := 0
+	var rec scanRecord
+	for r := b; len(r) > 0; {
+		r, _ = nextScanRecord(r, &rec)
+		size += len(rec.key) + len(rec.val)
+	}
+	if err := n.applyRecords(ctx, b, Tag{}, pace); err != nil {
+		return 0, err
+	}
+	return size, nil
 }

@@ -200,7 +200,7 @@ func TestCatchupRemoteIsReadOnly(t *testing.T) {
 	if _, err := dialAs(testSecret, peerauth.Hello{Cluster: "sdnkvs", Role: roleDCReader, ID: 9}); err == nil {
 		t.Fatal("a dc-reader accepted on the cluster's own handshake")
 	}
-	for _, kind := range []byte{kindWrite, kindApply, kindRead, kindScan, kindChanges, kindStatus} {
+	for _, kind := range []byte{kindWrite, kindApply, kindTags, kindRead, kindScan, kindChanges, kindStatus} {
 		c, err := dial(testSecret)
 		if err != nil {
 			t.Fatal(err)
@@ -217,6 +217,8 @@ func TestCatchupRemoteIsReadOnly(t *testing.T) {
 			rec = append(rec, 0)
 			rec = binary.BigEndian.AppendUint32(rec, 6)
 			req = appendApplyReq(nil, 1, Tag{}, append(rec, "forged"...))
+		case kindTags: // a DC peer's stub check
+			req = appendTagsReq(nil, 1, [][]byte{[]byte("k")})
 		default:
 			req = appendReadReq(nil, kind, 1, []byte("k"))
 		}

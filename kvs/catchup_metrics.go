@@ -22,14 +22,20 @@ type CatchupStats struct {
 	Pages      atomic.Uint64 // pages pulled
 	Failures   atomic.Uint64 // source connections lost or refused (the job moves to the next source node)
 	Reused     atomic.Uint64 // passes that ran on the connection kept from the previous pass
-	rate       atomic.Uint64 // float64 bits: bytes/s of the running job
-	Paused     atomic.Uint64 // ns the driver paused between batches (window below one batch, catchup_window.go)
-	window     atomic.Uint64 // float64 bits: the running job's window (batches in flight)
-	queued     atomic.Int64  // ns: the last batch's latency above the floor
+	// Stub pages (catchup_stub.go): records checked against this DC's
+	// replicas without their values, and those fetched because fewer
+	// than a quorum held them.
+	Stubs       atomic.Uint64
+	StubFetched atomic.Uint64
+	rate        atomic.Uint64 // float64 bits: bytes/s of the running job
+	Paused      atomic.Uint64 // ns the driver paused between batches (window below one batch, catchup_window.go)
+	window      atomic.Uint64 // float64 bits: the running job's window (batches in flight)
+	queued      atomic.Int64  // ns: the last batch's latency above the floor
 
 	ServedPages     atomic.Uint64 // pages served to drivers
 	ServedRecords   atomic.Uint64 // records in those pages
 	ServedFromPeers atomic.Uint64 // records read from a DC peer because this node lacked them
+	ServedStubs     atomic.Uint64 // records served as stubs (no value)
 	ServeErrors     atomic.Uint64 // pages refused (no read quorum, storage errors)
 	RemoteRefused   atomic.Uint64 // another DC's connections dropped for a request other than the catch-up read
 
@@ -74,6 +80,8 @@ func (s *CatchupStats) appendInfo(b *strings.Builder) {
 		s.Jobs.Load(), s.JobsDone.Load(), s.JobsFailed.Load(), s.Running.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_records:%d\r\nsdnkvs_catchup_bytes:%d\r\nsdnkvs_catchup_pages:%d\r\nsdnkvs_catchup_failures:%d\r\nsdnkvs_catchup_conns_reused:%d\r\nsdnkvs_catchup_rate_bytes_per_sec:%.0f\r\n",
 		s.Records.Load(), s.Bytes.Load(), s.Pages.Load(), s.Failures.Load(), s.Reused.Load(), s.Rate())
+	fmt.Fprintf(b, "sdnkvs_catchup_stubs:%d\r\nsdnkvs_catchup_stub_fetched:%d\r\nsdnkvs_catchup_served_stubs:%d\r\n",
+		s.Stubs.Load(), s.StubFetched.Load(), s.ServedStubs.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_window:%.3f\r\nsdnkvs_catchup_queued_ms:%.1f\r\nsdnkvs_catchup_paused_seconds:%.1f\r\n",
 		s.Window(), float64(s.Queued())/1e6, float64(s.Paused.Load())/1e9)
 	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
@@ -110,6 +118,9 @@ var catchupMetrics = []struct {
 	{"pages_total", "Catch-up pages pulled.", false, func(s *CatchupStats) float64 { return float64(s.Pages.Load()) }},
 	{"failures_total", "Source connections lost or refused during catch-up.", false, func(s *CatchupStats) float64 { return float64(s.Failures.Load()) }},
 	{"conns_reused_total", "Catch-up passes that ran on the source connection kept from the previous pass.", false, func(s *CatchupStats) float64 { return float64(s.Reused.Load()) }},
+	{"stubs_total", "Records a later pass checked against this DC's replicas as stubs (key and tag, no value), over a range the DC had copied.", false, func(s *CatchupStats) float64 { return float64(s.Stubs.Load()) }},
+	{"stub_fetched_total", "Stubs whose record fewer than a quorum of this DC's replicas held: fetched from the source DC and written.", false, func(s *CatchupStats) float64 { return float64(s.StubFetched.Load()) }},
+	{"served_stubs_total", "Records served to another DC as stubs (no value).", false, func(s *CatchupStats) float64 { return float64(s.ServedStubs.Load()) }},
 	{"rate_bytes_per_second", "Pull rate of the running catch-up job.", true, func(s *CatchupStats) float64 { return s.Rate() }},
 	{"window_batches", "The running job's window: local batches in flight (below 1: one batch, then a pause), set by --catchup-target.", true, func(s *CatchupStats) float64 { return s.Window() }},
 	{"queued_seconds", "The last catch-up batch's quorum latency above its floor: the delay the copy adds to live writes.", true, func(s *CatchupStats) float64 { return s.Queued().Seconds() }},

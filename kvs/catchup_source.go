@@ -20,6 +20,12 @@ package kvs
 // limits and answers the first page (with the remaining-records estimate),
 // each "next" answers the page after the previous one, so a driver keeps
 // two requests in flight and the WAN round trip overlaps its local writes.
+//
+// A start may carry a stub bound B (catchup_stub.go): the records at or
+// below B are sent as stubs (key, tag, flags, no value) in pages of their
+// own (flagStub), and the pages after B carry values as usual. A driver
+// asks for stubs over a range its DC already copied (a later pass of the
+// same rejoin), and fetches only the records its DC lacks.
 
 import (
 	"bytes"
@@ -33,7 +39,7 @@ import (
 
 // Catch-up stream ops (first payload byte of kindCatchup).
 const (
-	catchupStart byte = 1 // cursor(16) | max bytes u32 | max records u32
+	catchupStart byte = 1 // cursor(16) | max bytes u32 | max records u32 [| stub bound(16)]
 	catchupNext  byte = 2
 	catchupPing  byte = 3 // keeps a parked stream busy (catchup_conn.go); answers an empty page, the stream unchanged
 )
@@ -57,6 +63,7 @@ type catchupStream struct {
 	cursor   Tag
 	maxBytes int
 	maxRecs  int
+	stubTo   Tag // records at or below it go as stubs (zero: none)
 }
 
 // serveCatchup answers one kindCatchup request: status, flags, value.
@@ -66,13 +73,16 @@ func (n *Node) serveCatchup(cs *catchupStream, payload, dst []byte) (byte, byte,
 	}
 	first := false
 	switch {
-	case len(payload) == 1+TagSize+8 && payload[0] == catchupStart:
+	case (len(payload) == 1+TagSize+8 || len(payload) == 1+2*TagSize+8) && payload[0] == catchupStart:
 		mb := int(binary.BigEndian.Uint32(payload[1+TagSize:]))
 		mr := int(binary.BigEndian.Uint32(payload[1+TagSize+4:]))
 		if mb < 1 || mb > maxCatchupPage || mr < 1 || mr > maxCatchupPage {
 			return statusErr, 0, append(dst, fmt.Sprintf("catch-up: page limits %d bytes, %d records out of range 1..%d", mb, mr, maxCatchupPage)...)
 		}
 		*cs = catchupStream{started: true, cursor: DecodeTag(payload[1:]), maxBytes: mb, maxRecs: mr}
+		if len(payload) > 1+TagSize+8 {
+			cs.stubTo = DecodeTag(payload[1+TagSize+8:])
+		}
 		first = true
 	case len(payload) == 1 && payload[0] == catchupPing:
 		return statusOK, 0, dst
@@ -83,7 +93,12 @@ func (n *Node) serveCatchup(cs *catchupStream, payload, dst []byte) (byte, byte,
 	default:
 		return statusErr, 0, append(dst, "catch-up: malformed request"...)
 	}
-	out, end, tail, err := n.catchupPage(cs.cursor, cs.maxBytes, cs.maxRecs, first, dst)
+	stubs := cs.cursor.Compare(cs.stubTo) < 0
+	limit := Tag{}
+	if stubs {
+		limit = cs.stubTo
+	}
+	out, end, tail, err := n.catchupPage(cs.cursor, cs.maxBytes, cs.maxRecs, first, limit, dst)
 	if err != nil {
 		n.catchStats.ServeErrors.Add(1)
 		return statusErr, 0, append(dst, "catch-up: "+err.Error()...)
@@ -93,6 +108,9 @@ func (n *Node) serveCatchup(cs *catchupStream, payload, dst []byte) (byte, byte,
 	var f byte
 	if tail {
 		f = flagTail
+	}
+	if stubs {
+		f |= flagStub
 	}
 	return statusOK, f, out
 }
@@ -106,8 +124,10 @@ type idxList struct {
 }
 
 // catchupPage builds the merged page above cursor: out = end cursor(16) |
-// remaining u64 | records (Scan format). remaining is ^0 unless first.
-func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []byte) (out []byte, end Tag, tail bool, err error) {
+// remaining u64 | records (Scan format). remaining is ^0 unless first. A
+// non-zero stubTo (above cursor) makes it a stub page: only records at or
+// below stubTo, without their values, and never the tail.
+func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, stubTo Tag, dst []byte) (out []byte, end Tag, tail bool, err error) {
 	lists, err := n.readQuorumChanges(cursor, maxRecs)
 	if err != nil {
 		return dst, cursor, false, err
@@ -122,6 +142,12 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []
 				horizon, bounded = last, true
 			}
 		}
+	}
+	stubs := !stubTo.IsZero()
+	if stubs && (!bounded || stubTo.Compare(horizon) < 0) {
+		// A stub page ends at the stub bound at the latest: the pages
+		// after it carry values.
+		horizon, bounded = stubTo, true
 	}
 	// Union, newest entry per key, in tag order.
 	type pick struct {
@@ -157,7 +183,10 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []
 			cut = i
 			break
 		}
-		size += 2 + len(p.e.key) + recordHeader + 4 + p.e.vlen
+		size += 2 + len(p.e.key) + recordHeader + 4
+		if !stubs {
+			size += p.e.vlen
+		}
 	}
 	switch {
 	case cut < len(picks):
@@ -177,6 +206,15 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []
 	}
 	out = AppendTag(dst, end)
 	out = binary.BigEndian.AppendUint64(out, remaining)
+	if stubs {
+		// The merged index holds what a stub carries: the newest tag a
+		// read quorum lists for the key, and its flags.
+		for _, p := range picks[:cut] {
+			out = appendScanRecord(out, p.e.key, p.e.tag, p.e.flags, nil)
+		}
+		n.catchStats.ServedStubs.Add(uint64(cut))
+		return out, end, false, nil
+	}
 	// Read the records in key order (nearby keys share Badger blocks, so
 	// most reads find their block just decompressed), then emit them in
 	// tag order. Memory: the page's values twice (here and in out).
@@ -197,7 +235,7 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, dst []
 	recs := make([]got, cut)
 	var arena []byte
 	var perr error // a failure that is not the local store's
-	err = n.store.getMany(keys, func(j int, t Tag, flags byte, v []byte) error {
+	err = n.store.getMany(keys, true, func(j int, t Tag, flags byte, v []byte) error {
 		i := order[j]
 		p := picks[i]
 		if t.Compare(p.e.tag) < 0 {

@@ -104,6 +104,7 @@ type Node struct {
 	catchStats CatchupStats
 	catchup    catchupDriver // the running catch-up job (catchup_driver.go)
 	catchConns catchupConns  // a catch-up stream kept between passes (catchup_conn.go)
+	catchCover catchupCover  // the tag range this node's passes copied (catchup_stub.go)
 	penalty    *penaltyBox   // nil: protocol errors are never held
 	collision  atomic.Bool   // another process claimed this node's id
 

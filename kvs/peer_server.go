@@ -70,7 +70,7 @@ func (n *Node) servePeer(c net.Conn) {
 			}
 			return
 		}
-		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey+9 || (len(req.val) > n.cfg.MaxValue && req.kind != kindApply) {
+		if err := decodeReq(body, &req); err != nil || len(req.key) > n.cfg.MaxKey+9 || (len(req.val) > n.cfg.MaxValue && req.kind != kindApply && req.kind != kindTags) {
 			n.stats.PeerBad.Add(1)
 			n.log.Warn("malformed peer request; dropping connection", "peer", c.RemoteAddr())
 			return
@@ -139,6 +139,12 @@ func (n *Node) servePeer(c net.Conn) {
 				return
 			}
 			n.store.Put(req.key, req.tag, req.flags, req.val, req.id, sc)
+		case kindTags:
+			if !n.serveTags(req.id, req.val, sc) {
+				n.stats.PeerBad.Add(1)
+				n.log.Warn("malformed stub check; dropping connection", "peer", c.RemoteAddr(), "id", peer.ID)
+				return
+			}
 		case kindApply:
 			if !n.serveApply(req.id, req.tag, req.val, sc) {
 				n.stats.PeerBad.Add(1)

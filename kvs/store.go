@@ -266,20 +266,20 @@ func (s *Store) Get(key []byte, withValue bool, dst []byte) (t Tag, flags byte, 
 	return t, flags, val, err
 }
 
-// getMany calls fn with each key's record (as Get, with its value), in
-// order, reading in one Badger transaction: a catch-up page reads
-// thousands of records at once, and a transaction per record cost more
-// than the reads. Records not in the record cache are not added to it (a
-// bulk read must not evict the hot keys). val is valid only during fn.
-func (s *Store) getMany(keys [][]byte, fn func(i int, t Tag, flags byte, val []byte) error) error {
+// getMany calls fn with each key's record (as Get, with its value when
+// withValue), in order, reading in one Badger transaction: a catch-up page
+// reads thousands of records at once, and a transaction per record cost
+// more than the reads. Records not in the record cache are not added to it
+// (a bulk read must not evict the hot keys). val is valid only during fn.
+func (s *Store) getMany(keys [][]byte, withValue bool, fn func(i int, t Tag, flags byte, val []byte) error) error {
 	var kb, vb []byte
 	err := s.db.View(func(txn *badger.Txn) error {
 		for i, key := range keys {
-			t, flags, val, hit, _ := s.cache.get(key, true, vb[:0])
+			t, flags, val, hit, _ := s.cache.get(key, withValue, vb[:0])
 			if !hit {
 				kb = appendUserKey(kb[:0], key)
 				var err error
-				t, flags, val, err = txnRecord(txn, kb, true, vb[:0])
+				t, flags, val, err = txnRecord(txn, kb, withValue, vb[:0])
 				if errors.Is(err, badger.ErrKeyNotFound) {
 					t, flags, val = Tag{}, 0, vb[:0]
 				} else if err != nil {

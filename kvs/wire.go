@@ -25,6 +25,7 @@ const (
 	kindChanges byte = 6 // key: cursor tag | max entries u32; answer value: change-index entries above the cursor, flags: scanMore
 	kindCatchup byte = 7 // key: catch-up stream op (catchup_source.go); answer value: end cursor | remaining | records, flags: flagTail
 	kindApply   byte = 8 // a DC peer's catch-up batch (catchup_apply.go): kindWrite's layout, empty key, zero tag, value: records in the Scan format; one answer for all
+	kindTags    byte = 9 // a DC peer's stub check (catchup_stub.go): kindWrite's layout, empty key, zero tag, value: (key len u16 | key)*; answer value: the replica's tag of each key
 	kindResp    byte = 0x80
 
 	statusOK      byte = 0
@@ -38,6 +39,7 @@ const (
 	flagKnowsYou byte = 2 // kindStatus answer: the replica has seen the asker become a voter
 	flagScanMore byte = 1 // kindScan answer: more records follow
 	flagTail     byte = 2 // kindCatchup answer: the page reached the end of the source's change index
+	flagStub     byte = 4 // kindCatchup answer: the page's records are stubs (no values; catchup_stub.go)
 
 	reqHeader  = 1 + 8 + 2
 	respHeader = 1 + 8 + 1 + TagSize + 1 + 4
@@ -121,7 +123,7 @@ func decodeReq(b []byte, r *request) error {
 		if len(b) != 0 {
 			return errBadFrame
 		}
-	case kindWrite, kindApply:
+	case kindWrite, kindApply, kindTags:
 		if len(b) < TagSize+1+4 {
 			return errBadFrame
 		}
@@ -164,7 +166,7 @@ func decodeResp(b []byte, r *response) error {
 		return errBadFrame
 	}
 	r.val = b[respHeader:]
-	if r.kind < kindRead || r.kind > kindApply {
+	if r.kind < kindRead || r.kind > kindTags {
 		return errBadFrame
 	}
 	return nil
