@@ -167,7 +167,7 @@ type Result struct {
 	// transmit drops: a TUN whose reader fell behind) and on the way into
 	// the middlebox's TUN; -1: unknown.
 	Drops      int64
-	DropCounts DropCounts
+	DropCounts testbed.DropCounts
 }
 
 // Complete reports whether every server received exactly what was sent.

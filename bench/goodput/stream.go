@@ -123,14 +123,11 @@ func stream(ctx context.Context, cfg Config, tb *testbed.Testbed, dst netip.Addr
 
 // measure runs f and sets the result's Drops.
 func measure(tb *testbed.Testbed, f func() (Result, error)) (Result, error) {
-	before, ok1 := linkDrops(tb)
+	before, ok1 := tb.Drops()
 	r, err := f()
 	r.Drops = -1
-	if after, ok2 := linkDrops(tb); ok1 && ok2 {
-		r.DropCounts = DropCounts{
-			Queue: after.Queue - before.Queue, Loss: after.Loss - before.Loss,
-			Link: after.Link - before.Link, TUN: after.TUN - before.TUN,
-		}
+	if after, ok2 := tb.Drops(); ok1 && ok2 {
+		r.DropCounts = after.Sub(before)
 		r.Drops = r.DropCounts.Total()
 	}
 	return r, err

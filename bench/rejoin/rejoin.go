@@ -35,6 +35,7 @@ import (
 
 	"github.com/sdnkvs/sdnkvs/bench/resp"
 	"github.com/sdnkvs/sdnkvs/bench/scenario"
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
 // Case is one amount of missed data: Keys keys of ValueSize bytes.
@@ -195,6 +196,11 @@ type Row struct {
 	// --catchup-target (INFO sdnkvs_catchup_paused_seconds, summed over
 	// the DC's nodes, from the cut to the end of the case; -1: unknown).
 	PausedS float64
+	// Drops are the packets the testbed dropped from the heal to live
+	// (the WAN emulator's queue and random loss, link interfaces, the
+	// middlebox's TUN); DropsKnown is false when they could not be read.
+	Drops      testbed.DropCounts
+	DropsKnown bool
 }
 
 // Result is every case of a run.
@@ -264,9 +270,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if err != nil {
 			return res, err
 		}
-		fmt.Fprintf(log, "case %s: catch-up %.2fs (heal to live; first pass done %.2fs), %d keys, %.1f MB, %.0f keys/s, %.2f MB/s (%.2fx link); copy %.2fs: %.0f keys/s, %.2f MB/s (%.2fx link); write p99 before %.1fms during %.1fms after %.1fms\n",
+		fmt.Fprintf(log, "case %s: catch-up %.2fs (heal to live; first pass done %.2fs), %d keys, %.1f MB, %.0f keys/s, %.2f MB/s (%.2fx link); copy %.2fs: %.0f keys/s, %.2f MB/s (%.2fx link); write p99 before %.1fms during %.1fms after %.1fms; drops heal to live: %v\n",
 			c, row.CatchupS, row.FirstPassS, row.KeysCopied, float64(row.BytesCopied)/1e6, row.KeysPerS, row.MBPerS, row.LinkRatio,
-			row.CopyS, row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio, row.BeforeP99, row.DuringP99, row.AfterP99)
+			row.CopyS, row.CopyKeysPerS, row.CopyMBPerS, row.CopyLinkRatio, row.BeforeP99, row.DuringP99, row.AfterP99, dropsText(row))
 	}
 	if cfg.Out != "" {
 		pr.stop()
@@ -309,6 +315,7 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		return row, fmt.Errorf("rejoin: load: %w", lerr)
 	}
 	healAt := since()
+	drops0, dok := env.TB.Drops()
 	if err := env.TB.Heal(cfg.Cut); err != nil {
 		return row, err
 	}
@@ -322,6 +329,9 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		return row, fmt.Errorf("rejoin: %w", err)
 	}
 	liveAt := since()
+	if drops1, ok := env.TB.Drops(); ok && dok {
+		row.Drops, row.DropsKnown = drops1.Sub(drops0), true
+	}
 	if t, ok := tl.FirstAfter(cfg.Cut, scenario.StateLive, healAt); ok {
 		liveAt = min(liveAt, t)
 	}
@@ -386,6 +396,14 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		}
 	}
 	return row, nil
+}
+
+// dropsText renders a row's drops ("unknown" when unread).
+func dropsText(w Row) string {
+	if !w.DropsKnown {
+		return "unknown"
+	}
+	return w.Drops.String()
 }
 
 // catchupPaused sums INFO's sdnkvs_catchup_paused_seconds over dc's nodes

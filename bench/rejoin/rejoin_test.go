@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sdnkvs/sdnkvs/bench/scenario"
+	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
 func TestParseCases(t *testing.T) {
@@ -64,5 +65,21 @@ func TestInfoField(t *testing.T) {
 	}
 	if got := paused(-1); got != "-" {
 		t.Fatalf("unknown paused time rendered %q", got)
+	}
+}
+
+// TestDropsColumns: unread drops render "-" in the table, -1 in the CSV
+// and "unknown" in the log; read ones their total and each count.
+func TestDropsColumns(t *testing.T) {
+	unknown := Row{}
+	if drops(unknown) != "-" || dropField(unknown, 0) != -1 || dropsText(unknown) != "unknown" {
+		t.Fatalf("unknown drops rendered %q, %d, %q", drops(unknown), dropField(unknown, 0), dropsText(unknown))
+	}
+	known := Row{DropsKnown: true, Drops: testbed.DropCounts{Queue: 3, Loss: 1, Link: 0, TUN: 2}}
+	if drops(known) != "6" || dropField(known, known.Drops.Queue) != 3 {
+		t.Fatalf("drops rendered %q, queue %d", drops(known), dropField(known, known.Drops.Queue))
+	}
+	if got := dropsText(known); got != "emulator queue 3, random loss 1, link interfaces 0, middlebox TUN 2" {
+		t.Fatalf("log text %q", got)
 	}
 }

@@ -1,16 +1,14 @@
 //go:build linux
 
-package goodput
+package testbed
 
 import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
-
-	"github.com/sdnkvs/sdnkvs/bench/testbed"
 )
 
-// DropCounts break down the packets dropped during a stream.
+// DropCounts break down the packets dropped on a testbed's paths.
 type DropCounts struct {
 	Queue int64 // the WAN emulator's queue was full (drop-tail), both ways
 	Loss  int64 // the WAN emulator's random loss, both ways
@@ -25,9 +23,14 @@ func (d DropCounts) String() string {
 	return fmt.Sprintf("emulator queue %d, random loss %d, link interfaces %d, middlebox TUN %d", d.Queue, d.Loss, d.Link, d.TUN)
 }
 
-// linkDrops counts the packets dropped so far on tb's DC links and on the
+// Sub returns d minus an earlier reading.
+func (d DropCounts) Sub(before DropCounts) DropCounts {
+	return DropCounts{Queue: d.Queue - before.Queue, Loss: d.Loss - before.Loss, Link: d.Link - before.Link, TUN: d.TUN - before.TUN}
+}
+
+// Drops counts the packets dropped so far on tb's DC links and on the
 // middlebox's TUN; ok is false when a DC link's counters cannot be read.
-func linkDrops(tb *testbed.Testbed) (d DropCounts, ok bool) {
+func (tb *Testbed) Drops() (d DropCounts, ok bool) {
 	for _, l := range tb.Links() {
 		if l.ToDC != nil {
 			d.Queue += int64(l.ToDC.DropQueue + l.FromDC.DropQueue)
