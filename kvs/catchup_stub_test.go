@@ -74,6 +74,9 @@ func TestCatchupStubPass(t *testing.T) {
 	if f.Keys != 2 {
 		t.Errorf("second pass reported %d keys copied, want 2", f.Keys)
 	}
+	if m := promText(t, b.Node(0)); !strings.Contains(m, "\nsdnkvs_kvs_catchup_stub_fetched_total 2\n") || !strings.Contains(m, fmt.Sprintf("\nsdnkvs_kvs_catchup_stubs_total %d\n", st.Stubs.Load())) {
+		t.Errorf("/metrics lacks the stub counters (stubs %d, fetched 2)", st.Stubs.Load())
+	}
 	if served := a.Node(0).CatchupStats().ServedStubs.Load() + a.Node(1).CatchupStats().ServedStubs.Load() + a.Node(2).CatchupStats().ServedStubs.Load(); served == 0 {
 		t.Errorf("the source served no stubs")
 	}
