@@ -420,8 +420,8 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace 
 				return progressed, fmt.Errorf("stub page: %w", err)
 			}
 			n.catchStats.Stubs.Add(uint64(done))
-			for from := 0; from < len(lacking); from += verifyFetchMax {
-				fetch = appendFetchReq(fetch[:0], lacking[from:min(from+verifyFetchMax, len(lacking))])
+			for from, per := 0, n.fetchKeys(); from < len(lacking); from += per {
+				fetch = appendFetchReq(fetch[:0], lacking[from:min(from+per, len(lacking))])
 				id, err := send(fetch)
 				if err != nil {
 					return progressed, err

@@ -233,6 +233,15 @@ func (n *Node) stubsLacking(b []byte) ([][]byte, error) {
 	return lacking, nil
 }
 
+// fetchKeys is how many keys one fetch asks for: verifyFetchMax, fewer
+// when that many records of this DC's largest size would not fit a
+// catch-up frame (the source refuses an answer over it, and a pass whose
+// every fetch is refused never ends).
+func (n *Node) fetchKeys() int {
+	per := n.cfg.MaxKey + n.cfg.MaxValue + 64
+	return max(1, min(verifyFetchMax, (maxCatchupFrame*3/4)/per))
+}
+
 // appendFetchReq appends a verifyFetch payload for keys.
 func appendFetchReq(b []byte, keys [][]byte) []byte {
 	return appendKeyList(append(b, verifyFetch), keys)

@@ -206,3 +206,22 @@ func FuzzKeyList(f *testing.F) {
 		}
 	})
 }
+
+// TestFetchKeysFitFrame: a fetch never asks for more records of the
+// largest size than the source can answer in one frame, and at least one.
+func TestFetchKeysFitFrame(t *testing.T) {
+	for _, tc := range []struct{ maxKey, maxValue, want int }{
+		{4 << 10, 64 << 10, verifyFetchMax},
+		{4 << 10, 1 << 20, 47},
+		{60000, 512 << 20, 1},
+	} {
+		n := &Node{cfg: Config{MaxKey: tc.maxKey, MaxValue: tc.maxValue}}
+		got := n.fetchKeys()
+		if got != tc.want {
+			t.Errorf("key %d, value %d: %d keys per fetch, want %d", tc.maxKey, tc.maxValue, got, tc.want)
+		}
+		if got > 1 && got*(tc.maxKey+tc.maxValue+recordHeader+6) > maxCatchupFrame-1024 {
+			t.Errorf("key %d, value %d: %d records of the largest size exceed a frame", tc.maxKey, tc.maxValue, got)
+		}
+	}
+}

@@ -297,7 +297,7 @@ func (v *verifier) queue(key []byte) error {
 	}
 	v.queued[string(key)] = true
 	v.fetch = append(v.fetch, append([]byte(nil), key...))
-	if len(v.fetch) >= verifyFetchMax {
+	if len(v.fetch) >= v.n.fetchKeys() {
 		return v.flush()
 	}
 	return nil

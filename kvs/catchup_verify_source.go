@@ -143,6 +143,15 @@ func (n *Node) serveVerify(payload, dst []byte) (byte, byte, []byte) {
 	bad := func(what string) (byte, byte, []byte) {
 		return statusErr, 0, append(dst, "verify: "+what...)
 	}
+	if payload[0] != verifyFetch && !n.voter.Load() {
+		// A learner's store is being copied from its peers (a wiped or
+		// new node): comparing it would repair every key it lacks yet
+		// through the DC's quorum, records fetched over the WAN. It
+		// refuses; a verify pass leaves it out (a DC peer) or moves to the
+		// next node (a source). A fetch reads the DC's quorum, not this
+		// store, and is served.
+		return statusLearner, 0, append(dst, "verify: this node is a learner (its store is being synced from its peers)"...)
+	}
 	switch payload[0] {
 	case verifyDigest:
 		r, rest, err := parseKeyRange(payload[1:])

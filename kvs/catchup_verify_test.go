@@ -369,3 +369,26 @@ func TestCatchupVerifySourceAndPeerKilled(t *testing.T) {
 		}
 	}
 }
+
+// TestCatchupVerifyLeavesOutLearner: a DC peer that is a learner (a wiped
+// node copying the store from its peers) refuses the verify pass's
+// digests and lists, so the pass leaves it out instead of repairing every
+// record it lacks yet through the DC's quorum; its voting replicas are
+// still compared and repaired.
+func TestCatchupVerifyLeavesOutLearner(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0, func(c *Config) { c.Cluster = "dc-a" })
+	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
+	base, g := sameRecords(t, 2000, a)
+	putMany(t, b, []int{0, 1}, base, false) // node 3 holds nothing: wiped, syncing
+	b.Node(2).voter.Store(false)
+	// One record corrupt on voting node 2: the pass must still repair it.
+	putMany(t, b, []int{1}, map[string]dcRec{"k00007": {tag: base["k00007"].tag, val: "corrupt"}}, true)
+	pc := dialOrder(t, b.Node(0))
+	runPass(t, pc, 1, stampTag(g), g+1000)
+	if got := b.Node(0).CatchupStats().VerifyRepaired.Load(); got != 1 {
+		t.Errorf("repaired %d records, want 1 (the corrupt one on a voter; none for the learner's missing store)", got)
+	}
+	if tg, _, v, _ := b.Node(1).store.dbGet([]byte("k00007"), true, nil); tg != base["k00007"].tag || string(v) != base["k00007"].val {
+		t.Errorf("voter's corrupt record not repaired: %v %q", tg, v)
+	}
+}
