@@ -375,7 +375,7 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace 
 			}
 			size := 0
 			if count > 0 {
-				if size, err = n.applyFetched(ctx, recs, pace); err != nil {
+				if size, err = n.applyChecked(ctx, recs, pace); err != nil {
 					return progressed, err
 				}
 			}
@@ -462,21 +462,16 @@ func (n *Node) applyPage(ctx context.Context, b []byte, pace *catchupPace) (int,
 	if err != nil {
 		return 0, 0, fmt.Errorf("page: %w", err)
 	}
-	size := 0
-	var rec scanRecord
-	for r := b; len(r) > 0; {
-		r, _ = nextScanRecord(r, &rec)
-		size += len(rec.key) + len(rec.val)
-	}
-	if err := n.applyRecords(ctx, b, Tag{}, pace); err != nil {
+	size, err := n.applyChecked(ctx, b, pace)
+	if err != nil {
 		return 0, 0, err
 	}
 	return count, size, nil
 }
 
-// applyFetched writes a stub fetch's records (validated) at the local
-// quorum and returns their bytes (keys and values).
-func (n *Node) applyFetched(ctx context.Context, b []byte, pace *catchupPace) (int, error) {
+// applyChecked writes validated records (a page's, or a stub fetch's) at
+// the local quorum and returns their bytes (keys and values).
+func (n *Node) applyChecked(ctx context.Context, b []byte, pace *catchupPace) (int, error) {
 	size := 0
 	var rec scanRecord
 	for r := b; len(r) > 0; {
