@@ -126,14 +126,20 @@ func (n *Node) serveApply(id uint64, bound Tag, b []byte, sc *serverConn) bool {
 // appendApplyReq appends a kindApply request frame carrying records (a
 // repair batch when bound is not zero).
 func appendApplyReq(b []byte, id uint64, bound Tag, records []byte) []byte {
+	return appendBodyReq(b, kindApply, id, bound, records)
+}
+
+// appendBodyReq appends a request frame in kindWrite's layout without a
+// key: tag, no flags, and body as the value (kindApply, kindTags).
+func appendBodyReq(b []byte, kind byte, id uint64, t Tag, body []byte) []byte {
 	b, s := beginFrame(b)
-	b = append(b, kindApply)
+	b = append(b, kind)
 	b = binary.BigEndian.AppendUint64(b, id)
 	b = binary.BigEndian.AppendUint16(b, 0) // no key
-	b = AppendTag(b, bound)
+	b = AppendTag(b, t)
 	b = append(b, 0)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(records)))
-	b = append(b, records...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(body)))
+	b = append(b, body...)
 	return endFrame(b, s)
 }
 

@@ -116,17 +116,7 @@ func parseKeyList(b []byte, maxKey int) ([][]byte, error) {
 
 // appendTagsReq appends a kindTags request for keys.
 func appendTagsReq(b []byte, id uint64, keys [][]byte) []byte {
-	b, s := beginFrame(b)
-	b = append(b, kindTags)
-	b = binary.BigEndian.AppendUint64(b, id)
-	b = binary.BigEndian.AppendUint16(b, 0) // no key
-	b = AppendTag(b, Tag{})
-	b = append(b, 0)
-	lenAt := len(b)
-	b = append(b, 0, 0, 0, 0)
-	b = appendKeyList(b, keys)
-	binary.BigEndian.PutUint32(b[lenAt:], uint32(len(b)-lenAt-4))
-	return endFrame(b, s)
+	return appendBodyReq(b, kindTags, id, Tag{}, appendKeyList(nil, keys))
 }
 
 // serveTags answers a DC peer's kindTags with this replica's tag of each
