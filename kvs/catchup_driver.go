@@ -239,8 +239,11 @@ func (n *Node) newCatchupPace() *catchupPace {
 	return p
 }
 
-// dialCatchup connects to a source node's peer port as a dc-reader.
-func (n *Node) dialCatchup(ctx context.Context, addr string) (net.Conn, error) {
+// dialCatchup connects to a source node's peer port as a dc-reader and
+// sends early (the stream's opening requests) with the handshake's proof,
+// once the node has proved it holds the cluster secret and is a node: the
+// first page leaves the source a round trip sooner than after the welcome.
+func (n *Node) dialCatchup(ctx context.Context, addr string, early []byte) (net.Conn, error) {
 	d := net.Dialer{Timeout: 3 * time.Second}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -248,14 +251,18 @@ func (n *Node) dialCatchup(ctx context.Context, addr string) (net.Conn, error) {
 	}
 	if n.cfg.PeerSecret != nil {
 		self := peerauth.Hello{Cluster: CatchupCluster, Role: roleDCReader, ID: uint64(n.cfg.ID)}
-		p, err := peerauth.Client(c, n.cfg.PeerSecret, self, time.Now().Add(handshakeTimeout))
-		if err == nil && p.Role != peerauth.RoleNode {
-			err = fmt.Errorf("%s answers as %q, not a node", addr, p.Role)
-		}
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
+		_, err = peerauth.ClientEarly(c, n.cfg.PeerSecret, self, time.Now().Add(handshakeTimeout), func(p peerauth.Hello) ([]byte, error) {
+			if p.Role != peerauth.RoleNode {
+				return nil, fmt.Errorf("%s answers as %q, not a node", addr, p.Role)
+			}
+			return early, nil
+		})
+	} else {
+		_, err = c.Write(early)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
 	}
 	return c, nil
 }
@@ -265,34 +272,23 @@ func (n *Node) dialCatchup(ctx context.Context, addr string) (net.Conn, error) {
 func (n *Node) pullFrom(ctx context.Context, j *catchupJob, addr string, pace *catchupPace) (progressed bool, err error) {
 	if cc := n.takeCatchupConn(addr); cc != nil {
 		n.catchStats.Reused.Add(1)
-		progressed, err := n.pullOn(ctx, j, cc, pace)
+		progressed, err := n.pullOn(ctx, j, cc, pace, false)
 		if err == nil || progressed || ctx.Err() != nil || errors.Is(err, errCatchupLocal) {
 			return progressed, err
 		}
 		// The kept connection went stale (the source closed it): dial.
 	}
-	c, err := n.dialCatchup(ctx, addr)
+	c, err := n.dialCatchup(ctx, addr, n.catchupOpening(j, 1))
 	if err != nil {
 		return false, err
 	}
-	return n.pullOn(ctx, j, &catchupConn{addr: addr, c: c, fr: newFrameReader(c, maxCatchupFrame), nextID: 1}, pace)
+	return n.pullOn(ctx, j, &catchupConn{addr: addr, c: c, fr: newFrameReader(c, maxCatchupFrame), nextID: 1}, pace, true)
 }
 
-// pullOn runs the stream on cc (closing it, or parking it after the tail).
-// Answers come in request order: pages (catchupAhead asked ahead) and the
-// fetches of stub pages' missing records (catchup_stub.go). The cursor
-// moves to a page's end once the page and every fetch asked before its
-// end are written.
-func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace *catchupPace) (progressed bool, err error) {
-	c := cc.c
-	keep := false
-	defer func() {
-		if !keep {
-			c.Close()
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
+// catchupOpening is a stream's opening: the start at the job's cursor
+// (with the stub bound of the range this DC copied, catchup_stub.go) as
+// request first, and catchupAhead-1 nexts.
+func (n *Node) catchupOpening(j *catchupJob, first uint64) []byte {
 	pageBytes, pageRecs := n.cfg.CatchupPageBytes, n.cfg.CatchupPageRecords
 	if pageBytes <= 0 {
 		pageBytes = CatchupPageBytes
@@ -309,15 +305,41 @@ func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace 
 	if stubTo := n.catchCover.stubBound(base); !stubTo.IsZero() {
 		start = AppendTag(start, stubTo)
 	}
-	var wbuf []byte
-	first := cc.nextID
-	wbuf = appendReadReq(wbuf, kindCatchup, first, start)
+	wbuf := appendReadReq(nil, kindCatchup, first, start)
 	for id := first + 1; id < first+catchupAhead; id++ {
 		wbuf = appendReadReq(wbuf, kindCatchup, id, []byte{catchupNext})
 	}
-	if _, err := c.Write(wbuf); err != nil {
-		return false, err
+	return wbuf
+}
+
+// pullOn runs the stream on cc (closing it, or parking it after the tail).
+// opened: the stream's opening (catchupOpening at cc.nextID) was sent with
+// the handshake. Answers come in request order: pages (catchupAhead asked
+// ahead) and the fetches of stub pages' missing records (catchup_stub.go).
+// The cursor moves to a page's end once the page and every fetch asked
+// before its end are written.
+func (n *Node) pullOn(ctx context.Context, j *catchupJob, cc *catchupConn, pace *catchupPace, opened bool) (progressed bool, err error) {
+	c := cc.c
+	keep := false
+	defer func() {
+		if !keep {
+			c.Close()
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	// The job's cursor moves only in this function, so it is the cursor
+	// the opening (sent here or with the handshake) started at.
+	j.mu.Lock()
+	base := j.cursor
+	j.mu.Unlock()
+	first := cc.nextID
+	if !opened {
+		if _, err := c.Write(n.catchupOpening(j, first)); err != nil {
+			return false, err
+		}
 	}
+	var wbuf []byte
 	nextID := first + catchupAhead
 	send := func(payload []byte) (uint64, error) {
 		id := nextID

@@ -379,7 +379,7 @@ func (n *Node) verifyJob(ctx context.Context, j *catchupJob) error {
 func (n *Node) verifyFrom(ctx context.Context, j *catchupJob, addr string, pace *catchupPace) error {
 	cc := n.takeCatchupConn(addr)
 	if cc == nil {
-		c, err := n.dialCatchup(ctx, addr)
+		c, err := n.dialCatchup(ctx, addr, nil)
 		if err != nil {
 			return err
 		}

@@ -21,7 +21,7 @@ import (
 // dialPeers opens a catch-up connection to each DC peer.
 func (v *verifier) dialPeers() {
 	for _, p := range v.n.peers {
-		c, err := v.n.dialCatchup(v.ctx, p.addr)
+		c, err := v.n.dialCatchup(v.ctx, p.addr, nil)
 		if err != nil {
 			v.n.log.Warn("catch-up: verify leaves out a DC peer it cannot reach", "peer", p.addr, "err", err)
 			continue

@@ -170,13 +170,16 @@ func writeFrame(w io.Writer, typ byte, payload []byte) error {
 	if len(payload) > MaxFrame {
 		return ErrMalformed
 	}
-	b := make([]byte, 0, 7+len(payload))
+	_, err := w.Write(appendFrame(make([]byte, 0, 7+len(payload)), typ, payload))
+	return err
+}
+
+// appendFrame appends magic | type | len(2) | payload (at most MaxFrame).
+func appendFrame(b []byte, typ byte, payload []byte) []byte {
 	b = append(b, magic[:]...)
 	b = append(b, typ)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(payload)))
-	b = append(b, payload...)
-	_, err := w.Write(b)
-	return err
+	return append(b, payload...)
 }
 
 // readFrame reads exactly one frame (no read-ahead, so the connection's
@@ -242,6 +245,21 @@ func withDeadline(c net.Conn, deadline time.Time) func() {
 // proof verified), the server's hello is returned with the error.
 // The deadline bounds the whole handshake.
 func Client(c net.Conn, secret []byte, self Hello, deadline time.Time) (Hello, error) {
+	return ClientEarly(c, secret, self, deadline, nil)
+}
+
+// ClientEarly is Client with early data: once the server has proved it
+// knows the secret (its hello's MAC verified, the cluster matched), early
+// is called with the server's hello and the bytes it returns are written
+// right after the client's proof, in the same write, so the first request
+// reaches the server with the proof instead of a round trip after the
+// welcome (a catch-up dial over a 350 ms round trip saves 350 ms). The
+// server reads the handshake frames exactly (no read-ahead), so the early
+// bytes stay in the connection for whatever reads it after the handshake;
+// if the server refuses, they are never read. An error from early ends the
+// handshake with that error before the proof is sent. The caller still
+// learns the outcome (welcome or refusal) before it reads any answer.
+func ClientEarly(c net.Conn, secret []byte, self Hello, deadline time.Time, early func(peer Hello) ([]byte, error)) (Hello, error) {
 	if len(secret) < MinSecret {
 		return Hello{}, fmt.Errorf("peerauth: secret shorter than %d bytes", MinSecret)
 	}
@@ -279,7 +297,15 @@ func Client(c net.Conn, secret []byte, self Hello, deadline time.Time) (Hello, e
 	if peer.Cluster != self.Cluster {
 		return Hello{}, fmt.Errorf("%w: ours %q, theirs %q", ErrCluster, self.Cluster, peer.Cluster)
 	}
-	if err := writeFrame(c, msgClientProof, t.mac(secret, "client")); err != nil {
+	proof := appendFrame(nil, msgClientProof, t.mac(secret, "client"))
+	if early != nil {
+		data, err := early(peer)
+		if err != nil {
+			return Hello{}, err
+		}
+		proof = append(proof, data...)
+	}
+	if _, err := c.Write(proof); err != nil {
 		return Hello{}, fmt.Errorf("peerauth: %w", err)
 	}
 	typ, p, err = readFrame(c)

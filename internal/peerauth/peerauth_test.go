@@ -344,3 +344,98 @@ func (s *scripted) Write(b []byte) (int, error)      { return len(b), nil }
 func (s *scripted) SetDeadline(t time.Time) error    { return nil }
 func (s *scripted) SetReadDeadline(time.Time) error  { return nil }
 func (s *scripted) SetWriteDeadline(time.Time) error { return nil }
+
+// tcpPair is a connected loopback TCP pair (net.Pipe's synchronous writes
+// would block on early data the server has not read yet).
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			acc <- nil
+			return
+		}
+		acc <- s
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+func TestClientEarly(t *testing.T) {
+	c, s := tcpPair(t)
+	early := []byte("first request, sent with the proof")
+	type srv struct {
+		peer Hello
+		err  error
+		data []byte
+	}
+	done := make(chan srv, 1)
+	go func() {
+		p, err := Server(s, secret, nodeB, nil, soon())
+		if err != nil {
+			done <- srv{err: err}
+			return
+		}
+		// The early bytes follow the handshake on the connection.
+		b := make([]byte, len(early))
+		s.SetReadDeadline(soon())
+		_, err = io.ReadFull(s, b)
+		done <- srv{peer: p, err: err, data: b}
+	}()
+	var sawPeer Hello
+	p, err := ClientEarly(c, secret, nodeA, soon(), func(peer Hello) ([]byte, error) {
+		sawPeer = peer
+		return early, nil
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("server: %v", r.err)
+	}
+	if p != nodeB || sawPeer != nodeB || r.peer != nodeA {
+		t.Fatalf("client saw %+v, early saw %+v, server saw %+v", p, sawPeer, r.peer)
+	}
+	if !bytes.Equal(r.data, early) {
+		t.Fatalf("server read %q after the handshake, want the early data %q", r.data, early)
+	}
+}
+
+func TestClientEarlyNotSentUnauthenticated(t *testing.T) {
+	// A server without the secret: the client never calls early.
+	c, s := tcpPair(t)
+	go func() { Server(s, []byte("another-secret-of-some-length"), nodeB, nil, soon()); s.Close() }()
+	called := false
+	_, err := ClientEarly(c, secret, nodeA, soon(), func(Hello) ([]byte, error) { called = true; return []byte("x"), nil })
+	if !errors.Is(err, ErrAuth) || called {
+		t.Fatalf("client against a server with another secret: err %v, early called %v; want ErrAuth, not called", err, called)
+	}
+	// An early callback's error ends the handshake before the proof.
+	c2, s2 := tcpPair(t)
+	srvErr := make(chan error, 1)
+	go func() { _, err := Server(s2, secret, nodeB, nil, soon()); srvErr <- err }()
+	want := errors.New("peer is not a node")
+	_, err = ClientEarly(c2, secret, nodeA, soon(), func(Hello) ([]byte, error) { return nil, want })
+	if !errors.Is(err, want) {
+		t.Fatalf("early's error: got %v, want %v", err, want)
+	}
+	c2.Close()
+	if err := <-srvErr; err == nil {
+		t.Fatal("server completed a handshake whose client sent no proof")
+	}
+}
