@@ -38,6 +38,15 @@ type CatchupStats struct {
 	ServedStubs     atomic.Uint64 // records served as stubs (no value)
 	ServeErrors     atomic.Uint64 // pages refused (no read quorum, storage errors)
 	RemoteRefused   atomic.Uint64 // another DC's connections dropped for a request other than the catch-up read
+	// Served streams, start to tail, measured by TCP_INFO
+	// (catchup_stream_report.go): time with data in flight, and of it the
+	// time the driver's receive window or this node's send buffer held
+	// the stream back, in microseconds; retransmitted segments.
+	ServedStreams  atomic.Uint64
+	ServedBusyUs   atomic.Uint64
+	ServedRwndUs   atomic.Uint64
+	ServedSndbufUs atomic.Uint64
+	ServedRetrans  atomic.Uint64
 
 	// Verify passes (catchup_verify.go).
 	Verifies       atomic.Uint64 // verify passes run by this node's jobs
@@ -86,6 +95,8 @@ func (s *CatchupStats) appendInfo(b *strings.Builder) {
 		s.Window(), float64(s.Queued())/1e6, float64(s.Paused.Load())/1e9)
 	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
 		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
+	fmt.Fprintf(b, "sdnkvs_catchup_served_streams:%d\r\nsdnkvs_catchup_served_busy_seconds:%.1f\r\nsdnkvs_catchup_served_rwnd_limited_seconds:%.1f\r\nsdnkvs_catchup_served_sndbuf_limited_seconds:%.1f\r\nsdnkvs_catchup_served_retransmits:%d\r\n",
+		s.ServedStreams.Load(), float64(s.ServedBusyUs.Load())/1e6, float64(s.ServedRwndUs.Load())/1e6, float64(s.ServedSndbufUs.Load())/1e6, s.ServedRetrans.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_bytes:%d\r\nsdnkvs_catchup_verify_peer_bytes:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
 		s.Verifies.Load(), s.VerifyRanges.Load(), s.VerifyListed.Load(), s.VerifyRepaired.Load(), s.VerifyBytes.Load(), s.VerifyPeerBytes.Load(), s.VerifyServed.Load())
 }
@@ -130,6 +141,11 @@ var catchupMetrics = []struct {
 	{"served_from_peers_total", "Served records read from a DC peer because this node lacked them.", false, func(s *CatchupStats) float64 { return float64(s.ServedFromPeers.Load()) }},
 	{"serve_errors_total", "Catch-up pages refused (no read quorum, storage errors).", false, func(s *CatchupStats) float64 { return float64(s.ServeErrors.Load()) }},
 	{"remote_refused_total", "Connections of another DC dropped for a request other than the catch-up read.", false, func(s *CatchupStats) float64 { return float64(s.RemoteRefused.Load()) }},
+	{"served_streams_total", "Catch-up streams served to another DC's driver, measured from start to tail.", false, func(s *CatchupStats) float64 { return float64(s.ServedStreams.Load()) }},
+	{"served_busy_seconds_total", "Time served catch-up streams had data in flight (TCP_INFO busy time).", false, func(s *CatchupStats) float64 { return float64(s.ServedBusyUs.Load()) / 1e6 }},
+	{"served_rwnd_limited_seconds_total", "Of that time, the time the driver's receive window held the stream back (raise net.ipv4.tcp_rmem's maximum on the joining DC).", false, func(s *CatchupStats) float64 { return float64(s.ServedRwndUs.Load()) / 1e6 }},
+	{"served_sndbuf_limited_seconds_total", "Of that time, the time this node's socket send buffer held the stream back (raise net.ipv4.tcp_wmem's maximum).", false, func(s *CatchupStats) float64 { return float64(s.ServedSndbufUs.Load()) / 1e6 }},
+	{"served_retransmits_total", "TCP segments served catch-up streams retransmitted.", false, func(s *CatchupStats) float64 { return float64(s.ServedRetrans.Load()) }},
 	{"verifies_total", "Verify passes (whole-store digest comparison with the source DC) run by this node's jobs.", false, func(s *CatchupStats) float64 { return float64(s.Verifies.Load()) }},
 	{"verify_ranges_total", "Key ranges whose digests a verify pass compared.", false, func(s *CatchupStats) float64 { return float64(s.VerifyRanges.Load()) }},
 	{"verify_listed_total", "Records a verify pass compared one by one (in ranges whose digests differed).", false, func(s *CatchupStats) float64 { return float64(s.VerifyListed.Load()) }},

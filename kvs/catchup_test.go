@@ -230,6 +230,12 @@ func TestCatchupConverges(t *testing.T) {
 	if a.Node(0).CatchupStats().ServedFromPeers.Load() == 0 {
 		t.Errorf("the serving node lacked only-on-two but served nothing read from a peer")
 	}
+	// The source measures the stream it served (TCP_INFO), once the
+	// driver has read its tail (the parked connection's first ping); its
+	// busy time may round to 0 on loopback (the kernel counts in jiffies).
+	testenv.WaitFor(t, 5*time.Second, "the source reports the served stream", func() bool {
+		return a.Node(0).CatchupStats().ServedStreams.Load() == 1
+	})
 	pc.mu.Lock()
 	n := len(pc.all)
 	pc.mu.Unlock()

@@ -61,6 +61,8 @@ func (n *Node) servePeer(c net.Conn) {
 	var req request
 	var vbuf []byte
 	var cs catchupStream
+	var stream streamTCP // the served catch-up stream's TCP_INFO at its start (catchup_stream_report.go)
+	defer n.endServedStream(c, &stream)
 	remote := peer.Role == roleDCReader
 	for {
 		body, err := fr.next()
@@ -95,7 +97,19 @@ func (n *Node) servePeer(c net.Conn) {
 				if !cs.started {
 					n.paceCatchup(c) // a catch-up stream: send at most at --catchup-rate
 				}
+				if len(req.key) > 0 && req.key[0] == catchupStart {
+					n.endServedStream(c, &stream) // one that ended before its tail
+					stream = tcpSample(c)
+				} else if stream.tail {
+					// The first request after the tail: the driver read
+					// every page (a ping of the parked connection, a
+					// verify, or a new start).
+					n.endServedStream(c, &stream)
+				}
 				st, f, v = n.serveCatchup(&cs, req.key, vbuf[:0])
+				if f&flagTail != 0 && stream.ok {
+					stream.tail = true
+				}
 			}
 			vbuf = v
 			if cap(vbuf) > 1<<20 {
