@@ -168,19 +168,6 @@ func TestQuickGoodput(t *testing.T) {
 	}
 }
 
-func TestParseBytes(t *testing.T) {
-	for in, want := range map[string]int{"": 0, "0": 0, "4096": 4096, "256k": 256 << 10, "256KiB": 256 << 10, "1m": 1 << 20, "2M": 2 << 20} {
-		if got, err := ParseBytes(in); err != nil || got != want {
-			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"-1", "x", "1g", "1.5k", "3000m"} {
-		if _, err := ParseBytes(in); err == nil {
-			t.Errorf("ParseBytes(%q) accepted", in)
-		}
-	}
-}
-
 func TestAutoRcvBuf(t *testing.T) {
 	if got := AutoRcvBuf(0, 20*time.Millisecond); got != 0 {
 		t.Errorf("unlimited link: %d, want 0 (autotuning)", got)

@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,30 +33,6 @@ func AutoRcvBuf(rate uint64, rtt time.Duration) int {
 		return 0
 	}
 	return max(128<<10, int(2*float64(rate)/8*(rtt+2*time.Millisecond).Seconds()))
-}
-
-// ParseBytes parses a byte count: a whole number with an optional k/K/KiB
-// or m/M/MiB suffix (powers of 1024), at most 1 GiB. "" is 0.
-func ParseBytes(s string) (int, error) {
-	in := s
-	s = strings.TrimSuffix(strings.TrimSpace(s), "iB")
-	mult := 1
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'k', 'K':
-			mult, s = 1<<10, s[:n-1]
-		case 'm', 'M':
-			mult, s = 1<<20, s[:n-1]
-		}
-	}
-	if s == "" && in == "" {
-		return 0, nil
-	}
-	v, err := strconv.Atoi(s)
-	if err != nil || v < 0 || v > (1<<30)/mult {
-		return 0, fmt.Errorf("size %q: want e.g. 262144, 256k or 1m (at most 1 GiB)", in)
-	}
-	return v * mult, nil
 }
 
 // Sink is a TCP server that reads and counts what one connection at a time

@@ -196,6 +196,12 @@ type Row struct {
 	// --catchup-target (INFO sdnkvs_catchup_paused_seconds, summed over
 	// the DC's nodes, from the cut to the end of the case; -1: unknown).
 	PausedS float64
+	// ServedS is what the source DC's nodes measured of the streams they
+	// served, from the cut to the end of the case (TCP_INFO, summed over
+	// the nodes): seconds with data in flight, and of them the seconds
+	// their send buffers and the drivers' receive windows held the
+	// streams back ({-1,-1,-1}: unknown).
+	ServedS [3]float64
 	// Drops are the packets the testbed dropped from the heal to live
 	// (the WAN emulator's queue and random loss, link interfaces, the
 	// middlebox's TUN); DropsKnown is false when they could not be read.
@@ -211,10 +217,13 @@ type Result struct {
 	DelayFar    time.Duration
 	Nodes       int
 	CatchupRate string
-	Rows        []Row
-	Timeline    []string
-	Files       []string
-	Probe       []ProbeSample `json:"-"`
+	// TCPBuffers is the DCs' TCP buffer maximum (testbed.DC.TCPBuffers;
+	// -1: the kernel's defaults).
+	TCPBuffers int
+	Rows       []Row
+	Timeline   []string
+	Files      []string
+	Probe      []ProbeSample `json:"-"`
 }
 
 // Run builds the environment, runs every case and writes the files.
@@ -239,7 +248,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{Near: cfg.Near(), Far: cfg.Far(), LinkRateBPS: cfg.DCs[0].Rate, DelayNear: cfg.DCs[0].Delay, DelayFar: cfg.DCs[1].Delay,
-		Nodes: cfg.Nodes(), CatchupRate: cfg.CatchupRate}
+		Nodes: cfg.Nodes(), CatchupRate: cfg.CatchupRate, TCPBuffers: cfg.DCs[0].TCPBuffers}
 	if r := cfg.DCs[1].Rate; r > 0 && (res.LinkRateBPS == 0 || r < res.LinkRateBPS) {
 		res.LinkRateBPS = r
 	}
@@ -297,6 +306,7 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 		return row, err
 	}
 	paused0, perr := catchupPaused(ctx, env, cfg.Cut)
+	served0, serr := infoSums(ctx, env, row.Source, servedFields...)
 	cutAt := since()
 	if err := env.TB.Cut(cfg.Cut); err != nil {
 		return row, err
@@ -343,6 +353,12 @@ func runCase(ctx context.Context, env *scenario.Env, cfg Config, tl *scenario.Ti
 	row.PausedS = -1
 	if paused1, err := catchupPaused(ctx, env, cfg.Cut); err == nil && perr == nil {
 		row.PausedS = paused1 - paused0
+	}
+	row.ServedS = [3]float64{-1, -1, -1}
+	if served1, err := infoSums(ctx, env, row.Source, servedFields...); err == nil && serr == nil {
+		for k := range row.ServedS {
+			row.ServedS[k] = served1[k] - served0[k]
+		}
 	}
 	keys, bytes, first, last := scenario.CatchupTotals(tl.Progress(), cfg.Cut, healAt, afterEnd)
 	row.KeysCopied, row.BytesCopied = keys, bytes
@@ -409,24 +425,40 @@ func dropsText(w Row) string {
 // catchupPaused sums INFO's sdnkvs_catchup_paused_seconds over dc's nodes
 // (each asked from inside the DC).
 func catchupPaused(ctx context.Context, env *scenario.Env, dc string) (float64, error) {
-	total := 0.0
+	v, err := infoSums(ctx, env, dc, "sdnkvs_catchup_paused_seconds")
+	if err != nil {
+		return 0, err
+	}
+	return v[0], nil
+}
+
+// servedFields are the source DC's INFO fields of the streams it served
+// (kvs/catchup_stream_report.go): busy, send-buffer limited, receive-window
+// limited seconds.
+var servedFields = []string{"sdnkvs_catchup_served_busy_seconds", "sdnkvs_catchup_served_sndbuf_limited_seconds", "sdnkvs_catchup_served_rwnd_limited_seconds"}
+
+// infoSums sums INFO fields over dc's nodes.
+func infoSums(ctx context.Context, env *scenario.Env, dc string, fields ...string) ([]float64, error) {
+	total := make([]float64, len(fields))
 	for i := range env.TB.NodeAddrs(dc) {
 		c, err := env.DialDC(ctx, dc, i)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		rep, err := c.Do(cctx, []byte("INFO"))
 		cancel()
 		c.Close()
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		v, ok := infoField(string(rep.Str), "sdnkvs_catchup_paused_seconds")
-		if !ok {
-			return 0, fmt.Errorf("rejoin: %s node %d: INFO has no sdnkvs_catchup_paused_seconds", dc, i+1)
+		for k, f := range fields {
+			v, ok := infoField(string(rep.Str), f)
+			if !ok {
+				return nil, fmt.Errorf("rejoin: %s node %d: INFO has no %s", dc, i+1, f)
+			}
+			total[k] += v
 		}
-		total += v
 	}
 	return total, nil
 }

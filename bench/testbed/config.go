@@ -40,7 +40,21 @@ type DC struct {
 	// QueueBytes bounds each direction's queue (drop-tail); zero picks a
 	// default sized for the link's bandwidth-delay product with headroom.
 	QueueBytes int
+	// TCPBuffers is the most a TCP socket's buffers grow to in the DC's
+	// namespace (the maximum of net.ipv4.tcp_rmem and tcp_wmem, up to
+	// which the kernel autotunes them): an operator raises it on hosts
+	// that talk across a long fat WAN, as ESnet's host tuning advises.
+	// Zero picks DefaultTCPBuffers; -1 keeps the kernel's defaults (4 MiB
+	// send, 6 MiB receive), which hold less than a 100 Mbit/s stream has
+	// in flight over a 350 ms round trip.
+	TCPBuffers int
 }
+
+// DefaultTCPBuffers is the default DC.TCPBuffers: room for twice the
+// bandwidth-delay product of a 100 Mbit/s link over a 350 ms round trip
+// (4.4 MB; BBR keeps up to twice that in flight) with the kernel's
+// per-packet overhead.
+const DefaultTCPBuffers = 16 << 20
 
 // MaxNodes is the most node addresses a DC may have.
 const MaxNodes = 200
@@ -125,6 +139,12 @@ func (c Config) WithDefaults() (Config, error) {
 		}
 		if d.QueueBytes == 0 {
 			d.QueueBytes = DefaultQueueBytes(d.Rate, d.Delay)
+		}
+		switch {
+		case d.TCPBuffers == 0:
+			d.TCPBuffers = DefaultTCPBuffers
+		case d.TCPBuffers != -1 && (d.TCPBuffers < 1<<20 || d.TCPBuffers > 1<<30):
+			return c, fmt.Errorf("DC %s: TCP buffers of %d bytes: want 1 MiB..1 GiB, or -1 for the kernel's defaults", d.Name, d.TCPBuffers)
 		}
 		dcs[i] = d
 	}

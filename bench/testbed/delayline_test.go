@@ -224,6 +224,7 @@ func TestParse(t *testing.T) {
 		{DCs: []DC{{Name: "a"}, {Name: "a"}}},
 		{DCs: []DC{{Name: "a", Nodes: 500}}},
 		{DCs: []DC{{Name: "a", Loss: 1}}},
+		{DCs: []DC{{Name: "a", TCPBuffers: 100}}},
 		{Name: "bad name", DCs: []DC{{Name: "a"}}},
 		{},
 	} {
@@ -281,5 +282,29 @@ func TestDelayLineSteadyStateAllocatesNothing(t *testing.T) {
 	// The waits above poll; allow a little for the runtime and the test.
 	if d := after.Mallocs - before.Mallocs; d > 30 {
 		t.Fatalf("%d allocations for 3000 packets: the per-packet path allocates", d)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int{"": 0, "0": 0, "4096": 4096, "256k": 256 << 10, "256KiB": 256 << 10, "1m": 1 << 20, "2M": 2 << 20} {
+		if got, err := ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-1", "x", "1g", "1.5k", "3000m"} {
+		if _, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) accepted", in)
+		}
+	}
+	for in, want := range map[string]int{"": 0, "kernel": -1, "16MiB": 16 << 20} {
+		if got, err := ParseTCPBuffers(in); err != nil || got != want {
+			t.Errorf("ParseTCPBuffers(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := (Spec{DCs: "a", TCPBuffers: "lots"}).Config(); err == nil || !strings.Contains(err.Error(), "--tcp-buffers") {
+		t.Errorf("--tcp-buffers lots: %v, want an error naming the flag", err)
+	}
+	if _, err := (Spec{DCs: "a", TCPBuffers: "4k"}).Config(); err == nil {
+		t.Error("TCP buffers of 4 KiB accepted")
 	}
 }

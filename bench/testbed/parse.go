@@ -117,6 +117,9 @@ type Spec struct {
 	Rate  string // "100mbit" or per DC
 	Loss  string // "0.01" or per DC
 	Queue string // bytes per direction, "" for the default; or per DC
+	// TCPBuffers is DC.TCPBuffers for every DC: a size, "kernel", or ""
+	// for the default.
+	TCPBuffers string
 }
 
 // Config turns the textual spec into a Config, with errors naming the flag.
@@ -152,12 +155,16 @@ func (s Spec) Config() (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("--queue: %w", err)
 	}
+	bufs, err := ParseTCPBuffers(s.TCPBuffers)
+	if err != nil {
+		return Config{}, fmt.Errorf("--tcp-buffers: %w", err)
+	}
 	if s.Nodes < 0 || s.Nodes > MaxNodes {
 		return Config{}, fmt.Errorf("--nodes: %d: want 1..%d", s.Nodes, MaxNodes)
 	}
 	cfg := Config{Name: s.Name}
 	for _, n := range names {
-		cfg.DCs = append(cfg.DCs, DC{Name: n, Nodes: s.Nodes, Delay: delays[n], Rate: rates[n], Loss: losses[n], QueueBytes: queues[n]})
+		cfg.DCs = append(cfg.DCs, DC{Name: n, Nodes: s.Nodes, Delay: delays[n], Rate: rates[n], Loss: losses[n], QueueBytes: queues[n], TCPBuffers: bufs})
 	}
 	c, err := cfg.WithDefaults()
 	if err != nil {
@@ -165,6 +172,43 @@ func (s Spec) Config() (Config, error) {
 	}
 	c.Name = s.Name // keep empty names empty: Up generates one
 	return c, nil
+}
+
+// ParseBytes parses a byte count: a whole number with an optional k/K/KiB
+// or m/M/MiB suffix (powers of 1024), at most 1 GiB. "" is 0.
+func ParseBytes(s string) (int, error) {
+	in := s
+	s = strings.TrimSuffix(strings.TrimSpace(s), "iB")
+	mult := 1
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult, s = 1<<10, s[:n-1]
+		case 'm', 'M':
+			mult, s = 1<<20, s[:n-1]
+		}
+	}
+	if s == "" && in == "" {
+		return 0, nil
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 || v > (1<<30)/mult {
+		return 0, fmt.Errorf("size %q: want e.g. 262144, 256k or 1m (at most 1 GiB)", in)
+	}
+	return v * mult, nil
+}
+
+// ParseTCPBuffers parses --tcp-buffers: a size for DC.TCPBuffers, or
+// "kernel" (-1: the kernel's defaults); "" is 0 (the default).
+func ParseTCPBuffers(s string) (int, error) {
+	if strings.TrimSpace(s) == "kernel" {
+		return -1, nil
+	}
+	n, err := ParseBytes(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w, or kernel", err)
+	}
+	return n, nil
 }
 
 // ParseIperfJSON returns the receiver's bits/s from `iperf3 -J` output of a

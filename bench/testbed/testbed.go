@@ -220,6 +220,16 @@ func (tb *Testbed) build() error {
 		if err != nil {
 			return err
 		}
+		if d.TCPBuffers > 0 {
+			// The kernel's socket buffer autotuning grows up to these
+			// maxima (config.go, DC.TCPBuffers).
+			if err := sysctls(dns, map[string]string{
+				"net/ipv4/tcp_rmem": fmt.Sprintf("4096 131072 %d", d.TCPBuffers),
+				"net/ipv4/tcp_wmem": fmt.Sprintf("4096 16384 %d", d.TCPBuffers),
+			}); err != nil {
+				return err
+			}
+		}
 		l := &link{k: k, dc: d, gwIf: fmt.Sprintf("dc%d", k), dcIf: "gw0"}
 		tb.mu.Lock()
 		tb.links[d.Name] = l

@@ -79,7 +79,7 @@ func TestUpDownLeavesNoNamespace(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
 	goroutines := runtime.NumGoroutine()
-	tb, err := testbed.Up(testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 3}, {Name: "dublin", Nodes: 2, Delay: time.Millisecond}}})
+	tb, err := testbed.Up(testbed.Config{DCs: []testbed.DC{{Name: "sydney", Nodes: 3}, {Name: "dublin", Nodes: 2, Delay: time.Millisecond, TCPBuffers: -1}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +109,25 @@ func TestUpDownLeavesNoNamespace(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+	// DC namespaces: TCP buffers grow to DefaultTCPBuffers, or stay at
+	// the kernel's defaults (-1).
+	for dc, tuned := range map[string]bool{"sydney": true, "dublin": false} {
+		if err := testbed.InNetns(testbed.NetnsPath(tb.NS(dc)), func() error {
+			for _, k := range []string{"net/ipv4/tcp_rmem", "net/ipv4/tcp_wmem"} {
+				b, err := os.ReadFile("/proc/sys/" + k)
+				if err != nil {
+					return err
+				}
+				f := strings.Fields(string(b))
+				if got := f[len(f)-1] == fmt.Sprint(testbed.DefaultTCPBuffers); got != tuned {
+					return fmt.Errorf("%s in %s = %s: tuned %v, want %v", k, dc, b, got, tuned)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	p, err := tb.Start("sydney", []string{"sleep", "300"})
 	if err != nil {

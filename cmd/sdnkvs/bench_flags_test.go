@@ -22,10 +22,10 @@ func TestDCPairFlags(t *testing.T) {
 	}
 	d := cfg.DCs
 	if cfg.Near() != "sydney" || cfg.Far() != "dublin" || d[0].Delay != 5*time.Millisecond || d[1].Delay != 170*time.Millisecond ||
-		d[0].Rate != 100e6 || d[1].Rate != 100e6 || d[0].Nodes != 9 || d[1].Nodes != 9 || cfg.Rate != 2000 {
+		d[0].Rate != 100e6 || d[1].Rate != 100e6 || d[0].Nodes != 9 || d[1].Nodes != 9 || cfg.Rate != 2000 || d[0].TCPBuffers != 16<<20 {
 		t.Fatalf("demo defaults: %+v", cfg)
 	}
-	cli, _, err = parseArgs(t, "bench", "failover", "--dc", "a,b", "--nodes", "3", "--delay", "a=1ms,b=20ms", "--rate", "0", "--loss", "1%")
+	cli, _, err = parseArgs(t, "bench", "failover", "--dc", "a,b", "--nodes", "3", "--delay", "a=1ms,b=20ms", "--rate", "0", "--loss", "1%", "--tcp-buffers", "kernel")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func TestDCPairFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	d = fcfg.DCs
-	if fcfg.Near() != "a" || d[0].Delay != time.Millisecond || d[1].Delay != 20*time.Millisecond || d[0].Rate != 0 || d[1].Loss != 0.01 || d[1].Nodes != 3 {
+	if fcfg.Near() != "a" || d[0].Delay != time.Millisecond || d[1].Delay != 20*time.Millisecond || d[0].Rate != 0 || d[1].Loss != 0.01 || d[1].Nodes != 3 || d[1].TCPBuffers != -1 {
 		t.Fatalf("bench failover topology: %+v", d)
 	}
 	for _, tc := range []struct {

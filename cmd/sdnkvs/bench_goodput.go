@@ -72,7 +72,7 @@ func (c *BenchGoodputCmd) rcvbuf(rate uint64) (int, error) {
 	if c.RcvBuf == "auto" {
 		return goodput.AutoRcvBuf(rate, c.RTT), nil
 	}
-	v, err := goodput.ParseBytes(c.RcvBuf)
+	v, err := testbed.ParseBytes(c.RcvBuf)
 	if err != nil {
 		return 0, fmt.Errorf("--rcvbuf: %v (or auto)", err)
 	}

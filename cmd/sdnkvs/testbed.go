@@ -31,20 +31,21 @@ type TestbedCmd struct {
 
 // TopologyFlags describe the topology to build.
 type TopologyFlags struct {
-	Name  string `help:"Testbed name (prefix of every namespace); default: a generated id, printed at start."`
-	DC    string `name:"dc" default:"sydney,dublin" help:"DC names in preference order, comma-separated."`
-	Nodes int    `default:"9" help:"Node addresses per DC (10.210.k.11 ...)."`
-	Delay string `help:"One-way delay of DC links: '5ms' for all, or 'sydney=5ms,dublin=170ms'."`
-	Rate  string `help:"Rate cap of DC links, each direction: '100mbit' for all, or per DC."`
-	Loss  string `help:"Random loss of DC links, each direction: '0.01' or '1%' for all, or per DC."`
-	Queue string `help:"Queue bytes per direction of emulated links (default: from rate and delay), or per DC."`
+	Name       string `help:"Testbed name (prefix of every namespace); default: a generated id, printed at start."`
+	DC         string `name:"dc" default:"sydney,dublin" help:"DC names in preference order, comma-separated."`
+	Nodes      int    `default:"9" help:"Node addresses per DC (10.210.k.11 ...)."`
+	Delay      string `help:"One-way delay of DC links: '5ms' for all, or 'sydney=5ms,dublin=170ms'."`
+	Rate       string `help:"Rate cap of DC links, each direction: '100mbit' for all, or per DC."`
+	Loss       string `help:"Random loss of DC links, each direction: '0.01' or '1%' for all, or per DC."`
+	Queue      string `help:"Queue bytes per direction of emulated links (default: from rate and delay), or per DC."`
+	TCPBuffers string `name:"tcp-buffers" default:"16MiB" help:"The most TCP socket buffers grow to in each DC namespace (the maximum of net.ipv4.tcp_rmem and tcp_wmem), as on hosts tuned for a long fat WAN; kernel: its defaults (4 MiB send)."`
 
 	cfg testbed.Config
 }
 
 // Validate parses the flags; errors name the flag.
 func (f *TopologyFlags) Validate() error {
-	cfg, err := testbed.Spec{Name: f.Name, DCs: f.DC, Nodes: f.Nodes, Delay: f.Delay, Rate: f.Rate, Loss: f.Loss, Queue: f.Queue}.Config()
+	cfg, err := testbed.Spec{Name: f.Name, DCs: f.DC, Nodes: f.Nodes, Delay: f.Delay, Rate: f.Rate, Loss: f.Loss, Queue: f.Queue, TCPBuffers: f.TCPBuffers}.Config()
 	if err != nil {
 		return err
 	}
@@ -247,16 +248,17 @@ func control(name, verb, dc string) error {
 // failover experiment, in the testbed's vocabulary, parsed and validated
 // by the testbed's own parser.
 type DCPairFlags struct {
-	DC    string `name:"dc" default:"sydney,dublin" help:"The near DC (preferred, the one cut) and the far DC (the survivor), comma-separated."`
-	Nodes int    `name:"nodes" default:"9" help:"kvs nodes per DC."`
-	Delay string `name:"delay" help:"One-way delay of DC links: '20ms' for both, or 'sydney=5ms,dublin=170ms'; default: 5ms near, 170ms far."`
-	Rate  string `name:"rate" default:"100mbit" help:"Rate cap of DC links, each direction: '100mbit' for both, or per DC; 0: unlimited."`
-	Loss  string `name:"loss" help:"Random loss of DC links, each direction: '0.01' or '1%' for both, or per DC."`
+	DC         string `name:"dc" default:"sydney,dublin" help:"The near DC (preferred, the one cut) and the far DC (the survivor), comma-separated."`
+	Nodes      int    `name:"nodes" default:"9" help:"kvs nodes per DC."`
+	Delay      string `name:"delay" help:"One-way delay of DC links: '20ms' for both, or 'sydney=5ms,dublin=170ms'; default: 5ms near, 170ms far."`
+	Rate       string `name:"rate" default:"100mbit" help:"Rate cap of DC links, each direction: '100mbit' for both, or per DC; 0: unlimited."`
+	Loss       string `name:"loss" help:"Random loss of DC links, each direction: '0.01' or '1%' for both, or per DC."`
+	TCPBuffers string `name:"tcp-buffers" default:"16MiB" help:"The most TCP socket buffers grow to in each DC namespace (the maximum of net.ipv4.tcp_rmem and tcp_wmem), as on hosts tuned for a long fat WAN; kernel: its defaults (4 MiB send)."`
 }
 
 // Topology parses the flags; errors name the flag.
 func (f *DCPairFlags) Topology() (scenario.Topology, error) {
-	cfg, err := testbed.Spec{DCs: f.DC, Nodes: f.Nodes, Delay: f.Delay, Rate: f.Rate, Loss: f.Loss}.Config()
+	cfg, err := testbed.Spec{DCs: f.DC, Nodes: f.Nodes, Delay: f.Delay, Rate: f.Rate, Loss: f.Loss, TCPBuffers: f.TCPBuffers}.Config()
 	if err != nil {
 		return scenario.Topology{}, err
 	}
