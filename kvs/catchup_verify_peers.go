@@ -90,52 +90,82 @@ func (v *verifier) peersRecv(pending []peerPending, n int) [][]response {
 // comparePeers lists sub on every peer and queues, to be repaired
 // whatever this node holds, each key a peer holds otherwise than the
 // source node's list remote says (a peer's record above the bound is a
-// newer write and is left alone, as this node's own).
+// newer write and is left alone, as this node's own). A peer with more
+// records in sub than one list answer holds is listed again from its last
+// key, alone, until the end of sub.
 func (v *verifier) comparePeers(sub keyRange, remote []listEntry) error {
 	if len(v.peers) == 0 {
 		return nil
 	}
-	req := [][]byte{binary.BigEndian.AppendUint32(appendKeyRange([]byte{verifyList}, sub), verifyListMax)}
-	for i, ans := range v.peersRecv(v.peersSend(req), 1) {
-		if ans == nil {
-			continue
-		}
-		entries, err := parseList(ans[0].val)
-		if err != nil {
-			v.dropPeer(i, fmt.Errorf("verify list: %w", err))
-			continue
-		}
-		end := sub.end
-		if ans[0].flags&flagScanMore != 0 && len(entries) > 0 {
-			// Far more records here than on the source: compare up to
-			// the last one listed (the rest of sub on a later pass).
-			end = append(append([]byte(nil), entries[len(entries)-1].key...), 0)
-		}
-		held := make(map[string]listEntry, len(entries))
-		for _, e := range entries {
-			held[string(e.key)] = e
-		}
-		for _, re := range remote {
-			if end != nil && bytes.Compare(re.key, end) >= 0 {
+	list := func(r keyRange) [][]byte {
+		return [][]byte{binary.BigEndian.AppendUint32(appendKeyRange([]byte{verifyList}, r), verifyListMax)}
+	}
+	for i, ans := range v.peersRecv(v.peersSend(list(sub)), 1) {
+		start := sub.start
+		for ans != nil {
+			entries, err := parseList(ans[0].val)
+			if err != nil {
+				v.dropPeer(i, fmt.Errorf("verify list: %w", err))
 				break
 			}
-			pe, ok := held[string(re.key)]
-			delete(held, string(re.key))
-			if ok && (pe.tag.Compare(v.bound) > 0 || pe.tag == re.tag && pe.flags == re.flags && pe.sum == re.sum) {
-				continue
+			end := sub.end
+			more := ans[0].flags&flagScanMore != 0 && len(entries) > 0
+			if more {
+				end = append(append([]byte(nil), entries[len(entries)-1].key...), 0)
 			}
-			if !re.tag.IsStamped() && (!ok || !pe.tag.IsStamped()) {
-				continue // outside the one order on both sides
-			}
-			if err := v.queueForced(re.key); err != nil {
+			if err := v.comparePeerList(entries, remote, start, end); err != nil {
 				return err
 			}
+			if !more {
+				break
+			}
+			// Far more records here than on the source: the rest of sub.
+			start = end
+			cc := v.peers[i]
+			first, err := v.send(cc, list(keyRange{start, sub.end}))
+			if err == nil {
+				ans, err = v.recv(cc, first, 1)
+			}
+			if err != nil {
+				v.dropPeer(i, err)
+				break
+			}
 		}
-		for k, pe := range held { // the source node has no record
-			if pe.tag.Compare(v.bound) <= 0 && pe.tag.IsStamped() {
-				if err := v.queueForced([]byte(k)); err != nil {
-					return err
-				}
+	}
+	return nil
+}
+
+// comparePeerList compares a peer's list entries, which cover [start,
+// end) of the range (end nil: to its end), with the source's list remote
+// of the range, and queues the keys that differ.
+func (v *verifier) comparePeerList(entries, remote []listEntry, start, end []byte) error {
+	held := make(map[string]listEntry, len(entries))
+	for _, e := range entries {
+		held[string(e.key)] = e
+	}
+	for _, re := range remote {
+		if bytes.Compare(re.key, start) < 0 {
+			continue
+		}
+		if end != nil && bytes.Compare(re.key, end) >= 0 {
+			break
+		}
+		pe, ok := held[string(re.key)]
+		delete(held, string(re.key))
+		if ok && (pe.tag.Compare(v.bound) > 0 || pe.tag == re.tag && pe.flags == re.flags && pe.sum == re.sum) {
+			continue
+		}
+		if !re.tag.IsStamped() && (!ok || !pe.tag.IsStamped()) {
+			continue // outside the one order on both sides
+		}
+		if err := v.queueForced(re.key); err != nil {
+			return err
+		}
+	}
+	for k, pe := range held { // the source node has no record
+		if pe.tag.Compare(v.bound) <= 0 && pe.tag.IsStamped() {
+			if err := v.queueForced([]byte(k)); err != nil {
+				return err
 			}
 		}
 	}

@@ -392,3 +392,37 @@ func TestCatchupVerifyLeavesOutLearner(t *testing.T) {
 		t.Errorf("voter's corrupt record not repaired: %v %q", tg, v)
 	}
 }
+
+// TestCatchupVerifyPeerWithManyMore: a replica of the joining DC other
+// than the driver holds far more records in a range than the source and
+// the driver (5,000 keys the source never had, more than one list answer
+// holds): one verify pass lists the range on that replica to its end and
+// removes every one of them, not only the first answer's.
+func TestCatchupVerifyPeerWithManyMore(t *testing.T) {
+	a := dcCluster(t, "A", nil, 0, 0, func(c *Config) { c.Cluster = "dc-a" })
+	b := dcCluster(t, "B", map[string][]string{"A": peerAddrs(a)}, 0, 0, func(c *Config) { c.Cluster = "dc-b" })
+	_, g := sameRecords(t, 1000, a, b)
+	const ghosts = verifyListMax + 904
+	extra := map[string]dcRec{}
+	for i := range ghosts {
+		extra[fmt.Sprintf("ghost%05d", i)] = dcRec{tag: stampTag(g - 500 + uint64(i%400)), val: "A never had it"}
+	}
+	putMany(t, b, []int{2}, extra, true)
+	left := func() (n int) {
+		for k := range extra {
+			tg, _, _, err := b.Node(2).store.dbGet([]byte(k), false, nil)
+			if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+				t.Fatal(err)
+			}
+			if !tg.IsZero() {
+				n++
+			}
+		}
+		return n
+	}
+	pc := dialOrder(t, b.Node(0))
+	runPass(t, pc, 1, stampTag(g), g+1000)
+	if n := left(); n != 0 {
+		t.Fatalf("%d of %d records the source never had are left on the replica after one verify pass", n, ghosts)
+	}
+}
