@@ -70,6 +70,9 @@ func (n *Node) putBatch(b []byte, count int, bound Tag, fin func(ok bool)) {
 		if bound.IsZero() {
 			n.store.PutBulk(rec.key, rec.tag, rec.flags, rec.val, 0, s)
 		} else {
+			if !n.voter.Load() {
+				n.learnRep.note(rec.key, bound) // learner_repairs.go
+			}
 			n.store.PutRepair(rec.key, rec.tag, rec.flags, rec.val, bound, 0, s)
 		}
 	}

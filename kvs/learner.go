@@ -144,6 +144,10 @@ func (n *Node) tryJoin() error {
 				return fmt.Errorf("repair from %s: %w", p.addr, err)
 			}
 		}
+		if n.learnRep.takeOverflow() {
+			n.repairing.Store(false)
+			return errLearnRepairsOverflow
+		}
 		n.log.Info("learner: repaired from voters", "voters", need, "records", recs, "took", time.Since(start))
 	}
 	if err := n.register(); err != nil {
@@ -176,6 +180,7 @@ func (n *Node) becomeVoter() error {
 	n.mustRepair.Store(false)
 	n.repairing.Store(false)
 	n.voter.Store(true)
+	n.learnRep.reset()
 	n.stats.Promotions.Add(1)
 	if len(n.peers) > 0 {
 		n.log.Info("node is a voter")
@@ -232,9 +237,12 @@ func (n *Node) syncFrom(p *peerClient) (int64, error) {
 			if err := n.checkTag(rec.tag); err != nil {
 				return count, fmt.Errorf("record with a bad tag: %w", err)
 			}
+			last = rec.key
+			if n.learnRep.covers(rec.key, rec.tag) {
+				continue // a verify pass repaired it here since (learner_repairs.go)
+			}
 			sink.wg.Add(1)
 			n.store.PutBulk(rec.key, rec.tag, rec.flags, rec.val, 0, &sink)
-			last = rec.key
 			count++
 		}
 		sink.wg.Wait()

@@ -112,6 +112,7 @@ type Node struct {
 	voter      atomic.Bool // counts toward quorums (see learner.go)
 	repairing  atomic.Bool // pulling records from a quorum of voters
 	mustRepair atomic.Bool // was a voter and lost data: only the repair path leads back
+	learnRep   learnRepairs // repairs applied while not a voter (learner_repairs.go)
 }
 
 // Stats are a node's counters, safe for concurrent use.
