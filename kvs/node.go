@@ -109,9 +109,9 @@ type Node struct {
 	collision  atomic.Bool   // another process claimed this node's id
 
 	ident      *identityStore
-	voter      atomic.Bool // counts toward quorums (see learner.go)
-	repairing  atomic.Bool // pulling records from a quorum of voters
-	mustRepair atomic.Bool // was a voter and lost data: only the repair path leads back
+	voter      atomic.Bool  // counts toward quorums (see learner.go)
+	repairing  atomic.Bool  // pulling records from a quorum of voters
+	mustRepair atomic.Bool  // was a voter and lost data: only the repair path leads back
 	learnRep   learnRepairs // repairs applied while not a voter (learner_repairs.go)
 }
 
