@@ -12,21 +12,26 @@ package kvs
 // for every tag up to it. A record above the bound is a newer write and is
 // stored as usual.
 //
-// Memory: at most learnRepairsMax keys; past that the sync cannot tell,
-// so it runs again (the voters were repaired by then).
+// Memory: at most learnRepairsMax bytes (keys plus a map entry's
+// overhead each); past that the sync cannot tell, so it runs again (the
+// voters were repaired by then).
 
 import (
 	"errors"
 	"sync"
 )
 
-const learnRepairsMax = 1 << 20
+const (
+	learnRepairsMax      = 64 << 20
+	learnRepairsOverhead = 64 // bytes per remembered key beyond the key: map entry, string header, tag
+)
 
 var errLearnRepairsOverflow = errors.New("more repairs arrived during the sync than a learner remembers; syncing again")
 
 type learnRepairs struct {
 	mu       sync.Mutex
 	m        map[string]Tag // key -> the highest bound of a repair of it
+	size     int            // bytes remembered (keys plus learnRepairsOverhead each)
 	overflow bool
 }
 
@@ -40,7 +45,7 @@ func (r *learnRepairs) note(key []byte, bound Tag) {
 		}
 		return
 	}
-	if len(r.m) >= learnRepairsMax {
+	if r.size+len(key)+learnRepairsOverhead > learnRepairsMax {
 		r.overflow = true
 		return
 	}
@@ -48,6 +53,7 @@ func (r *learnRepairs) note(key []byte, bound Tag) {
 		r.m = map[string]Tag{}
 	}
 	r.m[string(key)] = bound
+	r.size += len(key) + learnRepairsOverhead
 }
 
 // covers reports whether a repair of key at a bound at or above tag was
@@ -66,7 +72,7 @@ func (r *learnRepairs) takeOverflow() bool {
 	defer r.mu.Unlock()
 	o := r.overflow
 	if o {
-		r.m, r.overflow = nil, false
+		r.m, r.size, r.overflow = nil, 0, false
 	}
 	return o
 }
@@ -74,6 +80,6 @@ func (r *learnRepairs) takeOverflow() bool {
 // reset forgets every repair (the node votes: its sync is over).
 func (r *learnRepairs) reset() {
 	r.mu.Lock()
-	r.m, r.overflow = nil, false
+	r.m, r.size, r.overflow = nil, 0, false
 	r.mu.Unlock()
 }

@@ -69,12 +69,18 @@ func TestLearnerSyncKeepsRepair(t *testing.T) {
 	if l.learnRep.covers([]byte("k"), wrong) {
 		t.Fatal("a voter still remembers the repairs it got as a learner")
 	}
-	// Overflow: past the limit the sync must run again.
+	// Overflow: past the byte limit the sync must run again.
 	var r learnRepairs
-	for i := range learnRepairsMax + 1 {
-		r.note(fmt.Appendf(nil, "k%d", i), bound)
+	key := make([]byte, 1000)
+	for i := range learnRepairsMax/(len(key)+learnRepairsOverhead) + 1 {
+		copy(key, fmt.Appendf(nil, "k%d-", i))
+		r.note(key, bound)
 	}
-	if !r.takeOverflow() || r.takeOverflow() || r.covers([]byte("k1"), good) {
+	if r.size > learnRepairsMax {
+		t.Fatalf("remembered %d bytes of repairs, the limit is %d", r.size, learnRepairsMax)
+	}
+	copy(key, "k1-")
+	if !r.takeOverflow() || r.takeOverflow() || r.covers(key, good) {
 		t.Fatal("an overflowed record of repairs is not reported once and cleared")
 	}
 }
