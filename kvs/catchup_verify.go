@@ -200,7 +200,7 @@ func (v *verifier) compareLeaves(leaves []keyRange) error {
 	}
 	reqs := make([][]byte, len(leaves))
 	for i, r := range leaves {
-		reqs[i] = binary.BigEndian.AppendUint32(appendKeyRange([]byte{verifyList}, r), verifyListMax)
+		reqs[i] = listReq(r)
 	}
 	ans, err := v.roundTrips(reqs)
 	if err != nil {
@@ -224,7 +224,7 @@ func (v *verifier) compare(r keyRange, first *response) error {
 		a := first
 		first = nil
 		if a == nil {
-			ans, err := v.roundTrips([][]byte{binary.BigEndian.AppendUint32(appendKeyRange([]byte{verifyList}, sub), verifyListMax)})
+			ans, err := v.roundTrips([][]byte{listReq(sub)})
 			if err != nil {
 				return err
 			}
@@ -260,13 +260,7 @@ func (v *verifier) compare(r keyRange, first *response) error {
 			}
 			le, ok := v.local[string(re.key)]
 			delete(v.local, string(re.key))
-			if ok && (le.tag.Compare(v.bound) > 0 || le.tag == re.tag && le.flags == re.flags && le.sum == re.sum) {
-				continue
-			}
-			if !re.tag.IsStamped() && (!ok || !le.tag.IsStamped()) {
-				// Outside the one order on both sides (written before the
-				// DC was sequenced, or into one DC only, as the testbed's
-				// per-DC marker): DCs may hold them differently by design.
+			if !v.differs(re, le, ok) {
 				continue
 			}
 			if err := v.queue(re.key); err != nil {
@@ -274,7 +268,7 @@ func (v *verifier) compare(r keyRange, first *response) error {
 			}
 		}
 		for k, le := range v.local { // the source node has no record
-			if le.tag.Compare(v.bound) <= 0 && le.tag.IsStamped() {
+			if v.extra(le) {
 				if err := v.queue([]byte(k)); err != nil {
 					return err
 				}
@@ -288,6 +282,30 @@ func (v *verifier) compare(r keyRange, first *response) error {
 		}
 		start = sub.end
 	}
+}
+
+// listReq is a verifyList request for range r.
+func listReq(r keyRange) []byte {
+	return binary.BigEndian.AppendUint32(appendKeyRange([]byte{verifyList}, r), verifyListMax)
+}
+
+// differs reports whether a replica's record (le, held: it has one) of a
+// key the source node listed as re is a candidate: it differs, its tag is
+// not above the bound (a newer write, left to the forked flows and the
+// next incremental pass), and one of the two is in the one order (a
+// record written before the DC was sequenced, or into one DC only, as the
+// testbed's per-DC marker, may differ between DCs by design).
+func (v *verifier) differs(re, le listEntry, held bool) bool {
+	if held && (le.tag.Compare(v.bound) > 0 || le.tag == re.tag && le.flags == re.flags && le.sum == re.sum) {
+		return false
+	}
+	return re.tag.IsStamped() || held && le.tag.IsStamped()
+}
+
+// extra reports whether a replica's record of a key the source node did
+// not list is a candidate: in the one order, at or below the bound.
+func (v *verifier) extra(le listEntry) bool {
+	return le.tag.Compare(v.bound) <= 0 && le.tag.IsStamped()
 }
 
 // queue adds key to the next fetch (once), fetching when it is full.

@@ -14,7 +14,6 @@ package kvs
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 )
 
@@ -97,10 +96,7 @@ func (v *verifier) comparePeers(sub keyRange, remote []listEntry) error {
 	if len(v.peers) == 0 {
 		return nil
 	}
-	list := func(r keyRange) [][]byte {
-		return [][]byte{binary.BigEndian.AppendUint32(appendKeyRange([]byte{verifyList}, r), verifyListMax)}
-	}
-	for i, ans := range v.peersRecv(v.peersSend(list(sub)), 1) {
+	for i, ans := range v.peersRecv(v.peersSend([][]byte{listReq(sub)}), 1) {
 		start := sub.start
 		for ans != nil {
 			entries, err := parseList(ans[0].val)
@@ -122,7 +118,7 @@ func (v *verifier) comparePeers(sub keyRange, remote []listEntry) error {
 			// Far more records here than on the source: the rest of sub.
 			start = end
 			cc := v.peers[i]
-			first, err := v.send(cc, list(keyRange{start, sub.end}))
+			first, err := v.send(cc, [][]byte{listReq(keyRange{start, sub.end})})
 			if err == nil {
 				ans, err = v.recv(cc, first, 1)
 			}
@@ -152,18 +148,15 @@ func (v *verifier) comparePeerList(entries, remote []listEntry, start, end []byt
 		}
 		pe, ok := held[string(re.key)]
 		delete(held, string(re.key))
-		if ok && (pe.tag.Compare(v.bound) > 0 || pe.tag == re.tag && pe.flags == re.flags && pe.sum == re.sum) {
+		if !v.differs(re, pe, ok) {
 			continue
-		}
-		if !re.tag.IsStamped() && (!ok || !pe.tag.IsStamped()) {
-			continue // outside the one order on both sides
 		}
 		if err := v.queueForced(re.key); err != nil {
 			return err
 		}
 	}
 	for k, pe := range held { // the source node has no record
-		if pe.tag.Compare(v.bound) <= 0 && pe.tag.IsStamped() {
+		if v.extra(pe) {
 			if err := v.queueForced([]byte(k)); err != nil {
 				return err
 			}
