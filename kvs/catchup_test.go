@@ -3,6 +3,7 @@ package kvs
 import (
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -236,6 +237,10 @@ func TestCatchupConverges(t *testing.T) {
 	testenv.WaitFor(t, 5*time.Second, "the source reports the served stream", func() bool {
 		return a.Node(0).CatchupStats().ServedStreams.Load() == 1
 	})
+	if m := promText(t, a.Node(0)); !strings.Contains(m, "\nsdnkvs_kvs_catchup_served_streams_total 1\n") ||
+		!strings.Contains(m, "\nsdnkvs_kvs_catchup_served_sndbuf_limited_seconds_total ") || !strings.Contains(m, "\nsdnkvs_kvs_catchup_served_rwnd_limited_seconds_total ") {
+		t.Errorf("/metrics lacks the served stream's counters:\n%s", m)
+	}
 	pc.mu.Lock()
 	n := len(pc.all)
 	pc.mu.Unlock()
