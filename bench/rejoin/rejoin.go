@@ -259,10 +259,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		pr.stop()
 		res.Probe = pr.samples()
 		tl.Stop(env)
-		if cfg.Out != "" { // the middlebox's decisions, for a slow or odd case
-			p := filepath.Join(cfg.Out, "rejoin-middlebox.log")
-			if os.MkdirAll(cfg.Out, 0o755) == nil && os.WriteFile(p, []byte(env.MiddleboxOutput()), 0o644) == nil {
-				res.Files = append(res.Files, p)
+		if cfg.Out != "" { // the middlebox's decisions and the nodes' logs, for a slow or odd case
+			logs := map[string]string{"middlebox": env.MiddleboxOutput(), cfg.Near(): env.ClusterOutput(cfg.Near()), cfg.Far(): env.ClusterOutput(cfg.Far())}
+			for _, name := range []string{"middlebox", cfg.Near(), cfg.Far()} {
+				p := filepath.Join(cfg.Out, "rejoin-"+name+".log")
+				if os.MkdirAll(cfg.Out, 0o755) == nil && os.WriteFile(p, []byte(logs[name]), 0o644) == nil {
+					res.Files = append(res.Files, p)
+				}
 			}
 		}
 		for _, c := range tl.Changes() {

@@ -291,6 +291,17 @@ func (e *Env) MiddleboxOutput() string {
 	return e.mb.Output()
 }
 
+// ClusterOutput is the last output of DC dc's kvs cluster ("" when it
+// has none): the nodes' logs, for a slow or odd case.
+func (e *Env) ClusterOutput(dc string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if p := e.clusters[dc]; p != nil {
+		return p.Output()
+	}
+	return ""
+}
+
 // Close stops every process and tears the testbed down.
 func (e *Env) Close() error {
 	e.mu.Lock()
