@@ -35,6 +35,7 @@ type CatchupStats struct {
 	ServedPages     atomic.Uint64 // pages served to drivers
 	ServedRecords   atomic.Uint64 // records in those pages
 	ServedFromPeers atomic.Uint64 // records read from a DC peer because this node lacked them
+	ServedInline    atomic.Uint64 // records sent from this node's change index scan, without a point read
 	ServedStubs     atomic.Uint64 // records served as stubs (no value)
 	ServeErrors     atomic.Uint64 // pages refused (no read quorum, storage errors)
 	RemoteRefused   atomic.Uint64 // another DC's connections dropped for a request other than the catch-up read
@@ -93,8 +94,8 @@ func (s *CatchupStats) appendInfo(b *strings.Builder) {
 		s.Stubs.Load(), s.StubFetched.Load(), s.ServedStubs.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_window:%.3f\r\nsdnkvs_catchup_queued_ms:%.1f\r\nsdnkvs_catchup_paused_seconds:%.1f\r\n",
 		s.Window(), float64(s.Queued())/1e6, float64(s.Paused.Load())/1e9)
-	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
-		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
+	fmt.Fprintf(b, "sdnkvs_catchup_served_pages:%d\r\nsdnkvs_catchup_served_records:%d\r\nsdnkvs_catchup_served_from_peers:%d\r\nsdnkvs_catchup_served_inline:%d\r\nsdnkvs_catchup_serve_errors:%d\r\nsdnkvs_catchup_remote_refused:%d\r\n",
+		s.ServedPages.Load(), s.ServedRecords.Load(), s.ServedFromPeers.Load(), s.ServedInline.Load(), s.ServeErrors.Load(), s.RemoteRefused.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_served_streams:%d\r\nsdnkvs_catchup_served_busy_seconds:%.1f\r\nsdnkvs_catchup_served_rwnd_limited_seconds:%.1f\r\nsdnkvs_catchup_served_sndbuf_limited_seconds:%.1f\r\nsdnkvs_catchup_served_retransmits:%d\r\n",
 		s.ServedStreams.Load(), float64(s.ServedBusyUs.Load())/1e6, float64(s.ServedRwndUs.Load())/1e6, float64(s.ServedSndbufUs.Load())/1e6, s.ServedRetrans.Load())
 	fmt.Fprintf(b, "sdnkvs_catchup_verifies:%d\r\nsdnkvs_catchup_verify_ranges:%d\r\nsdnkvs_catchup_verify_listed:%d\r\nsdnkvs_catchup_verify_repaired:%d\r\nsdnkvs_catchup_verify_bytes:%d\r\nsdnkvs_catchup_verify_peer_bytes:%d\r\nsdnkvs_catchup_verify_served:%d\r\n",
@@ -139,6 +140,7 @@ var catchupMetrics = []struct {
 	{"served_pages_total", "Catch-up pages served to another DC.", false, func(s *CatchupStats) float64 { return float64(s.ServedPages.Load()) }},
 	{"served_records_total", "Records in those pages.", false, func(s *CatchupStats) float64 { return float64(s.ServedRecords.Load()) }},
 	{"served_from_peers_total", "Served records read from a DC peer because this node lacked them.", false, func(s *CatchupStats) float64 { return float64(s.ServedFromPeers.Load()) }},
+	{"served_inline_total", "Served records whose value came with this node's change index scan (small values), without a point read.", false, func(s *CatchupStats) float64 { return float64(s.ServedInline.Load()) }},
 	{"serve_errors_total", "Catch-up pages refused (no read quorum, storage errors).", false, func(s *CatchupStats) float64 { return float64(s.ServeErrors.Load()) }},
 	{"remote_refused_total", "Connections of another DC dropped for a request other than the catch-up read.", false, func(s *CatchupStats) float64 { return float64(s.RemoteRefused.Load()) }},
 	{"served_streams_total", "Catch-up streams served to another DC's driver, measured from start to tail.", false, func(s *CatchupStats) float64 { return float64(s.ServedStreams.Load()) }},

@@ -161,7 +161,9 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, stubTo
 			if bounded && e.tag.Compare(horizon) > 0 {
 				break
 			}
-			if p, ok := best[string(e.key)]; !ok || e.tag.Compare(p.e.tag) > 0 {
+			// Newest tag; on a tie this node's own entry, whose inline
+			// value saves a point read.
+			if p, ok := best[string(e.key)]; !ok || e.tag.Compare(p.e.tag) > 0 || (e.tag == p.e.tag && l.peer == nil) {
 				best[string(e.key)] = pick{e, l.peer}
 			}
 		}
@@ -215,18 +217,11 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, stubTo
 		n.catchStats.ServedStubs.Add(uint64(cut))
 		return out, end, false, nil
 	}
-	// Read the records in key order (nearby keys share Badger blocks, so
-	// most reads find their block just decompressed), then emit them in
-	// tag order. Memory: the page's values twice (here and in out).
-	order := make([]int, cut)
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(picks[a].e.key, picks[b].e.key) })
-	keys := make([][]byte, cut)
-	for j, i := range order {
-		keys[j] = picks[i].e.key
-	}
+	// A small record this node's own index listed comes with its value
+	// (store_changes.go). Read the others in key order (nearby keys share
+	// Badger blocks, so most reads find their block just decompressed),
+	// then emit them in tag order. Memory: the page's values twice (here
+	// and in out).
 	type got struct {
 		t         Tag
 		flags     byte
@@ -234,6 +229,21 @@ func (n *Node) catchupPage(cursor Tag, maxBytes, maxRecs int, first bool, stubTo
 	}
 	recs := make([]got, cut)
 	var arena []byte
+	order := make([]int, 0, cut)
+	for i, p := range picks[:cut] {
+		if p.src == nil && p.e.inline {
+			recs[i] = got{p.e.tag, p.e.flags, len(arena), len(p.e.val)}
+			arena = append(arena, p.e.val...)
+			continue
+		}
+		order = append(order, i)
+	}
+	n.catchStats.ServedInline.Add(uint64(cut - len(order)))
+	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(picks[a].e.key, picks[b].e.key) })
+	keys := make([][]byte, len(order))
+	for j, i := range order {
+		keys[j] = picks[i].e.key
+	}
 	var perr error // a failure that is not the local store's
 	err = n.store.getMany(keys, true, func(j int, t Tag, flags byte, v []byte) error {
 		i := order[j]
@@ -313,6 +323,11 @@ func (n *Node) readQuorumChanges(cursor Tag, maxRecs int) ([]idxList, error) {
 		more, err := n.store.changesAfter(cursor, maxRecs, func(e *changeEntry) bool {
 			c := *e
 			c.key = append([]byte(nil), e.key...)
+			if c.inline {
+				c.val = append([]byte(nil), e.val...)
+			} else {
+				c.val = nil
+			}
 			own.entries = append(own.entries, c)
 			return true
 		})

@@ -228,8 +228,14 @@ func TestCatchupConverges(t *testing.T) {
 	if f.Keys != st.Records.Load() || f.G < g {
 		t.Errorf("final progress %+v: keys %d (stats %d), cursor below the last write %d", f, f.Keys, st.Records.Load(), g)
 	}
-	if a.Node(0).CatchupStats().ServedFromPeers.Load() == 0 {
+	sa := a.Node(0).CatchupStats()
+	if sa.ServedFromPeers.Load() == 0 {
 		t.Errorf("the serving node lacked only-on-two but served nothing read from a peer")
+	}
+	// Small values come with the serving node's own index scan: every
+	// record but those it read from a peer, without a point read.
+	if in, rec, peer := sa.ServedInline.Load(), sa.ServedRecords.Load(), sa.ServedFromPeers.Load(); in != rec-peer {
+		t.Errorf("served %d records inline, want %d of %d (%d read from peers)", in, rec-peer, rec, peer)
 	}
 	// The source measures the stream it served (TCP_INFO), once the
 	// driver has read its tail (the parked connection's first ping); its

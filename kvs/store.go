@@ -504,7 +504,7 @@ func (s *Store) apply(b *commitBatch) {
 		// The record and its change-index entries (docs/design-lifecycle.md)
 		// go into one transaction: commit first if they might not fit.
 		ik := appendChangeKey(make([]byte, 0, 1+TagSize+len(k)), e.tag, k[1:])
-		iv := appendChangeVal(make([]byte, 0, changeValLen), rec[TagSize], len(rec)-recordHeader)
+		iv := appendChangeVal(make([]byte, 0, changeValLen+min(len(rec)-recordHeader, changeInlineMax)), rec[TagSize], rec[recordHeader:])
 		var dk []byte
 		if !cur.IsZero() {
 			dk = appendChangeKey(make([]byte, 0, 1+TagSize+len(k)), cur, k[1:])

@@ -2,6 +2,7 @@ package kvs
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -65,6 +66,8 @@ func randomPuts(r *rand.Rand, n, keys int) []testPut {
 			p.flags = flagTombstone
 		case 1:
 			p.val = bytes.Repeat([]byte{'v'}, 70<<10) // beyond the value threshold
+		case 2: // the largest value kept in its index entry, and the next size
+			p.val = fmt.Appendf(nil, "%0*d", changeInlineMax+r.IntN(2), r.Uint64())
 		default:
 			p.val = fmt.Appendf(nil, "v%d", r.Uint64())
 		}
@@ -178,6 +181,60 @@ func TestChangeIndexBuiltForOldStore(t *testing.T) {
 	}
 	if n := len(indexEntries(t, s)); n != 0 {
 		t.Fatalf("index not dropped: %d entries", n)
+	}
+	s.Close()
+	s, err = OpenStore(StoreOptions{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.checkChangeIndex(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := indexEntries(t, s), expectedIndex(puts); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("rebuilt index has %d entries, want %d", len(got), len(want))
+	}
+}
+
+// TestChangeIndexV1Rebuilt: a store whose index predates inline values
+// (version 1: flags and length only) gets it rebuilt at open, with the
+// small values in their entries; the old entries do not pass for the new
+// format.
+func TestChangeIndexV1Rebuilt(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(StoreOptions{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	puts := randomPuts(rand.New(rand.NewPCG(5, 5)), 500, 100)
+	putAll(t, s, puts)
+	// Rewrite every entry as version 1 wrote it.
+	wb := s.db.NewWriteBatch()
+	inline := 0
+	if _, err := s.changesAfter(Tag{}, 1<<30, func(e *changeEntry) bool {
+		if e.inline {
+			inline++
+		}
+		k := appendChangeKey(nil, e.tag, e.key)
+		v := binary.BigEndian.AppendUint32([]byte{e.flags}, uint32(e.vlen))
+		if err := wb.Set(k, v); err != nil {
+			t.Fatal(err)
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wb.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if inline == 0 {
+		t.Fatal("no entry carried its value")
+	}
+	if err := s.PutMeta(changeIndexMeta, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.checkChangeIndex(); err == nil {
+		t.Fatal("version 1 entries read as version 2")
 	}
 	s.Close()
 	s, err = OpenStore(StoreOptions{Dir: dir})
