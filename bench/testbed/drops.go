@@ -5,7 +5,10 @@ package testbed
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os/exec"
+	"slices"
+	"strings"
 )
 
 // DropCounts break down the packets dropped on a testbed's paths.
@@ -14,18 +17,38 @@ type DropCounts struct {
 	Loss  int64 // the WAN emulator's random loss, both ways
 	Link  int64 // DC link interfaces' transmit drops (a TUN whose reader fell behind)
 	TUN   int64 // on the way into the middlebox's TUN
+	// QueueBy splits Queue by link direction: "<dc> in" (towards the DC)
+	// and "<dc> out" (from it); nil when no link has an emulator.
+	QueueBy map[string]int64
 }
 
 // Total is the sum of all the counts.
 func (d DropCounts) Total() int64 { return d.Queue + d.Loss + d.Link + d.TUN }
 
 func (d DropCounts) String() string {
-	return fmt.Sprintf("emulator queue %d, random loss %d, link interfaces %d, middlebox TUN %d", d.Queue, d.Loss, d.Link, d.TUN)
+	q := ""
+	if d.Queue > 0 && len(d.QueueBy) > 0 {
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(d.QueueBy)) {
+			if n := d.QueueBy[k]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %d", k, n))
+			}
+		}
+		q = " (" + strings.Join(parts, ", ") + ")"
+	}
+	return fmt.Sprintf("emulator queue %d%s, random loss %d, link interfaces %d, middlebox TUN %d", d.Queue, q, d.Loss, d.Link, d.TUN)
 }
 
 // Sub returns d minus an earlier reading.
 func (d DropCounts) Sub(before DropCounts) DropCounts {
-	return DropCounts{Queue: d.Queue - before.Queue, Loss: d.Loss - before.Loss, Link: d.Link - before.Link, TUN: d.TUN - before.TUN}
+	out := DropCounts{Queue: d.Queue - before.Queue, Loss: d.Loss - before.Loss, Link: d.Link - before.Link, TUN: d.TUN - before.TUN}
+	if d.QueueBy != nil {
+		out.QueueBy = map[string]int64{}
+		for k, n := range d.QueueBy {
+			out.QueueBy[k] = n - before.QueueBy[k]
+		}
+	}
+	return out
 }
 
 // Drops counts the packets dropped so far on tb's DC links and on the
@@ -33,6 +56,11 @@ func (d DropCounts) Sub(before DropCounts) DropCounts {
 func (tb *Testbed) Drops() (d DropCounts, ok bool) {
 	for _, l := range tb.Links() {
 		if l.ToDC != nil {
+			if d.QueueBy == nil {
+				d.QueueBy = map[string]int64{}
+			}
+			d.QueueBy[l.DC+" in"] += int64(l.ToDC.DropQueue)
+			d.QueueBy[l.DC+" out"] += int64(l.FromDC.DropQueue)
 			d.Queue += int64(l.ToDC.DropQueue + l.FromDC.DropQueue)
 			d.Loss += int64(l.ToDC.DropLoss + l.FromDC.DropLoss)
 		}
